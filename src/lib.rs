@@ -1,1 +1,149 @@
+//! authgate: a reverse-proxy auth gateway.
+//!
+//! It logs users in with OpenID Connect, keeps each user's token set server-side behind an
+//! opaque signed cookie, refreshes the access token before it expires (one refresh per
+//! session, whatever the concurrency), and forwards every request upstream with
+//! `Authorization: Bearer <access token>` and identity headers.
+//!
+//! A request flows one way (see `gateway`): route -> policy -> session -> refresh -> header
+//! rewrite -> upstream. [`serve`] runs the whole gateway on a listener, so tests run it
+//! in-process.
 
+pub mod bearer;
+pub mod body;
+pub mod config;
+pub mod demo;
+pub mod endpoints;
+pub mod error;
+pub mod gateway;
+pub mod headers;
+pub mod login;
+pub mod metrics;
+pub mod oidc;
+pub mod policy;
+pub mod proxy;
+pub mod redirect;
+pub mod refresh;
+pub mod response;
+pub mod secret;
+pub mod server;
+pub mod session;
+pub mod tls;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::config::{Config, StoreConfig};
+use crate::error::StartupError;
+use crate::gateway::Gateway;
+use crate::oidc::Oidc;
+use crate::proxy::Upstream;
+use crate::session::Store;
+use crate::session::memory::MemoryStore;
+
+/// Build the gateway's state from a validated configuration. Starts nothing.
+pub fn build(config: Config) -> Result<Arc<Gateway>, StartupError> {
+    let config = Arc::new(config);
+    let store = match &config.session.store {
+        StoreConfig::Memory => Store::Memory(MemoryStore::new(
+            config.session.max_sessions,
+            config.session.idle_timeout,
+            config.session.absolute_timeout,
+        )),
+        StoreConfig::Redis { .. } => {
+            return Err(StartupError::Oidc(
+                "session.store = \"redis\" is not available in this build yet".into(),
+            ));
+        }
+    };
+    let oidc = Oidc::new(
+        &config.oidc,
+        &config.server.public_url,
+        config.session.max_token_age,
+    )?;
+    let upstream = Upstream::new(&config.upstream)?;
+    Ok(Gateway::new(config, Arc::new(store), Arc::new(oidc), upstream))
+}
+
+/// Run the gateway on `listener` until `shutdown` resolves, then drain in-flight requests
+/// for up to `server.shutdown_grace`. Discovery runs in the background (retried until it
+/// succeeds); `server.metrics_listen`, when set, is bound here too.
+pub async fn serve(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), StartupError> {
+    let gateway = build(config)?;
+    serve_gateway(gateway, listener, shutdown).await
+}
+
+/// [`serve`] for an already built gateway (tests keep a handle on its state).
+pub async fn serve_gateway(
+    gateway: Arc<Gateway>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), StartupError> {
+    let server_cfg = gateway.cfg.server.clone();
+    let tls = match &server_cfg.tls {
+        Some(files) => Some(tokio_rustls::TlsAcceptor::from(tls::server_config(
+            &files.cert,
+            &files.key,
+        )?)),
+        None => None,
+    };
+    let metrics_listener = match server_cfg.metrics_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartupError::Bind { addr, source })?,
+        ),
+        None => None,
+    };
+    let discovery = tokio::spawn(gateway.oidc.clone().discover_until_ready());
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let metrics_task = metrics_listener.map(|listener| {
+        let handler = Arc::new(endpoints::MetricsOnly(gateway.clone()));
+        let cfg = server_cfg.clone();
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            let stopped = async move {
+                let _ = stop.wait_for(|s| *s).await;
+            };
+            server::run(handler, listener, None, &cfg, stopped).await;
+        })
+    });
+    server::run(gateway, listener, tls, &server_cfg, shutdown).await;
+    let _ = stop_tx.send(true);
+    if let Some(task) = metrics_task {
+        let _ = task.await;
+    }
+    discovery.abort();
+    Ok(())
+}
+
+/// Resolves on SIGTERM (what Kubernetes sends) or SIGINT (Ctrl-C).
+pub async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {},
+                    _ = interrupt => {},
+                }
+            }
+            Err(_) => {
+                let _ = interrupt.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = interrupt.await;
+    }
+}

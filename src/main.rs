@@ -1,1 +1,129 @@
-fn main() {}
+//! The `authgate` command: run the gateway, check a configuration, or run the demo.
+//!
+//! Exit codes (contract): 0 clean shutdown, 2 bad configuration, 1 any other fatal error.
+//! The configuration is loaded and validated before anything binds a port.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+use authgate::config::{Config, LogFormat};
+
+#[derive(Parser)]
+#[command(name = "authgate", version, about = "Reverse-proxy auth gateway: OpenID Connect login, server-side sessions, correct token refresh")]
+struct Cli {
+    /// Configuration file. Default: $AUTHGATE_CONFIG, then ./gateway.toml
+    #[arg(long, global = true, env = "AUTHGATE_CONFIG", default_value = "gateway.toml")]
+    config: PathBuf,
+
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate the configuration and print it with every secret redacted (exit 2 if invalid).
+    Check {
+        /// Also fetch the provider's discovery document and report what matters for authgate.
+        #[arg(long)]
+        probe: bool,
+    },
+    /// A self-contained demo: gateway + development OpenID provider + echo upstream.
+    Demo {
+        /// Where the demo gateway listens.
+        #[arg(long, default_value = "127.0.0.1:4180")]
+        listen: std::net::SocketAddr,
+    },
+}
+
+const EXIT_CONFIG: u8 = 2;
+const EXIT_FATAL: u8 = 1;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("authgate: cannot start the async runtime: {e}");
+            return ExitCode::from(EXIT_FATAL);
+        }
+    };
+    match cli.command {
+        Some(Command::Check { probe }) => runtime.block_on(check(&cli.config, probe)),
+        Some(Command::Demo { listen }) => {
+            init_logging(LogFormat::Text);
+            runtime.block_on(demo(listen))
+        }
+        None => runtime.block_on(run(&cli.config)),
+    }
+}
+
+async fn run(path: &std::path::Path) -> ExitCode {
+    let config = match Config::load(path) {
+        Ok(config) => config,
+        Err(errors) => {
+            eprintln!("authgate: invalid configuration ({}):\n{errors}", path.display());
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    init_logging(config.server.log_format);
+    let addr = config.server.listen;
+    let listener = match tokio::net::TcpListener::bind(addr).await {
+        Ok(listener) => listener,
+        Err(e) => {
+            tracing::error!(%addr, error = %e, "cannot listen");
+            return ExitCode::from(EXIT_FATAL);
+        }
+    };
+    tracing::info!(%addr, version = env!("CARGO_PKG_VERSION"), "authgate listening");
+    match authgate::serve(config, listener, authgate::shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "authgate stopped");
+            ExitCode::from(EXIT_FATAL)
+        }
+    }
+}
+
+async fn check(path: &std::path::Path, probe: bool) -> ExitCode {
+    let config = match Config::load(path) {
+        Ok(config) => config,
+        Err(errors) => {
+            eprintln!("authgate: invalid configuration ({}):\n{errors}", path.display());
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    #[allow(clippy::print_stdout)]
+    {
+        print!("{}", config.redacted_toml());
+    }
+    if probe {
+        return match authgate::oidc::probe::run(&config).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(()) => ExitCode::from(EXIT_FATAL),
+        };
+    }
+    ExitCode::SUCCESS
+}
+
+async fn demo(listen: std::net::SocketAddr) -> ExitCode {
+    match authgate::demo::run(listen, authgate::shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "demo stopped");
+            ExitCode::from(EXIT_FATAL)
+        }
+    }
+}
+
+/// `RUST_LOG` filters (default `info`); `log_format = "json"` for Kubernetes log pipelines.
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+}

@@ -1,0 +1,76 @@
+//! `/healthz`, `/readyz`, `/metrics` and `/oauth2/userinfo`.
+
+use std::sync::Arc;
+
+use http::header::CONTENT_TYPE;
+use http::{HeaderValue, Request, Response, StatusCode};
+use serde_json::json;
+
+use crate::body::Body;
+use crate::gateway::Gateway;
+use crate::headers::find_cookie;
+use crate::response;
+use crate::session::{SessionStore, unix_now};
+
+pub fn healthz() -> Response<Body> {
+    response::text(StatusCode::OK, "ok")
+}
+
+/// Ready once discovery has succeeded and the session store answers.
+pub async fn readyz(gateway: &Gateway) -> Response<Body> {
+    let provider = gateway.oidc.is_ready();
+    let store = gateway.store.ready().await;
+    if provider && store {
+        response::text(StatusCode::OK, "ready")
+    } else {
+        let mut not_ready = response::text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &format!("not ready: provider discovered={provider}, session store answering={store}"),
+        );
+        not_ready
+            .headers_mut()
+            .insert(http::header::RETRY_AFTER, HeaderValue::from_static("5"));
+        not_ready
+    }
+}
+
+pub fn metrics(gateway: &Gateway) -> Response<Body> {
+    let text = gateway.metrics.render(gateway.store.live());
+    let mut response = Response::new(Body::full(text));
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    response
+}
+
+/// The session's identity and expiries (contract Details 11). Never a token.
+pub async fn userinfo<B>(gateway: &Arc<Gateway>, req: &Request<B>) -> Response<Body> {
+    let key = find_cookie(req.headers(), gateway.cookies.name())
+        .and_then(|v| gateway.cookies.decode(v));
+    let session = match key {
+        Some(key) => gateway.store.load(&key).await,
+        None => Ok(None),
+    };
+    let session = match session {
+        Ok(Some(session)) => session,
+        Ok(None) => return response::unauthorized(&gateway.login_url("/"), None),
+        Err(_) => return response::unavailable(1),
+    };
+    let cfg = &gateway.cfg.session;
+    // This request just reset the idle timer.
+    let idle_deadline = unix_now() + cfg.idle_timeout.as_secs();
+    let session_expires_at = idle_deadline.min(session.absolute_deadline(cfg.absolute_timeout));
+    let id = &session.identity;
+    response::json(
+        StatusCode::OK,
+        &json!({
+            "sub": id.sub,
+            "email": id.email,
+            "preferred_username": id.preferred_username,
+            "groups": id.groups,
+            "access_token_expires_at": session.tokens.access_expires_at,
+            "session_expires_at": session_expires_at,
+        }),
+    )
+}

@@ -1,0 +1,372 @@
+//! The request pipeline. Every request flows one way:
+//!
+//! 1. built-in endpoints (`/oauth2/*`, `/healthz`, `/readyz`, `/metrics`) are answered first;
+//! 2. the path is normalized once and the route is found (`policy`);
+//! 3. identity headers and `Authorization` sent by the client are stripped, always;
+//! 4. on an authenticated route: the session is loaded (`session`) and refreshed when near
+//!    expiry (`refresh`), or a bearer JWT is verified on passthrough routes; the route's
+//!    group/claim rules are applied;
+//! 5. headers are rewritten (`headers`): our cookies out, `Authorization` and identity in,
+//!    hop-by-hop out, `X-Forwarded-*` set;
+//! 6. the request is forwarded upstream and the answer streamed back (`proxy`).
+//!
+//! Any step can stop the request with a `Halt` (a decision, answered by `response.rs`).
+
+use std::borrow::Cow;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use http::header::{ACCEPT, AUTHORIZATION};
+use http::{HeaderName, HeaderValue, Method, Request, Response};
+use hyper::body::Incoming;
+
+use crate::body::Body;
+use crate::config::{BearerMode, Config, Policy};
+use crate::endpoints::{self, Builtin};
+use crate::headers::{self, IdentityHeaders, Peer};
+use crate::login::Logins;
+use crate::metrics::{Decision, Metrics, RouteId};
+use crate::oidc::Oidc;
+use crate::policy::{Route, RouteTable, path::normalize_path};
+use crate::proxy::{ProxyError, Upstream, wants_upgrade};
+use crate::refresh::{Fresh, Refresher};
+use crate::response::{self, Halt};
+use crate::session::identity::IdentityRules;
+use crate::session::{CookieCodec, Identity, Session, SessionKey, SessionStore, Store};
+
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Shared state of one gateway instance.
+pub struct Gateway {
+    pub cfg: Arc<Config>,
+    pub routes: RouteTable,
+    pub store: Arc<Store>,
+    pub cookies: CookieCodec,
+    pub logins: Logins,
+    pub oidc: Arc<Oidc>,
+    pub refresher: Arc<Refresher>,
+    pub rules: Arc<IdentityRules>,
+    pub identity_headers: IdentityHeaders,
+    pub upstream: Upstream,
+    pub metrics: Arc<Metrics>,
+    request_ids: AtomicU64,
+}
+
+/// Who a request is, once authenticated.
+pub enum Authenticated {
+    Session(SessionKey, Arc<Session>),
+    /// A machine client's own JWT on a bearer-passthrough route.
+    Bearer(HeaderValue, Box<Identity>),
+}
+
+impl Authenticated {
+    pub fn identity(&self) -> &Identity {
+        match self {
+            Authenticated::Session(_, s) => &s.identity,
+            Authenticated::Bearer(_, identity) => identity,
+        }
+    }
+
+    /// The `Authorization` value for the upstream.
+    pub fn bearer(&self) -> &HeaderValue {
+        match self {
+            Authenticated::Session(_, s) => &s.tokens.bearer,
+            Authenticated::Bearer(token, _) => token,
+        }
+    }
+}
+
+/// What `dispatch` hands back for metrics and the access log.
+struct Outcome {
+    route: RouteId,
+    response: Response<Body>,
+    upstream_time: Option<Duration>,
+}
+
+impl Gateway {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        cfg: Arc<Config>,
+        store: Arc<Store>,
+        oidc: Arc<Oidc>,
+        upstream: Upstream,
+    ) -> Arc<Self> {
+        let routes = RouteTable::new(&cfg.routes);
+        let labels: Vec<String> = routes
+            .labels()
+            .map(str::to_owned)
+            .chain(Builtin::ALL.iter().map(|b| b.path().to_owned()))
+            .collect();
+        let metrics = Arc::new(Metrics::new(labels.iter().map(String::as_str)));
+        let rules = Arc::new(IdentityRules::new(&cfg.headers, routes.required_claim_names()));
+        let refresher = Arc::new(Refresher::new(
+            oidc.clone(),
+            store.clone(),
+            metrics.clone(),
+            rules.clone(),
+            cfg.session.refresh_before_expiry,
+        ));
+        Arc::new(Gateway {
+            routes,
+            cookies: CookieCodec::new(&cfg.session),
+            logins: Logins::new(&cfg.session),
+            identity_headers: IdentityHeaders::new(&cfg.headers),
+            store,
+            oidc,
+            refresher,
+            rules,
+            upstream,
+            metrics,
+            request_ids: AtomicU64::new(rand::random::<u32>() as u64 * 1_000_000),
+            cfg,
+        })
+    }
+
+    /// Metrics series of a built-in endpoint (after the routes and the fallback).
+    pub fn builtin_route_id(&self, builtin: Builtin) -> RouteId {
+        RouteId(self.routes.len_with_fallback() + builtin as usize)
+    }
+
+    async fn dispatch(self: &Arc<Self>, req: Request<Incoming>, peer: Peer) -> Outcome {
+        if let Some(builtin) = Builtin::recognize(req.uri().path(), self.cfg.server.metrics_listen.is_some()) {
+            let response = endpoints::answer(self, builtin, req, peer).await;
+            return Outcome {
+                route: self.builtin_route_id(builtin),
+                response,
+                upstream_time: None,
+            };
+        }
+        self.proxy(req, peer).await
+    }
+
+    /// Steps 2 to 6 of the pipeline.
+    async fn proxy(self: &Arc<Self>, mut req: Request<Incoming>, peer: Peer) -> Outcome {
+        let uri = req.uri().clone();
+        let path = match normalize_path(uri.path()) {
+            Ok(path) => path,
+            Err(e) => {
+                tracing::debug!(error = ?e, "refused request path");
+                let halt = Halt::BadRequest("Bad request: path not accepted");
+                return self.halted(self.routes.find(req.method(), "/").id, halt);
+            }
+        };
+        let route = self.routes.find(req.method(), &path);
+        let offered_bearer = match route.bearer {
+            BearerMode::Passthrough => headers::bearer_token(req.headers()),
+            BearerMode::Off => None,
+        };
+        self.identity_headers.strip(req.headers_mut());
+        match route.policy {
+            Policy::Deny => {
+                self.metrics.decision(route.id, Decision::Deny);
+                return self.halted(route.id, Halt::Deny);
+            }
+            Policy::Public => {}
+            // CORS preflights carry no credentials: the app answers them (see README).
+            Policy::Authenticated if is_preflight(&req) => {}
+            Policy::Authenticated => {
+                let auth = match self.authenticate(&req, route, offered_bearer, &path).await {
+                    Ok(auth) => auth,
+                    Err(halt) => return self.halted(route.id, halt),
+                };
+                if let Err(refusal) = route.authorize(auth.identity()) {
+                    self.metrics.decision(route.id, Decision::Forbid);
+                    return self.halted(route.id, Halt::Forbidden(refusal.message()));
+                }
+                self.vouch(req.headers_mut(), &auth);
+            }
+        }
+        self.metrics.decision(route.id, Decision::Allow);
+        self.forward(req, peer, route.id, &path).await
+    }
+
+    /// Load (and refresh) the session, or verify a passthrough bearer token.
+    pub async fn authenticate<B>(
+        &self,
+        req: &Request<B>,
+        route: &Route,
+        offered_bearer: Option<String>,
+        path: &str,
+    ) -> Result<Authenticated, Halt> {
+        let cookie = headers::find_cookie(req.headers(), self.cookies.name());
+        let key = cookie.and_then(|value| self.cookies.decode(value));
+        if let Some(key) = key {
+            match self.store.load(&key).await {
+                Ok(Some(session)) => match self.refresher.ensure_fresh(key, session).await {
+                    Fresh::Ready(session) => return Ok(Authenticated::Session(key, session)),
+                    Fresh::Ended => return Err(self.unauthenticated(req, route, path, true, None)),
+                    Fresh::Unavailable { retry_after_secs } => {
+                        return Err(Halt::Unavailable { retry_after_secs });
+                    }
+                },
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "session store unavailable");
+                    return Err(Halt::Unavailable { retry_after_secs: 1 });
+                }
+            }
+        }
+        if let Some(token) = offered_bearer {
+            return match crate::bearer::verify(self, &token).await {
+                Ok(auth) => Ok(auth),
+                Err(e) => {
+                    let mut halt = self.unauthenticated(req, route, path, false, Some(e.description()));
+                    if let Halt::Unauthenticated { redirect, .. } = &mut halt {
+                        *redirect = false; // a machine client: never a login page
+                    }
+                    Err(halt)
+                }
+            };
+        }
+        // A cookie that verified but names no live session is cleared.
+        Err(self.unauthenticated(req, route, path, key.is_some(), None))
+    }
+
+    /// 302 to login for a browser navigation, else 401 (contract Behaviour, Details 9).
+    pub fn unauthenticated<B>(
+        &self,
+        req: &Request<B>,
+        route: &Route,
+        path: &str,
+        clear_cookie: bool,
+        bearer_error: Option<&'static str>,
+    ) -> Halt {
+        let redirect = !route.api && is_browser_navigation(req);
+        let decision = if redirect { Decision::Redirect } else { Decision::Unauthorized };
+        self.metrics.decision(route.id, decision);
+        let landing = match req.uri().query() {
+            Some(q) => Cow::Owned(format!("{path}?{q}")),
+            None => Cow::Borrowed(path),
+        };
+        Halt::Unauthenticated {
+            login_url: self.login_url(&landing),
+            redirect,
+            clear_cookie: clear_cookie.then(|| self.cookies.clear_cookie()),
+            bearer_error,
+        }
+    }
+
+    /// `<public_url>/oauth2/start?rd=<landing>`.
+    pub fn login_url(&self, landing: &str) -> String {
+        let base = self.cfg.server.public_url.as_str().trim_end_matches('/');
+        let rd: String = url::form_urlencoded::byte_serialize(landing.as_bytes()).collect();
+        format!("{base}/oauth2/start?rd={rd}")
+    }
+
+    /// Step 5a: our cookies out, `Authorization` and identity headers in.
+    pub fn vouch(&self, headers: &mut http::HeaderMap, auth: &Authenticated) {
+        headers::remove_cookies(headers, &[self.cookies.name(), self.logins.cookie_name()]);
+        if self.cfg.headers.authorization_bearer {
+            headers.insert(AUTHORIZATION, auth.bearer().clone());
+        }
+        headers::set_identity(headers, &auth.identity().upstream_headers);
+    }
+
+    /// Steps 5b and 6.
+    async fn forward(&self, mut req: Request<Incoming>, peer: Peer, route: RouteId, path: &str) -> Outcome {
+        if wants_upgrade(&req) {
+            headers::strip_hop_by_hop_for_upgrade(req.headers_mut());
+        } else {
+            headers::strip_hop_by_hop(req.headers_mut());
+        }
+        let trusted = headers::is_trusted(&self.cfg.server.trusted_proxies, peer.addr.ip());
+        headers::set_forwarded(req.headers_mut(), peer, trusted);
+        let started = Instant::now();
+        let result = self.upstream.forward(req, path).await;
+        let upstream_time = Some(started.elapsed());
+        let response = match result {
+            Ok(response) => response,
+            Err(e) => self.upstream_failed(&e),
+        };
+        Outcome {
+            route,
+            response,
+            upstream_time,
+        }
+    }
+
+    fn upstream_failed(&self, e: &ProxyError) -> Response<Body> {
+        tracing::warn!(error = %crate::oidc::error_chain(e), "upstream request failed");
+        match e {
+            ProxyError::Timeout(_) => {
+                self.metrics.upstream_timeout();
+                response::gateway_timeout()
+            }
+            ProxyError::Unreachable(_) | ProxyError::BadUri(_) => {
+                self.metrics.upstream_unreachable();
+                response::bad_gateway()
+            }
+        }
+    }
+
+    fn halted(&self, route: RouteId, halt: Halt) -> Outcome {
+        tracing::debug!(?halt, "request halted");
+        Outcome {
+            route,
+            response: halt.into_response(),
+            upstream_time: None,
+        }
+    }
+
+    /// Keep a client's `X-Request-Id`, or make one, so logs on both sides correlate.
+    fn request_id(&self, req: &mut Request<Incoming>) -> HeaderValue {
+        if let Some(id) = req.headers().get(&X_REQUEST_ID).filter(|v| v.len() <= 128) {
+            return id.clone();
+        }
+        let n = self.request_ids.fetch_add(1, Ordering::Relaxed);
+        let id = HeaderValue::from(n);
+        req.headers_mut().insert(X_REQUEST_ID.clone(), id.clone());
+        id
+    }
+}
+
+impl crate::server::Handler for Gateway {
+    async fn handle(self: Arc<Self>, mut req: Request<Incoming>, peer: Peer) -> Response<Body> {
+        let started = Instant::now();
+        self.metrics.request_started();
+        let method = req.method().clone();
+        let uri = req.uri().clone();
+        let request_id = self.request_id(&mut req);
+        let outcome = self.dispatch(req, peer).await;
+        let elapsed = started.elapsed();
+        let status = outcome.response.status().as_u16();
+        self.metrics.request_finished(outcome.route, status, elapsed);
+        tracing::info!(
+            target: "authgate::access",
+            request_id = ?request_id,
+            %method,
+            path = uri.path(),
+            status,
+            latency_us = elapsed.as_micros() as u64,
+            upstream_us = outcome.upstream_time.map(|d| d.as_micros() as u64),
+            peer = %peer.addr,
+        );
+        outcome.response
+    }
+}
+
+/// A browser navigation: GET or HEAD that accepts HTML and is not an XHR.
+pub fn is_browser_navigation<B>(req: &Request<B>) -> bool {
+    let method_ok = req.method() == Method::GET || req.method() == Method::HEAD;
+    let accepts_html = req
+        .headers()
+        .get_all(ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("text/html"));
+    let xhr = req
+        .headers()
+        .get("x-requested-with")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"xmlhttprequest"));
+    method_ok && accepts_html && !xhr
+}
+
+/// A CORS preflight: `OPTIONS` with `Origin` and `Access-Control-Request-Method`.
+fn is_preflight<B>(req: &Request<B>) -> bool {
+    req.method() == Method::OPTIONS
+        && req.headers().contains_key(http::header::ORIGIN)
+        && req
+            .headers()
+            .contains_key(http::header::ACCESS_CONTROL_REQUEST_METHOD)
+}

@@ -1,0 +1,299 @@
+//! Prometheus metrics: plain atomics laid out at start, rendered as text on `/metrics`.
+//!
+//! Every series a request touches is resolved to an index before the request starts (the
+//! route table is fixed), so recording is a few relaxed atomic adds: no lock, no map lookup,
+//! no allocation on the hot path.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+/// Upper bounds (seconds) of the latency histogram buckets.
+const BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// What the pipeline decided for a request (issue: metrics by route and decision).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    Allow = 0,
+    Redirect = 1,
+    Unauthorized = 2,
+    Forbid = 3,
+    Deny = 4,
+}
+
+const DECISIONS: [&str; 5] = ["allowed", "redirected", "unauthorized", "forbidden", "denied"];
+
+/// How a refresh ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefreshOutcome {
+    Ok = 0,
+    Rejected = 1,
+    Transient = 2,
+}
+
+const OUTCOMES: [&str; 3] = ["ok", "rejected", "transient"];
+
+pub struct Histogram {
+    buckets: [AtomicU64; BUCKETS.len()],
+    count: AtomicU64,
+    sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    fn new() -> Self {
+        Histogram {
+            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+            count: AtomicU64::new(0),
+            sum_micros: AtomicU64::new(0),
+        }
+    }
+
+    pub fn observe(&self, elapsed: Duration) {
+        let secs = elapsed.as_secs_f64();
+        if let Some(i) = BUCKETS.iter().position(|&le| secs <= le) {
+            self.buckets[i].fetch_add(1, Relaxed);
+        }
+        self.count.fetch_add(1, Relaxed);
+        self.sum_micros
+            .fetch_add(elapsed.as_micros().min(u64::MAX as u128) as u64, Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let sep = if labels.is_empty() { "" } else { "," };
+        let mut cumulative = 0;
+        for (i, le) in BUCKETS.iter().enumerate() {
+            cumulative += self.buckets[i].load(Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{le}\"}} {cumulative}");
+        }
+        let count = self.count.load(Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {count}");
+        let sum = self.sum_micros.load(Relaxed) as f64 / 1e6;
+        let braces = if labels.is_empty() { String::new() } else { format!("{{{labels}}}") };
+        let _ = writeln!(out, "{name}_sum{braces} {sum}");
+        let _ = writeln!(out, "{name}_count{braces} {count}");
+    }
+}
+
+/// Series of one route (or one built-in endpoint).
+pub struct RouteMetrics {
+    label: String,
+    /// Index = status code - 100.
+    statuses: Box<[AtomicU64; 500]>,
+    decisions: [AtomicU64; 5],
+    latency: Histogram,
+}
+
+impl RouteMetrics {
+    fn new(label: &str) -> Self {
+        RouteMetrics {
+            label: escape_label(label),
+            statuses: Box::new(std::array::from_fn(|_| AtomicU64::new(0))),
+            decisions: std::array::from_fn(|_| AtomicU64::new(0)),
+            latency: Histogram::new(),
+        }
+    }
+}
+
+pub struct Metrics {
+    routes: Vec<RouteMetrics>,
+    in_flight: AtomicI64,
+    upstream_unreachable: AtomicU64,
+    upstream_timeout: AtomicU64,
+    refreshes: [AtomicU64; 3],
+    pub refresh_latency: Histogram,
+    refresh_coalesced: AtomicU64,
+    sessions_ended_by_refresh: AtomicU64,
+}
+
+/// Index of a route's series in [`Metrics`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RouteId(pub usize);
+
+impl Metrics {
+    /// `labels`: one per series, in the order the caller will index them.
+    pub fn new<'a>(labels: impl IntoIterator<Item = &'a str>) -> Self {
+        Metrics {
+            routes: labels.into_iter().map(RouteMetrics::new).collect(),
+            in_flight: AtomicI64::new(0),
+            upstream_unreachable: AtomicU64::new(0),
+            upstream_timeout: AtomicU64::new(0),
+            refreshes: std::array::from_fn(|_| AtomicU64::new(0)),
+            refresh_latency: Histogram::new(),
+            refresh_coalesced: AtomicU64::new(0),
+            sessions_ended_by_refresh: AtomicU64::new(0),
+        }
+    }
+
+    pub fn request_started(&self) {
+        self.in_flight.fetch_add(1, Relaxed);
+    }
+
+    pub fn request_finished(&self, route: RouteId, status: u16, elapsed: Duration) {
+        self.in_flight.fetch_sub(1, Relaxed);
+        if let Some(series) = self.routes.get(route.0) {
+            if let Some(counter) = series.statuses.get(usize::from(status).wrapping_sub(100)) {
+                counter.fetch_add(1, Relaxed);
+            }
+            series.latency.observe(elapsed);
+        }
+    }
+
+    pub fn decision(&self, route: RouteId, decision: Decision) {
+        if let Some(series) = self.routes.get(route.0) {
+            series.decisions[decision as usize].fetch_add(1, Relaxed);
+        }
+    }
+
+    pub fn upstream_unreachable(&self) {
+        self.upstream_unreachable.fetch_add(1, Relaxed);
+    }
+
+    pub fn upstream_timeout(&self) {
+        self.upstream_timeout.fetch_add(1, Relaxed);
+    }
+
+    pub fn refresh_finished(&self, outcome: RefreshOutcome, elapsed: Duration) {
+        self.refreshes[outcome as usize].fetch_add(1, Relaxed);
+        self.refresh_latency.observe(elapsed);
+        if outcome == RefreshOutcome::Rejected {
+            self.sessions_ended_by_refresh.fetch_add(1, Relaxed);
+        }
+    }
+
+    pub fn refresh_coalesced(&self) {
+        self.refresh_coalesced.fetch_add(1, Relaxed);
+    }
+
+    pub fn refresh_count(&self, outcome: RefreshOutcome) -> u64 {
+        self.refreshes[outcome as usize].load(Relaxed)
+    }
+
+    /// Prometheus text exposition format 0.0.4. `live_sessions` is read from the store.
+    pub fn render(&self, live_sessions: u64) -> String {
+        let mut out = String::with_capacity(16 * 1024);
+        self.render_requests(&mut out);
+        self.render_refresh(&mut out);
+        let gauges = [
+            ("authgate_requests_in_flight", "Requests being handled.", self.in_flight.load(Relaxed)),
+            ("authgate_sessions_live", "Sessions in the store.", live_sessions as i64),
+        ];
+        for (name, help, value) in gauges {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
+        }
+        let _ = writeln!(
+            out,
+            "# HELP authgate_upstream_errors_total Upstream failures by kind.\n\
+             # TYPE authgate_upstream_errors_total counter\n\
+             authgate_upstream_errors_total{{kind=\"unreachable\"}} {}\n\
+             authgate_upstream_errors_total{{kind=\"timeout\"}} {}",
+            self.upstream_unreachable.load(Relaxed),
+            self.upstream_timeout.load(Relaxed)
+        );
+        out
+    }
+
+    fn render_requests(&self, out: &mut String) {
+        out.push_str("# HELP authgate_requests_total Requests by route and status.\n");
+        out.push_str("# TYPE authgate_requests_total counter\n");
+        for series in &self.routes {
+            for (i, counter) in series.statuses.iter().enumerate() {
+                let n = counter.load(Relaxed);
+                if n > 0 {
+                    let status = i + 100;
+                    let route = &series.label;
+                    let _ = writeln!(
+                        out,
+                        "authgate_requests_total{{route=\"{route}\",status=\"{status}\"}} {n}"
+                    );
+                }
+            }
+        }
+        out.push_str("# HELP authgate_decisions_total Policy decisions by route.\n");
+        out.push_str("# TYPE authgate_decisions_total counter\n");
+        for series in &self.routes {
+            for (i, decision) in DECISIONS.iter().enumerate() {
+                let n = series.decisions[i].load(Relaxed);
+                if n > 0 {
+                    let route = &series.label;
+                    let _ = writeln!(
+                        out,
+                        "authgate_decisions_total{{route=\"{route}\",decision=\"{decision}\"}} {n}"
+                    );
+                }
+            }
+        }
+        out.push_str("# HELP authgate_request_duration_seconds Request latency by route.\n");
+        out.push_str("# TYPE authgate_request_duration_seconds histogram\n");
+        for series in &self.routes {
+            let labels = format!("route=\"{}\"", series.label);
+            series
+                .latency
+                .render(out, "authgate_request_duration_seconds", &labels);
+        }
+    }
+
+    fn render_refresh(&self, out: &mut String) {
+        out.push_str("# HELP authgate_refresh_total Token refreshes by outcome.\n");
+        out.push_str("# TYPE authgate_refresh_total counter\n");
+        for (i, outcome) in OUTCOMES.iter().enumerate() {
+            let n = self.refreshes[i].load(Relaxed);
+            let _ = writeln!(out, "authgate_refresh_total{{outcome=\"{outcome}\"}} {n}");
+        }
+        out.push_str("# HELP authgate_refresh_duration_seconds Token endpoint latency of refreshes.\n");
+        out.push_str("# TYPE authgate_refresh_duration_seconds histogram\n");
+        self.refresh_latency
+            .render(out, "authgate_refresh_duration_seconds", "");
+        let counters = [
+            (
+                "authgate_refresh_coalesced_total",
+                "Requests that waited on another request's refresh.",
+                self.refresh_coalesced.load(Relaxed),
+            ),
+            (
+                "authgate_sessions_ended_by_refresh_total",
+                "Sessions ended because the provider rejected their refresh.",
+                self.sessions_ended_by_refresh.load(Relaxed),
+            ),
+        ];
+        for (name, help, value) in counters {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}");
+        }
+    }
+}
+
+fn escape_label(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counted_series() {
+        let m = Metrics::new(["/public/", "default"]);
+        m.request_started();
+        m.request_finished(RouteId(1), 200, Duration::from_millis(3));
+        m.decision(RouteId(0), Decision::Deny);
+        m.refresh_finished(RefreshOutcome::Rejected, Duration::from_millis(20));
+        let text = m.render(7);
+        assert!(text.contains("authgate_requests_total{route=\"default\",status=\"200\"} 1"));
+        assert!(text.contains("authgate_decisions_total{route=\"/public/\",decision=\"denied\"} 1"));
+        assert!(text.contains("authgate_request_duration_seconds_bucket{route=\"default\",le=\"0.005\"} 1"));
+        assert!(text.contains("authgate_refresh_total{outcome=\"rejected\"} 1"));
+        assert!(text.contains("authgate_sessions_ended_by_refresh_total 1"));
+        assert!(text.contains("authgate_sessions_live 7"));
+        assert!(text.contains("authgate_requests_in_flight 0"));
+    }
+
+    #[test]
+    fn out_of_range_status_is_ignored() {
+        let m = Metrics::new(["r"]);
+        m.request_started();
+        m.request_finished(RouteId(0), 42, Duration::ZERO);
+        m.request_finished(RouteId(5), 200, Duration::ZERO);
+        assert!(!m.render(0).contains("status=\"42\""));
+    }
+}

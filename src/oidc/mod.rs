@@ -1,0 +1,271 @@
+//! The OpenID provider, as the gateway sees it: discovery, keys, and the HTTP client.
+//!
+//! Discovery runs in the background at start and is retried with backoff until it succeeds
+//! (`/readyz` says 503 meanwhile; public routes are served). The discovered provider lives
+//! behind an `ArcSwap`, so readers never lock; a JWKS refetch (an ID token naming an unknown
+//! `kid`: key rotation at the provider) swaps in a new one, at most once per
+//! [`JWKS_REFETCH_INTERVAL`]. The HTTP client never follows redirects (SSRF) and has timeouts.
+
+pub mod flows;
+pub mod probe;
+pub mod jwt;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwapOption;
+use openidconnect::core::{
+    CoreAuthDisplay, CoreClaimName, CoreClaimType, CoreClient, CoreClientAuthMethod,
+    CoreGrantType, CoreJsonWebKey, CoreJsonWebKeySet, CoreJweContentEncryptionAlgorithm,
+    CoreJweKeyManagementAlgorithm, CoreJwsSigningAlgorithm, CoreResponseMode, CoreResponseType,
+    CoreSubjectIdentifierType,
+};
+use openidconnect::{
+    AdditionalProviderMetadata, AuthType, ClientId, ClientSecret, EndSessionUrl, EndpointMaybeSet,
+    EndpointNotSet, EndpointSet, IssuerUrl, JsonWebKeySet, ProviderMetadata, RedirectUrl,
+    RevocationUrl,
+};
+use serde::{Deserialize, Serialize};
+use url::Url;
+
+use crate::config::{OidcConfig, TokenEndpointAuth};
+use crate::error::StartupError;
+
+pub use openidconnect::reqwest::Client as HttpClient;
+
+/// Least time between two JWKS refetches triggered by unknown key ids.
+pub const JWKS_REFETCH_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Discovery fields openidconnect does not model on `ProviderMetadata` itself.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+pub struct ExtraMetadata {
+    pub revocation_endpoint: Option<RevocationUrl>,
+    pub end_session_endpoint: Option<EndSessionUrl>,
+    pub code_challenge_methods_supported: Option<Vec<String>>,
+}
+impl AdditionalProviderMetadata for ExtraMetadata {}
+
+pub type Metadata = ProviderMetadata<
+    ExtraMetadata,
+    CoreAuthDisplay,
+    CoreClientAuthMethod,
+    CoreClaimName,
+    CoreClaimType,
+    CoreGrantType,
+    CoreJweContentEncryptionAlgorithm,
+    CoreJweKeyManagementAlgorithm,
+    CoreJsonWebKey,
+    CoreResponseMode,
+    CoreResponseType,
+    CoreSubjectIdentifierType,
+>;
+
+pub type DiscoveredClient = CoreClient<
+    EndpointSet,
+    EndpointNotSet,
+    EndpointNotSet,
+    EndpointNotSet,
+    EndpointMaybeSet,
+    EndpointMaybeSet,
+>;
+
+/// A discovered provider: metadata, keys and a configured client.
+pub struct Provider {
+    pub metadata: Metadata,
+    pub client: DiscoveredClient,
+    /// Asymmetric algorithms the provider advertises for ID tokens (RS256 when it lists none).
+    pub algorithms: Vec<CoreJwsSigningAlgorithm>,
+}
+
+impl Provider {
+    pub fn jwks(&self) -> &CoreJsonWebKeySet {
+        self.metadata.jwks()
+    }
+
+    pub fn issuer(&self) -> &str {
+        self.metadata.issuer().as_str()
+    }
+
+    pub fn revocation_endpoint(&self) -> Option<&RevocationUrl> {
+        self.metadata.additional_metadata().revocation_endpoint.as_ref()
+    }
+
+    pub fn end_session_endpoint(&self) -> Option<&EndSessionUrl> {
+        self.metadata.additional_metadata().end_session_endpoint.as_ref()
+    }
+}
+
+/// The gateway's handle on its provider.
+pub struct Oidc {
+    pub cfg: OidcConfig,
+    pub redirect_url: RedirectUrl,
+    /// `post_logout_redirect_uri`, default `public_url + "/"`.
+    pub post_logout_url: Url,
+    /// `session.max_token_age`: expiry of a token that states none.
+    pub max_token_age: Option<Duration>,
+    http: HttpClient,
+    /// Same client with the refresh timeout.
+    refresh_http: HttpClient,
+    current: ArcSwapOption<Provider>,
+    started: Instant,
+    /// Milliseconds since `started` of the last JWKS fetch (0 = never refetched).
+    last_jwks_fetch_ms: AtomicU64,
+}
+
+impl Oidc {
+    pub fn new(
+        cfg: &OidcConfig,
+        public_url: &Url,
+        max_token_age: Option<Duration>,
+    ) -> Result<Self, StartupError> {
+        let base = public_url.as_str().trim_end_matches('/');
+        let redirect_url = RedirectUrl::new(format!("{base}/oauth2/callback"))
+            .map_err(|e| StartupError::Oidc(format!("redirect URI: {e}")))?;
+        let post_logout_url = match &cfg.post_logout_redirect_uri {
+            Some(url) => url.clone(),
+            None => Url::parse(&format!("{base}/"))
+                .map_err(|e| StartupError::Oidc(format!("post-logout URI: {e}")))?,
+        };
+        Ok(Oidc {
+            cfg: cfg.clone(),
+            redirect_url,
+            post_logout_url,
+            max_token_age,
+            http: http_client(cfg.timeout)?,
+            refresh_http: http_client(cfg.refresh_timeout)?,
+            current: ArcSwapOption::empty(),
+            started: Instant::now(),
+            last_jwks_fetch_ms: AtomicU64::new(0),
+        })
+    }
+
+    /// The discovered provider, or `None` while discovery has not yet succeeded.
+    pub fn provider(&self) -> Option<Arc<Provider>> {
+        self.current.load_full()
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.current.load().is_some()
+    }
+
+    pub fn http(&self) -> &HttpClient {
+        &self.http
+    }
+
+    pub fn refresh_http(&self) -> &HttpClient {
+        &self.refresh_http
+    }
+
+    /// Discover until it works: 1 s backoff doubling up to 30 s.
+    pub async fn discover_until_ready(self: Arc<Self>) {
+        let mut delay = Duration::from_secs(1);
+        loop {
+            match self.discover().await {
+                Ok(provider) => {
+                    tracing::info!(issuer = provider.issuer(), "OIDC discovery succeeded");
+                    self.current.store(Some(Arc::new(provider)));
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in = ?delay, "OIDC discovery failed");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(30));
+                }
+            }
+        }
+    }
+
+    /// One discovery attempt (also used by `authgate check --probe`).
+    pub async fn discover(&self) -> Result<Provider, String> {
+        let issuer = IssuerUrl::new(self.cfg.issuer.as_str().trim_end_matches('/').to_owned())
+            .map_err(|e| e.to_string())?;
+        let metadata = Metadata::discover_async(issuer, &self.http)
+            .await
+            .map_err(|e| error_chain(&e))?;
+        Ok(self.provider_from(metadata))
+    }
+
+    fn provider_from(&self, metadata: Metadata) -> Provider {
+        let secret = self
+            .cfg
+            .client_secret
+            .as_ref()
+            .map(|s| ClientSecret::new(s.expose().clone()));
+        let auth_type = match self.cfg.token_endpoint_auth {
+            TokenEndpointAuth::ClientSecretBasic => AuthType::BasicAuth,
+            TokenEndpointAuth::ClientSecretPost => AuthType::RequestBody,
+        };
+        let client = CoreClient::from_provider_metadata(
+            metadata.clone(),
+            ClientId::new(self.cfg.client_id.clone()),
+            secret,
+        )
+        .set_redirect_uri(self.redirect_url.clone())
+        .set_auth_type(auth_type);
+        let mut algorithms: Vec<CoreJwsSigningAlgorithm> = metadata
+            .id_token_signing_alg_values_supported()
+            .iter()
+            .filter(|alg| !jwt::is_symmetric(alg))
+            .cloned()
+            .collect();
+        if algorithms.is_empty() {
+            algorithms.push(CoreJwsSigningAlgorithm::RsaSsaPkcs1V15Sha256);
+        }
+        Provider {
+            metadata,
+            client,
+            algorithms,
+        }
+    }
+
+    /// Refetch the provider's keys after a token named an unknown `kid`. Returns the new
+    /// provider, or `None` when a refetch happened too recently or failed.
+    pub async fn refetch_jwks(&self) -> Option<Arc<Provider>> {
+        let now_ms = self.started.elapsed().as_millis() as u64 + 1;
+        let last = self.last_jwks_fetch_ms.load(Ordering::Relaxed);
+        let interval = JWKS_REFETCH_INTERVAL.as_millis() as u64;
+        if last != 0 && now_ms.saturating_sub(last) < interval {
+            return None;
+        }
+        if self
+            .last_jwks_fetch_ms
+            .compare_exchange(last, now_ms, Ordering::AcqRel, Ordering::Relaxed)
+            .is_err()
+        {
+            return None; // another request is refetching right now
+        }
+        let current = self.provider()?;
+        let jwks = JsonWebKeySet::fetch_async(current.metadata.jwks_uri(), &self.http)
+            .await
+            .map_err(|e| tracing::warn!(error = %error_chain(&e), "JWKS refetch failed"))
+            .ok()?;
+        tracing::info!(keys = jwks.keys().len(), "refetched provider keys");
+        let metadata = current.metadata.clone().set_jwks(jwks);
+        let provider = Arc::new(self.provider_from(metadata));
+        self.current.store(Some(provider.clone()));
+        Some(provider)
+    }
+}
+
+fn http_client(timeout: Duration) -> Result<HttpClient, StartupError> {
+    HttpClient::builder()
+        // Following redirects would open the client to SSRF.
+        .redirect(openidconnect::reqwest::redirect::Policy::none())
+        .timeout(timeout)
+        .connect_timeout(timeout)
+        .build()
+        .map_err(|e| StartupError::Oidc(format!("HTTP client: {e}")))
+}
+
+/// An error and its causes on one line (reqwest hides the useful part in `source()`).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

@@ -1,0 +1,65 @@
+//! `authgate check --probe`: fetch the provider's discovery document and report what
+//! matters for this gateway, before users find out the hard way.
+
+use openidconnect::core::CoreGrantType;
+
+use super::Oidc;
+use crate::config::Config;
+
+/// One line of the probe's report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Finding {
+    Ok(String),
+    Warning(String),
+}
+
+/// Run the probe and print the report on stderr. `Err` when the provider is unreachable.
+pub async fn run(config: &Config) -> Result<(), ()> {
+    let oidc = Oidc::new(&config.oidc, &config.server.public_url, None).map_err(|e| {
+        eprintln!("probe: {e}");
+    })?;
+    let provider = oidc.discover().await.map_err(|e| {
+        eprintln!("probe: provider unreachable or discovery invalid: {e}");
+    })?;
+    eprintln!("probe: discovered {}", provider.issuer());
+    for finding in assess(config, &provider) {
+        match finding {
+            Finding::Ok(line) => eprintln!("  ok       {line}"),
+            Finding::Warning(line) => eprintln!("  WARNING  {line}"),
+        }
+    }
+    Ok(())
+}
+
+/// The checks, as data (unit-testable without a provider).
+pub fn assess(config: &Config, provider: &super::Provider) -> Vec<Finding> {
+    let meta = &provider.metadata;
+    let extra = meta.additional_metadata();
+    let mut out = Vec::new();
+    let refresh = meta
+        .grant_types_supported()
+        .is_none_or(|grants| grants.contains(&CoreGrantType::RefreshToken));
+    out.push(check(refresh, "refresh_token grant supported", "the provider does not list the refresh_token grant: sessions end at the first token expiry"));
+    let s256 = extra
+        .code_challenge_methods_supported
+        .as_ref()
+        .is_some_and(|m| m.iter().any(|x| x == "S256"));
+    out.push(check(s256, "PKCE S256 supported", "the provider does not advertise PKCE S256 (code_challenge_methods_supported)"));
+    out.push(check(extra.revocation_endpoint.is_some(), "revocation endpoint present", "no revocation_endpoint: sign-out cannot revoke refresh tokens"));
+    out.push(check(extra.end_session_endpoint.is_some(), "end-session endpoint present", "no end_session_endpoint: sign-out cannot end the provider session"));
+    let offline = config.oidc.scopes.iter().any(|s| s == "offline_access");
+    out.push(check(offline, "offline_access requested", "offline_access is not among oidc.scopes: most providers then issue no refresh token and users are logged out at the first expiry"));
+    let logto = provider.issuer().contains("logto") || provider.issuer().ends_with("/oidc");
+    if logto && config.oidc.resource.is_empty() {
+        out.push(Finding::Warning("oidc.resource is empty with a Logto-like issuer: access tokens will be opaque and the upstream cannot verify them".into()));
+    }
+    out
+}
+
+fn check(ok: bool, good: &str, bad: &str) -> Finding {
+    if ok {
+        Finding::Ok(good.into())
+    } else {
+        Finding::Warning(bad.into())
+    }
+}

@@ -1,0 +1,257 @@
+//! Per-route policies: the `[[route]]` table compiled once, matched on the normalized path.
+//!
+//! First match wins; a request no route matches is `authenticated` (contract Details 16).
+//! Pure: no I/O, no session access; the pipeline asks "which route?" and later "may this
+//! identity pass?".
+
+pub mod path;
+
+use http::Method;
+
+use crate::config::{BearerMode, PathMatch, Policy, RouteConfig};
+use crate::metrics::RouteId;
+use crate::session::Identity;
+use crate::session::identity::claim_text;
+
+/// A compiled route.
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub id: RouteId,
+    /// Metrics label: the configured path pattern, or `default`.
+    pub label: String,
+    pub matcher: Option<PathMatch>,
+    pub methods: Vec<Method>,
+    pub policy: Policy,
+    pub api: bool,
+    pub require_groups: Vec<String>,
+    pub require_claims: Vec<(String, Vec<String>)>,
+    pub bearer: BearerMode,
+    pub bearer_resource: Option<String>,
+}
+
+/// Why an authenticated user is turned away (a short, clear 403 body).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    MissingGroup,
+    MissingClaim,
+}
+
+impl Refusal {
+    pub fn message(self) -> &'static str {
+        match self {
+            Refusal::MissingGroup => "Forbidden: you are not a member of a group this page requires",
+            Refusal::MissingClaim => "Forbidden: your account lacks an attribute this page requires",
+        }
+    }
+}
+
+pub struct RouteTable {
+    routes: Vec<Route>,
+    /// Used when nothing matches: authenticated, no requirements.
+    fallback: Route,
+}
+
+impl RouteTable {
+    pub fn new(configs: &[RouteConfig]) -> Self {
+        let routes = configs
+            .iter()
+            .enumerate()
+            .map(|(i, cfg)| Route::from_config(RouteId(i), cfg))
+            .collect();
+        let fallback = Route {
+            id: RouteId(configs.len()),
+            label: "default".into(),
+            matcher: None,
+            methods: Vec::new(),
+            policy: Policy::Authenticated,
+            api: false,
+            require_groups: Vec::new(),
+            require_claims: Vec::new(),
+            bearer: BearerMode::Off,
+            bearer_resource: None,
+        };
+        RouteTable { routes, fallback }
+    }
+
+    /// The first route matching `method` and the normalized `path`, else the fallback.
+    pub fn find(&self, method: &Method, path: &str) -> &Route {
+        self.routes
+            .iter()
+            .find(|r| r.matches(method, path))
+            .unwrap_or(&self.fallback)
+    }
+
+    /// Metrics labels in `RouteId` order (routes, then the fallback).
+    pub fn labels(&self) -> impl Iterator<Item = &str> {
+        self.routes
+            .iter()
+            .chain(std::iter::once(&self.fallback))
+            .map(|r| r.label.as_str())
+    }
+
+    pub fn len_with_fallback(&self) -> usize {
+        self.routes.len() + 1
+    }
+
+    /// Claim names that some route's `require_claims` checks (kept in session identities).
+    pub fn required_claim_names(&self) -> impl Iterator<Item = String> + '_ {
+        self.routes
+            .iter()
+            .flat_map(|r| r.require_claims.iter().map(|(name, _)| name.clone()))
+    }
+}
+
+impl Route {
+    fn from_config(id: RouteId, cfg: &RouteConfig) -> Self {
+        let label = match &cfg.matcher {
+            PathMatch::Prefix(p) | PathMatch::Exact(p) => p.clone(),
+            PathMatch::Regex(r) => r.as_str().to_owned(),
+        };
+        Route {
+            id,
+            label,
+            matcher: Some(cfg.matcher.clone()),
+            methods: cfg.methods.clone(),
+            policy: cfg.policy,
+            api: cfg.api,
+            require_groups: cfg.require_groups.clone(),
+            require_claims: cfg.require_claims.clone(),
+            bearer: cfg.bearer,
+            bearer_resource: cfg.bearer_resource.clone(),
+        }
+    }
+
+    fn matches(&self, method: &Method, path: &str) -> bool {
+        let method_ok = self.methods.is_empty() || self.methods.contains(method);
+        method_ok && self.matcher.as_ref().is_some_and(|m| path_matches(m, path))
+    }
+
+    /// `require_groups` (any one of them) and `require_claims` (every claim, any listed value).
+    pub fn authorize(&self, identity: &Identity) -> Result<(), Refusal> {
+        if !self.require_groups.is_empty()
+            && !identity
+                .groups
+                .iter()
+                .any(|g| self.require_groups.contains(g))
+        {
+            return Err(Refusal::MissingGroup);
+        }
+        let claims_ok = self.require_claims.iter().all(|(name, accepted)| {
+            identity
+                .claims
+                .get(name)
+                .is_some_and(|value| claim_satisfies(value, accepted))
+        });
+        if claims_ok {
+            Ok(())
+        } else {
+            Err(Refusal::MissingClaim)
+        }
+    }
+}
+
+/// A prefix matches on segment boundaries: `/public` matches `/public` and `/public/x`, not
+/// `/publicity`; `/public/` matches `/public/x`, not `/public`. Regexes are anchored at
+/// compile time (`^(?:..)$`) and never see the query.
+fn path_matches(matcher: &PathMatch, path: &str) -> bool {
+    match matcher {
+        PathMatch::Exact(p) => path == p,
+        PathMatch::Regex(r) => r.is_match(path),
+        PathMatch::Prefix(p) => {
+            path.starts_with(p.as_str())
+                && (p.ends_with('/') || path.len() == p.len() || path.as_bytes()[p.len()] == b'/')
+        }
+    }
+}
+
+/// A claim satisfies a requirement when it equals one accepted value, or, for a list claim,
+/// when one of its items does.
+fn claim_satisfies(value: &serde_json::Value, accepted: &[String]) -> bool {
+    match value {
+        serde_json::Value::Array(items) => items.iter().any(|v| claim_satisfies(v, accepted)),
+        other => claim_text(other).is_some_and(|text| accepted.contains(&text)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use regex::Regex;
+    use serde_json::json;
+
+    fn route(matcher: PathMatch, policy: Policy) -> RouteConfig {
+        RouteConfig {
+            matcher,
+            methods: vec![],
+            policy,
+            api: false,
+            require_groups: vec![],
+            require_claims: vec![],
+            bearer: BearerMode::Off,
+            bearer_resource: None,
+        }
+    }
+
+    #[test]
+    fn prefix_matches_on_segment_boundaries() {
+        let slashless = PathMatch::Prefix("/public".into());
+        assert!(path_matches(&slashless, "/public"));
+        assert!(path_matches(&slashless, "/public/x"));
+        assert!(!path_matches(&slashless, "/publicity"));
+        let slashed = PathMatch::Prefix("/public/".into());
+        assert!(path_matches(&slashed, "/public/x"));
+        assert!(!path_matches(&slashed, "/public"));
+        let root = PathMatch::Prefix("/".into());
+        assert!(path_matches(&root, "/anything"));
+    }
+
+    #[test]
+    fn first_match_wins_and_methods_filter() {
+        let mut get_only = route(PathMatch::Exact("/a".into()), Policy::Public);
+        get_only.methods = vec![Method::GET];
+        let table = RouteTable::new(&[
+            get_only,
+            route(PathMatch::Prefix("/a".into()), Policy::Deny),
+            route(PathMatch::Regex(Regex::new("^(?:/r/[0-9]+)$").unwrap()), Policy::Public),
+        ]);
+        assert_eq!(table.find(&Method::GET, "/a").policy, Policy::Public);
+        assert_eq!(table.find(&Method::POST, "/a").policy, Policy::Deny);
+        assert_eq!(table.find(&Method::GET, "/r/12").policy, Policy::Public);
+        let fallback = table.find(&Method::GET, "/r/12x");
+        assert_eq!((fallback.policy, fallback.id), (Policy::Authenticated, RouteId(3)));
+        assert_eq!(table.labels().collect::<Vec<_>>(), ["/a", "/a", "^(?:/r/[0-9]+)$", "default"]);
+    }
+
+    fn identity(groups: &[&str], claims: serde_json::Value) -> Identity {
+        Identity {
+            sub: "u".into(),
+            email: None,
+            preferred_username: None,
+            groups: groups.iter().map(|g| g.to_string()).collect(),
+            sid: None,
+            claims: claims.as_object().unwrap().clone(),
+            upstream_headers: vec![],
+        }
+    }
+
+    #[test]
+    fn groups_and_claims() {
+        let mut cfg = route(PathMatch::Prefix("/admin".into()), Policy::Authenticated);
+        cfg.require_groups = vec!["admins".into(), "ops".into()];
+        cfg.require_claims = vec![
+            ("tier".into(), vec!["gold".into(), "platinum".into()]),
+            ("verified".into(), vec!["true".into()]),
+        ];
+        let table = RouteTable::new(&[cfg]);
+        let r = table.find(&Method::GET, "/admin");
+        let ok = json!({"tier": "gold", "verified": true});
+        assert_eq!(r.authorize(&identity(&["ops"], ok.clone())), Ok(()));
+        assert_eq!(r.authorize(&identity(&["users"], ok)), Err(Refusal::MissingGroup));
+        let list = json!({"tier": ["silver", "platinum"], "verified": true});
+        assert_eq!(r.authorize(&identity(&["admins"], list)), Ok(()));
+        let wrong = json!({"tier": "silver", "verified": true});
+        assert_eq!(r.authorize(&identity(&["admins"], wrong)), Err(Refusal::MissingClaim));
+        let missing = json!({"tier": "gold"});
+        assert_eq!(r.authorize(&identity(&["admins"], missing)), Err(Refusal::MissingClaim));
+    }
+}

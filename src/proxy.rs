@@ -1,0 +1,237 @@
+//! The last step of the pipeline: forward a request to the upstream app and stream the answer.
+//!
+//! Bodies are streamed both ways and never buffered. The upstream response head must arrive
+//! within `[upstream] timeout` (else 504), and a streamed body that stalls for longer than that
+//! is cut (nginx's `proxy_read_timeout` semantics: a 1 GiB download is not killed by a
+//! whole-response deadline). Connect errors and resets become 502. `Upgrade` requests
+//! (WebSocket) are tunnelled both ways once the upstream answers 101.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{CONNECTION, HOST, UPGRADE};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use pin_project_lite::pin_project;
+use tokio::time::{Instant, Sleep};
+
+use crate::body::{Body, BodyError};
+use crate::config::UpstreamConfig;
+use crate::tls;
+
+/// Why a request could not be forwarded. Mapped to 502/504 in `response.rs`.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("upstream did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("upstream unreachable: {0}")]
+    Unreachable(#[source] hyper_util::client::legacy::Error),
+    #[error("bad upstream URI: {0}")]
+    BadUri(#[from] http::Error),
+}
+
+/// The pooled client for the one upstream app.
+pub struct Upstream {
+    client: Client<HttpsConnector<HttpConnector>, Incoming>,
+    scheme: Scheme,
+    authority: Authority,
+    /// Path prefix of `[upstream] url` without a trailing slash ("" for none).
+    path_prefix: Arc<str>,
+    timeout: Duration,
+}
+
+// === impl Upstream ===
+
+impl Upstream {
+    pub fn new(cfg: &UpstreamConfig) -> Result<Self, crate::error::StartupError> {
+        let tls = tls::client_config(cfg.ca_file.as_deref())?;
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(cfg.timeout.min(Duration::from_secs(10))));
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(1024)
+            .pool_timer(TokioTimer::new())
+            // We set Host ourselves: the original one is passed through (see `prepare`).
+            .set_host(false)
+            .build(connector);
+        let uri: Uri = cfg.url.as_str().parse().map_err(|e: http::uri::InvalidUri| {
+            crate::error::StartupError::Upstream(format!("upstream.url: {e}"))
+        })?;
+        let parts = uri.into_parts();
+        let (Some(scheme), Some(authority)) = (parts.scheme, parts.authority) else {
+            return Err(crate::error::StartupError::Upstream(
+                "upstream.url: needs a scheme and a host".into(),
+            ));
+        };
+        Ok(Upstream {
+            client,
+            scheme,
+            authority,
+            path_prefix: cfg.url.path().trim_end_matches('/').into(),
+            timeout: cfg.timeout,
+        })
+    }
+
+    /// Forward `req` (headers already rewritten by the pipeline) and stream the answer back.
+    /// `path` is the normalized path the policy matched on: the upstream sees exactly it.
+    pub async fn forward(
+        &self,
+        mut req: Request<Incoming>,
+        path: &str,
+    ) -> Result<Response<Body>, ProxyError> {
+        let upgrade = wants_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
+        self.prepare(&mut req, path)?;
+        let response = match tokio::time::timeout(self.timeout, self.client.request(req)).await {
+            Err(_) => return Err(ProxyError::Timeout(self.timeout)),
+            Ok(Err(e)) => return Err(ProxyError::Unreachable(e)),
+            Ok(Ok(response)) => response,
+        };
+        match upgrade {
+            Some(client_side) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
+                Ok(tunnel(client_side, response))
+            }
+            _ => Ok(self.stream_back(response)),
+        }
+    }
+
+    /// Point the request at the upstream: absolute URI, HTTP/1.1, Host kept from the client.
+    fn prepare(&self, req: &mut Request<Incoming>, path: &str) -> Result<(), ProxyError> {
+        if !req.headers().contains_key(HOST) {
+            // HTTP/2 carries the host in `:authority`; HTTP/1.1 upstreams need a Host header.
+            if let Some(host) = req.uri().authority().and_then(|a| a.as_str().parse().ok()) {
+                req.headers_mut().insert(HOST, host);
+            }
+        }
+        let path_and_query = self.path_and_query(path, req.uri().query())?;
+        *req.uri_mut() = Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(path_and_query)
+            .build()?;
+        *req.version_mut() = Version::HTTP_11;
+        Ok(())
+    }
+
+    fn path_and_query(&self, path: &str, query: Option<&str>) -> Result<PathAndQuery, ProxyError> {
+        let pq = match (self.path_prefix.is_empty(), query) {
+            (true, None) => return Ok(PathAndQuery::try_from(path).map_err(http::Error::from)?),
+            (true, Some(q)) => format!("{path}?{q}"),
+            (false, None) => format!("{}{path}", self.path_prefix),
+            (false, Some(q)) => format!("{}{path}?{q}", self.path_prefix),
+        };
+        Ok(PathAndQuery::try_from(pq).map_err(http::Error::from)?)
+    }
+
+    fn stream_back(&self, response: Response<Incoming>) -> Response<Body> {
+        let (mut parts, body) = response.into_parts();
+        crate::headers::strip_hop_by_hop(&mut parts.headers);
+        let body = IdleTimeoutBody::new(body, self.timeout);
+        Response::from_parts(parts, Body::Upstream { body })
+    }
+}
+
+/// An `Upgrade` request (RFC 9110 section 7.8): `Connection: upgrade` plus an `Upgrade` header.
+pub fn wants_upgrade<B>(req: &Request<B>) -> bool {
+    req.headers().contains_key(UPGRADE)
+        && req
+            .headers()
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|token| token.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+/// Answer 101 to the client and splice the two upgraded connections together.
+fn tunnel(client_side: hyper::upgrade::OnUpgrade, mut response: Response<Incoming>) -> Response<Body> {
+    let upstream_side = hyper::upgrade::on(&mut response);
+    tokio::spawn(async move {
+        let (client, upstream) = match tokio::try_join!(client_side, upstream_side) {
+            Ok(pair) => pair,
+            Err(e) => {
+                tracing::debug!(error = %e, "upgrade failed");
+                return;
+            }
+        };
+        let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
+        if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+            tracing::debug!(error = %e, "upgraded connection closed");
+        }
+    });
+    let (mut parts, _) = response.into_parts();
+    // Keep `Connection: upgrade` and `Upgrade`: the client needs them to switch protocols.
+    parts.headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    Response::from_parts(parts, Body::empty())
+}
+
+pin_project! {
+    /// A streamed body that fails when no frame arrives within `timeout`.
+    pub struct IdleTimeoutBody<B> {
+        #[pin]
+        inner: B,
+        #[pin]
+        deadline: Sleep,
+        timeout: Duration,
+    }
+}
+
+impl<B> IdleTimeoutBody<B> {
+    pub fn new(inner: B, timeout: Duration) -> Self {
+        IdleTimeoutBody {
+            inner,
+            deadline: tokio::time::sleep(timeout),
+            timeout,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("upstream body stalled for more than {0:?}")]
+struct BodyStalled(Duration);
+
+impl<B> HttpBody for IdleTimeoutBody<B>
+where
+    B: HttpBody<Data = Bytes>,
+    B::Error: Into<BodyError>,
+{
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let mut this = self.project();
+        if let Poll::Ready(frame) = this.inner.poll_frame(cx) {
+            this.deadline.as_mut().reset(Instant::now() + *this.timeout);
+            return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
+        }
+        ready!(this.deadline.poll(cx));
+        Poll::Ready(Some(Err(Box::new(BodyStalled(*this.timeout)))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -1,0 +1,235 @@
+//! Transparent token refresh: ahead of expiry, one flight per session, rotation-safe.
+//!
+//! - A request whose token is valid and not within `refresh_before_expiry` of expiry returns
+//!   at once: no lock, no map, no await.
+//! - Otherwise it joins the session's flight, or starts one. A flight is a spawned task, so
+//!   it runs to completion and stores its result even when every request that waited on it
+//!   has gone away: if a cancelled request aborted it after the provider had rotated the
+//!   refresh token, the new token, and with it the session, would be lost.
+//! - A flight first re-reads the record: a flight that just finished may already have
+//!   refreshed it, and a used refresh token must never be sent again (Logto revokes the
+//!   whole grant on reuse after 3 s).
+//! - `invalid_grant` ends the session; anything else is transient: the session stays, the
+//!   current token is used while valid, and the next attempt waits for a backoff.
+//!
+//! The in-flight map is behind a plain mutex held for a map operation only, and is touched
+//! only by requests that need a refresh: never on the hot path.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use futures_util::FutureExt;
+use futures_util::future::{BoxFuture, Shared};
+
+use crate::metrics::{Metrics, RefreshOutcome};
+use crate::oidc::Oidc;
+use crate::oidc::flows::{RefreshError, TokenSet};
+use crate::session::identity::IdentityRules;
+use crate::session::{RefreshBackoff, Session, SessionKey, SessionStore, Store, Tokens, unix_now};
+
+/// What a request may do with its session after `ensure_fresh`.
+#[derive(Debug, Clone)]
+pub enum Fresh {
+    /// Use this record (refreshed, or still valid).
+    Ready(Arc<Session>),
+    /// The session is over (refresh rejected, or expired without a refresh token).
+    Ended,
+    /// No usable token right now; the provider or store is failing. Try again later.
+    Unavailable { retry_after_secs: u64 },
+}
+
+type Flight = Shared<BoxFuture<'static, Fresh>>;
+
+pub struct Refresher {
+    oidc: Arc<Oidc>,
+    store: Arc<Store>,
+    metrics: Arc<Metrics>,
+    rules: Arc<IdentityRules>,
+    before: Duration,
+    inflight: Mutex<HashMap<SessionKey, Flight>>,
+}
+
+impl Refresher {
+    pub fn new(
+        oidc: Arc<Oidc>,
+        store: Arc<Store>,
+        metrics: Arc<Metrics>,
+        rules: Arc<IdentityRules>,
+        refresh_before_expiry: Duration,
+    ) -> Self {
+        Refresher {
+            oidc,
+            store,
+            metrics,
+            rules,
+            before: refresh_before_expiry,
+            inflight: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Make sure `session` has a usable access token, refreshing it when it is near expiry.
+    pub async fn ensure_fresh(self: &Arc<Self>, key: SessionKey, session: Arc<Session>) -> Fresh {
+        let now = unix_now();
+        if !session.needs_refresh(now, self.before) {
+            return Fresh::Ready(session); // the hot path
+        }
+        if let Some(decided) = self.decide_without_provider(&session, now) {
+            return decided;
+        }
+        self.join_or_start(key).await
+    }
+
+    /// The cases that need no token-endpoint call: no refresh token, or backing off.
+    fn decide_without_provider(&self, session: &Arc<Session>, now: u64) -> Option<Fresh> {
+        if session.tokens.refresh_token.is_none() {
+            // Contract Details 8: an expired token without a refresh token ends the session.
+            return Some(if session.access_valid(now) {
+                Fresh::Ready(session.clone())
+            } else {
+                Fresh::Ended
+            });
+        }
+        let backoff = session.backoff.filter(|b| now < b.retry_at)?;
+        Some(if session.access_valid(now) {
+            Fresh::Ready(session.clone())
+        } else {
+            Fresh::Unavailable {
+                retry_after_secs: backoff.retry_at - now,
+            }
+        })
+    }
+
+    async fn join_or_start(self: &Arc<Self>, key: SessionKey) -> Fresh {
+        let (flight, joined) = {
+            let mut inflight = self.inflight.lock().unwrap_or_else(PoisonError::into_inner);
+            match inflight.get(&key) {
+                Some(flight) => (flight.clone(), true),
+                None => {
+                    let flight = self.spawn_flight(key);
+                    inflight.insert(key, flight.clone());
+                    (flight, false)
+                }
+            }
+        };
+        if joined {
+            self.metrics.refresh_coalesced();
+        }
+        flight.await
+    }
+
+    fn spawn_flight(self: &Arc<Self>, key: SessionKey) -> Flight {
+        let this = self.clone();
+        let task = tokio::spawn(async move {
+            let outcome = this.fly(key).await;
+            // Only now, with the result stored, may a later request start another flight.
+            this.inflight
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&key);
+            outcome
+        });
+        async move {
+            task.await.unwrap_or(Fresh::Unavailable {
+                retry_after_secs: 1,
+            })
+        }
+        .boxed()
+        .shared()
+    }
+
+    /// One flight: re-read, maybe call the token endpoint, store the result.
+    async fn fly(&self, key: SessionKey) -> Fresh {
+        let session = match self.store.load(&key).await {
+            Ok(Some(session)) => session,
+            Ok(None) => return Fresh::Ended,
+            Err(e) => {
+                tracing::warn!(error = %e, "session store failed before refresh");
+                return Fresh::Unavailable { retry_after_secs: 1 };
+            }
+        };
+        let now = unix_now();
+        if !session.needs_refresh(now, self.before) {
+            return Fresh::Ready(session); // an earlier flight already refreshed it
+        }
+        if let Some(decided) = self.decide_without_provider(&session, now) {
+            return decided;
+        }
+        let Some(refresh_token) = session.tokens.refresh_token.as_deref() else {
+            return Fresh::Ended;
+        };
+        let started = Instant::now();
+        let result = self.oidc.refresh(refresh_token, &session.identity.sub).await;
+        let elapsed = started.elapsed();
+        match result {
+            Ok(tokens) => {
+                self.metrics.refresh_finished(RefreshOutcome::Ok, elapsed);
+                self.store_refreshed(key, &session, tokens).await
+            }
+            Err(RefreshError::Rejected(reason)) => {
+                self.metrics.refresh_finished(RefreshOutcome::Rejected, elapsed);
+                tracing::info!(sub = %session.identity.sub, %reason, "refresh rejected: session ended");
+                if let Err(e) = self.store.delete(&key).await {
+                    tracing::warn!(error = %e, "could not delete session after rejected refresh");
+                }
+                Fresh::Ended
+            }
+            Err(RefreshError::Transient(reason)) => {
+                self.metrics.refresh_finished(RefreshOutcome::Transient, elapsed);
+                tracing::warn!(sub = %session.identity.sub, %reason, "refresh failed transiently: session kept");
+                self.store_backoff(key, &session, now).await
+            }
+        }
+    }
+
+    async fn store_refreshed(&self, key: SessionKey, old: &Session, set: TokenSet) -> Fresh {
+        let Some(bearer) = Tokens::bearer_value(&set.access_token) else {
+            tracing::warn!(sub = %old.identity.sub, "provider returned an unusable access token");
+            return Fresh::Unavailable { retry_after_secs: 1 };
+        };
+        let identity = match set.claims.as_ref().and_then(|c| self.rules.identity(c)) {
+            Some(identity) => Arc::new(identity),
+            None => old.identity.clone(),
+        };
+        let refreshed = Arc::new(Session {
+            tokens: Tokens {
+                bearer,
+                access_expires_at: set.access_expires_at,
+                // Rotation: keep the new refresh token; keep the old one when none came back.
+                refresh_token: set
+                    .refresh_token
+                    .map(Into::into)
+                    .or_else(|| old.tokens.refresh_token.clone()),
+                id_token: set.id_token.map(Into::into).or_else(|| old.tokens.id_token.clone()),
+            },
+            identity,
+            login_at: old.login_at,
+            backoff: None,
+        });
+        match self.store.save(key, refreshed.clone()).await {
+            Ok(()) => Fresh::Ready(refreshed),
+            Err(e) => {
+                tracing::error!(sub = %old.identity.sub, error = %e, "could not store refreshed tokens");
+                Fresh::Unavailable { retry_after_secs: 1 }
+            }
+        }
+    }
+
+    async fn store_backoff(&self, key: SessionKey, old: &Session, now: u64) -> Fresh {
+        let backoff = RefreshBackoff::after_failure(old.backoff, now);
+        let updated = Arc::new(Session {
+            backoff: Some(backoff),
+            ..old.clone()
+        });
+        if let Err(e) = self.store.save(key, updated.clone()).await {
+            tracing::warn!(error = %e, "could not record refresh backoff");
+        }
+        if updated.access_valid(now) {
+            Fresh::Ready(updated)
+        } else {
+            Fresh::Unavailable {
+                retry_after_secs: backoff.retry_at.saturating_sub(now).max(1),
+            }
+        }
+    }
+}

@@ -1,0 +1,111 @@
+//! Server-side sessions: the record, the store behind a trait, and the signed cookie.
+//!
+//! The browser holds only `<random id>.<HMAC>`; the token set lives here. The cookie never
+//! changes during a session (a refresh rewrites the record, not the cookie), so it works
+//! behind forward-auth proxies that drop `Set-Cookie`, and tokens never meet a size limit.
+
+pub mod cookie;
+pub mod identity;
+pub mod memory;
+pub mod record;
+
+use std::future::Future;
+use std::sync::Arc;
+
+pub use cookie::CookieCodec;
+pub use identity::Identity;
+pub use record::{RefreshBackoff, Session, Tokens};
+
+/// A session id: 128 random bits. The map key in every store.
+pub type SessionKey = [u8; 16];
+
+/// A fresh, unguessable session id (OS randomness).
+pub fn new_key() -> SessionKey {
+    use rand::RngCore;
+    let mut key = [0u8; 16];
+    rand::rngs::OsRng.fill_bytes(&mut key);
+    key
+}
+
+/// The store could not answer (a shared store being down; the memory store never fails).
+#[derive(Debug, thiserror::Error)]
+#[error("session store unavailable: {0}")]
+pub struct StoreError(pub String);
+
+/// Where session records live. The request path only ever talks to this trait, through
+/// [`Store`], so a shared store drops in without touching it.
+pub trait SessionStore: Send + Sync + 'static {
+    /// The session, or `None` when unknown or expired. Resets the idle timer.
+    fn load(
+        &self,
+        key: &SessionKey,
+    ) -> impl Future<Output = Result<Option<Arc<Session>>, StoreError>> + Send;
+    /// Insert or replace.
+    fn save(
+        &self,
+        key: SessionKey,
+        session: Arc<Session>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    fn delete(&self, key: &SessionKey) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// End every session of an OpenID `sid` (when given), else of a `sub` (back-channel logout).
+    fn delete_matching(
+        &self,
+        sid: Option<&str>,
+        sub: Option<&str>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Number of live sessions (approximate; for metrics).
+    fn live(&self) -> u64;
+    /// Whether the store answers (for `/readyz`).
+    fn ready(&self) -> impl Future<Output = bool> + Send;
+}
+
+/// The configured store. An enum rather than `dyn` so the hot path does not box a future.
+pub enum Store {
+    Memory(memory::MemoryStore),
+}
+
+impl SessionStore for Store {
+    async fn load(&self, key: &SessionKey) -> Result<Option<Arc<Session>>, StoreError> {
+        match self {
+            Store::Memory(s) => s.load(key).await,
+        }
+    }
+
+    async fn save(&self, key: SessionKey, session: Arc<Session>) -> Result<(), StoreError> {
+        match self {
+            Store::Memory(s) => s.save(key, session).await,
+        }
+    }
+
+    async fn delete(&self, key: &SessionKey) -> Result<(), StoreError> {
+        match self {
+            Store::Memory(s) => s.delete(key).await,
+        }
+    }
+
+    async fn delete_matching(&self, sid: Option<&str>, sub: Option<&str>) -> Result<(), StoreError> {
+        match self {
+            Store::Memory(s) => s.delete_matching(sid, sub).await,
+        }
+    }
+
+    fn live(&self) -> u64 {
+        match self {
+            Store::Memory(s) => s.live(),
+        }
+    }
+
+    async fn ready(&self) -> bool {
+        match self {
+            Store::Memory(s) => s.ready().await,
+        }
+    }
+}
+
+/// Seconds since the Unix epoch: the one clock session records use, so every store and
+/// every replica agree on deadlines.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}

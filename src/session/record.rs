@@ -1,0 +1,125 @@
+//! The session record: token set, identity, login time, refresh backoff.
+//!
+//! Kept compact: the access token is stored once, already formatted as the upstream
+//! `Authorization` value, so the hot path clones a refcounted `HeaderValue` instead of
+//! formatting a string per request.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::HeaderValue;
+
+use super::Identity;
+
+#[derive(Debug, Clone)]
+pub struct Session {
+    pub tokens: Tokens,
+    pub identity: Arc<Identity>,
+    /// Unix seconds of the login; `absolute_timeout` counts from here, whatever happens.
+    pub login_at: u64,
+    /// Set after a transient refresh failure: no new attempt before `retry_at`.
+    pub backoff: Option<RefreshBackoff>,
+}
+
+#[derive(Clone)]
+pub struct Tokens {
+    /// `Bearer <access token>`, marked sensitive.
+    pub bearer: HeaderValue,
+    /// Unix seconds; `None` = unknown (used until the session's absolute deadline).
+    pub access_expires_at: Option<u64>,
+    pub refresh_token: Option<Box<str>>,
+    /// Kept for `id_token_hint` at sign-out.
+    pub id_token: Option<Box<str>>,
+}
+
+/// Tokens never print.
+impl std::fmt::Debug for Tokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tokens")
+            .field("access_expires_at", &self.access_expires_at)
+            .field("has_refresh_token", &self.refresh_token.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RefreshBackoff {
+    pub failures: u32,
+    /// Unix seconds before which no new refresh is attempted.
+    pub retry_at: u64,
+}
+
+impl RefreshBackoff {
+    /// Contract Details 8: starts at 1 s, doubles up to 30 s.
+    pub fn after_failure(previous: Option<RefreshBackoff>, now: u64) -> RefreshBackoff {
+        let failures = previous.map_or(1, |b| b.failures.saturating_add(1));
+        let delay = 1u64 << failures.saturating_sub(1).min(5);
+        RefreshBackoff {
+            failures,
+            retry_at: now + delay.min(30),
+        }
+    }
+}
+
+impl Tokens {
+    /// The raw access token (the bytes after `Bearer `).
+    pub fn access_token(&self) -> &[u8] {
+        self.bearer.as_bytes().get(7..).unwrap_or_default()
+    }
+
+    pub fn bearer_value(access_token: &str) -> Option<HeaderValue> {
+        let mut value = HeaderValue::from_str(&format!("Bearer {access_token}")).ok()?;
+        value.set_sensitive(true);
+        Some(value)
+    }
+}
+
+impl Session {
+    /// Unix seconds at which the session ends no matter what.
+    pub fn absolute_deadline(&self, absolute_timeout: Duration) -> u64 {
+        self.login_at.saturating_add(absolute_timeout.as_secs())
+    }
+
+    /// Whether the access token is still usable at `now` (unknown expiry counts as usable).
+    pub fn access_valid(&self, now: u64) -> bool {
+        self.tokens.access_expires_at.is_none_or(|exp| now < exp)
+    }
+
+    /// Whether the token should be refreshed now: it expires within `before`.
+    pub fn needs_refresh(&self, now: u64, before: Duration) -> bool {
+        self.tokens
+            .access_expires_at
+            .is_some_and(|exp| now.saturating_add(before.as_secs()) >= exp)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_thirty_seconds() {
+        let mut b = None;
+        let delays: Vec<u64> = (0..8)
+            .map(|_| {
+                let next = RefreshBackoff::after_failure(b, 100);
+                b = Some(next);
+                next.retry_at - 100
+            })
+            .collect();
+        assert_eq!(delays, [1, 2, 4, 8, 16, 30, 30, 30]);
+    }
+
+    #[test]
+    fn bearer_roundtrip_and_debug_hides_tokens() {
+        let tokens = Tokens {
+            bearer: Tokens::bearer_value("abc.def").unwrap(),
+            access_expires_at: Some(10),
+            refresh_token: Some("rt-secret".into()),
+            id_token: None,
+        };
+        assert_eq!(tokens.access_token(), b"abc.def");
+        let printed = format!("{tokens:?}");
+        assert!(!printed.contains("abc.def") && !printed.contains("rt-secret"));
+    }
+}
