@@ -1,1 +1,3 @@
+//! authgate: a reverse-proxy OpenID Connect auth gateway.
 
+pub mod policy;

@@ -1,0 +1,3 @@
+//! Route policy: which rule applies to a request, decided on its normalized path.
+
+pub mod path;
