@@ -1,3 +1,4 @@
 //! authgate: a reverse-proxy OpenID Connect auth gateway.
 
 pub mod policy;
+pub mod redirect;
