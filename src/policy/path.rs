@@ -8,7 +8,10 @@
 //! slash, a backslash (raw or encoded) and a NUL (raw or encoded) cannot be normalized without
 //! guessing what the upstream makes of them, so they are refused (400 at the gateway).
 //!
-//! `;` is not special: a segment `..;x` is an ordinary segment, not a dot segment.
+//! `;` is not special in general (`/a;b` passes), but a segment that starts with `.;` or `..;`
+//! (or `.%3B`, `..%3B`) is refused: Tomcat and Spring strip path parameters and then treat
+//! `..;` as `..`, so `/public/..;/admin` would reach `/admin` behind a `/public` rule (the
+//! well-known `..;/` bypass).
 //!
 //! This runs on every request: a path that is already normal comes back borrowed, unallocated.
 
@@ -42,10 +45,20 @@ pub fn normalize_path(raw_path: &str) -> Result<Cow<'_, str>, PathError> {
         return Err(PathError::Invalid);
     }
     let decoded = normalize_percent_encoding(raw_path)?;
+    if decoded.split('/').any(is_dot_segment_with_params) {
+        return Err(PathError::Invalid);
+    }
     Ok(match remove_dot_segments(&decoded) {
         Some(resolved) => Cow::Owned(resolved),
         None => decoded,
     })
+}
+
+/// `.;x`, `..;x`, `.%3Bx`, `..%3Bx`: a dot segment in disguise for servers that strip
+/// path parameters. (Escapes are uppercased already.)
+fn is_dot_segment_with_params(segment: &str) -> bool {
+    let rest = segment.strip_prefix("..").or_else(|| segment.strip_prefix('.'));
+    rest.is_some_and(|r| r.starts_with(';') || r.starts_with("%3B"))
 }
 
 // === percent-encoding (RFC 3986 §2.1, §6.2.2.1, §6.2.2.2) ===
@@ -199,10 +212,11 @@ mod tests {
         ("/%25", "/%25"),
         ("/%252e%252e/admin", "/%252e%252e/admin"),
         ("/a:b@c!$&'()*+,=", "/a:b@c!$&'()*+,="),
-        // `;` is not special: `..;` is an ordinary segment
-        ("/public/..;/admin", "/public/..;/admin"),
+        // `;` is not special elsewhere in a segment
+        ("/public/a..;/admin", "/public/a..;/admin"),
+        ("/a;b/c", "/a;b/c"),
         ("/a;b", "/a;b"),
-        ("/a/.;x/b", "/a/.;x/b"),
+        // `.;x` is refused (see REFUSED)
         // unreserved characters decoded, in either hex case (§6.2.2.2)
         ("/%64enied", "/denied"),
         ("/%61dmin", "/admin"),
@@ -254,6 +268,12 @@ mod tests {
     ];
 
     const REFUSED: &[(&str, PathError)] = &[
+        // the Tomcat/Spring `..;` bypass, raw and encoded
+        ("/public/..;/admin", PathError::Invalid),
+        ("/public/..;jsessionid=1/admin", PathError::Invalid),
+        ("/public/.;/admin", PathError::Invalid),
+        ("/public/..%3b/admin", PathError::Invalid),
+        ("/public/%2e%2e;/admin", PathError::Invalid),
         ("/a%2fb", PathError::EncodedSlash),
         ("/a%2Fb", PathError::EncodedSlash),
         ("/%2F%2Fevil", PathError::EncodedSlash),
@@ -308,7 +328,7 @@ mod tests {
             "/a/",
             "/api/v1/items/42",
             "/caf%C3%A9",
-            "/public/..;/x",
+            "/public/x;y",
         ] {
             assert!(
                 matches!(normalize_path(raw), Ok(Cow::Borrowed(_))),
