@@ -1,1 +1,4 @@
+//! authgate: a reverse-proxy OpenID Connect auth gateway.
 
+pub mod config;
+pub mod secret;
