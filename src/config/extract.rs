@@ -90,7 +90,7 @@ fn routes(figment: &Figment, errors: &mut Vec<ConfigError>) -> Option<Vec<Option
         .iter()
         .enumerate()
         .map(|(i, item)| {
-            RawRoute::deserialize_value(item).map_err(|e| {
+            <RawRoute as serde::Deserialize>::deserialize(item).map_err(|e| {
                 let md = figment.get_metadata(item.tag());
                 for err in e {
                     let key = format!("route[{i}]{}", suffix(&err.path));
@@ -102,12 +102,6 @@ fn routes(figment: &Figment, errors: &mut Vec<ConfigError>) -> Option<Vec<Option
         .map(Result::ok)
         .collect();
     Some(routes)
-}
-
-impl RawRoute {
-    fn deserialize_value(value: &Value) -> Result<Self, figment::Error> {
-        <Self as serde::Deserialize>::deserialize(value)
-    }
 }
 
 /// Every error of a figment error chain, as `ConfigError`s keyed under `prefix`.
@@ -130,9 +124,27 @@ fn convert(figment: &Figment, error: figment::Error, prefix: &[&str]) -> Vec<Con
                 .find_metadata(&key)
                 .filter(|_| !path.is_empty())
                 .or(err.metadata.as_ref());
-            ConfigError::new(key.clone(), with_source(err.kind.to_string(), md, &path))
+            // Some messages (I/O, TOML syntax) end with a newline: keep one error a line.
+            let message = err.kind.to_string().trim_end().to_owned();
+            ConfigError::new(key.clone(), with_source(message, md, &path))
         })
         .collect()
+}
+
+/// Appends "in environment variable AUTHGATE_X__Y" to validation errors whose value came from
+/// the environment: the file then shows another value, and the user must know where to look.
+pub(crate) fn name_env_sources(figment: &Figment, errors: &mut [ConfigError]) {
+    for error in errors {
+        // `server.trusted_proxies[1]` -> `server.trusted_proxies`: figment has no indices.
+        let key = error.key.split('[').next().unwrap_or_default();
+        let Some(md) = figment.find_metadata(key) else {
+            continue;
+        };
+        if md.name == ENV_SOURCE_NAME {
+            let path: Vec<&str> = key.split('.').collect();
+            error.message = with_source(std::mem::take(&mut error.message), Some(md), &path);
+        }
+    }
 }
 
 /// `message in <where the value came from>`.

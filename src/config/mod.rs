@@ -90,8 +90,10 @@ impl Config {
     /// Same from an already-built figment (tests use this).
     pub fn from_figment(figment: Figment) -> Result<Config, ConfigErrors> {
         let mut checker = check::Checker::default();
-        let config = extract::extract(&figment, &mut checker.errors)
-            .and_then(|raw| validate::validate(&raw, &mut checker));
+        let raw = extract::extract(&figment, &mut checker.errors);
+        let found_by_serde = checker.errors.len();
+        let config = raw.and_then(|raw| validate::validate(&raw, &mut checker));
+        extract::name_env_sources(&figment, &mut checker.errors[found_by_serde..]);
         match config {
             Some(config) if checker.errors.is_empty() => Ok(config),
             // Defensive: a rejected config always says why.

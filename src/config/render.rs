@@ -96,7 +96,7 @@ fn oidc(o: &OidcConfig) -> Table {
     }
     t.insert("scopes".into(), strings(o.scopes.iter()));
     t.insert("resource".into(), strings(o.resource.iter()));
-    t.insert("extra_auth_params".into(), pairs(&o.extra_auth_params));
+    insert_table(&mut t, "extra_auth_params", pairs(&o.extra_auth_params));
     t.insert("timeout".into(), duration(o.timeout));
     t.insert("refresh_timeout".into(), duration(o.refresh_timeout));
     let auth = match o.token_endpoint_auth {
@@ -168,7 +168,7 @@ fn headers(h: &HeadersConfig) -> Table {
     let claims: Vec<(String, String)> = (h.claims.iter())
         .map(|(header, claim)| (header.as_str().to_owned(), claim.clone()))
         .collect();
-    t.insert("claims".into(), pairs(&claims));
+    insert_table(&mut t, "claims", pairs(&claims));
     t
 }
 
@@ -194,7 +194,7 @@ fn route(r: &RouteConfig) -> Value {
     let claims: Table = (r.require_claims.iter())
         .map(|(claim, values)| (claim.clone(), strings(values.iter())))
         .collect();
-    t.insert("require_claims".into(), Value::Table(claims));
+    insert_table(&mut t, "require_claims", claims);
     let bearer = match r.bearer {
         BearerMode::Off => "off",
         BearerMode::Passthrough => "passthrough",
@@ -226,9 +226,16 @@ fn strings<T: ToString>(items: impl Iterator<Item = T>) -> Value {
     Value::Array(items.map(|i| Value::String(i.to_string())).collect())
 }
 
-fn pairs(items: &[(String, String)]) -> Value {
-    let table: Table = (items.iter())
+fn pairs(items: &[(String, String)]) -> Table {
+    (items.iter())
         .map(|(k, v)| (k.clone(), Value::String(v.clone())))
-        .collect();
-    Value::Table(table)
+        .collect()
+}
+
+/// An empty sub-table would print as a bare `[section.name]` header: leave it out (empty is
+/// the default anyway).
+fn insert_table(t: &mut Table, key: &str, table: Table) {
+    if !table.is_empty() {
+        t.insert(key.to_owned(), Value::Table(table));
+    }
 }

@@ -304,19 +304,20 @@ fn timeouts_agree(
     refresh: Option<std::time::Duration>,
     c: &mut Checker,
 ) {
-    if let (Some(idle), Some(absolute)) = (idle, absolute) {
-        if absolute < idle {
-            c.error(
-                "session.absolute_timeout",
-                "must be at least session.idle_timeout",
-            );
-        }
+    if let (Some(idle), Some(absolute)) = (idle, absolute)
+        && absolute < idle
+    {
+        c.error(
+            "session.absolute_timeout",
+            "must be at least session.idle_timeout",
+        );
     }
-    if let (Some(refresh), Some(absolute)) = (refresh, absolute) {
-        if refresh >= absolute {
-            let m = "must be less than session.absolute_timeout";
-            c.error("session.refresh_before_expiry", m);
-        }
+    // A refresh window as long as the session would refresh on every request.
+    if let (Some(refresh), Some(absolute)) = (refresh, absolute)
+        && refresh >= absolute
+    {
+        let m = "must be less than session.absolute_timeout";
+        c.error("session.refresh_before_expiry", m);
     }
 }
 
