@@ -233,6 +233,24 @@ mod tests {
         assert!(split_list(" [ ] ").is_empty());
     }
 
+    /// The key lists are hand-kept: each entry must be a real key, or an override of it would
+    /// be parsed one way and then rejected as unknown.
+    #[test]
+    fn every_listed_key_exists() {
+        let vars = (STRING_KEYS.iter().chain(STRING_LIST_KEYS)).map(|k| {
+            (
+                variable_name(&k.split('.').collect::<Vec<_>>()),
+                "x".to_owned(),
+            )
+        });
+        let figment = figment::Figment::from(EnvOverrides::from_vars(vars));
+        let errors = crate::config::Config::from_figment(figment).err().unwrap();
+        let unknown: Vec<_> = (errors.0.iter())
+            .filter(|e| e.message.contains("unknown"))
+            .collect();
+        assert!(unknown.is_empty(), "{unknown:?}");
+    }
+
     #[test]
     fn names_the_variable() {
         assert_eq!(

@@ -7,7 +7,7 @@
 //! 2. `extract.rs`: each section, and each `[[route]]`, deserialized on its own into the raw
 //!    serde structs of `raw.rs` (`deny_unknown_fields`, contract defaults), so the serde
 //!    errors of every section are reported together, each with its key path.
-//! 3. `validate.rs`: raw -> typed, resolving `*_file` secrets, decoding cookie secrets,
+//! 3. `validate.rs` (and `routes.rs`): raw -> typed, resolving `*_file` secrets, decoding cookie secrets,
 //!    parsing URLs, durations, CIDRs, header names and regexes, and the rules that span keys.
 //!
 //! Every problem found is returned at once in [`ConfigErrors`]; each names its key
@@ -25,6 +25,7 @@ mod extract;
 mod lenient;
 mod raw;
 mod render;
+mod routes;
 mod types;
 mod validate;
 

@@ -4,11 +4,9 @@
 //! serde errors already recorded), then the rules that span keys. The typed config is built
 //! only when no error at all was found: a half-valid config never starts a server.
 
-use http::Method;
-use regex::Regex;
-
 use super::check::{Checker, non_empty};
-use super::raw::{RawConfig, RawHeaders, RawOidc, RawRoute, RawServer, RawSession, RawUpstream};
+use super::raw::{RawConfig, RawHeaders, RawOidc, RawServer, RawSession, RawUpstream};
+use super::routes::routes;
 use super::types::*;
 use crate::secret::Secret;
 
@@ -392,140 +390,37 @@ fn optional_header(key: &str, raw: &str, c: &mut Checker) -> Option<Option<http:
     }
 }
 
-// === routes ===
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-fn routes(
-    raw: &[Option<RawRoute>],
-    resources: Option<&[String]>,
-    c: &mut Checker,
-) -> Option<Vec<RouteConfig>> {
-    let routes: Vec<_> = (raw.iter().enumerate())
-        .map(|(i, r)| r.as_ref().and_then(|r| route(i, r, resources, c)))
-        .collect();
-    routes.into_iter().collect()
-}
-
-fn route(
-    i: usize,
-    raw: &RawRoute,
-    resources: Option<&[String]>,
-    c: &mut Checker,
-) -> Option<RouteConfig> {
-    let key = |field: &str| format!("route[{i}].{field}");
-    let matcher = route_matcher(raw, &key, c);
-    let methods: Vec<_> = (raw.methods.iter().enumerate())
-        .map(|(j, m)| method(&format!("route[{i}].methods[{j}]"), m, c))
-        .collect();
-    let policy = c.choice(
-        &key("policy"),
-        &raw.policy,
-        &[
-            ("public", Policy::Public),
-            ("authenticated", Policy::Authenticated),
-            ("deny", Policy::Deny),
-        ],
-    );
-    let claims = require_claims(raw, &key, c);
-    let bearer = c.choice(
-        &key("bearer"),
-        &raw.bearer,
-        &[
-            ("off", BearerMode::Off),
-            ("passthrough", BearerMode::Passthrough),
-        ],
-    );
-    let bearer_resource = bearer_resource(raw, resources, &key("bearer_resource"), c);
-    Some(RouteConfig {
-        matcher: matcher?,
-        methods: methods.into_iter().collect::<Option<_>>()?,
-        policy: policy?,
-        api: raw.api,
-        require_groups: raw.require_groups.clone(),
-        require_claims: claims?,
-        bearer: bearer?,
-        bearer_resource: bearer_resource?,
-    })
-}
-
-fn route_matcher(
-    raw: &RawRoute,
-    key: &impl Fn(&str) -> String,
-    c: &mut Checker,
-) -> Option<PathMatch> {
-    let kind = c.choice(
-        &key("match"),
-        &raw.match_,
-        &[
-            ("prefix", MatchKind::Prefix),
-            ("exact", MatchKind::Exact),
-            ("regex", MatchKind::Regex),
-        ],
-    );
-    let path = c.required(&key("path"), raw.path.as_deref())?;
-    match kind? {
-        MatchKind::Regex => {
-            // Anchored: a regex must match the whole path (CONTRACT Detail 16).
-            let compiled = Regex::new(&format!("^(?:{path})$"))
-                .map_err(|e| format!("invalid regex {path:?}: {e}"));
-            c.check(&key("path"), compiled).map(PathMatch::Regex)
-        }
-        _ if !path.starts_with('/') => {
-            c.error(key("path"), format!("{path:?} must start with \"/\""));
-            None
-        }
-        MatchKind::Prefix => Some(PathMatch::Prefix(path.to_owned())),
-        MatchKind::Exact => Some(PathMatch::Exact(path.to_owned())),
+    #[test]
+    fn public_url_loses_its_trailing_slash() {
+        let mut c = Checker::default();
+        let url = public_url("https://app.example.com/base/", &mut c).unwrap();
+        assert_eq!(url.as_str(), "https://app.example.com/base");
+        let url = public_url("https://app.example.com", &mut c).unwrap();
+        assert_eq!(url.as_str(), "https://app.example.com/");
+        assert!(c.errors.is_empty());
     }
-}
 
-#[derive(Debug, Clone, Copy)]
-enum MatchKind {
-    Prefix,
-    Exact,
-    Regex,
-}
-
-/// Methods are case-insensitive in the config; `http::Method` is case-sensitive, so uppercase.
-fn method(key: &str, raw: &str, c: &mut Checker) -> Option<Method> {
-    let upper = raw.trim().to_ascii_uppercase();
-    let parsed =
-        Method::from_bytes(upper.as_bytes()).map_err(|_| format!("invalid method {raw:?}"));
-    c.check(key, parsed)
-}
-
-fn require_claims(
-    raw: &RawRoute,
-    key: &impl Fn(&str) -> String,
-    c: &mut Checker,
-) -> Option<Vec<(String, Vec<String>)>> {
-    let mut ok = true;
-    for (claim, values) in &raw.require_claims {
-        if values.is_empty() {
-            // An empty list can never match: the route would answer 403 to everyone.
-            c.error(
-                key(&format!("require_claims.{claim}")),
-                "must list at least one value",
-            );
-            ok = false;
-        }
+    #[test]
+    fn scopes_need_openid() {
+        let mut c = Checker::default();
+        assert!(scopes(&["email".to_owned()], &mut c).is_none());
+        assert_eq!(
+            c.errors[0].to_string(),
+            "oidc.scopes: must include \"openid\""
+        );
     }
-    ok.then(|| raw.require_claims.clone())
-}
 
-fn bearer_resource(
-    raw: &RawRoute,
-    resources: Option<&[String]>,
-    key: &str,
-    c: &mut Checker,
-) -> Option<Option<String>> {
-    let Some(wanted) = non_empty(raw.bearer_resource.as_deref()) else {
-        return Some(None);
-    };
-    // When the oidc section itself failed, its errors are reported already: do not guess.
-    let resources = resources?;
-    if !resources.iter().any(|r| r == wanted) {
-        c.error(key, format!("{wanted:?} is not one of oidc.resource"));
-        return None;
+    #[test]
+    fn bearer_audiences_fall_back_to_resource_then_client_id() {
+        let mut raw = RawOidc::default();
+        assert_eq!(bearer_audiences(&raw, "cid"), ["cid"]);
+        raw.resource = vec!["https://api".into()];
+        assert_eq!(bearer_audiences(&raw, "cid"), ["https://api"]);
+        raw.bearer_audiences = vec!["x".into()];
+        assert_eq!(bearer_audiences(&raw, "cid"), ["x"]);
     }
-    Some(Some(wanted.to_owned()))
 }
