@@ -22,13 +22,22 @@ struct Pending {
     resources: Vec<String>,
 }
 
+/// Why an authorization request cannot go on.
+#[derive(Debug)]
+enum Rejection {
+    /// Shown to the user: the client or redirect URI is not to be trusted.
+    Page(&'static str),
+    /// Sent back to the client: a 302 to this URL with `error=`.
+    Redirect(String),
+}
+
 /// `GET /authorize`: validate, then auto-login or show the form.
 pub(crate) fn authorize<B>(shared: &Shared, req: &Request<B>) -> Response<Body> {
     let params = web::parse_params(req.uri().query().unwrap_or_default());
     shared.controls.record_authorize(params.clone());
     let pending = match validate(shared, &params) {
         Ok(pending) => pending,
-        Err(response) => return response,
+        Err(rejection) => return reject(shared, rejection),
     };
     match shared.controls.settings().auto_login {
         Some(user) => complete(shared, pending, user),
@@ -43,7 +52,7 @@ pub(crate) async fn login(shared: &Shared, body: Incoming) -> Response<Body> {
     };
     let pending = match validate(shared, &params) {
         Ok(pending) => pending,
-        Err(response) => return response,
+        Err(rejection) => return reject(shared, rejection),
     };
     match first(&params, "username")
         .map(str::trim)
@@ -77,20 +86,12 @@ pub(crate) fn end_session<B>(shared: &Shared, req: &Request<B>) -> Response<Body
 
 /// Client and redirect URI problems are shown to the user (never redirect to an
 /// unvalidated URI, RFC 6749 §4.1.2.1); the rest go back to the client as `error=`.
-fn validate(shared: &Shared, params: &Params) -> Result<Pending, Response<Body>> {
+fn validate(shared: &Shared, params: &Params) -> Result<Pending, Rejection> {
     if first(params, "client_id") != Some(shared.options.client_id.as_str()) {
-        return Err(error_page(
-            shared,
-            StatusCode::BAD_REQUEST,
-            "Unknown client_id.",
-        ));
+        return Err(Rejection::Page("Unknown client_id."));
     }
     let Some(redirect_uri) = first(params, "redirect_uri") else {
-        return Err(error_page(
-            shared,
-            StatusCode::BAD_REQUEST,
-            "Missing redirect_uri.",
-        ));
+        return Err(Rejection::Page("Missing redirect_uri."));
     };
     let state = first(params, "state").map(str::to_owned);
     let reject = |error: &str, description: &str| {
@@ -98,7 +99,7 @@ fn validate(shared: &Shared, params: &Params) -> Result<Pending, Response<Body>>
         if let Some(state) = state.as_deref() {
             pairs.push(("state", state));
         }
-        web::redirect(&web::with_query(redirect_uri, &pairs))
+        Rejection::Redirect(web::with_query(redirect_uri, &pairs))
     };
     if first(params, "response_type") != Some("code") {
         return Err(reject(
@@ -175,6 +176,13 @@ fn login_page(shared: &Shared, pending: &Pending, message: Option<&str>) -> Resp
         StatusCode::OK,
         html::page(shared.banner(), "Sign in", &body),
     )
+}
+
+fn reject(shared: &Shared, rejection: Rejection) -> Response<Body> {
+    match rejection {
+        Rejection::Page(message) => error_page(shared, StatusCode::BAD_REQUEST, message),
+        Rejection::Redirect(location) => web::redirect(&location),
+    }
 }
 
 fn error_page(shared: &Shared, status: StatusCode, message: &str) -> Response<Body> {

@@ -323,7 +323,7 @@ mod tests {
         let store = GrantStore::default();
         let code = store.issue_code(login());
         let view = store.redeem_code(&code, Some("http://rp/cb"), Some("verifier"));
-        let grant = view.map(|v| v.id).unwrap_or_default();
+        let grant = view.unwrap().id;
         let refresh = store.add_refresh(grant);
         assert!(
             store
@@ -337,12 +337,11 @@ mod tests {
     fn rotated_token_reuse_revokes_grant() {
         let store = GrantStore::default();
         let code = store.issue_code(login());
-        let grant = store
-            .redeem_code(&code, Some("http://rp/cb"), Some("verifier"))
-            .map(|v| v.id);
-        let first = store.add_refresh(grant.unwrap_or_default());
+        let grant = store.redeem_code(&code, Some("http://rp/cb"), Some("verifier"));
+        let grant = grant.unwrap().id;
+        let first = store.add_refresh(grant);
         assert!(store.use_refresh(&first, RefreshPolicy::Rotate).is_ok());
-        let second = store.add_refresh(grant.unwrap_or_default());
+        let second = store.add_refresh(grant);
         assert!(store.use_refresh(&first, RefreshPolicy::Rotate).is_err());
         assert!(store.use_refresh(&second, RefreshPolicy::Rotate).is_err());
     }

@@ -17,6 +17,7 @@ mod web;
 use std::convert::Infallible;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,6 +32,9 @@ use tokio::sync::watch;
 pub use controls::{AccessTokenFormat, ClientAuth, Controls, TokenFault};
 use keys::KeyRing;
 use web::Body;
+
+/// How long open connections may finish their requests after shutdown.
+const DRAIN: Duration = Duration::from_secs(2);
 
 /// A running development provider. Dropping the last handle (or calling
 /// [`DevIdp::shutdown`]) stops the server and ends hanging requests.
@@ -183,20 +187,24 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
     }
 }
 
+/// Serves one connection. On shutdown, in-flight requests (hanging ones answer 503 then)
+/// get [`DRAIN`] to finish before the connection is dropped.
 async fn serve_connection(stream: TcpStream, shared: Arc<Shared>) {
     let service = {
         let shared = Arc::clone(&shared);
         service_fn(move |req| route(Arc::clone(&shared), req))
     };
     let builder = auto::Builder::new(TokioExecutor::new());
-    let connection = builder.serve_connection(TokioIo::new(stream), service);
-    tokio::select! {
-        result = connection => {
-            if let Err(e) = result {
-                tracing::debug!(error = %e, "development provider: connection error");
-            }
+    let mut connection = pin!(builder.serve_connection(TokioIo::new(stream), service));
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        () = shared.shutdown_requested() => {
+            connection.as_mut().graceful_shutdown();
+            tokio::time::timeout(DRAIN, connection).await.unwrap_or(Ok(()))
         }
-        () = shared.shutdown_requested() => {}
+    };
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "development provider: connection error");
     }
 }
 

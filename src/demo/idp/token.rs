@@ -11,12 +11,13 @@ use http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use percent_encoding::percent_decode_str;
+use serde_json::Value;
 
 use super::Shared;
 use super::controls::{ClientAuth, TokenFault};
 use super::grants::{InvalidGrant, RefreshPolicy};
 use super::issue::{self, Issue, has_scope};
-use super::web::{self, Body, Params, first};
+use super::web::{self, Body, OAuthError, Params, first};
 
 /// `POST /token`.
 pub(crate) async fn token(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
@@ -32,24 +33,10 @@ pub(crate) async fn token(shared: &Shared, req: Request<Incoming>) -> Response<B
     if let Some(response) = apply_fault(shared).await {
         return response;
     }
-    let auth = match authenticate(shared, &parts.headers, &form) {
-        Ok(auth) => auth,
-        Err(response) => return response,
-    };
-    shared.controls.record_token_client_auth(auth);
-    let result = match first(&form, "grant_type") {
-        Some("authorization_code") => code_grant(shared, &form),
-        Some("refresh_token") => refresh_grant(shared, &form),
-        _ => {
-            let description = "grant_type must be authorization_code or refresh_token";
-            return web::oauth_error(
-                StatusCode::BAD_REQUEST,
-                "unsupported_grant_type",
-                description,
-            );
-        }
-    };
-    result.unwrap_or_else(|response| response)
+    match grant(shared, &parts.headers, &form) {
+        Ok(body) => web::json(StatusCode::OK, &body),
+        Err(error) => error.into_response(),
+    }
 }
 
 /// `POST /revoke`: authenticates the client, records the token and invalidates it. Unknown
@@ -63,8 +50,8 @@ pub(crate) async fn revoke(shared: &Shared, req: Request<Incoming>) -> Response<
             "unreadable form",
         );
     };
-    if let Err(response) = authenticate(shared, &parts.headers, &form) {
-        return response;
+    if let Err(error) = authenticate(shared, &parts.headers, &form) {
+        return error.into_response();
     }
     let Some(token) = first(&form, "token") else {
         return web::oauth_error(StatusCode::BAD_REQUEST, "invalid_request", "token missing");
@@ -124,7 +111,22 @@ async fn delay_or_shutdown(shared: &Shared, delay: Duration) -> Option<Response<
     }
 }
 
-fn code_grant(shared: &Shared, form: &Params) -> Result<Response<Body>, Response<Body>> {
+/// Authenticates the client, then runs the grant `grant_type` names.
+fn grant(shared: &Shared, headers: &HeaderMap, form: &Params) -> Result<Value, OAuthError> {
+    let auth = authenticate(shared, headers, form)?;
+    shared.controls.record_token_client_auth(auth);
+    match first(form, "grant_type") {
+        Some("authorization_code") => code_grant(shared, form),
+        Some("refresh_token") => refresh_grant(shared, form),
+        _ => Err(OAuthError::new(
+            StatusCode::BAD_REQUEST,
+            "unsupported_grant_type",
+            "grant_type must be authorization_code or refresh_token",
+        )),
+    }
+}
+
+fn code_grant(shared: &Shared, form: &Params) -> Result<Value, OAuthError> {
     let code = first(form, "code").ok_or_else(|| invalid_request("code missing"))?;
     let grant = shared
         .controls
@@ -151,7 +153,7 @@ fn code_grant(shared: &Shared, form: &Params) -> Result<Response<Body>, Response
 
 /// RFC 6749 §6. Rotation on: the presented token is spent and a new one returned; a spent
 /// token presented again revokes the grant. Rotation off: the same token comes back.
-fn refresh_grant(shared: &Shared, form: &Params) -> Result<Response<Body>, Response<Body>> {
+fn refresh_grant(shared: &Shared, form: &Params) -> Result<Value, OAuthError> {
     let token =
         first(form, "refresh_token").ok_or_else(|| invalid_request("refresh_token missing"))?;
     let settings = shared.controls.settings();
@@ -182,15 +184,14 @@ fn refresh_grant(shared: &Shared, form: &Params) -> Result<Response<Body>, Respo
     respond_tokens(shared, &issue)
 }
 
-fn respond_tokens(shared: &Shared, issue: &Issue<'_>) -> Result<Response<Body>, Response<Body>> {
-    match issue::token_response(shared, issue) {
-        Ok(body) => Ok(web::json(StatusCode::OK, &body)),
-        Err(e) => Err(web::oauth_error(
+fn respond_tokens(shared: &Shared, issue: &Issue<'_>) -> Result<Value, OAuthError> {
+    issue::token_response(shared, issue).map_err(|e| {
+        OAuthError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "server_error",
-            &e.to_string(),
-        )),
-    }
+            e.to_string(),
+        )
+    })
 }
 
 /// RFC 6749 §2.3.1: HTTP Basic (id and secret form-urlencoded before base64) or the
@@ -199,7 +200,7 @@ fn authenticate(
     shared: &Shared,
     headers: &HeaderMap,
     form: &Params,
-) -> Result<ClientAuth, Response<Body>> {
+) -> Result<ClientAuth, OAuthError> {
     let (id, secret, method) = match basic_credentials(headers) {
         Some((id, secret)) => (Some(id), Some(secret), ClientAuth::SecretBasic),
         None => match first(form, "client_secret") {
@@ -215,7 +216,7 @@ fn authenticate(
             ),
         },
     };
-    let unauthorized = |why| web::oauth_error(StatusCode::UNAUTHORIZED, "invalid_client", why);
+    let unauthorized = |why| OAuthError::new(StatusCode::UNAUTHORIZED, "invalid_client", why);
     if id.as_deref() != Some(shared.options.client_id.as_str()) {
         return Err(unauthorized("unknown client"));
     }
@@ -252,10 +253,10 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
-fn invalid_request(description: &str) -> Response<Body> {
-    web::oauth_error(StatusCode::BAD_REQUEST, "invalid_request", description)
+fn invalid_request(description: &'static str) -> OAuthError {
+    OAuthError::new(StatusCode::BAD_REQUEST, "invalid_request", description)
 }
 
-fn invalid_grant(error: InvalidGrant) -> Response<Body> {
-    web::oauth_error(StatusCode::BAD_REQUEST, "invalid_grant", error.0)
+fn invalid_grant(error: InvalidGrant) -> OAuthError {
+    OAuthError::new(StatusCode::BAD_REQUEST, "invalid_grant", error.0)
 }

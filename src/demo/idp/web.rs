@@ -75,6 +75,32 @@ pub(crate) fn redirect(location: &str) -> Response<Body> {
     response
 }
 
+/// An RFC 6749 §5.2 error, kept small so `Result`s carrying it stay cheap to move.
+#[derive(Debug)]
+pub(crate) struct OAuthError {
+    pub(crate) status: StatusCode,
+    pub(crate) error: &'static str,
+    pub(crate) description: String,
+}
+
+impl OAuthError {
+    pub(crate) fn new(
+        status: StatusCode,
+        error: &'static str,
+        description: impl Into<String>,
+    ) -> Self {
+        Self {
+            status,
+            error,
+            description: description.into(),
+        }
+    }
+
+    pub(crate) fn into_response(self) -> Response<Body> {
+        oauth_error(self.status, self.error, &self.description)
+    }
+}
+
 /// RFC 6749 §5.2 error response; `invalid_client` also gets `WWW-Authenticate`.
 pub(crate) fn oauth_error(status: StatusCode, error: &str, description: &str) -> Response<Body> {
     let body = serde_json::json!({ "error": error, "error_description": description });
