@@ -826,3 +826,40 @@ async fn dropping_the_handle_stops_the_server() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(client().get(&url).send().await.is_err());
 }
+
+// === echo upstream ===
+
+#[tokio::test]
+async fn echo_shows_full_headers_as_json_and_truncates_in_html() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!(
+        "http://{}/some/path?a=1&b=2",
+        listener.local_addr().unwrap()
+    );
+    let server = tokio::spawn(authgate::demo::echo::serve_echo(listener));
+    let token = "Bearer abcdefghijklmnopqrstuvwxyz0123456789";
+    let request = client().get(&url).header("authorization", token);
+    let json: Value = request
+        .header("accept", "application/json")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(json["method"], "GET");
+    assert_eq!(json["path"], "/some/path");
+    assert_eq!(json["query"], "a=1&b=2");
+    assert_eq!(json["headers"]["authorization"], json!([token]));
+
+    let page = client()
+        .get(&url)
+        .header("authorization", token)
+        .send()
+        .await
+        .unwrap();
+    let page = page.text().await.unwrap();
+    assert!(page.contains("Bearer abcde...") && !page.contains("0123456789"));
+    assert!(page.contains("href=\"/oauth2/sign_out\""));
+    server.abort();
+}

@@ -173,10 +173,8 @@ impl Controls {
 
     /// Claims merged over the defaults (`sub`, `email`, `preferred_username`, `groups`) of
     /// `user`'s ID tokens and userinfo; a JSON object, other values are ignored.
-    pub fn set_user_claims(&self, user: &str, claims: serde_json::Value) {
-        lock(&self.settings)
-            .user_claims
-            .insert(user.to_owned(), claims);
+    pub fn set_user_claims(&self, user: impl Into<String>, claims: serde_json::Value) {
+        lock(&self.settings).user_claims.insert(user.into(), claims);
     }
 
     // --- grants and keys ---
