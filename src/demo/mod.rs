@@ -5,3 +5,6 @@
 pub mod echo;
 mod html;
 pub mod idp;
+mod run;
+
+pub use run::run;

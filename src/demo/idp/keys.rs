@@ -13,9 +13,9 @@ use openidconnect::core::{
 };
 use openidconnect::{JsonWebKeyId, PrivateSigningKey, SigningError};
 
-const PRIMARY_PEM: &str = include_str!("../dev_signing_key.pem");
-const SECONDARY_PEM: &str = include_str!("../../../tests/fixtures/other_signing_key.pem");
-const FOREIGN_PEM: &str = include_str!("../../../tests/fixtures/foreign_signing_key.pem");
+const PRIMARY_PEM: &str = include_str!("../keys/dev-1.pem");
+const SECONDARY_PEM: &str = include_str!("../keys/dev-2.pem");
+const FOREIGN_PEM: &str = include_str!("../keys/foreign.pem");
 
 /// The signing keys of one provider.
 pub(crate) struct KeyRing {
