@@ -159,7 +159,7 @@ fn candidate_keys<'k>(
     jwks.keys().iter().filter(move |key| {
         let usable = key
             .key_use()
-            .is_none_or(|u| openidconnect::JsonWebKeyUse::allows_signature(u));
+            .is_none_or(openidconnect::JsonWebKeyUse::allows_signature);
         let kid_ok = match (kid, key.key_id()) {
             (Some(kid), Some(id)) => id == &JsonWebKeyId::new(kid.to_owned()),
             (Some(_), None) => false,
