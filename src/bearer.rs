@@ -63,7 +63,10 @@ pub async fn verify(gateway: &Gateway, token: &str) -> Result<Authenticated, Bea
         unix_now(),
         LEEWAY_SECS,
     )?;
-    let identity = gateway.rules.identity(&claims).ok_or(BearerError::NoSubject)?;
+    let identity = gateway
+        .rules
+        .identity(&claims)
+        .ok_or(BearerError::NoSubject)?;
     let value = Tokens::bearer_value(token).ok_or(JwtError::Malformed)?;
     Ok(Authenticated::Bearer(value, Box::new(identity)))
 }

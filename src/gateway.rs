@@ -99,7 +99,10 @@ impl Gateway {
             .chain(Builtin::ALL.iter().map(|b| b.path().to_owned()))
             .collect();
         let metrics = Arc::new(Metrics::new(labels.iter().map(String::as_str)));
-        let rules = Arc::new(IdentityRules::new(&cfg.headers, routes.required_claim_names()));
+        let rules = Arc::new(IdentityRules::new(
+            &cfg.headers,
+            routes.required_claim_names(),
+        ));
         let refresher = Arc::new(Refresher::new(
             oidc.clone(),
             store.clone(),
@@ -129,7 +132,9 @@ impl Gateway {
     }
 
     async fn dispatch(self: &Arc<Self>, req: Request<Incoming>, peer: Peer) -> Outcome {
-        if let Some(builtin) = Builtin::recognize(req.uri().path(), self.cfg.server.metrics_listen.is_some()) {
+        if let Some(builtin) =
+            Builtin::recognize(req.uri().path(), self.cfg.server.metrics_listen.is_some())
+        {
             let response = endpoints::answer(self, builtin, req, peer).await;
             return Outcome {
                 route: self.builtin_route_id(builtin),
@@ -203,7 +208,9 @@ impl Gateway {
                 Ok(None) => {}
                 Err(e) => {
                     tracing::warn!(error = %e, "session store unavailable");
-                    return Err(Halt::Unavailable { retry_after_secs: 1 });
+                    return Err(Halt::Unavailable {
+                        retry_after_secs: 1,
+                    });
                 }
             }
         }
@@ -211,7 +218,8 @@ impl Gateway {
             return match crate::bearer::verify(self, &token).await {
                 Ok(auth) => Ok(auth),
                 Err(e) => {
-                    let mut halt = self.unauthenticated(req, route, path, false, Some(e.description()));
+                    let mut halt =
+                        self.unauthenticated(req, route, path, false, Some(e.description()));
                     if let Halt::Unauthenticated { redirect, .. } = &mut halt {
                         *redirect = false; // a machine client: never a login page
                     }
@@ -233,7 +241,11 @@ impl Gateway {
         bearer_error: Option<&'static str>,
     ) -> Halt {
         let redirect = !route.api && is_browser_navigation(req);
-        let decision = if redirect { Decision::Redirect } else { Decision::Unauthorized };
+        let decision = if redirect {
+            Decision::Redirect
+        } else {
+            Decision::Unauthorized
+        };
         self.metrics.decision(route.id, decision);
         let landing = match req.uri().query() {
             Some(q) => Cow::Owned(format!("{path}?{q}")),
@@ -264,7 +276,13 @@ impl Gateway {
     }
 
     /// Steps 5b and 6.
-    async fn forward(&self, mut req: Request<Incoming>, peer: Peer, route: RouteId, path: &str) -> Outcome {
+    async fn forward(
+        &self,
+        mut req: Request<Incoming>,
+        peer: Peer,
+        route: RouteId,
+        path: &str,
+    ) -> Outcome {
         if wants_upgrade(&req) {
             headers::strip_hop_by_hop_for_upgrade(req.headers_mut());
         } else {
@@ -331,7 +349,8 @@ impl crate::server::Handler for Gateway {
         let outcome = self.dispatch(req, peer).await;
         let elapsed = started.elapsed();
         let status = outcome.response.status().as_u16();
-        self.metrics.request_finished(outcome.route, status, elapsed);
+        self.metrics
+            .request_finished(outcome.route, status, elapsed);
         tracing::info!(
             target: "authgate::access",
             request_id = ?request_id,

@@ -65,7 +65,12 @@ pub fn build(config: Config) -> Result<Arc<Gateway>, StartupError> {
         config.session.max_token_age,
     )?;
     let upstream = Upstream::new(&config.upstream)?;
-    Ok(Gateway::new(config, Arc::new(store), Arc::new(oidc), upstream))
+    Ok(Gateway::new(
+        config,
+        Arc::new(store),
+        Arc::new(oidc),
+        upstream,
+    ))
 }
 
 /// Run the gateway on `listener` until `shutdown` resolves, then drain in-flight requests

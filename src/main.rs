@@ -12,10 +12,19 @@ use tracing_subscriber::EnvFilter;
 use authgate::config::{Config, LogFormat};
 
 #[derive(Parser)]
-#[command(name = "authgate", version, about = "Reverse-proxy auth gateway: OpenID Connect login, server-side sessions, correct token refresh")]
+#[command(
+    name = "authgate",
+    version,
+    about = "Reverse-proxy auth gateway: OpenID Connect login, server-side sessions, correct token refresh"
+)]
 struct Cli {
     /// Configuration file. Default: $AUTHGATE_CONFIG, then ./gateway.toml
-    #[arg(long, global = true, env = "AUTHGATE_CONFIG", default_value = "gateway.toml")]
+    #[arg(
+        long,
+        global = true,
+        env = "AUTHGATE_CONFIG",
+        default_value = "gateway.toml"
+    )]
     config: PathBuf,
 
     #[command(subcommand)]
@@ -43,7 +52,10 @@ const EXIT_FATAL: u8 = 1;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("authgate: cannot start the async runtime: {e}");
@@ -64,7 +76,10 @@ async fn run(path: &std::path::Path) -> ExitCode {
     let config = match Config::load(path) {
         Ok(config) => config,
         Err(errors) => {
-            eprintln!("authgate: invalid configuration ({}):\n{errors}", path.display());
+            eprintln!(
+                "authgate: invalid configuration ({}):\n{errors}",
+                path.display()
+            );
             return ExitCode::from(EXIT_CONFIG);
         }
     };
@@ -91,7 +106,10 @@ async fn check(path: &std::path::Path, probe: bool) -> ExitCode {
     let config = match Config::load(path) {
         Ok(config) => config,
         Err(errors) => {
-            eprintln!("authgate: invalid configuration ({}):\n{errors}", path.display());
+            eprintln!(
+                "authgate: invalid configuration ({}):\n{errors}",
+                path.display()
+            );
             return ExitCode::from(EXIT_CONFIG);
         }
     };
@@ -121,7 +139,9 @@ async fn demo(listen: std::net::SocketAddr) -> ExitCode {
 /// `RUST_LOG` filters (default `info`); `log_format = "json"` for Kubernetes log pipelines.
 fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),

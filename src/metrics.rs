@@ -23,7 +23,13 @@ pub enum Decision {
     Deny = 4,
 }
 
-const DECISIONS: [&str; 5] = ["allowed", "redirected", "unauthorized", "forbidden", "denied"];
+const DECISIONS: [&str; 5] = [
+    "allowed",
+    "redirected",
+    "unauthorized",
+    "forbidden",
+    "denied",
+];
 
 /// How a refresh ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,12 +71,19 @@ impl Histogram {
         let mut cumulative = 0;
         for (i, le) in BUCKETS.iter().enumerate() {
             cumulative += self.buckets[i].load(Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{le}\"}} {cumulative}");
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{{labels}{sep}le=\"{le}\"}} {cumulative}"
+            );
         }
         let count = self.count.load(Relaxed);
         let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {count}");
         let sum = self.sum_micros.load(Relaxed) as f64 / 1e6;
-        let braces = if labels.is_empty() { String::new() } else { format!("{{{labels}}}") };
+        let braces = if labels.is_empty() {
+            String::new()
+        } else {
+            format!("{{{labels}}}")
+        };
         let _ = writeln!(out, "{name}_sum{braces} {sum}");
         let _ = writeln!(out, "{name}_count{braces} {count}");
     }
@@ -176,11 +189,22 @@ impl Metrics {
         self.render_requests(&mut out);
         self.render_refresh(&mut out);
         let gauges = [
-            ("authgate_requests_in_flight", "Requests being handled.", self.in_flight.load(Relaxed)),
-            ("authgate_sessions_live", "Sessions in the store.", live_sessions as i64),
+            (
+                "authgate_requests_in_flight",
+                "Requests being handled.",
+                self.in_flight.load(Relaxed),
+            ),
+            (
+                "authgate_sessions_live",
+                "Sessions in the store.",
+                live_sessions as i64,
+            ),
         ];
         for (name, help, value) in gauges {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
+            );
         }
         let _ = writeln!(
             out,
@@ -241,7 +265,9 @@ impl Metrics {
             let n = self.refreshes[i].load(Relaxed);
             let _ = writeln!(out, "authgate_refresh_total{{outcome=\"{outcome}\"}} {n}");
         }
-        out.push_str("# HELP authgate_refresh_duration_seconds Token endpoint latency of refreshes.\n");
+        out.push_str(
+            "# HELP authgate_refresh_duration_seconds Token endpoint latency of refreshes.\n",
+        );
         out.push_str("# TYPE authgate_refresh_duration_seconds histogram\n");
         self.refresh_latency
             .render(out, "authgate_refresh_duration_seconds", "");
@@ -258,13 +284,18 @@ impl Metrics {
             ),
         ];
         for (name, help, value) in counters {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}");
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+            );
         }
     }
 }
 
 fn escape_label(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 #[cfg(test)]
@@ -280,8 +311,12 @@ mod tests {
         m.refresh_finished(RefreshOutcome::Rejected, Duration::from_millis(20));
         let text = m.render(7);
         assert!(text.contains("authgate_requests_total{route=\"default\",status=\"200\"} 1"));
-        assert!(text.contains("authgate_decisions_total{route=\"/public/\",decision=\"denied\"} 1"));
-        assert!(text.contains("authgate_request_duration_seconds_bucket{route=\"default\",le=\"0.005\"} 1"));
+        assert!(
+            text.contains("authgate_decisions_total{route=\"/public/\",decision=\"denied\"} 1")
+        );
+        assert!(text.contains(
+            "authgate_request_duration_seconds_bucket{route=\"default\",le=\"0.005\"} 1"
+        ));
         assert!(text.contains("authgate_refresh_total{outcome=\"rejected\"} 1"));
         assert!(text.contains("authgate_sessions_ended_by_refresh_total 1"));
         assert!(text.contains("authgate_sessions_live 7"));

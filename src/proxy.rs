@@ -71,9 +71,13 @@ impl Upstream {
             // We set Host ourselves: the original one is passed through (see `prepare`).
             .set_host(false)
             .build(connector);
-        let uri: Uri = cfg.url.as_str().parse().map_err(|e: http::uri::InvalidUri| {
-            crate::error::StartupError::Upstream(format!("upstream.url: {e}"))
-        })?;
+        let uri: Uri = cfg
+            .url
+            .as_str()
+            .parse()
+            .map_err(|e: http::uri::InvalidUri| {
+                crate::error::StartupError::Upstream(format!("upstream.url: {e}"))
+            })?;
         let parts = uri.into_parts();
         let (Some(scheme), Some(authority)) = (parts.scheme, parts.authority) else {
             return Err(crate::error::StartupError::Upstream(
@@ -160,7 +164,10 @@ pub fn wants_upgrade<B>(req: &Request<B>) -> bool {
 }
 
 /// Answer 101 to the client and splice the two upgraded connections together.
-fn tunnel(client_side: hyper::upgrade::OnUpgrade, mut response: Response<Incoming>) -> Response<Body> {
+fn tunnel(
+    client_side: hyper::upgrade::OnUpgrade,
+    mut response: Response<Incoming>,
+) -> Response<Body> {
     let upstream_side = hyper::upgrade::on(&mut response);
     tokio::spawn(async move {
         let (client, upstream) = match tokio::try_join!(client_side, upstream_side) {
@@ -177,7 +184,9 @@ fn tunnel(client_side: hyper::upgrade::OnUpgrade, mut response: Response<Incomin
     });
     let (mut parts, _) = response.into_parts();
     // Keep `Connection: upgrade` and `Upgrade`: the client needs them to switch protocols.
-    parts.headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    parts
+        .headers
+        .insert(CONNECTION, HeaderValue::from_static("upgrade"));
     Response::from_parts(parts, Body::empty())
 }
 

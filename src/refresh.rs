@@ -145,7 +145,9 @@ impl Refresher {
             Ok(None) => return Fresh::Ended,
             Err(e) => {
                 tracing::warn!(error = %e, "session store failed before refresh");
-                return Fresh::Unavailable { retry_after_secs: 1 };
+                return Fresh::Unavailable {
+                    retry_after_secs: 1,
+                };
             }
         };
         let now = unix_now();
@@ -159,7 +161,10 @@ impl Refresher {
             return Fresh::Ended;
         };
         let started = Instant::now();
-        let result = self.oidc.refresh(refresh_token, &session.identity.sub).await;
+        let result = self
+            .oidc
+            .refresh(refresh_token, &session.identity.sub)
+            .await;
         let elapsed = started.elapsed();
         match result {
             Ok(tokens) => {
@@ -167,7 +172,8 @@ impl Refresher {
                 self.store_refreshed(key, &session, tokens).await
             }
             Err(RefreshError::Rejected(reason)) => {
-                self.metrics.refresh_finished(RefreshOutcome::Rejected, elapsed);
+                self.metrics
+                    .refresh_finished(RefreshOutcome::Rejected, elapsed);
                 tracing::info!(sub = %session.identity.sub, %reason, "refresh rejected: session ended");
                 if let Err(e) = self.store.delete(&key).await {
                     tracing::warn!(error = %e, "could not delete session after rejected refresh");
@@ -175,7 +181,8 @@ impl Refresher {
                 Fresh::Ended
             }
             Err(RefreshError::Transient(reason)) => {
-                self.metrics.refresh_finished(RefreshOutcome::Transient, elapsed);
+                self.metrics
+                    .refresh_finished(RefreshOutcome::Transient, elapsed);
                 tracing::warn!(sub = %session.identity.sub, %reason, "refresh failed transiently: session kept");
                 self.store_backoff(key, &session, now).await
             }
@@ -185,7 +192,9 @@ impl Refresher {
     async fn store_refreshed(&self, key: SessionKey, old: &Session, set: TokenSet) -> Fresh {
         let Some(bearer) = Tokens::bearer_value(&set.access_token) else {
             tracing::warn!(sub = %old.identity.sub, "provider returned an unusable access token");
-            return Fresh::Unavailable { retry_after_secs: 1 };
+            return Fresh::Unavailable {
+                retry_after_secs: 1,
+            };
         };
         let identity = match set.claims.as_ref().and_then(|c| self.rules.identity(c)) {
             Some(identity) => Arc::new(identity),
@@ -200,7 +209,10 @@ impl Refresher {
                     .refresh_token
                     .map(Into::into)
                     .or_else(|| old.tokens.refresh_token.clone()),
-                id_token: set.id_token.map(Into::into).or_else(|| old.tokens.id_token.clone()),
+                id_token: set
+                    .id_token
+                    .map(Into::into)
+                    .or_else(|| old.tokens.id_token.clone()),
             },
             identity,
             login_at: old.login_at,
@@ -210,7 +222,9 @@ impl Refresher {
             Ok(()) => Fresh::Ready(refreshed),
             Err(e) => {
                 tracing::error!(sub = %old.identity.sub, error = %e, "could not store refreshed tokens");
-                Fresh::Unavailable { retry_after_secs: 1 }
+                Fresh::Unavailable {
+                    retry_after_secs: 1,
+                }
             }
         }
     }

@@ -4,7 +4,9 @@
 //! Bodies are short and never carry internal details: the log line (with a request id)
 //! has those.
 
-use http::header::{CACHE_CONTROL, CONTENT_TYPE, LOCATION, RETRY_AFTER, SET_COOKIE, WWW_AUTHENTICATE};
+use http::header::{
+    CACHE_CONTROL, CONTENT_TYPE, LOCATION, RETRY_AFTER, SET_COOKIE, WWW_AUTHENTICATE,
+};
 use http::{HeaderValue, Response, StatusCode};
 
 use crate::body::Body;
@@ -104,7 +106,10 @@ pub fn bad_gateway() -> Response<Body> {
 }
 
 pub fn gateway_timeout() -> Response<Body> {
-    text(StatusCode::GATEWAY_TIMEOUT, "Gateway timeout: upstream did not answer in time")
+    text(
+        StatusCode::GATEWAY_TIMEOUT,
+        "Gateway timeout: upstream did not answer in time",
+    )
 }
 
 pub fn not_found() -> Response<Body> {

@@ -1,6 +1,6 @@
 //! The typed configuration: what the rest of the gateway reads.
 //!
-//! Everything here is already parsed and validated (see `load.rs`): URLs are URLs, header
+//! Everything here is already parsed and validated (see `validate.rs`): URLs are URLs, header
 //! names are header names, cookie keys are decoded bytes of at least 32 bytes, regexes are
 //! compiled. Nothing downstream re-validates.
 

@@ -58,7 +58,9 @@ pub async fn callback<B>(gateway: &Arc<Gateway>, req: &Request<B>) -> Response<B
     let logins = &gateway.logins;
     let browser = logins.browser_id(find_cookie(req.headers(), logins.cookie_name()));
     let Some(pending) = logins.take(&state, browser) else {
-        return login_failed("This login has expired, was already used, or was started in another browser.");
+        return login_failed(
+            "This login has expired, was already used, or was started in another browser.",
+        );
     };
     let tokens = match gateway
         .oidc
@@ -107,8 +109,8 @@ async fn create_session<B>(
         tracing::error!(error = %e, "could not store the new session");
         return response::unavailable(2);
     }
-    let previous = find_cookie(req.headers(), gateway.cookies.name())
-        .and_then(|v| gateway.cookies.decode(v));
+    let previous =
+        find_cookie(req.headers(), gateway.cookies.name()).and_then(|v| gateway.cookies.decode(v));
     if let Some(previous) = previous {
         let _ = gateway.store.delete(&previous).await;
     }

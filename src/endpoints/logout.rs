@@ -26,8 +26,8 @@ const LEEWAY_SECS: u64 = 60;
 /// Delete the session, revoke its refresh token (RFC 7009: Logto's end-session does not revoke
 /// `offline_access` grants), then log out at the provider (contract Details 13).
 pub async fn sign_out<B>(gateway: &Arc<Gateway>, req: &Request<B>) -> Response<Body> {
-    let key = find_cookie(req.headers(), gateway.cookies.name())
-        .and_then(|v| gateway.cookies.decode(v));
+    let key =
+        find_cookie(req.headers(), gateway.cookies.name()).and_then(|v| gateway.cookies.decode(v));
     let session = match key {
         Some(key) => {
             let session = gateway.store.load(&key).await.ok().flatten();
@@ -99,11 +99,18 @@ async fn read_logout_token(req: Request<Incoming>) -> Option<String> {
 
 /// Back-Channel Logout 1.0 section 2.6: signature, iss, aud, iat, the event, a sid or sub,
 /// and no nonce.
-async fn verify_logout_token(gateway: &Gateway, token: &str) -> Result<Map<String, Value>, &'static str> {
+async fn verify_logout_token(
+    gateway: &Gateway,
+    token: &str,
+) -> Result<Map<String, Value>, &'static str> {
     let provider = gateway.oidc.provider().ok_or("provider not available")?;
     let claims = match jwt::verify_signature(token, provider.jwks(), &provider.algorithms) {
         Err(JwtError::UnknownKey) => {
-            let refreshed = gateway.oidc.refetch_jwks().await.ok_or("unknown signing key")?;
+            let refreshed = gateway
+                .oidc
+                .refetch_jwks()
+                .await
+                .ok_or("unknown signing key")?;
             jwt::verify_signature(token, refreshed.jwks(), &refreshed.algorithms)
         }
         other => other,
@@ -126,7 +133,11 @@ async fn verify_logout_token(gateway: &Gateway, token: &str) -> Result<Map<Strin
     if iat > now + LEEWAY_SECS {
         return Err("issued in the future");
     }
-    if claims.get("exp").and_then(Value::as_u64).is_some_and(|exp| exp + LEEWAY_SECS < now) {
+    if claims
+        .get("exp")
+        .and_then(Value::as_u64)
+        .is_some_and(|exp| exp + LEEWAY_SECS < now)
+    {
         return Err("expired");
     }
     let has_event = claims

@@ -86,8 +86,12 @@ pub async fn answer(
         Builtin::Metrics => status::metrics(gateway),
         Builtin::Start if read_only => login::start(gateway, &req).await,
         Builtin::Callback if read_only => login::callback(gateway, &req).await,
-        Builtin::SignOut if read_only || method == Method::POST => logout::sign_out(gateway, &req).await,
-        Builtin::BackchannelLogout if method == Method::POST => logout::backchannel(gateway, req).await,
+        Builtin::SignOut if read_only || method == Method::POST => {
+            logout::sign_out(gateway, &req).await
+        }
+        Builtin::BackchannelLogout if method == Method::POST => {
+            logout::backchannel(gateway, req).await
+        }
         Builtin::Userinfo if read_only => status::userinfo(gateway, &req).await,
         Builtin::Auth => auth::check(gateway, &req, peer).await,
         Builtin::UnknownOauth2 => response::not_found(),

@@ -46,8 +46,8 @@ pub fn metrics(gateway: &Gateway) -> Response<Body> {
 
 /// The session's identity and expiries (contract Details 11). Never a token.
 pub async fn userinfo<B>(gateway: &Arc<Gateway>, req: &Request<B>) -> Response<Body> {
-    let key = find_cookie(req.headers(), gateway.cookies.name())
-        .and_then(|v| gateway.cookies.decode(v));
+    let key =
+        find_cookie(req.headers(), gateway.cookies.name()).and_then(|v| gateway.cookies.decode(v));
     let session = match key {
         Some(key) => gateway.store.load(&key).await,
         None => Ok(None),

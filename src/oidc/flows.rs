@@ -3,9 +3,8 @@
 
 use openidconnect::core::{CoreErrorResponseType, CoreIdToken, CoreResponseType};
 use openidconnect::{
-    AccessToken, AuthenticationFlow, AuthorizationCode, CsrfToken, Nonce,
-    OAuth2TokenResponse, PkceCodeChallenge, PkceCodeVerifier, RefreshToken, RequestTokenError,
-    Scope, TokenResponse,
+    AccessToken, AuthenticationFlow, AuthorizationCode, CsrfToken, Nonce, OAuth2TokenResponse,
+    PkceCodeChallenge, PkceCodeVerifier, RefreshToken, RequestTokenError, Scope, TokenResponse,
 };
 use serde_json::{Map, Value};
 use url::Url;
@@ -77,7 +76,11 @@ impl Oidc {
         for resource in &self.cfg.resource {
             request = request.add_extra_param("resource", resource.clone());
         }
-        let has_prompt = self.cfg.extra_auth_params.iter().any(|(k, _)| k == "prompt");
+        let has_prompt = self
+            .cfg
+            .extra_auth_params
+            .iter()
+            .any(|(k, _)| k == "prompt");
         if !has_prompt && self.cfg.scopes.iter().any(|s| s == "offline_access") {
             request = request.add_extra_param("prompt", "consent");
         }
@@ -160,7 +163,9 @@ impl Oidc {
                     .await
                     .map_err(RefreshError::Transient)?;
                 if claims.get("sub").and_then(Value::as_str) != Some(sub) {
-                    return Err(RefreshError::Rejected("refreshed ID token names another subject".into()));
+                    return Err(RefreshError::Rejected(
+                        "refreshed ID token names another subject".into(),
+                    ));
                 }
                 Some((id_token, claims))
             }
@@ -177,8 +182,12 @@ impl Oidc {
     /// RFC 7009 revocation of a refresh token, when the provider has an endpoint. Best effort:
     /// sign-out goes on whatever the provider says.
     pub async fn revoke(&self, refresh_token: &str) {
-        let Some(provider) = self.provider() else { return };
-        let Some(url) = provider.revocation_endpoint().cloned() else { return };
+        let Some(provider) = self.provider() else {
+            return;
+        };
+        let Some(url) = provider.revocation_endpoint().cloned() else {
+            return;
+        };
         let client = provider.client.clone().set_revocation_url(url);
         let token = RefreshToken::new(refresh_token.to_owned());
         match client.revoke_token(token.into()) {
@@ -218,13 +227,12 @@ impl Oidc {
             Ok(claims) => Ok(claims),
             Err(first) => {
                 let raw = id_token.to_string();
-                let unknown_kid = jwt::header_kid(&raw).is_some_and(|kid| {
-                    !provider
-                        .jwks()
-                        .keys()
-                        .iter()
-                        .any(|k| openidconnect::JsonWebKey::key_id(k).is_some_and(|id| **id == kid))
-                });
+                let unknown_kid =
+                    jwt::header_kid(&raw).is_some_and(|kid| {
+                        !provider.jwks().keys().iter().any(|k| {
+                            openidconnect::JsonWebKey::key_id(k).is_some_and(|id| **id == kid)
+                        })
+                    });
                 if !unknown_kid {
                     return Err(first);
                 }
@@ -246,7 +254,10 @@ impl Oidc {
         let access_expires_at = expires_in
             .map(|d| now.saturating_add(d.as_secs()))
             .or_else(|| jwt_exp(&access))
-            .or_else(|| self.max_token_age.map(|age| now.saturating_add(age.as_secs())));
+            .or_else(|| {
+                self.max_token_age
+                    .map(|age| now.saturating_add(age.as_secs()))
+            });
         let (id_token, claims) = match id {
             Some((token, claims)) => (Some(token.to_string()), Some(claims)),
             None => (None, None),

@@ -97,7 +97,10 @@ pub fn check_claims(
     now: u64,
     leeway_secs: u64,
 ) -> Result<(), JwtError> {
-    let exp = claims.get("exp").and_then(Value::as_u64).ok_or(JwtError::Claim("no exp"))?;
+    let exp = claims
+        .get("exp")
+        .and_then(Value::as_u64)
+        .ok_or(JwtError::Claim("no exp"))?;
     if now > exp.saturating_add(leeway_secs) {
         return Err(JwtError::Expired);
     }
@@ -154,9 +157,9 @@ fn candidate_keys<'k>(
     kid: Option<&'k str>,
 ) -> impl Iterator<Item = &'k CoreJsonWebKey> + 'k {
     jwks.keys().iter().filter(move |key| {
-        let usable = key.key_use().is_none_or(|u| {
-            openidconnect::JsonWebKeyUse::allows_signature(u)
-        });
+        let usable = key
+            .key_use()
+            .is_none_or(openidconnect::JsonWebKeyUse::allows_signature);
         let kid_ok = match (kid, key.key_id()) {
             (Some(kid), Some(id)) => id == &JsonWebKeyId::new(kid.to_owned()),
             (Some(_), None) => false,
@@ -167,7 +170,9 @@ fn candidate_keys<'k>(
 }
 
 fn decode_json(b64: &str) -> Result<Value, JwtError> {
-    let bytes = URL_SAFE_NO_PAD.decode(b64).map_err(|_| JwtError::Malformed)?;
+    let bytes = URL_SAFE_NO_PAD
+        .decode(b64)
+        .map_err(|_| JwtError::Malformed)?;
     serde_json::from_slice(&bytes).map_err(|_| JwtError::Malformed)
 }
 
@@ -183,19 +188,40 @@ mod tests {
         let aud = ["api".to_string()];
         assert_eq!(check_claims(c, "https://i", &aud, 90, 0), Ok(()));
         assert_eq!(check_claims(c, "https://i", &aud, 105, 10), Ok(()));
-        assert_eq!(check_claims(c, "https://i", &aud, 111, 10), Err(JwtError::Expired));
-        assert_eq!(check_claims(c, "https://i", &aud, 10, 10), Err(JwtError::NotYetValid));
-        assert_eq!(check_claims(c, "https://j", &aud, 90, 0), Err(JwtError::Issuer));
+        assert_eq!(
+            check_claims(c, "https://i", &aud, 111, 10),
+            Err(JwtError::Expired)
+        );
+        assert_eq!(
+            check_claims(c, "https://i", &aud, 10, 10),
+            Err(JwtError::NotYetValid)
+        );
+        assert_eq!(
+            check_claims(c, "https://j", &aud, 90, 0),
+            Err(JwtError::Issuer)
+        );
         let other = ["nope".to_string()];
-        assert_eq!(check_claims(c, "https://i", &other, 90, 0), Err(JwtError::Audience));
+        assert_eq!(
+            check_claims(c, "https://i", &other, 90, 0),
+            Err(JwtError::Audience)
+        );
     }
 
     #[test]
     fn none_and_hmac_refused() {
         let allowed = [CoreJwsSigningAlgorithm::RsaSsaPkcs1V15Sha256];
-        assert_eq!(accepted_algorithm("none", &allowed), Err(JwtError::Algorithm));
-        assert_eq!(accepted_algorithm("HS256", &allowed), Err(JwtError::Algorithm));
-        assert_eq!(accepted_algorithm("ES256", &allowed), Err(JwtError::Algorithm));
+        assert_eq!(
+            accepted_algorithm("none", &allowed),
+            Err(JwtError::Algorithm)
+        );
+        assert_eq!(
+            accepted_algorithm("HS256", &allowed),
+            Err(JwtError::Algorithm)
+        );
+        assert_eq!(
+            accepted_algorithm("ES256", &allowed),
+            Err(JwtError::Algorithm)
+        );
         assert!(accepted_algorithm("RS256", &allowed).is_ok());
     }
 
@@ -203,7 +229,11 @@ mod tests {
     fn malformed_tokens() {
         let jwks = CoreJsonWebKeySet::new(vec![]);
         for bad in ["", "a.b", "a.b.c.d", "!!.!!.!!"] {
-            assert_eq!(verify_signature(bad, &jwks, &[]), Err(JwtError::Malformed), "{bad}");
+            assert_eq!(
+                verify_signature(bad, &jwks, &[]),
+                Err(JwtError::Malformed),
+                "{bad}"
+            );
         }
     }
 }

@@ -7,8 +7,8 @@
 //! [`JWKS_REFETCH_INTERVAL`]. The HTTP client never follows redirects (SSRF) and has timeouts.
 
 pub mod flows;
-pub mod probe;
 pub mod jwt;
+pub mod probe;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
 use openidconnect::core::{
-    CoreAuthDisplay, CoreClaimName, CoreClaimType, CoreClient, CoreClientAuthMethod,
-    CoreGrantType, CoreJsonWebKey, CoreJsonWebKeySet, CoreJweContentEncryptionAlgorithm,
+    CoreAuthDisplay, CoreClaimName, CoreClaimType, CoreClient, CoreClientAuthMethod, CoreGrantType,
+    CoreJsonWebKey, CoreJsonWebKeySet, CoreJweContentEncryptionAlgorithm,
     CoreJweKeyManagementAlgorithm, CoreJwsSigningAlgorithm, CoreResponseMode, CoreResponseType,
     CoreSubjectIdentifierType,
 };
@@ -88,11 +88,17 @@ impl Provider {
     }
 
     pub fn revocation_endpoint(&self) -> Option<&RevocationUrl> {
-        self.metadata.additional_metadata().revocation_endpoint.as_ref()
+        self.metadata
+            .additional_metadata()
+            .revocation_endpoint
+            .as_ref()
     }
 
     pub fn end_session_endpoint(&self) -> Option<&EndSessionUrl> {
-        self.metadata.additional_metadata().end_session_endpoint.as_ref()
+        self.metadata
+            .additional_metadata()
+            .end_session_endpoint
+            .as_ref()
     }
 }
 

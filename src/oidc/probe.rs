@@ -44,9 +44,21 @@ pub fn assess(config: &Config, provider: &super::Provider) -> Vec<Finding> {
         .code_challenge_methods_supported
         .as_ref()
         .is_some_and(|m| m.iter().any(|x| x == "S256"));
-    out.push(check(s256, "PKCE S256 supported", "the provider does not advertise PKCE S256 (code_challenge_methods_supported)"));
-    out.push(check(extra.revocation_endpoint.is_some(), "revocation endpoint present", "no revocation_endpoint: sign-out cannot revoke refresh tokens"));
-    out.push(check(extra.end_session_endpoint.is_some(), "end-session endpoint present", "no end_session_endpoint: sign-out cannot end the provider session"));
+    out.push(check(
+        s256,
+        "PKCE S256 supported",
+        "the provider does not advertise PKCE S256 (code_challenge_methods_supported)",
+    ));
+    out.push(check(
+        extra.revocation_endpoint.is_some(),
+        "revocation endpoint present",
+        "no revocation_endpoint: sign-out cannot revoke refresh tokens",
+    ));
+    out.push(check(
+        extra.end_session_endpoint.is_some(),
+        "end-session endpoint present",
+        "no end_session_endpoint: sign-out cannot end the provider session",
+    ));
     let offline = config.oidc.scopes.iter().any(|s| s == "offline_access");
     out.push(check(offline, "offline_access requested", "offline_access is not among oidc.scopes: most providers then issue no refresh token and users are logged out at the first expiry"));
     let logto = provider.issuer().contains("logto") || provider.issuer().ends_with("/oidc");

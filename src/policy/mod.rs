@@ -39,8 +39,12 @@ pub enum Refusal {
 impl Refusal {
     pub fn message(self) -> &'static str {
         match self {
-            Refusal::MissingGroup => "Forbidden: you are not a member of a group this page requires",
-            Refusal::MissingClaim => "Forbidden: your account lacks an attribute this page requires",
+            Refusal::MissingGroup => {
+                "Forbidden: you are not a member of a group this page requires"
+            }
+            Refusal::MissingClaim => {
+                "Forbidden: your account lacks an attribute this page requires"
+            }
         }
     }
 }
@@ -212,14 +216,23 @@ mod tests {
         let table = RouteTable::new(&[
             get_only,
             route(PathMatch::Prefix("/a".into()), Policy::Deny),
-            route(PathMatch::Regex(Regex::new("^(?:/r/[0-9]+)$").unwrap()), Policy::Public),
+            route(
+                PathMatch::Regex(Regex::new("^(?:/r/[0-9]+)$").unwrap()),
+                Policy::Public,
+            ),
         ]);
         assert_eq!(table.find(&Method::GET, "/a").policy, Policy::Public);
         assert_eq!(table.find(&Method::POST, "/a").policy, Policy::Deny);
         assert_eq!(table.find(&Method::GET, "/r/12").policy, Policy::Public);
         let fallback = table.find(&Method::GET, "/r/12x");
-        assert_eq!((fallback.policy, fallback.id), (Policy::Authenticated, RouteId(3)));
-        assert_eq!(table.labels().collect::<Vec<_>>(), ["/a", "/a", "^(?:/r/[0-9]+)$", "default"]);
+        assert_eq!(
+            (fallback.policy, fallback.id),
+            (Policy::Authenticated, RouteId(3))
+        );
+        assert_eq!(
+            table.labels().collect::<Vec<_>>(),
+            ["/a", "/a", "^(?:/r/[0-9]+)$", "default"]
+        );
     }
 
     fn identity(groups: &[&str], claims: serde_json::Value) -> Identity {
@@ -246,12 +259,21 @@ mod tests {
         let r = table.find(&Method::GET, "/admin");
         let ok = json!({"tier": "gold", "verified": true});
         assert_eq!(r.authorize(&identity(&["ops"], ok.clone())), Ok(()));
-        assert_eq!(r.authorize(&identity(&["users"], ok)), Err(Refusal::MissingGroup));
+        assert_eq!(
+            r.authorize(&identity(&["users"], ok)),
+            Err(Refusal::MissingGroup)
+        );
         let list = json!({"tier": ["silver", "platinum"], "verified": true});
         assert_eq!(r.authorize(&identity(&["admins"], list)), Ok(()));
         let wrong = json!({"tier": "silver", "verified": true});
-        assert_eq!(r.authorize(&identity(&["admins"], wrong)), Err(Refusal::MissingClaim));
+        assert_eq!(
+            r.authorize(&identity(&["admins"], wrong)),
+            Err(Refusal::MissingClaim)
+        );
         let missing = json!({"tier": "gold"});
-        assert_eq!(r.authorize(&identity(&["admins"], missing)), Err(Refusal::MissingClaim));
+        assert_eq!(
+            r.authorize(&identity(&["admins"], missing)),
+            Err(Refusal::MissingClaim)
+        );
     }
 }

@@ -57,7 +57,9 @@ pub fn normalize_path(raw_path: &str) -> Result<Cow<'_, str>, PathError> {
 /// `.;x`, `..;x`, `.%3Bx`, `..%3Bx`: a dot segment in disguise for servers that strip
 /// path parameters. (Escapes are uppercased already.)
 fn is_dot_segment_with_params(segment: &str) -> bool {
-    let rest = segment.strip_prefix("..").or_else(|| segment.strip_prefix('.'));
+    let rest = segment
+        .strip_prefix("..")
+        .or_else(|| segment.strip_prefix('.'));
     rest.is_some_and(|r| r.starts_with(';') || r.starts_with("%3B"))
 }
 

@@ -159,10 +159,22 @@ mod tests {
         let key = [7u8; 16];
         let value = old.encode(&key);
         assert_eq!(old.decode(&value), Some(key));
-        assert_eq!(rotated.decode(&value), Some(key), "second secret still verifies");
-        assert_eq!(dropped.decode(&value), None, "removed secret no longer verifies");
+        assert_eq!(
+            rotated.decode(&value),
+            Some(key),
+            "second secret still verifies"
+        );
+        assert_eq!(
+            dropped.decode(&value),
+            None,
+            "removed secret no longer verifies"
+        );
         assert_eq!(rotated.decode(&rotated.encode(&key)), Some(key));
-        assert_eq!(old.decode(&rotated.encode(&key)), None, "new cookies use the first secret");
+        assert_eq!(
+            old.decode(&rotated.encode(&key)),
+            None,
+            "new cookies use the first secret"
+        );
     }
 
     #[test]

@@ -183,7 +183,11 @@ mod tests {
             .identity(json!({"sub": "u", "email": ""}).as_object().unwrap())
             .unwrap();
         assert_eq!(id.upstream_headers.len(), 1);
-        assert!(rules().identity(json!({"email": "x"}).as_object().unwrap()).is_none());
+        assert!(
+            rules()
+                .identity(json!({"email": "x"}).as_object().unwrap())
+                .is_none()
+        );
     }
 
     #[test]
@@ -196,8 +200,16 @@ mod tests {
     #[test]
     fn header_injection_refused() {
         let id = rules()
-            .identity(json!({"sub": "u", "email": "a@b\r\nX-Evil: 1"}).as_object().unwrap())
+            .identity(
+                json!({"sub": "u", "email": "a@b\r\nX-Evil: 1"})
+                    .as_object()
+                    .unwrap(),
+            )
             .unwrap();
-        assert!(id.upstream_headers.iter().all(|(n, _)| n != "x-forwarded-email"));
+        assert!(
+            id.upstream_headers
+                .iter()
+                .all(|(n, _)| n != "x-forwarded-email")
+        );
     }
 }

@@ -59,7 +59,11 @@ impl SessionStore for MemoryStore {
         Ok(())
     }
 
-    async fn delete_matching(&self, sid: Option<&str>, sub: Option<&str>) -> Result<(), StoreError> {
+    async fn delete_matching(
+        &self,
+        sid: Option<&str>,
+        sub: Option<&str>,
+    ) -> Result<(), StoreError> {
         // A scan: back-channel logouts are rare, and an index would cost memory per session.
         let doomed: Vec<Arc<SessionKey>> = self
             .cache
@@ -106,7 +110,12 @@ impl AbsoluteExpiry {
 }
 
 impl Expiry<SessionKey, Arc<Session>> for AbsoluteExpiry {
-    fn expire_after_create(&self, _: &SessionKey, s: &Arc<Session>, _: Instant) -> Option<Duration> {
+    fn expire_after_create(
+        &self,
+        _: &SessionKey,
+        s: &Arc<Session>,
+        _: Instant,
+    ) -> Option<Duration> {
         Some(self.remaining(s))
     }
 

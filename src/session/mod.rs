@@ -83,7 +83,11 @@ impl SessionStore for Store {
         }
     }
 
-    async fn delete_matching(&self, sid: Option<&str>, sub: Option<&str>) -> Result<(), StoreError> {
+    async fn delete_matching(
+        &self,
+        sid: Option<&str>,
+        sub: Option<&str>,
+    ) -> Result<(), StoreError> {
         match self {
             Store::Memory(s) => s.delete_matching(sid, sub).await,
         }

@@ -1,0 +1,178 @@
+//! From a [`Figment`] to the raw sections, keeping every serde error with its key path.
+//!
+//! One `extract()` of the whole file would stop at the first bad section. Instead each section
+//! is extracted on its own (through `focus`, so error paths are relative and get the section
+//! prepended here), and each `[[route]]` element on its own, so `authgate check` reports the
+//! problems of every section at once.
+
+use figment::value::{Dict, Value};
+use figment::{Figment, Metadata};
+use serde::de::DeserializeOwned;
+
+use super::ConfigError;
+use super::env::{ENV_SOURCE_NAME, variable_name};
+use super::raw::{RawConfig, RawRoute, SECTIONS};
+
+/// Key of errors that belong to no key: the file is missing or not valid TOML.
+const ROOT_KEY: &str = "config";
+
+/// Extracts every section; a section that fails is `None` and its errors are in `errors`.
+pub(crate) fn extract(figment: &Figment, errors: &mut Vec<ConfigError>) -> Option<RawConfig> {
+    let top = match figment.extract::<Dict>() {
+        Ok(top) => top,
+        Err(e) => {
+            // Nothing can be read (missing file, TOML syntax error): this is the only error.
+            errors.extend(convert(figment, e, &[]));
+            return None;
+        }
+    };
+    for name in top.keys().filter(|k| !SECTIONS.contains(&k.as_str())) {
+        let message = format!("unknown section; expected one of {}", SECTIONS.join(", "));
+        errors.push(ConfigError::new(
+            name.as_str(),
+            with_source(message, figment.find_metadata(name), &[name.as_str()]),
+        ));
+    }
+    Some(RawConfig {
+        server: section(figment, "server", errors),
+        upstream: section(figment, "upstream", errors),
+        oidc: section(figment, "oidc", errors),
+        session: section(figment, "session", errors),
+        headers: section(figment, "headers", errors),
+        routes: routes(figment, errors),
+    })
+}
+
+/// One `[section]`: its defaults when absent, `None` when it does not deserialize.
+fn section<T: DeserializeOwned + Default>(
+    figment: &Figment,
+    name: &str,
+    errors: &mut Vec<ConfigError>,
+) -> Option<T> {
+    match figment.find_value(name) {
+        Err(_) => Some(T::default()),
+        Ok(Value::Dict(..)) => match figment.focus(name).extract::<T>() {
+            Ok(section) => Some(section),
+            Err(e) => {
+                errors.extend(convert(figment, e, &[name]));
+                None
+            }
+        },
+        // `focus` would silently skip a non-table value: say it instead.
+        Ok(other) => {
+            let message = format!("expected a table, found {}", kind_of(&other));
+            let md = figment.find_metadata(name);
+            errors.push(ConfigError::new(name, with_source(message, md, &[name])));
+            None
+        }
+    }
+}
+
+/// `[[route]]`: each element deserialized alone, so one bad route hides no other.
+fn routes(figment: &Figment, errors: &mut Vec<ConfigError>) -> Option<Vec<Option<RawRoute>>> {
+    let items = match figment.find_value("route") {
+        Err(_) => return Some(Vec::new()),
+        Ok(Value::Array(_, items)) => items,
+        Ok(other) => {
+            let message = format!(
+                "expected an array of tables ([[route]]), found {}",
+                kind_of(&other)
+            );
+            let md = figment.find_metadata("route");
+            errors.push(ConfigError::new(
+                "route",
+                with_source(message, md, &["route"]),
+            ));
+            return None;
+        }
+    };
+    let routes = items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| {
+            <RawRoute as serde::Deserialize>::deserialize(item).map_err(|e| {
+                let md = figment.get_metadata(item.tag());
+                for err in e {
+                    let key = format!("route[{i}]{}", suffix(&err.path));
+                    let message = with_source(err.kind.to_string(), md, &["route"]);
+                    errors.push(ConfigError::new(key, message));
+                }
+            })
+        })
+        .map(Result::ok)
+        .collect();
+    Some(routes)
+}
+
+/// Every error of a figment error chain, as `ConfigError`s keyed under `prefix`.
+fn convert(figment: &Figment, error: figment::Error, prefix: &[&str]) -> Vec<ConfigError> {
+    error
+        .into_iter()
+        .map(|err| {
+            let path: Vec<&str> = prefix
+                .iter()
+                .copied()
+                .chain(err.path.iter().map(String::as_str))
+                .collect();
+            let key = if path.is_empty() {
+                ROOT_KEY.to_owned()
+            } else {
+                path.join(".")
+            };
+            // The value's own provider (file or env) when the key exists; else the error's.
+            let md = figment
+                .find_metadata(&key)
+                .filter(|_| !path.is_empty())
+                .or(err.metadata.as_ref());
+            // Some messages (I/O, TOML syntax) end with a newline: keep one error a line.
+            let message = err.kind.to_string().trim_end().to_owned();
+            ConfigError::new(key.clone(), with_source(message, md, &path))
+        })
+        .collect()
+}
+
+/// Appends "in environment variable AUTHGATE_X__Y" to validation errors whose value came from
+/// the environment: the file then shows another value, and the user must know where to look.
+pub(crate) fn name_env_sources(figment: &Figment, errors: &mut [ConfigError]) {
+    for error in errors {
+        // `server.trusted_proxies[1]` -> `server.trusted_proxies`: figment has no indices.
+        let key = error.key.split('[').next().unwrap_or_default();
+        let Some(md) = figment.find_metadata(key) else {
+            continue;
+        };
+        if md.name == ENV_SOURCE_NAME {
+            let path: Vec<&str> = key.split('.').collect();
+            error.message = with_source(std::mem::take(&mut error.message), Some(md), &path);
+        }
+    }
+}
+
+/// `message in <where the value came from>`.
+fn with_source(message: String, md: Option<&Metadata>, path: &[&str]) -> String {
+    let Some(md) = md else {
+        return message;
+    };
+    if md.name == ENV_SOURCE_NAME {
+        return format!("{message} in {ENV_SOURCE_NAME} {}", variable_name(path));
+    }
+    match &md.source {
+        Some(source) => format!("{message} in {source} {}", md.name),
+        None => format!("{message} in {}", md.name),
+    }
+}
+
+/// `[a, b]` path suffix for a route element's error: `.match`, `.require_claims.x`.
+fn suffix(path: &[String]) -> String {
+    path.iter().map(|p| format!(".{p}")).collect()
+}
+
+fn kind_of(value: &Value) -> &'static str {
+    match value {
+        Value::String(..) | Value::Char(..) => "a string",
+        Value::Bool(..) => "a boolean",
+        Value::Num(..) => "a number",
+        Value::Empty(..) => "an empty value",
+        Value::Dict(..) => "a table",
+        Value::Array(..) => "an array",
+    }
+}

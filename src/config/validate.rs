@@ -1,0 +1,426 @@
+//! Raw sections -> the typed [`Config`], collecting every problem.
+//!
+//! Each section is validated on its own (a section that failed to deserialize is skipped, its
+//! serde errors already recorded), then the rules that span keys. The typed config is built
+//! only when no error at all was found: a half-valid config never starts a server.
+
+use super::check::{Checker, non_empty};
+use super::raw::{RawConfig, RawHeaders, RawOidc, RawServer, RawSession, RawUpstream};
+use super::routes::routes;
+use super::types::*;
+use crate::secret::Secret;
+
+/// Validates every section; `None` when `checker` holds at least one error.
+pub(crate) fn validate(raw: &RawConfig, c: &mut Checker) -> Option<Config> {
+    let server = raw.server.as_ref().and_then(|s| server(s, c));
+    let upstream = raw.upstream.as_ref().and_then(|u| upstream(u, c));
+    let oidc = raw.oidc.as_ref().and_then(|o| oidc(o, c));
+    let session = raw.session.as_ref().and_then(|s| session(s, c));
+    let headers = raw.headers.as_ref().and_then(|h| headers(h, c));
+    let resources = raw.oidc.as_ref().map(|o| o.resource.as_slice());
+    let routes = raw.routes.as_ref().and_then(|r| routes(r, resources, c));
+    let config = Config {
+        server: server?,
+        upstream: upstream?,
+        oidc: oidc?,
+        session: session?,
+        headers: headers?,
+        routes: routes?,
+    };
+    c.errors.is_empty().then_some(config)
+}
+
+// === server ===
+
+fn server(raw: &RawServer, c: &mut Checker) -> Option<ServerConfig> {
+    let listen = c.socket_addr("server.listen", &raw.listen);
+    let public_url = c
+        .required("server.public_url", raw.public_url.as_deref())
+        .and_then(|u| public_url(u, c));
+    let tls = tls(raw, c);
+    let trusted_proxies: Vec<_> = (raw.trusted_proxies.iter().enumerate())
+        .map(|(i, p)| c.cidr(&format!("server.trusted_proxies[{i}]"), p))
+        .collect();
+    let shutdown_grace = c.duration("server.shutdown_grace", &raw.shutdown_grace, false);
+    let log_format = c.choice(
+        "server.log_format",
+        &raw.log_format,
+        &[("text", LogFormat::Text), ("json", LogFormat::Json)],
+    );
+    let metrics_listen = match non_empty(raw.metrics_listen.as_deref()) {
+        Some(m) => c.socket_addr("server.metrics_listen", m).map(Some),
+        None => Some(None),
+    };
+    let header_read = c.duration("server.header_read_timeout", &raw.header_read_timeout, true);
+    let handshake = c.duration(
+        "server.tls_handshake_timeout",
+        &raw.tls_handshake_timeout,
+        true,
+    );
+    let max_header_bytes = c.positive("server.max_header_bytes", raw.max_header_bytes);
+    let max_headers = c.positive("server.max_headers", raw.max_headers);
+    Some(ServerConfig {
+        listen: listen?,
+        public_url: public_url?,
+        tls: tls?,
+        trusted_proxies: trusted_proxies.into_iter().collect::<Option<_>>()?,
+        shutdown_grace: shutdown_grace?,
+        log_format: log_format?,
+        metrics_listen: metrics_listen?,
+        header_read_timeout: header_read?,
+        tls_handshake_timeout: handshake?,
+        max_header_bytes: max_header_bytes?,
+        max_headers: max_headers?,
+    })
+}
+
+/// The external origin (plus an optional base path), stored without a trailing slash.
+fn public_url(raw: &str, c: &mut Checker) -> Option<url::Url> {
+    let mut url = c.base_url("server.public_url", raw)?;
+    // `url::Url` keeps "/" for a bare origin; only a longer path loses its trailing slash.
+    let path = url.path().trim_end_matches('/').to_owned();
+    url.set_path(&path);
+    Some(url)
+}
+
+/// Both TLS files or neither; both must be readable now.
+fn tls(raw: &RawServer, c: &mut Checker) -> Option<Option<TlsFiles>> {
+    let cert = non_empty(raw.tls_cert_file.as_deref());
+    let key = non_empty(raw.tls_key_file.as_deref());
+    match (cert, key) {
+        (None, None) => Some(None),
+        (Some(_), None) => {
+            c.error(
+                "server.tls_key_file",
+                "is required when tls_cert_file is set",
+            );
+            None
+        }
+        (None, Some(_)) => {
+            c.error(
+                "server.tls_cert_file",
+                "is required when tls_key_file is set",
+            );
+            None
+        }
+        (Some(cert), Some(key)) => {
+            let cert = c.readable_file("server.tls_cert_file", cert);
+            let key = c.readable_file("server.tls_key_file", key);
+            Some(Some(TlsFiles {
+                cert: cert?,
+                key: key?,
+            }))
+        }
+    }
+}
+
+// === upstream ===
+
+fn upstream(raw: &RawUpstream, c: &mut Checker) -> Option<UpstreamConfig> {
+    let url = c
+        .required("upstream.url", raw.url.as_deref())
+        .and_then(|u| c.base_url("upstream.url", u));
+    let timeout = c.duration("upstream.timeout", &raw.timeout, true);
+    let ca_file = match non_empty(raw.ca_file.as_deref()) {
+        Some(path) => c.readable_file("upstream.ca_file", path).map(Some),
+        None => Some(None),
+    };
+    Some(UpstreamConfig {
+        url: url?,
+        timeout: timeout?,
+        ca_file: ca_file?,
+    })
+}
+
+// === oidc ===
+
+fn oidc(raw: &RawOidc, c: &mut Checker) -> Option<OidcConfig> {
+    let issuer = c
+        .required("oidc.issuer", raw.issuer.as_deref())
+        .and_then(|u| c.url("oidc.issuer", u, &["http", "https"], false));
+    let client_id = c.required("oidc.client_id", raw.client_id.as_deref());
+    let secret = c.inline_or_file(
+        "oidc.client_secret",
+        raw.client_secret.as_deref(),
+        raw.client_secret_file.as_deref(),
+    );
+    let scopes = scopes(&raw.scopes, c);
+    let timeout = c.duration("oidc.timeout", &raw.timeout, true);
+    let refresh_timeout = c.opt_duration("oidc.refresh_timeout", raw.refresh_timeout.as_deref());
+    let auth = c.choice(
+        "oidc.token_endpoint_auth",
+        &raw.token_endpoint_auth,
+        &[
+            ("client_secret_basic", TokenEndpointAuth::ClientSecretBasic),
+            ("client_secret_post", TokenEndpointAuth::ClientSecretPost),
+        ],
+    );
+    let post_logout = match non_empty(raw.post_logout_redirect_uri.as_deref()) {
+        Some(u) => (c.url(
+            "oidc.post_logout_redirect_uri",
+            u,
+            &["http", "https"],
+            false,
+        ))
+        .map(Some),
+        None => Some(None),
+    };
+    let client_id = client_id?.trim().to_owned();
+    let timeout = timeout?;
+    Some(OidcConfig {
+        issuer: issuer?,
+        bearer_audiences: bearer_audiences(raw, &client_id),
+        client_id,
+        client_secret: secret?.map(Secret::new),
+        scopes: scopes?,
+        resource: raw.resource.clone(),
+        extra_auth_params: raw.extra_auth_params.clone(),
+        timeout,
+        refresh_timeout: refresh_timeout?.unwrap_or(timeout),
+        token_endpoint_auth: auth?,
+        post_logout_redirect_uri: post_logout?,
+    })
+}
+
+/// OpenID Connect Core 1.0 section 3.1.2.1: without `openid` it is plain OAuth 2.0.
+fn scopes(raw: &[String], c: &mut Checker) -> Option<Vec<String>> {
+    if !raw.iter().any(|s| s == "openid") {
+        c.error("oidc.scopes", "must include \"openid\"");
+        return None;
+    }
+    Some(raw.to_vec())
+}
+
+/// Unset: the resource indicators when there are some (their tokens carry them as `aud`),
+/// else the client id (the audience of tokens issued to this client).
+fn bearer_audiences(raw: &RawOidc, client_id: &str) -> Vec<String> {
+    if !raw.bearer_audiences.is_empty() {
+        raw.bearer_audiences.clone()
+    } else if !raw.resource.is_empty() {
+        raw.resource.clone()
+    } else {
+        vec![client_id.to_owned()]
+    }
+}
+
+// === session ===
+
+fn session(raw: &RawSession, c: &mut Checker) -> Option<SessionConfig> {
+    let cookie_name = cookie_name(&raw.cookie_name, c);
+    let cookie_secrets = cookie_secrets(raw, c);
+    let samesite = c.choice(
+        "session.cookie_samesite",
+        &raw.cookie_samesite,
+        &[
+            ("lax", SameSite::Lax),
+            ("strict", SameSite::Strict),
+            ("none", SameSite::None),
+        ],
+    );
+    if samesite == Some(SameSite::None) && !raw.cookie_secure {
+        // Browsers drop `SameSite=None` cookies without `Secure`: logins would silently loop.
+        c.error(
+            "session.cookie_samesite",
+            "\"none\" requires cookie_secure = true",
+        );
+    }
+    let idle = c.duration("session.idle_timeout", &raw.idle_timeout, true);
+    let absolute = c.duration("session.absolute_timeout", &raw.absolute_timeout, true);
+    let refresh = c.duration(
+        "session.refresh_before_expiry",
+        &raw.refresh_before_expiry,
+        false,
+    );
+    timeouts_agree(idle, absolute, refresh, c);
+    let max_token_age = c.opt_duration("session.max_token_age", raw.max_token_age.as_deref());
+    let store = store(raw, c);
+    let login_timeout = c.duration("session.login_timeout", &raw.login_timeout, true);
+    let max_sessions = c.positive("session.max_sessions", raw.max_sessions);
+    let max_pending = c.positive("session.max_pending_logins", raw.max_pending_logins);
+    Some(SessionConfig {
+        cookie_name: cookie_name?,
+        cookie_secrets: cookie_secrets?,
+        cookie_secure: raw.cookie_secure,
+        cookie_samesite: samesite?,
+        cookie_domain: non_empty(Some(&raw.cookie_domain)).map(|d| d.trim().to_owned()),
+        idle_timeout: idle?,
+        absolute_timeout: absolute?,
+        max_sessions: max_sessions?,
+        refresh_before_expiry: refresh?,
+        max_token_age: max_token_age?,
+        store: store?,
+        login_timeout: login_timeout?,
+        max_pending_logins: max_pending?,
+    })
+}
+
+/// RFC 6265 section 4.1.1: a cookie name is an RFC 2616 token.
+fn cookie_name(raw: &str, c: &mut Checker) -> Option<String> {
+    let is_token = !raw.is_empty() && http::HeaderName::from_bytes(raw.as_bytes()).is_ok();
+    if !is_token {
+        c.error(
+            "session.cookie_name",
+            format!("invalid cookie name {raw:?}"),
+        );
+        return None;
+    }
+    Some(raw.to_owned())
+}
+
+/// Inline list or `cookie_secrets_file` (one a line, blank lines ignored); at least one.
+fn cookie_secrets(raw: &RawSession, c: &mut Checker) -> Option<Vec<Secret<Vec<u8>>>> {
+    let file = non_empty(raw.cookie_secrets_file.as_deref());
+    let (key, lines) = match (raw.cookie_secrets.is_empty(), file) {
+        (false, Some(_)) => {
+            let m = "set either session.cookie_secrets or session.cookie_secrets_file, not both";
+            c.error("session.cookie_secrets", m);
+            return None;
+        }
+        (true, Some(path)) => {
+            let contents = c.secret_file("session.cookie_secrets_file", path)?;
+            let lines: Vec<String> = contents.lines().map(str::to_owned).collect();
+            ("session.cookie_secrets_file", lines)
+        }
+        (false, None) => ("session.cookie_secrets", raw.cookie_secrets.clone()),
+        (true, None) => {
+            let m = "at least one secret is required (or session.cookie_secrets_file)";
+            c.error("session.cookie_secrets", m);
+            return None;
+        }
+    };
+    let secrets: Vec<_> = (lines.iter().map(|l| l.trim()))
+        .filter(|l| !l.is_empty())
+        .enumerate()
+        .map(|(i, s)| c.cookie_secret(&format!("{key}[{i}]"), s))
+        .collect();
+    secrets.into_iter().collect()
+}
+
+fn timeouts_agree(
+    idle: Option<std::time::Duration>,
+    absolute: Option<std::time::Duration>,
+    refresh: Option<std::time::Duration>,
+    c: &mut Checker,
+) {
+    if let (Some(idle), Some(absolute)) = (idle, absolute)
+        && absolute < idle
+    {
+        c.error(
+            "session.absolute_timeout",
+            "must be at least session.idle_timeout",
+        );
+    }
+    // A refresh window as long as the session would refresh on every request.
+    if let (Some(refresh), Some(absolute)) = (refresh, absolute)
+        && refresh >= absolute
+    {
+        let m = "must be less than session.absolute_timeout";
+        c.error("session.refresh_before_expiry", m);
+    }
+}
+
+/// `memory`, or `redis` with a `redis://`/`rediss://` URL (inline or file; it may hold a
+/// password, so no message repeats it).
+fn store(raw: &RawSession, c: &mut Checker) -> Option<StoreConfig> {
+    let kind = c.choice(
+        "session.store",
+        &raw.store,
+        &[("memory", false), ("redis", true)],
+    );
+    let url = c.inline_or_file(
+        "session.redis_url",
+        raw.redis_url.as_deref(),
+        raw.redis_url_file.as_deref(),
+    );
+    let url = match url? {
+        Some(u) => Some(c.url("session.redis_url", &u, &["redis", "rediss"], true)?),
+        None => None,
+    };
+    match (kind?, url) {
+        (false, _) => Some(StoreConfig::Memory),
+        (true, Some(url)) => Some(StoreConfig::Redis {
+            url: Secret::new(url.to_string()),
+            key_prefix: raw.redis_key_prefix.clone(),
+        }),
+        (true, None) => {
+            let m = "is required when session.store = \"redis\" (or session.redis_url_file)";
+            c.error("session.redis_url", m);
+            None
+        }
+    }
+}
+
+// === headers ===
+
+fn headers(raw: &RawHeaders, c: &mut Checker) -> Option<HeadersConfig> {
+    let user = optional_header("headers.user", &raw.user, c);
+    let email = optional_header("headers.email", &raw.email, c);
+    let username = optional_header("headers.preferred_username", &raw.preferred_username, c);
+    let groups = optional_header("headers.groups", &raw.groups, c);
+    if raw.groups_claim.trim().is_empty() {
+        c.error("headers.groups_claim", "must not be empty");
+    }
+    let claims: Vec<_> = (raw.claims.iter())
+        .map(|(header, claim)| {
+            let key = format!("headers.claims.{header:?}");
+            let name = c.header_name(&key, header);
+            if claim.trim().is_empty() {
+                c.error(&key, "claim name must not be empty");
+                return None;
+            }
+            Some((name?, claim.trim().to_owned()))
+        })
+        .collect();
+    Some(HeadersConfig {
+        authorization_bearer: raw.authorization_bearer,
+        user: user?,
+        email: email?,
+        preferred_username: username?,
+        groups: groups?,
+        groups_claim: non_empty(Some(&raw.groups_claim))?.trim().to_owned(),
+        claims: claims.into_iter().collect::<Option<_>>()?,
+    })
+}
+
+/// An empty string disables the header (`Some(None)`).
+fn optional_header(key: &str, raw: &str, c: &mut Checker) -> Option<Option<http::HeaderName>> {
+    match non_empty(Some(raw)) {
+        None => Some(None),
+        Some(name) => c.header_name(key, name).map(Some),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn public_url_loses_its_trailing_slash() {
+        let mut c = Checker::default();
+        let url = public_url("https://app.example.com/base/", &mut c).unwrap();
+        assert_eq!(url.as_str(), "https://app.example.com/base");
+        let url = public_url("https://app.example.com", &mut c).unwrap();
+        assert_eq!(url.as_str(), "https://app.example.com/");
+        assert!(c.errors.is_empty());
+    }
+
+    #[test]
+    fn scopes_need_openid() {
+        let mut c = Checker::default();
+        assert!(scopes(&["email".to_owned()], &mut c).is_none());
+        assert_eq!(
+            c.errors[0].to_string(),
+            "oidc.scopes: must include \"openid\""
+        );
+    }
+
+    #[test]
+    fn bearer_audiences_fall_back_to_resource_then_client_id() {
+        let mut raw = RawOidc::default();
+        assert_eq!(bearer_audiences(&raw, "cid"), ["cid"]);
+        raw.resource = vec!["https://api".into()];
+        assert_eq!(bearer_audiences(&raw, "cid"), ["https://api"]);
+        raw.bearer_audiences = vec!["x".into()];
+        assert_eq!(bearer_audiences(&raw, "cid"), ["x"]);
+    }
+}

@@ -1,0 +1,343 @@
+//! The provider's knobs and counters, in the spirit of mockoidc's `QueueCode`/`QueueError`:
+//! tests (and the demo) change lifetimes, modes and faults while the provider runs, and read
+//! back how often each endpoint was called. Everything here is thread-safe and takes `&self`.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use super::grants::GrantStore;
+use super::keys::KeyRing;
+
+/// The form of the access tokens the token endpoint issues.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AccessTokenFormat {
+    /// A random opaque string (the default).
+    #[default]
+    Opaque,
+    /// An RS256 JWT with `exp`, `iat`, `iss`, `aud`, `sub`, `scope` and `client_id`; `aud` is
+    /// the `resource` asked for (RFC 8707), else the client id.
+    Jwt,
+}
+
+/// A fault the token endpoint answers with instead of doing its job.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TokenFault {
+    /// Answer this status with this body (JSON content type when the body starts with `{`).
+    Status(u16, String),
+    /// Never answer; the request ends only when the provider shuts down.
+    Hang,
+    /// Wait this long, then answer normally.
+    Delay(Duration),
+    /// Answer 400 `{"error":"invalid_grant"}` (RFC 6749 §5.2).
+    InvalidGrant,
+}
+
+/// Which client authentication a token or revocation request used (RFC 6749 §2.3.1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// HTTP Basic with the form-urlencoded id and secret.
+    SecretBasic,
+    /// `client_id` and `client_secret` in the form body.
+    SecretPost,
+    /// Only `client_id` (a public client).
+    None,
+}
+
+/// Knobs and counters of a running [`super::DevIdp`].
+#[derive(Debug)]
+pub struct Controls {
+    settings: Mutex<Settings>,
+    faults: Mutex<Faults>,
+    records: Mutex<Records>,
+    refresh_calls: AtomicUsize,
+    code_calls: AtomicUsize,
+    end_session_calls: AtomicUsize,
+    authorize_calls: AtomicUsize,
+    discovery_calls: AtomicUsize,
+    jwks_calls: AtomicUsize,
+    userinfo_calls: AtomicUsize,
+    token_requests_with_resource: AtomicUsize,
+    pub(crate) grants: GrantStore,
+    pub(crate) keys: KeyRing,
+}
+
+/// A snapshot of the modes, taken once per request.
+#[derive(Clone, Debug)]
+pub(crate) struct Settings {
+    pub(crate) access_ttl: Duration,
+    pub(crate) rotation: bool,
+    pub(crate) omit_expires_in: bool,
+    pub(crate) access_token_format: AccessTokenFormat,
+    pub(crate) issue_id_token_on_refresh: bool,
+    pub(crate) refresh_returns_refresh_token: bool,
+    pub(crate) discovery_unavailable: bool,
+    pub(crate) auto_login: Option<String>,
+    pub(crate) user_claims: HashMap<String, serde_json::Value>,
+}
+
+#[derive(Debug, Default)]
+struct Faults {
+    queue: VecDeque<TokenFault>,
+    sticky: Option<TokenFault>,
+}
+
+#[derive(Debug, Default)]
+struct Records {
+    revoked_tokens: Vec<String>,
+    last_authorize_query: HashMap<String, Vec<String>>,
+    last_token_request_form: HashMap<String, Vec<String>>,
+    last_token_client_auth: Option<ClientAuth>,
+    last_end_session_query: HashMap<String, Vec<String>>,
+}
+
+// === impl Controls ===
+
+impl Controls {
+    pub(crate) fn new(access_ttl: Duration, rotation: bool, keys: KeyRing) -> Self {
+        let settings = Settings {
+            access_ttl,
+            rotation,
+            omit_expires_in: false,
+            access_token_format: AccessTokenFormat::Opaque,
+            issue_id_token_on_refresh: true,
+            refresh_returns_refresh_token: true,
+            discovery_unavailable: false,
+            auto_login: None,
+            user_claims: HashMap::new(),
+        };
+        Self {
+            settings: Mutex::new(settings),
+            faults: Mutex::default(),
+            records: Mutex::default(),
+            refresh_calls: AtomicUsize::new(0),
+            code_calls: AtomicUsize::new(0),
+            end_session_calls: AtomicUsize::new(0),
+            authorize_calls: AtomicUsize::new(0),
+            discovery_calls: AtomicUsize::new(0),
+            jwks_calls: AtomicUsize::new(0),
+            userinfo_calls: AtomicUsize::new(0),
+            token_requests_with_resource: AtomicUsize::new(0),
+            grants: GrantStore::default(),
+            keys,
+        }
+    }
+
+    // --- lifetimes and modes ---
+
+    /// Lifetime of access tokens issued from now on (`expires_in`, and `exp` of JWT ones).
+    pub fn set_access_ttl(&self, ttl: Duration) {
+        lock(&self.settings).access_ttl = ttl;
+    }
+
+    /// Refresh token rotation (Logto's default): on, every refresh returns a new refresh token
+    /// and reusing an old one revokes the whole grant; off, the refresh token stays valid.
+    pub fn set_rotation(&self, on: bool) {
+        lock(&self.settings).rotation = on;
+    }
+
+    /// Token responses without `expires_in` (the client must fall back to the JWT `exp`).
+    pub fn set_omit_expires_in(&self, omit: bool) {
+        lock(&self.settings).omit_expires_in = omit;
+    }
+
+    /// Opaque (default) or JWT access tokens.
+    pub fn set_access_token_format(&self, format: AccessTokenFormat) {
+        lock(&self.settings).access_token_format = format;
+    }
+
+    /// Whether refresh responses carry a new ID token (default true).
+    pub fn set_issue_id_token_on_refresh(&self, on: bool) {
+        lock(&self.settings).issue_id_token_on_refresh = on;
+    }
+
+    /// Whether refresh responses carry a `refresh_token` (default true). False: the response
+    /// has none and the presented refresh token stays valid, whatever the rotation mode.
+    pub fn set_refresh_returns_refresh_token(&self, on: bool) {
+        lock(&self.settings).refresh_returns_refresh_token = on;
+    }
+
+    /// Discovery answers 503 while set.
+    pub fn set_discovery_unavailable(&self, unavailable: bool) {
+        lock(&self.settings).discovery_unavailable = unavailable;
+    }
+
+    // --- users ---
+
+    /// `Some(user)`: `GET /authorize` skips the form and redirects at once with a code for
+    /// `user`. `None` (default): show the login form.
+    pub fn set_auto_login(&self, user: Option<String>) {
+        lock(&self.settings).auto_login = user;
+    }
+
+    /// Claims merged over the defaults (`sub`, `email`, `preferred_username`, `groups`) of
+    /// `user`'s ID tokens and userinfo; a JSON object, other values are ignored.
+    pub fn set_user_claims(&self, user: impl Into<String>, claims: serde_json::Value) {
+        lock(&self.settings).user_claims.insert(user.into(), claims);
+    }
+
+    // --- grants and keys ---
+
+    /// Revokes every login of `user`: their refresh tokens get `invalid_grant`, their access
+    /// tokens stop working at `/userinfo`.
+    pub fn revoke_grants_of(&self, user: &str) {
+        self.grants.revoke_user(user);
+    }
+
+    /// Signs with the second key (kid `dev-2`) from now on; the JWKS publishes both keys.
+    pub fn rotate_signing_key(&self) {
+        self.keys.rotate();
+    }
+
+    // --- faults ---
+
+    /// Queue a fault for one token request (code or refresh); queued faults go first.
+    pub fn push_token_fault(&self, fault: TokenFault) {
+        lock(&self.faults).queue.push_back(fault);
+    }
+
+    /// A fault for every token request until cleared with `None`.
+    pub fn set_token_fault(&self, fault: Option<TokenFault>) {
+        lock(&self.faults).sticky = fault;
+    }
+
+    // --- counters and records ---
+
+    /// Token requests with `grant_type=refresh_token` (faulted ones included).
+    pub fn refresh_calls(&self) -> usize {
+        self.refresh_calls.load(Ordering::SeqCst)
+    }
+
+    /// Token requests with `grant_type=authorization_code` (faulted ones included).
+    pub fn code_calls(&self) -> usize {
+        self.code_calls.load(Ordering::SeqCst)
+    }
+
+    /// Number of `POST /revoke` calls that named a token.
+    pub fn revocations(&self) -> usize {
+        lock(&self.records).revoked_tokens.len()
+    }
+
+    /// Every token sent to `POST /revoke`, in order.
+    pub fn revoked_tokens(&self) -> Vec<String> {
+        lock(&self.records).revoked_tokens.clone()
+    }
+
+    /// `GET /end_session` calls.
+    pub fn end_session_calls(&self) -> usize {
+        self.end_session_calls.load(Ordering::SeqCst)
+    }
+
+    /// Query of the last `GET /end_session` (`id_token_hint`, `post_logout_redirect_uri`, ...).
+    pub fn last_end_session_query(&self) -> HashMap<String, Vec<String>> {
+        lock(&self.records).last_end_session_query.clone()
+    }
+
+    /// `GET /authorize` calls.
+    pub fn authorize_calls(&self) -> usize {
+        self.authorize_calls.load(Ordering::SeqCst)
+    }
+
+    /// `GET /.well-known/openid-configuration` calls (503 ones included).
+    pub fn discovery_calls(&self) -> usize {
+        self.discovery_calls.load(Ordering::SeqCst)
+    }
+
+    /// `GET /jwks` calls.
+    pub fn jwks_calls(&self) -> usize {
+        self.jwks_calls.load(Ordering::SeqCst)
+    }
+
+    /// `GET /userinfo` calls.
+    pub fn userinfo_calls(&self) -> usize {
+        self.userinfo_calls.load(Ordering::SeqCst)
+    }
+
+    /// Query of the last `GET /authorize` (PKCE, state, nonce, scope, resource, prompt...).
+    pub fn last_authorize_query(&self) -> HashMap<String, Vec<String>> {
+        lock(&self.records).last_authorize_query.clone()
+    }
+
+    /// Form of the last token request, without `client_id` and `client_secret`.
+    pub fn last_token_request_form(&self) -> HashMap<String, Vec<String>> {
+        lock(&self.records).last_token_request_form.clone()
+    }
+
+    /// How the last token request authenticated the client.
+    pub fn last_token_client_auth(&self) -> Option<ClientAuth> {
+        lock(&self.records).last_token_client_auth
+    }
+
+    /// Token requests that carried at least one `resource` parameter (RFC 8707).
+    pub fn token_requests_with_resource(&self) -> usize {
+        self.token_requests_with_resource.load(Ordering::SeqCst)
+    }
+}
+
+/// Recording side, used by the endpoints.
+impl Controls {
+    pub(crate) fn settings(&self) -> Settings {
+        lock(&self.settings).clone()
+    }
+
+    pub(crate) fn next_token_fault(&self) -> Option<TokenFault> {
+        let mut faults = lock(&self.faults);
+        faults.queue.pop_front().or_else(|| faults.sticky.clone())
+    }
+
+    pub(crate) fn record_authorize(&self, query: HashMap<String, Vec<String>>) {
+        self.authorize_calls.fetch_add(1, Ordering::SeqCst);
+        lock(&self.records).last_authorize_query = query;
+    }
+
+    pub(crate) fn record_token_request(&self, form: &HashMap<String, Vec<String>>) {
+        match form
+            .get("grant_type")
+            .and_then(|v| v.first())
+            .map(String::as_str)
+        {
+            Some("refresh_token") => self.refresh_calls.fetch_add(1, Ordering::SeqCst),
+            Some("authorization_code") => self.code_calls.fetch_add(1, Ordering::SeqCst),
+            _ => 0,
+        };
+        if form.contains_key("resource") {
+            self.token_requests_with_resource
+                .fetch_add(1, Ordering::SeqCst);
+        }
+        let mut form = form.clone();
+        form.remove("client_id");
+        form.remove("client_secret");
+        lock(&self.records).last_token_request_form = form;
+    }
+
+    pub(crate) fn record_token_client_auth(&self, auth: ClientAuth) {
+        lock(&self.records).last_token_client_auth = Some(auth);
+    }
+
+    pub(crate) fn record_revocation(&self, token: &str) {
+        lock(&self.records).revoked_tokens.push(token.to_owned());
+    }
+
+    pub(crate) fn record_end_session(&self, query: HashMap<String, Vec<String>>) {
+        self.end_session_calls.fetch_add(1, Ordering::SeqCst);
+        lock(&self.records).last_end_session_query = query;
+    }
+
+    pub(crate) fn count_discovery(&self) {
+        self.discovery_calls.fetch_add(1, Ordering::SeqCst);
+    }
+
+    pub(crate) fn count_jwks(&self) {
+        self.jwks_calls.fetch_add(1, Ordering::SeqCst);
+    }
+
+    pub(crate) fn count_userinfo(&self) {
+        self.userinfo_calls.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// Locks a mutex, ignoring poisoning: every critical section here leaves the data valid.
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
