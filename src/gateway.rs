@@ -200,7 +200,14 @@ impl Gateway {
             match self.store.load(&key).await {
                 Ok(Some(session)) => match self.refresher.ensure_fresh(key, session).await {
                     Fresh::Ready(session) => return Ok(Authenticated::Session(key, session)),
-                    Fresh::Ended => return Err(self.unauthenticated(req, route, path, true, None)),
+                    Fresh::Ended => {
+                        // Idempotent: a rejected refresh already deleted it; an expired
+                        // session without a refresh token is deleted here.
+                        if let Err(e) = self.store.delete(&key).await {
+                            tracing::warn!(error = %e, "could not delete an ended session");
+                        }
+                        return Err(self.unauthenticated(req, route, path, true, None));
+                    }
                     Fresh::Unavailable { retry_after_secs } => {
                         return Err(Halt::Unavailable { retry_after_secs });
                     }
