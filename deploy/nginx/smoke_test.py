@@ -234,6 +234,15 @@ def run_checks(c, auth_server):
     check("cookie: authgate's session cookie is not forwarded to the app, other cookies are",
           seen.get("cookie") == "ok=1; theme=dark", seen.get("cookie"))
 
+    for sent, expected in [
+        ("authgate_session=x; ok=1", "ok=1"),           # first
+        ("ok=1; authgate_session=x", "ok=1"),           # last
+        ("ok=1; xauthgate_session=y", "ok=1; xauthgate_session=y"),  # another cookie
+    ]:
+        status, _, body = c.request("GET", "/cookies", {"Cookie": sent})
+        got = lower_keys(json.loads(body).get("headers", {})).get("cookie") if status == 200 else status
+        check(f"cookie {sent!r} reaches the app as {expected!r}", got == expected, got)
+
     # 5. The auth subrequest: GET, no body, the original method and URI in the headers.
     AUTH_SEEN.clear()
     APP_SEEN.clear()
