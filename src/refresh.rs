@@ -145,7 +145,9 @@ impl Refresher {
             Ok(lease) => lease,
             Err(e) => {
                 tracing::warn!(error = %e, "could not take the refresh lease");
-                return Fresh::Unavailable { retry_after_secs: 1 };
+                return Fresh::Unavailable {
+                    retry_after_secs: 1,
+                };
             }
         };
         let session = match self.store.load_authoritative(&key).await {

@@ -82,7 +82,10 @@ impl SessionStore for MemoryStore {
         Ok(RefreshLease::local())
     }
 
-    async fn load_authoritative(&self, key: &SessionKey) -> Result<Option<Arc<Session>>, StoreError> {
+    async fn load_authoritative(
+        &self,
+        key: &SessionKey,
+    ) -> Result<Option<Arc<Session>>, StoreError> {
         self.load(key).await
     }
 

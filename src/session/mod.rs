@@ -133,7 +133,10 @@ impl SessionStore for Store {
         }
     }
 
-    async fn load_authoritative(&self, key: &SessionKey) -> Result<Option<Arc<Session>>, StoreError> {
+    async fn load_authoritative(
+        &self,
+        key: &SessionKey,
+    ) -> Result<Option<Arc<Session>>, StoreError> {
         match self {
             Store::Memory(s) => s.load_authoritative(key).await,
         }
