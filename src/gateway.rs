@@ -221,6 +221,15 @@ impl Gateway {
                 }
             }
         }
+        // Contract Details 5: while the provider is undiscovered nobody can log in (and no
+        // bearer token can be verified), so a request without a live session is told to come
+        // back later (503 + Retry-After, as `/oauth2/start` answers) instead of being sent to
+        // a login that cannot work (302) or told its credentials are wrong (401).
+        if !self.oidc.is_ready() {
+            return Err(Halt::Unavailable {
+                retry_after_secs: 5,
+            });
+        }
         if let Some(token) = offered_bearer {
             return match crate::bearer::verify(self, &token).await {
                 Ok(auth) => Ok(auth),
