@@ -200,7 +200,14 @@ impl Gateway {
             match self.store.load(&key).await {
                 Ok(Some(session)) => match self.refresher.ensure_fresh(key, session).await {
                     Fresh::Ready(session) => return Ok(Authenticated::Session(key, session)),
-                    Fresh::Ended => return Err(self.unauthenticated(req, route, path, true, None)),
+                    Fresh::Ended => {
+                        // Idempotent: a rejected refresh already deleted it; an expired
+                        // session without a refresh token is deleted here.
+                        if let Err(e) = self.store.delete(&key).await {
+                            tracing::warn!(error = %e, "could not delete an ended session");
+                        }
+                        return Err(self.unauthenticated(req, route, path, true, None));
+                    }
                     Fresh::Unavailable { retry_after_secs } => {
                         return Err(Halt::Unavailable { retry_after_secs });
                     }
@@ -213,6 +220,15 @@ impl Gateway {
                     });
                 }
             }
+        }
+        // Contract Details 5: while the provider is undiscovered nobody can log in (and no
+        // bearer token can be verified), so a request without a live session is told to come
+        // back later (503 + Retry-After, as `/oauth2/start` answers) instead of being sent to
+        // a login that cannot work (302) or told its credentials are wrong (401).
+        if !self.oidc.is_ready() {
+            return Err(Halt::Unavailable {
+                retry_after_secs: 5,
+            });
         }
         if let Some(token) = offered_bearer {
             return match crate::bearer::verify(self, &token).await {

@@ -130,29 +130,31 @@ pub fn find_cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
 }
 
 /// Remove our cookies (by exact name) from the `Cookie` headers; other cookies pass untouched.
+/// Allocates only when our cookies share a header with other cookies.
 pub fn remove_cookies(headers: &mut HeaderMap, names: &[&str]) {
-    let has_ours = headers
-        .get_all(COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .any(|pair| names.contains(&cookie_name(pair)));
-    if !has_ours {
+    let pairs = || {
+        headers
+            .get_all(COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .filter(|pair| !pair.trim().is_empty())
+    };
+    let ours = |pair: &str| names.contains(&cookie_name(pair));
+    if !pairs().any(ours) {
         return;
     }
-    let kept: Vec<&str> = headers
-        .get_all(COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
+    if pairs().all(ours) {
+        headers.remove(COOKIE);
+        return;
+    }
+    let rebuilt = pairs()
         .map(str::trim)
-        .filter(|pair| !pair.is_empty() && !names.contains(&cookie_name(pair)))
-        .collect();
-    let rebuilt = kept.join("; ");
+        .filter(|pair| !ours(pair))
+        .collect::<Vec<_>>()
+        .join("; ");
     headers.remove(COOKIE);
-    if let Ok(value) = HeaderValue::from_str(&rebuilt)
-        && !rebuilt.is_empty()
-    {
+    if let Ok(value) = HeaderValue::from_str(&rebuilt) {
         headers.insert(COOKIE, value);
     }
 }

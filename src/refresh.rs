@@ -138,9 +138,19 @@ impl Refresher {
         .shared()
     }
 
-    /// One flight: re-read, maybe call the token endpoint, store the result.
+    /// One flight: take the (cluster-wide) lease, re-read, maybe call the token endpoint,
+    /// store the result. The lease is held until the result is stored.
     async fn fly(&self, key: SessionKey) -> Fresh {
-        let session = match self.store.load(&key).await {
+        let _lease = match self.store.refresh_lease(&key).await {
+            Ok(lease) => lease,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not take the refresh lease");
+                return Fresh::Unavailable {
+                    retry_after_secs: 1,
+                };
+            }
+        };
+        let session = match self.store.load_authoritative(&key).await {
             Ok(Some(session)) => session,
             Ok(None) => return Fresh::Ended,
             Err(e) => {

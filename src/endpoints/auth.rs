@@ -5,11 +5,12 @@
 //! `X-Original-URI`, believed only from `trusted_proxies`; from anyone else those headers are
 //! ignored and the check is a plain "is there a valid session". The same route policies
 //! apply, the session is refreshed the same way, and the answer never needs a cookie: 202
-//! with the headers the upstream would get, 401 (JSON with `login_url`) or 403.
+//! with the headers the upstream would get, 401 (JSON with `login_url`) or 403. The access
+//! token (`Authorization`) is only ever handed to a trusted proxy.
 
 use std::sync::Arc;
 
-use http::header::SET_COOKIE;
+use http::header::{AUTHORIZATION, SET_COOKIE};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri};
 
 use crate::body::Body;
@@ -64,6 +65,12 @@ pub async fn check<B>(gateway: &Arc<Gateway>, req: &Request<B>, peer: Peer) -> R
     gateway.metrics.decision(route.id, Decision::Allow);
     let mut vouched = HeaderMap::new();
     gateway.vouch(&mut vouched, &auth);
+    if !trusted {
+        // Only a proxy needs the token. Anyone else calling this directly is most likely a
+        // script in the app's own pages (same origin, so it can read response headers):
+        // handing it the access token would turn an XSS into token theft.
+        vouched.remove(AUTHORIZATION);
+    }
     accepted(vouched)
 }
 

@@ -84,7 +84,14 @@ impl Oidc {
         if !has_prompt && self.cfg.scopes.iter().any(|s| s == "offline_access") {
             request = request.add_extra_param("prompt", "consent");
         }
-        for (key, value) in &self.cfg.extra_auth_params {
+        // An empty value suppresses a parameter: `prompt = ""` sends no prompt at all (Entra ID
+        // shows a consent screen on every login with `prompt=consent`).
+        for (key, value) in self
+            .cfg
+            .extra_auth_params
+            .iter()
+            .filter(|(_, v)| !v.is_empty())
+        {
             request = request.add_extra_param(key.clone(), value.clone());
         }
         let (url, state, nonce) = request.url();

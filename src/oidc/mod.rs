@@ -22,9 +22,9 @@ use openidconnect::core::{
     CoreSubjectIdentifierType,
 };
 use openidconnect::{
-    AdditionalProviderMetadata, AuthType, ClientId, ClientSecret, EndSessionUrl, EndpointMaybeSet,
-    EndpointNotSet, EndpointSet, IssuerUrl, JsonWebKeySet, ProviderMetadata, RedirectUrl,
-    RevocationUrl,
+    AdditionalProviderMetadata, AuthType, ClientId, ClientSecret, DiscoveryError, EndSessionUrl,
+    EndpointMaybeSet, EndpointNotSet, EndpointSet, IssuerUrl, JsonWebKeySet, ProviderMetadata,
+    RedirectUrl, RevocationUrl,
 };
 use serde::{Deserialize, Serialize};
 use url::Url;
@@ -183,12 +183,32 @@ impl Oidc {
     }
 
     /// One discovery attempt (also used by `authgate check --probe`).
+    ///
+    /// The discovered `issuer` must equal the configured one exactly (OpenID Discovery 4.3),
+    /// and providers differ on a bare origin's trailing slash (Auth0 has one, Google none);
+    /// the parsed URL cannot tell which the operator wrote, so on an issuer mismatch the
+    /// other spelling is tried once.
     pub async fn discover(&self) -> Result<Provider, String> {
-        let issuer = IssuerUrl::new(self.cfg.issuer.as_str().trim_end_matches('/').to_owned())
-            .map_err(|e| e.to_string())?;
-        let metadata = Metadata::discover_async(issuer, &self.http)
+        let configured = self.cfg.issuer.as_str();
+        let trimmed = configured.trim_end_matches('/');
+        let first = self.discover_as(trimmed).await;
+        let Err(DiscoveryError::Validation(mismatch)) = first else {
+            return first.map_err(|e| error_chain(&e));
+        };
+        self.discover_as(&format!("{trimmed}/"))
             .await
-            .map_err(|e| error_chain(&e))?;
+            .map_err(|e| format!("{mismatch}; with a trailing slash: {}", error_chain(&e)))
+    }
+
+    async fn discover_as(
+        &self,
+        issuer: &str,
+    ) -> Result<
+        Provider,
+        DiscoveryError<openidconnect::HttpClientError<openidconnect::reqwest::Error>>,
+    > {
+        let issuer = IssuerUrl::new(issuer.to_owned()).map_err(DiscoveryError::UrlParse)?;
+        let metadata = Metadata::discover_async(issuer, &self.http).await?;
         Ok(self.provider_from(metadata))
     }
 

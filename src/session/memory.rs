@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use moka::Expiry;
 use moka::future::Cache;
 
-use super::{Session, SessionKey, SessionStore, StoreError, unix_now};
+use super::{RefreshLease, Session, SessionKey, SessionStore, StoreError, unix_now};
 
 pub struct MemoryStore {
     cache: Cache<SessionKey, Arc<Session>>,
@@ -75,6 +75,18 @@ impl SessionStore for MemoryStore {
             self.cache.invalidate(key.as_ref()).await;
         }
         Ok(())
+    }
+
+    /// One replica: the in-process single flight is all the coordination there is.
+    async fn refresh_lease(&self, _key: &SessionKey) -> Result<RefreshLease, StoreError> {
+        Ok(RefreshLease::local())
+    }
+
+    async fn load_authoritative(
+        &self,
+        key: &SessionKey,
+    ) -> Result<Option<Arc<Session>>, StoreError> {
+        self.load(key).await
     }
 
     fn live(&self) -> u64 {

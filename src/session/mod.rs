@@ -53,10 +53,44 @@ pub trait SessionStore: Send + Sync + 'static {
         sid: Option<&str>,
         sub: Option<&str>,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Cluster-wide single flight for a refresh, taken by the in-process flight before it
+    /// calls the token endpoint. A shared store grants it to one replica at a time (and keeps
+    /// it alive while the guard lives); the memory store always grants it.
+    fn refresh_lease(
+        &self,
+        key: &SessionKey,
+    ) -> impl Future<Output = Result<RefreshLease, StoreError>> + Send;
+    /// Like `load`, but never from a replica-local cache: called under the refresh lease, so
+    /// a replica that arrives late sees the winner's new tokens instead of replaying the
+    /// used refresh token.
+    fn load_authoritative(
+        &self,
+        key: &SessionKey,
+    ) -> impl Future<Output = Result<Option<Arc<Session>>, StoreError>> + Send;
     /// Number of live sessions (approximate; for metrics).
     fn live(&self) -> u64;
     /// Whether the store answers (for `/readyz`).
     fn ready(&self) -> impl Future<Output = bool> + Send;
+}
+
+/// Proof of holding the refresh lease of one session; released when dropped.
+pub struct RefreshLease {
+    /// Store-specific release/renewal handle (`None` for the memory store).
+    _guard: Option<Box<dyn std::any::Any + Send>>,
+}
+
+impl RefreshLease {
+    /// A lease that needs no coordination (one replica).
+    pub fn local() -> Self {
+        RefreshLease { _guard: None }
+    }
+
+    /// A lease whose guard renews it while alive and releases it on drop.
+    pub fn guarded(guard: Box<dyn std::any::Any + Send>) -> Self {
+        RefreshLease {
+            _guard: Some(guard),
+        }
+    }
 }
 
 /// The configured store. An enum rather than `dyn` so the hot path does not box a future.
@@ -90,6 +124,21 @@ impl SessionStore for Store {
     ) -> Result<(), StoreError> {
         match self {
             Store::Memory(s) => s.delete_matching(sid, sub).await,
+        }
+    }
+
+    async fn refresh_lease(&self, key: &SessionKey) -> Result<RefreshLease, StoreError> {
+        match self {
+            Store::Memory(s) => s.refresh_lease(key).await,
+        }
+    }
+
+    async fn load_authoritative(
+        &self,
+        key: &SessionKey,
+    ) -> Result<Option<Arc<Session>>, StoreError> {
+        match self {
+            Store::Memory(s) => s.load_authoritative(key).await,
         }
     }
 

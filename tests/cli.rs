@@ -1,0 +1,332 @@
+//! The `authgate` binary: `--version`, `check` (redaction, errors naming keys, environment
+//! overrides, `AUTHGATE_CONFIG`), exit codes, and SIGTERM shutdown.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use support::{COOKIE_SECRET_A, COOKIE_SECRET_B};
+
+const CLIENT_SECRET: &str = "cli-test-client-secret-4f1e9a";
+
+/// A command for the built binary with every inherited `AUTHGATE_*` variable removed.
+fn authgate() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_authgate"));
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("AUTHGATE_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd
+}
+
+/// A fresh temporary directory (removed on drop).
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> Self {
+        use std::hash::{BuildHasher, RandomState};
+        let n = RandomState::new().hash_one(std::time::SystemTime::now());
+        let dir = std::env::temp_dir().join(format!("authgate-cli-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+
+    fn write(&self, name: &str, contents: &str) -> PathBuf {
+        let path = self.0.join(name);
+        std::fs::write(&path, contents).unwrap();
+        path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A valid configuration listening on `listen`; the issuer is never contacted by `check`.
+fn valid_config(listen: SocketAddr, client_secret: Option<&str>) -> String {
+    let secret = client_secret
+        .map(|s| format!("client_secret = \"{s}\"\n"))
+        .unwrap_or_default();
+    format!(
+        r#"
+[server]
+listen = "{listen}"
+public_url = "http://{listen}"
+shutdown_grace = "5s"
+[upstream]
+url = "http://127.0.0.1:9"
+[oidc]
+issuer = "http://127.0.0.1:9/oidc"
+client_id = "cli-test-client"
+{secret}
+[session]
+cookie_secrets = ["{COOKIE_SECRET_A}", "{COOKIE_SECRET_B}"]
+cookie_secure = false
+"#
+    )
+}
+
+fn free_port() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap()
+}
+
+fn run(cmd: &mut Command) -> (Output, String, String) {
+    let output = cmd.output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    (output, stdout, stderr)
+}
+
+fn wait_exit(child: &mut Child, within: Duration) -> ExitStatus {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("authgate did not exit within {within:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn check(config: &Path) -> Command {
+    let mut cmd = authgate();
+    cmd.arg("check").arg("--config").arg(config);
+    cmd
+}
+
+#[test]
+fn version_prints_the_version() {
+    let (output, stdout, _) = run(authgate().arg("--version"));
+    assert_eq!(output.status.code(), Some(0));
+    assert!(stdout.contains(env!("CARGO_PKG_VERSION")), "{stdout}");
+}
+
+#[test]
+fn check_prints_the_config_with_secrets_redacted() {
+    let dir = TempDir::new();
+    let config = dir.write(
+        "gateway.toml",
+        &valid_config(free_port(), Some(CLIENT_SECRET)),
+    );
+    let (output, stdout, stderr) = run(&mut check(&config));
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert!(stdout.contains("[redacted]"), "{stdout}");
+    assert!(stdout.contains("cli-test-client"), "{stdout}");
+    // The effective config is valid TOML.
+    let parsed: toml::Value = toml::from_str(&stdout).unwrap();
+    assert_eq!(parsed["oidc"]["client_secret"].as_str(), Some("[redacted]"));
+    for secret in [CLIENT_SECRET, COOKIE_SECRET_A, COOKIE_SECRET_B] {
+        assert!(!stdout.contains(secret), "secret on stdout");
+        assert!(!stderr.contains(secret), "secret on stderr");
+    }
+    // Also the undecorated base64 bodies of the cookie secrets.
+    for secret in [COOKIE_SECRET_A, COOKIE_SECRET_B] {
+        let body = secret.trim_end_matches('=');
+        assert!(!stdout.contains(body) && !stderr.contains(body));
+    }
+}
+
+#[test]
+fn invalid_config_exits_2_and_names_every_key() {
+    let dir = TempDir::new();
+    let listen = free_port();
+    let config = dir.write(
+        "bad.toml",
+        &format!(
+            r#"
+[server]
+listen = "{listen}"
+public_url = "http://{listen}"
+listne = "typo"
+[upstream]
+url = "http://127.0.0.1:9"
+[oidc]
+issuer = "not a url"
+client_id = "c"
+client_secret = "{CLIENT_SECRET}"
+[session]
+cookie_secrets = ["c2hvcnQ="]
+"#
+        ),
+    );
+    let (output, stdout, stderr) = run(&mut check(&config));
+    assert_eq!(output.status.code(), Some(2), "{stdout}{stderr}");
+    for key in ["oidc.issuer", "session.cookie_secrets[0]", "server.listne"] {
+        assert!(stderr.contains(key), "{key} not named:\n{stderr}");
+    }
+    assert!(!stderr.contains(CLIENT_SECRET) && !stdout.contains(CLIENT_SECRET));
+}
+
+#[test]
+fn env_override_is_applied_and_redacted() {
+    let dir = TempDir::new();
+    let config = dir.write("gateway.toml", &valid_config(free_port(), None));
+    // Without the override: a public client, no secret at all.
+    let (output, stdout, stderr) = run(&mut check(&config));
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    let parsed: toml::Value = toml::from_str(&stdout).unwrap();
+    assert!(parsed["oidc"].get("client_secret").is_none(), "{stdout}");
+
+    let (output, stdout, stderr) = run(check(&config).env("AUTHGATE_OIDC__CLIENT_SECRET", "007"));
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    let parsed: toml::Value = toml::from_str(&stdout).unwrap();
+    assert_eq!(parsed["oidc"]["client_secret"].as_str(), Some("[redacted]"));
+    assert!(
+        !stdout.contains("\"007\"") && !stdout.contains("= 7"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn authgate_config_selects_the_file() {
+    let dir = TempDir::new();
+    let config = dir.write("elsewhere.toml", &valid_config(free_port(), None));
+    // In a directory without ./gateway.toml, the default path does not exist.
+    let (output, _, _) = run(authgate().arg("check").current_dir(&dir.0));
+    assert_eq!(output.status.code(), Some(2));
+    let (output, stdout, stderr) = run(authgate()
+        .arg("check")
+        .current_dir(&dir.0)
+        .env("AUTHGATE_CONFIG", &config));
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert!(stdout.contains("cli-test-client"), "{stdout}");
+}
+
+#[test]
+fn invalid_config_exits_2_without_binding() {
+    let dir = TempDir::new();
+    let listen = free_port();
+    let mut bad = valid_config(listen, Some(CLIENT_SECRET));
+    bad = bad.replace(
+        "issuer = \"http://127.0.0.1:9/oidc\"",
+        "issuer = \"not a url\"",
+    );
+    let config = dir.write("bad.toml", &bad);
+    let mut child = authgate()
+        .arg("--config")
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = wait_exit(&mut child, Duration::from_secs(30));
+    assert_eq!(status.code(), Some(2));
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert!(stderr.contains("oidc.issuer"), "{stderr}");
+    // Nothing ever took the port.
+    std::net::TcpListener::bind(listen).expect("port was bound by an invalid config");
+}
+
+#[tokio::test]
+async fn sigterm_drains_in_flight_requests_and_exits_0() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // A raw upstream that answers only once released.
+    let upstream = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream_addr = upstream.local_addr().unwrap();
+    let arrived = std::sync::Arc::new(tokio::sync::Notify::new());
+    let release = std::sync::Arc::new(tokio::sync::Notify::new());
+    tokio::spawn({
+        let (arrived, release) = (arrived.clone(), release.clone());
+        async move {
+            let (mut tcp, _) = upstream.accept().await.unwrap();
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && tcp.read(&mut byte).await.unwrap() == 1 {
+                head.push(byte[0]);
+            }
+            arrived.notify_one();
+            release.notified().await;
+            tcp.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\ndrained")
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_secs(30)).await;
+        }
+    });
+
+    let dir = TempDir::new();
+    let listen = free_port();
+    let config = valid_config(listen, Some(CLIENT_SECRET))
+        .replace("http://127.0.0.1:9\"", &format!("http://{upstream_addr}\""))
+        + "[[route]]\npath = \"/\"\npolicy = \"public\"\n";
+    let config = dir.write("gateway.toml", &config);
+    let mut child = authgate()
+        .arg("--config")
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let client = reqwest::Client::new();
+    let healthy = support::eventually(Duration::from_secs(30), || {
+        let request = client.get(format!("http://{listen}/healthz")).send();
+        async move { request.await.is_ok_and(|r| r.status() == 200) }
+    })
+    .await;
+    if !healthy {
+        let _ = child.kill();
+        panic!("authgate never answered /healthz");
+    }
+    let in_flight = tokio::spawn(client.get(format!("http://{listen}/slow")).send());
+    tokio::time::timeout(Duration::from_secs(10), arrived.notified())
+        .await
+        .expect("request never reached the upstream");
+
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    // The listener closes at once...
+    let closed = support::eventually(Duration::from_secs(10), || async move {
+        tokio::net::TcpStream::connect(listen).await.is_err()
+    })
+    .await;
+    assert!(closed, "still accepting after SIGTERM");
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "exited with a request in flight"
+    );
+    // ...and the in-flight request still completes.
+    release.notify_one();
+    let response = in_flight.await.unwrap().unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.text().await.unwrap(), "drained");
+    let status =
+        tokio::task::spawn_blocking(move || wait_exit(&mut child, Duration::from_secs(20)))
+            .await
+            .unwrap();
+    assert_eq!(status.code(), Some(0), "{status:?}");
+    std::net::TcpListener::bind(listen).unwrap();
+}
+
+#[test]
+fn repo_gateway_toml_checks_with_secrets_from_env() {
+    let repo_config = Path::new(env!("CARGO_MANIFEST_DIR")).join("gateway.toml");
+    let (output, stdout, stderr) = run(check(&repo_config)
+        .env("AUTHGATE_OIDC__CLIENT_SECRET", CLIENT_SECRET)
+        .env(
+            "AUTHGATE_SESSION__COOKIE_SECRETS",
+            format!("[{COOKIE_SECRET_A}]"),
+        ));
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert!(stdout.contains("[redacted]"));
+    assert!(!stdout.contains(CLIENT_SECRET) && !stderr.contains(CLIENT_SECRET));
+    assert!(!stdout.contains(COOKIE_SECRET_A) && !stderr.contains(COOKIE_SECRET_A));
+    // Without the secrets the repo's file alone is not a working configuration.
+    let (output, _, stderr) = run(&mut check(&repo_config));
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("session.cookie_secrets"), "{stderr}");
+}
