@@ -10,6 +10,7 @@ use serde_json::{Map, Value};
 use url::Url;
 
 use super::{Oidc, Provider, error_chain, jwt};
+use crate::config::TokenEndpointAuth;
 use crate::session::unix_now;
 
 /// A login to start: where to send the browser, and what to remember until the callback.
@@ -188,22 +189,40 @@ impl Oidc {
 
     /// RFC 7009 revocation of a refresh token, when the provider has an endpoint. Best effort:
     /// sign-out goes on whatever the provider says.
+    ///
+    /// Written by hand rather than through oauth2's `revoke_token`, which refuses a non-https
+    /// endpoint and so silently skipped revocation for http issuers (development, in-cluster
+    /// providers). Client authentication follows `token_endpoint_auth`, as for the token
+    /// endpoint (RFC 7009 section 2.1).
     pub async fn revoke(&self, refresh_token: &str) {
         let Some(provider) = self.provider() else {
             return;
         };
-        let Some(url) = provider.revocation_endpoint().cloned() else {
+        let Some(url) = provider.revocation_endpoint() else {
             return;
         };
-        let client = provider.client.clone().set_revocation_url(url);
-        let token = RefreshToken::new(refresh_token.to_owned());
-        match client.revoke_token(token.into()) {
-            Ok(request) => {
-                if let Err(e) = request.request_async(self.http()).await {
-                    tracing::warn!(error = %error_chain(&e), "refresh token revocation failed");
-                }
+        let mut form = vec![("token", refresh_token), ("token_type_hint", "refresh_token")];
+        let secret = self.cfg.client_secret.as_ref().map(|s| s.expose().as_str());
+        let mut request = self.http().post(url.url().as_str());
+        match (self.cfg.token_endpoint_auth, secret) {
+            (TokenEndpointAuth::ClientSecretBasic, Some(secret)) => {
+                request = request.header(
+                    http::header::AUTHORIZATION,
+                    basic_auth(&self.cfg.client_id, secret),
+                );
             }
-            Err(e) => tracing::warn!(error = %e, "refresh token revocation not possible"),
+            (TokenEndpointAuth::ClientSecretPost, Some(secret)) => {
+                form.push(("client_id", &self.cfg.client_id));
+                form.push(("client_secret", secret));
+            }
+            (_, None) => form.push(("client_id", &self.cfg.client_id)),
+        }
+        match request.form(&form).send().await {
+            Ok(response) if response.status().is_success() => {}
+            Ok(response) => {
+                tracing::warn!(status = %response.status(), "refresh token revocation refused");
+            }
+            Err(e) => tracing::warn!(error = %error_chain(&e), "refresh token revocation failed"),
         }
     }
 
@@ -299,6 +318,17 @@ fn verify_with(
     checked.map_err(|e| e.to_string())?;
     // openidconnect checked signature, iss, aud, azp, exp, iat, nonce; read every claim.
     jwt::decode_payload(&id_token.to_string()).ok_or_else(|| "unreadable claims".to_owned())
+}
+
+/// `Basic base64(urlencode(id) ":" urlencode(secret))` (RFC 6749 section 2.3.1).
+fn basic_auth(client_id: &str, secret: &str) -> String {
+    use base64::Engine;
+    let encode = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+    let pair = format!("{}:{}", encode(client_id), encode(secret));
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(pair)
+    )
 }
 
 /// The `exp` of a JWT access token, read without verification (only a timing hint: the
