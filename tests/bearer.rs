@@ -125,7 +125,9 @@ async fn rejected(h: &Harness, path: &str, token: &str, why: &str) {
 #[tokio::test]
 async fn a_valid_token_is_forwarded_as_it_came_with_identity_headers() {
     let h = start().await;
-    let token = h.idp.sign_jwt(&claims(&h, json!({"groups": ["dev", "ml"]})));
+    let token = h
+        .idp
+        .sign_jwt(&claims(&h, json!({"groups": ["dev", "ml"]})));
     let r = h
         .client()
         .get(h.at("/api/v1/items"))
@@ -151,7 +153,9 @@ async fn a_valid_token_is_forwarded_as_it_came_with_identity_headers() {
     );
     assert_eq!(echo.header_values("x-forwarded-groups"), ["dev,ml"]);
     // `aud` as a list containing the client id.
-    let token = h.idp.sign_jwt(&claims(&h, json!({"aud": ["other", CLIENT_ID]})));
+    let token = h
+        .idp
+        .sign_jwt(&claims(&h, json!({"aud": ["other", CLIENT_ID]})));
     accepted(&h, "/api/x", &token).await;
     // The scheme is case-insensitive.
     let r = h
@@ -318,9 +322,12 @@ async fn a_rotated_signing_key_is_accepted_after_a_jwks_refetch() {
     let before = h.idp.controls().jwks_calls();
     h.idp.controls().rotate_signing_key();
     let rotated = h.idp.sign_jwt(&good);
-    let header: Value =
-        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(rotated.split('.').next().unwrap()).unwrap())
-            .unwrap();
+    let header: Value = serde_json::from_slice(
+        &URL_SAFE_NO_PAD
+            .decode(rotated.split('.').next().unwrap())
+            .unwrap(),
+    )
+    .unwrap();
     assert_eq!(header["kid"], "dev-2");
     let echo = accepted(&h, "/api/x", &rotated).await;
     assert_eq!(echo.bearer().as_deref(), Some(rotated.as_str()));

@@ -72,7 +72,13 @@ async fn assert_401_json(r: reqwest::Response, h: &Harness, landing_enc: &str) {
 /// The current `Authorization` value of the session behind `cookie`.
 async fn stored_bearer(h: &Harness, cookie: &str) -> String {
     let key = h.gateway.cookies.decode(cookie).expect("a valid cookie");
-    let session = h.gateway.store.load(&key).await.unwrap().expect("a session");
+    let session = h
+        .gateway
+        .store
+        .load(&key)
+        .await
+        .unwrap()
+        .expect("a session");
     session.tokens.bearer.to_str().unwrap().to_owned()
 }
 
@@ -198,8 +204,14 @@ async fn route_rules_apply_to_the_original_request() {
         ("X-Forwarded-Method", "POST"),
         ("X-Forwarded-Uri", "/items/1"),
     ];
-    assert_eq!(check(&h, &alice, &post).await.status(), StatusCode::FORBIDDEN);
-    let get = [("X-Forwarded-Method", "GET"), ("X-Forwarded-Uri", "/items/1")];
+    assert_eq!(
+        check(&h, &alice, &post).await.status(),
+        StatusCode::FORBIDDEN
+    );
+    let get = [
+        ("X-Forwarded-Method", "GET"),
+        ("X-Forwarded-Uri", "/items/1"),
+    ];
     assert_eq!(check(&h, &alice, &get).await.status(), StatusCode::ACCEPTED);
     let r = check(&h, &anonymous, &get).await;
     assert_401_json(r, &h, "%2Fitems%2F1").await;
@@ -231,8 +243,14 @@ async fn original_request_headers_from_an_untrusted_peer_are_ignored() {
         .await;
     let anonymous = h.client();
     for spoofed in [
-        [("X-Forwarded-Method", "GET"), ("X-Forwarded-Uri", "/public/x")],
-        [("X-Forwarded-Method", "GET"), ("X-Original-URI", "/public/x")],
+        [
+            ("X-Forwarded-Method", "GET"),
+            ("X-Forwarded-Uri", "/public/x"),
+        ],
+        [
+            ("X-Forwarded-Method", "GET"),
+            ("X-Original-URI", "/public/x"),
+        ],
     ] {
         let r = check(&h, &anonymous, &spoofed).await;
         assert_401_json(r, &h, "%2F").await;
