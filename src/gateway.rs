@@ -299,6 +299,14 @@ impl Gateway {
         route: RouteId,
         path: &str,
     ) -> Outcome {
+        // Our cookies never reach the upstream, on every route (contract Behaviour: "the
+        // session cookie is not forwarded upstream"). `vouch` removes them only on
+        // authenticated requests, so public routes and CORS preflights used to forward the
+        // session cookie. Done here, after authentication has read it.
+        headers::remove_cookies(
+            req.headers_mut(),
+            &[self.cookies.name(), self.logins.cookie_name()],
+        );
         if wants_upgrade(&req) {
             headers::strip_hop_by_hop_for_upgrade(req.headers_mut());
         } else {

@@ -125,9 +125,22 @@ impl Route {
         }
     }
 
+    /// A route that restricts access (`deny`, `authenticated`) also matches the path as a
+    /// server that strips path parameters sees it: Tomcat, Jetty and Spring cut every segment
+    /// at its first `;`, so for them `/admin;x=1` IS `/admin`, and `/admin;a/users` is
+    /// `/admin/users`. Without this, a `deny` on `/admin` (prefix or exact) let `/admin;x=1`
+    /// through to such an upstream. A `public` route matches the path as sent only: treating
+    /// `/public;x/y` as public could open a different resource on an upstream that keeps `;`,
+    /// while asking for a login there costs a Tomcat user nothing.
     fn matches(&self, method: &Method, path: &str) -> bool {
         let method_ok = self.methods.is_empty() || self.methods.contains(method);
-        method_ok && self.matcher.as_ref().is_some_and(|m| path_matches(m, path))
+        let Some(matcher) = self.matcher.as_ref().filter(|_| method_ok) else {
+            return false;
+        };
+        path_matches(matcher, path)
+            || (self.policy != Policy::Public
+                && path.contains(';')
+                && path_matches(matcher, &without_path_parameters(path)))
     }
 
     /// `require_groups` (any one of them) and `require_claims` (every claim, any listed value).
@@ -166,6 +179,26 @@ fn path_matches(matcher: &PathMatch, path: &str) -> bool {
                 && (p.ends_with('/') || path.len() == p.len() || path.as_bytes()[p.len()] == b'/')
         }
     }
+}
+
+/// `path` with every segment cut at its first `;` and the segments left empty dropped (but a
+/// trailing slash kept), as parameter-stripping servers see it: `/admin;x=1` is `/admin`,
+/// `/admin;a/users` is `/admin/users`, `/;x/admin` is `/admin`.
+fn without_path_parameters(path: &str) -> String {
+    let Some(rest) = path.strip_prefix('/') else {
+        return path.to_owned();
+    };
+    let mut out = String::with_capacity(path.len());
+    let mut segments = rest.split('/').peekable();
+    while let Some(segment) = segments.next() {
+        let name = segment.split(';').next().unwrap_or_default();
+        if name.is_empty() && segments.peek().is_some() {
+            continue;
+        }
+        out.push('/');
+        out.push_str(name);
+    }
+    out
 }
 
 /// A claim satisfies a requirement when it equals one accepted value, or, for a list claim,
@@ -232,6 +265,57 @@ mod tests {
         assert_eq!(
             table.labels().collect::<Vec<_>>(),
             ["/a", "/a", "^(?:/r/[0-9]+)$", "default"]
+        );
+    }
+
+    #[test]
+    fn path_parameters_cannot_escape_restricting_routes() {
+        assert_eq!(without_path_parameters("/admin;x=1"), "/admin");
+        assert_eq!(without_path_parameters("/admin;a/users;b"), "/admin/users");
+        assert_eq!(without_path_parameters("/;x/admin"), "/admin");
+        assert_eq!(without_path_parameters("/admin/;x"), "/admin/");
+        assert_eq!(without_path_parameters("/"), "/");
+        let mut exact = route(PathMatch::Exact("/secret".into()), Policy::Deny);
+        exact.methods = vec![Method::GET];
+        let table = RouteTable::new(&[
+            route(PathMatch::Prefix("/admin".into()), Policy::Deny),
+            exact,
+            route(
+                PathMatch::Regex(Regex::new("^(?:/r/[0-9]+)$").unwrap()),
+                Policy::Deny,
+            ),
+            route(PathMatch::Prefix("/public/".into()), Policy::Public),
+        ]);
+        for denied in [
+            "/admin;x=1",
+            "/admin;",
+            "/admin;a/users",
+            "/secret;x",
+            "/r/1;x",
+        ] {
+            assert_eq!(
+                table.find(&Method::GET, denied).policy,
+                Policy::Deny,
+                "{denied}"
+            );
+        }
+        // Methods still apply; `;` elsewhere in a name is no boundary; public routes match
+        // the path as sent only.
+        assert_eq!(
+            table.find(&Method::POST, "/secret;x").policy,
+            Policy::Authenticated
+        );
+        assert_eq!(
+            table.find(&Method::GET, "/adminx;y").policy,
+            Policy::Authenticated
+        );
+        assert_eq!(
+            table.find(&Method::GET, "/public;x/a").policy,
+            Policy::Authenticated
+        );
+        assert_eq!(
+            table.find(&Method::GET, "/public/a;x").policy,
+            Policy::Public
         );
     }
 
