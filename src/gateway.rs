@@ -131,22 +131,13 @@ impl Gateway {
         RouteId(self.routes.len_with_fallback() + builtin as usize)
     }
 
+    /// Step 1, then the path is normalized once: built-in endpoints are recognized on the
+    /// normalized path too, so `/%6fauth2/start` is the gateway's, never the upstream's.
     async fn dispatch(self: &Arc<Self>, req: Request<Incoming>, peer: Peer) -> Outcome {
-        if let Some(builtin) =
-            Builtin::recognize(req.uri().path(), self.cfg.server.metrics_listen.is_some())
-        {
-            let response = endpoints::answer(self, builtin, req, peer).await;
-            return Outcome {
-                route: self.builtin_route_id(builtin),
-                response,
-                upstream_time: None,
-            };
+        let metrics_elsewhere = self.cfg.server.metrics_listen.is_some();
+        if let Some(builtin) = Builtin::recognize(req.uri().path(), metrics_elsewhere) {
+            return self.builtin(builtin, req, peer).await;
         }
-        self.proxy(req, peer).await
-    }
-
-    /// Steps 2 to 6 of the pipeline.
-    async fn proxy(self: &Arc<Self>, mut req: Request<Incoming>, peer: Peer) -> Outcome {
         let uri = req.uri().clone();
         let path = match normalize_path(uri.path()) {
             Ok(path) => path,
@@ -156,7 +147,34 @@ impl Gateway {
                 return self.halted(self.routes.find(req.method(), "/").id, halt);
             }
         };
-        let route = self.routes.find(req.method(), &path);
+        if let Some(builtin) = Builtin::recognize(&path, metrics_elsewhere) {
+            return self.builtin(builtin, req, peer).await;
+        }
+        self.proxy(req, peer, &path).await
+    }
+
+    async fn builtin(
+        self: &Arc<Self>,
+        builtin: Builtin,
+        req: Request<Incoming>,
+        peer: Peer,
+    ) -> Outcome {
+        let response = endpoints::answer(self, builtin, req, peer).await;
+        Outcome {
+            route: self.builtin_route_id(builtin),
+            response,
+            upstream_time: None,
+        }
+    }
+
+    /// Steps 2 to 6 of the pipeline, on the normalized `path`.
+    async fn proxy(
+        self: &Arc<Self>,
+        mut req: Request<Incoming>,
+        peer: Peer,
+        path: &str,
+    ) -> Outcome {
+        let route = self.routes.find(req.method(), path);
         let offered_bearer = match route.bearer {
             BearerMode::Passthrough => headers::bearer_token(req.headers()),
             BearerMode::Off => None,
@@ -171,7 +189,7 @@ impl Gateway {
             // CORS preflights carry no credentials: the app answers them (see README).
             Policy::Authenticated if is_preflight(&req) => {}
             Policy::Authenticated => {
-                let auth = match self.authenticate(&req, route, offered_bearer, &path).await {
+                let auth = match self.authenticate(&req, route, offered_bearer, path).await {
                     Ok(auth) => auth,
                     Err(halt) => return self.halted(route.id, halt),
                 };
@@ -183,7 +201,7 @@ impl Gateway {
             }
         }
         self.metrics.decision(route.id, Decision::Allow);
-        self.forward(req, peer, route.id, &path).await
+        self.forward(req, peer, route.id, path).await
     }
 
     /// Load (and refresh) the session, or verify a passthrough bearer token.

@@ -308,3 +308,21 @@ async fn matching_is_case_sensitive_and_on_the_normalized_path() {
     );
     assert!(r.headers.iter().all(|(k, _)| k != "location"));
 }
+
+#[tokio::test]
+async fn built_in_endpoints_are_recognized_on_the_normalized_path() {
+    let (h, cookie) = start().await;
+    // Encoded spellings of the gateway's own endpoints are the gateway's, never proxied.
+    let health = raw_get(h.addr, b"/%68ealthz", &[]).await;
+    assert_eq!((health.status, health.body.trim()), (200, "ok"));
+    let userinfo = raw_get(h.addr, b"/%6fauth2/userinfo", &[("Cookie", &cookie)]).await;
+    assert_eq!(userinfo.status, 200, "{}", userinfo.body);
+    let info: Value = serde_json::from_str(&userinfo.body).unwrap();
+    assert_eq!(info["sub"], "alice");
+    assert!(
+        info.get("headers").is_none(),
+        "answered by the gateway, not the echo upstream"
+    );
+    let reserved = raw_get(h.addr, b"/oauth2/../oauth2/nope", &[]).await;
+    assert_eq!(reserved.status, 404);
+}

@@ -201,7 +201,10 @@ impl Oidc {
         let Some(url) = provider.revocation_endpoint() else {
             return;
         };
-        let mut form = vec![("token", refresh_token), ("token_type_hint", "refresh_token")];
+        let mut form = vec![
+            ("token", refresh_token),
+            ("token_type_hint", "refresh_token"),
+        ];
         let secret = self.cfg.client_secret.as_ref().map(|s| s.expose().as_str());
         let mut request = self.http().post(url.url().as_str());
         match (self.cfg.token_endpoint_auth, secret) {
