@@ -63,12 +63,12 @@ def main():
     w("")
     w(f"- Machine: {m.get('nproc', '?')} cores, {m.get('cpu', '?')}, Linux {m.get('kernel', '?')}; "
       "shared with other engineers' builds (see the load averages below each table).")
-    w(f"- Versions: {m.get('authgate', '?')} (release build, thin LTO), nginx {m.get('nginx', '?')}, "
+    w(f"- Versions: {m.get('authgate', '?')} (release build, thin LTO), nginx {m.get('nginx', '?').replace('nginx/', '')}, "
       f"node {m.get('node', '?')} with express {m.get('express', '?')}, express-openid-connect "
       f"{m.get('express_openid_connect', '?')}, http-proxy-middleware {m.get('http_proxy_middleware', '?')}; "
-      f"provider oidc-provider {m.get('oidc_provider', '?')}; {m.get('wrk', '?')}; {m.get('rustc', '?')}.")
+      f"provider oidc-provider {m.get('oidc_provider', '?')}; wrk {' '.join(m.get('wrk', '? ?').split()[1:2])}; {m.get('rustc', '?')}.")
     w(f"- Phases: saturation = `wrk -t1 -c{m.get('connections', '?')} -d{m.get('dur_s', '?')}s`; fixed rate = "
-      f"`bench/loadgen.rs` at {m.get('rate', '?')} req/s for {m.get('dur_s', '?')} s over "
+      f"`bench/loadgen.rs` at {m.get('rate', '?')} req/s and at {m.get('rate_low', '?')} req/s for {m.get('dur_s', '?')} s each over "
       f"{m.get('connections', '?')} keep-alive connections, latency measured from the intended send time "
       "(coordinated-omission corrected).")
     w("- Pinning: the proxy under test on core 0 with one worker (nginx `worker_processes 1`, "

@@ -416,11 +416,23 @@ max_sessions = {max_sessions}
     bench.keys.push(probe);
 
     // The probe session must really authenticate: one request answered 200 by the upstream.
-    let check = Command::new("curl")
-        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-H"])
-        .arg(format!("Cookie: {}", bench.cookie(&probe)))
-        .arg(format!("{}/app", bench.url))
-        .output()
+    // (on a blocking thread: this one must keep serving with a current-thread runtime)
+    let mut curl = Command::new("curl");
+    curl.args([
+        "-s",
+        "-m",
+        "10",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "-H",
+    ])
+    .arg(format!("Cookie: {}", bench.cookie(&probe)))
+    .arg(format!("{}/app", bench.url));
+    let check = tokio::task::spawn_blocking(move || curl.output())
+        .await
+        .map_err(|e| e.to_string())?
         .map_err(|e| format!("curl: {e}"))?;
     let code = String::from_utf8_lossy(&check.stdout).into_owned();
     if code != "200" {
@@ -516,11 +528,16 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-    {
+    // Like `TOKIO_WORKER_THREADS=1 authgate`; SESSIONS_RUNTIME=current-thread tries tokio's
+    // single-threaded scheduler instead (an experiment for the analysis, not what ships).
+    let mut builder = if std::env::var("SESSIONS_RUNTIME").as_deref() == Ok("current-thread") {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(1);
+        b
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("sessions: {e}");
