@@ -68,11 +68,13 @@ impl Authenticated {
         }
     }
 
-    /// The `Authorization` value for the upstream.
-    pub fn bearer(&self) -> &HeaderValue {
+    /// The `Authorization` value for the upstream: the token of resource `index` for a
+    /// session (`None` while that resource's token is missing), the client's own token for a
+    /// passthrough bearer.
+    pub fn bearer(&self, index: usize) -> Option<&HeaderValue> {
         match self {
-            Authenticated::Session(_, s) => &s.tokens.bearer,
-            Authenticated::Bearer(token, _) => token,
+            Authenticated::Session(_, s) => s.tokens.bearer_for(index),
+            Authenticated::Bearer(token, _) => Some(token),
         }
     }
 }
@@ -92,7 +94,7 @@ impl Gateway {
         oidc: Arc<Oidc>,
         upstream: Upstream,
     ) -> Arc<Self> {
-        let routes = RouteTable::new(&cfg.routes);
+        let routes = RouteTable::new(&cfg.routes, &cfg.oidc.resource);
         let labels: Vec<String> = routes
             .labels()
             .map(str::to_owned)
@@ -197,7 +199,9 @@ impl Gateway {
                     self.metrics.decision(route.id, Decision::Forbid);
                     return self.halted(route.id, Halt::Forbidden(refusal.message()));
                 }
-                self.vouch(req.headers_mut(), &auth);
+                if let Err(halt) = self.vouch(req.headers_mut(), &auth, route) {
+                    return self.halted(route.id, halt);
+                }
             }
         }
         self.metrics.decision(route.id, Decision::Allow);
@@ -301,12 +305,26 @@ impl Gateway {
     }
 
     /// Step 5a: our cookies out, `Authorization` and identity headers in.
-    pub fn vouch(&self, headers: &mut http::HeaderMap, auth: &Authenticated) {
+    /// The route's `bearer_resource` chooses which resource's token goes upstream.
+    pub fn vouch(
+        &self,
+        headers: &mut http::HeaderMap,
+        auth: &Authenticated,
+        route: &Route,
+    ) -> Result<(), Halt> {
         headers::remove_cookies(headers, &[self.cookies.name(), self.logins.cookie_name()]);
         if self.cfg.headers.authorization_bearer {
-            headers.insert(AUTHORIZATION, auth.bearer().clone());
+            let Some(bearer) = auth.bearer(route.bearer_index) else {
+                // The provider could not be asked for this resource's token yet; the next
+                // request's refresh will try again.
+                return Err(Halt::Unavailable {
+                    retry_after_secs: 1,
+                });
+            };
+            headers.insert(AUTHORIZATION, bearer.clone());
         }
         headers::set_identity(headers, &auth.identity().upstream_headers);
+        Ok(())
     }
 
     /// Steps 5b and 6.

@@ -16,7 +16,7 @@ use crate::headers::find_cookie;
 use crate::login::PendingLogin;
 use crate::redirect::SafeRedirect;
 use crate::response::{self, html_page};
-use crate::session::{Session, SessionStore, Tokens, new_key, unix_now};
+use crate::session::{ResourceToken, Session, SessionStore, Tokens, new_key, unix_now};
 
 pub async fn start<B>(gateway: &Arc<Gateway>, req: &Request<B>) -> Response<Body> {
     let Some(provider) = gateway.oidc.provider() else {
@@ -87,6 +87,7 @@ pub async fn callback<B>(gateway: &Arc<Gateway>, req: &Request<B>) -> Response<B
             access_expires_at: tokens.access_expires_at,
             refresh_token: tokens.refresh_token.map(Into::into),
             id_token: tokens.id_token.map(Into::into),
+            more: ResourceToken::merge(tokens.more, &[]),
         },
         identity: Arc::new(identity),
         login_at: unix_now(),

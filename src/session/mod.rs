@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 pub use cookie::CookieCodec;
 pub use identity::Identity;
-pub use record::{RefreshBackoff, Session, Tokens};
+pub use record::{RefreshBackoff, ResourceToken, Session, Tokens};
 
 /// A session id: 128 random bits. The map key in every store.
 pub type SessionKey = [u8; 16];
