@@ -1,7 +1,10 @@
 //! The calls the gateway makes to its provider: authorize URL, code exchange, refresh,
 //! revocation, end-session URL. Each returns plain data; no session logic here.
 
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
 use openidconnect::core::{CoreErrorResponseType, CoreIdToken, CoreResponseType};
+use openidconnect::reqwest::header;
 use openidconnect::{
     AccessToken, AuthenticationFlow, AuthorizationCode, CsrfToken, Nonce, OAuth2TokenResponse,
     PkceCodeChallenge, PkceCodeVerifier, RefreshToken, RequestTokenError, Scope, TokenResponse,
@@ -10,6 +13,7 @@ use serde_json::{Map, Value};
 use url::Url;
 
 use super::{Oidc, Provider, error_chain, jwt};
+use crate::config::TokenEndpointAuth;
 use crate::session::unix_now;
 
 /// A login to start: where to send the browser, and what to remember until the callback.
@@ -181,22 +185,57 @@ impl Oidc {
 
     /// RFC 7009 revocation of a refresh token, when the provider has an endpoint. Best effort:
     /// sign-out goes on whatever the provider says.
+    ///
+    /// The request is built here rather than with oauth2's `revoke_token`, which refuses every
+    /// endpoint that is not `https://` (a configuration error before any request is made). The
+    /// gateway accepts an `http://` issuer everywhere else, and the token endpoint already
+    /// carries this very refresh token over it, so with such an issuer sign-out silently revoked
+    /// nothing although the provider advertised a revocation endpoint (contract Details 13).
+    /// Client authentication follows `token_endpoint_auth` as for the token endpoint (Details 20).
     pub async fn revoke(&self, refresh_token: &str) {
         let Some(provider) = self.provider() else {
             return;
         };
-        let Some(url) = provider.revocation_endpoint().cloned() else {
+        let Some(url) = provider.revocation_endpoint() else {
             return;
         };
-        let client = provider.client.clone().set_revocation_url(url);
-        let token = RefreshToken::new(refresh_token.to_owned());
-        match client.revoke_token(token.into()) {
-            Ok(request) => {
-                if let Err(e) = request.request_async(self.http()).await {
-                    tracing::warn!(error = %error_chain(&e), "refresh token revocation failed");
-                }
+        let mut pairs = vec![
+            ("token", refresh_token),
+            ("token_type_hint", "refresh_token"),
+        ];
+        let mut request = self.http().post(url.url().clone());
+        match (&self.cfg.client_secret, self.cfg.token_endpoint_auth) {
+            (Some(secret), TokenEndpointAuth::ClientSecretBasic) => {
+                // RFC 6749 section 2.3.1: id and secret form-urlencoded, then base64.
+                let credentials = format!(
+                    "{}:{}",
+                    form_encode(&self.cfg.client_id),
+                    form_encode(secret.expose())
+                );
+                let value = format!("Basic {}", STANDARD.encode(credentials));
+                request = request.header(header::AUTHORIZATION, value);
             }
-            Err(e) => tracing::warn!(error = %e, "refresh token revocation not possible"),
+            (Some(secret), TokenEndpointAuth::ClientSecretPost) => {
+                pairs.push(("client_id", &self.cfg.client_id));
+                pairs.push(("client_secret", secret.expose()));
+            }
+            (None, _) => pairs.push(("client_id", &self.cfg.client_id)),
+        }
+        let body: String = url::form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(pairs)
+            .finish();
+        let result = request
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .header(header::ACCEPT, "application/json")
+            .body(body)
+            .send()
+            .await;
+        match result {
+            Ok(response) if response.status().is_success() => {}
+            Ok(response) => {
+                tracing::warn!(status = %response.status(), "refresh token revocation refused");
+            }
+            Err(e) => tracing::warn!(error = %error_chain(&e), "refresh token revocation failed"),
         }
     }
 
@@ -292,6 +331,11 @@ fn verify_with(
     checked.map_err(|e| e.to_string())?;
     // openidconnect checked signature, iss, aud, azp, exp, iat, nonce; read every claim.
     jwt::decode_payload(&id_token.to_string()).ok_or_else(|| "unreadable claims".to_owned())
+}
+
+/// `application/x-www-form-urlencoded` encoding of one value.
+fn form_encode(value: &str) -> String {
+    url::form_urlencoded::byte_serialize(value.as_bytes()).collect()
 }
 
 /// The `exp` of a JWT access token, read without verification (only a timing hint: the
