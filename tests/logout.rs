@@ -75,7 +75,9 @@ async fn provider_refresh(h: &Harness, refresh_token: &str) -> (StatusCode, Valu
             ),
         )
         .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-        .body(format!("grant_type=refresh_token&refresh_token={refresh_token}"))
+        .body(format!(
+            "grant_type=refresh_token&refresh_token={refresh_token}"
+        ))
         .send()
         .await
         .unwrap();
@@ -98,7 +100,11 @@ async fn sign_out_with_session(method: Method, config: &str) {
     let h = Harness::builder().config(config).start().await;
     let client = h.client();
     let cookie = h.login(&client, "alice").await;
-    let sid = h.idp.controls().last_issued_sid().expect("a sid was issued");
+    let sid = h
+        .idp
+        .controls()
+        .last_issued_sid()
+        .expect("a sid was issued");
     assert_eq!(h.idp.controls().revocations(), 0);
 
     let r = client
@@ -119,7 +125,11 @@ async fn sign_out_with_session(method: Method, config: &str) {
     let hint = jwt_payload(one(&q, "id_token_hint"));
     assert_eq!(hint["sub"], "alice");
     assert_eq!(hint["aud"], CLIENT_ID);
-    assert_eq!(hint["sid"], sid.as_str(), "the hint is this login's ID token");
+    assert_eq!(
+        hint["sid"],
+        sid.as_str(),
+        "the hint is this login's ID token"
+    );
 
     // The refresh token was revoked: the provider refuses it from now on.
     let controls = h.idp.controls();
@@ -283,7 +293,10 @@ async fn backchannel_logout_by_sid_ends_that_session_only() {
     let (status, body) = backchannel(&h, &h.idp.sign_jwt(&Value::Object(claims))).await;
     assert_eq!(status, StatusCode::OK, "{body}");
 
-    assert_eq!(status_with(&h, &alice.cookie).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        status_with(&h, &alice.cookie).await,
+        StatusCode::UNAUTHORIZED
+    );
     assert_eq!(
         status_with(&h, &alice_other.cookie).await,
         StatusCode::OK,
@@ -304,8 +317,14 @@ async fn backchannel_logout_by_sub_ends_every_session_of_the_user() {
     let (status, body) = backchannel(&h, &h.idp.sign_jwt(&Value::Object(claims))).await;
     assert_eq!(status, StatusCode::OK, "{body}");
 
-    assert_eq!(status_with(&h, &alice1.cookie).await, StatusCode::UNAUTHORIZED);
-    assert_eq!(status_with(&h, &alice2.cookie).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        status_with(&h, &alice1.cookie).await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        status_with(&h, &alice2.cookie).await,
+        StatusCode::UNAUTHORIZED
+    );
     assert_eq!(status_with(&h, &bob.cookie).await, StatusCode::OK);
 }
 
@@ -318,7 +337,10 @@ async fn backchannel_logout_after_key_rotation_is_accepted() {
     claims.insert("sid".into(), json!(alice.sid));
     let (status, body) = backchannel(&h, &h.idp.sign_jwt(&Value::Object(claims))).await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    assert_eq!(status_with(&h, &alice.cookie).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        status_with(&h, &alice.cookie).await,
+        StatusCode::UNAUTHORIZED
+    );
 }
 
 #[tokio::test]
@@ -423,6 +445,9 @@ async fn invalid_logout_tokens_are_refused_and_touch_nothing() {
     // The control: the very same claims, properly signed, do end alice's session.
     let (status, body) = backchannel(&h, &h.idp.sign_jwt(&with(&|_| {}))).await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    assert_eq!(status_with(&h, &alice.cookie).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        status_with(&h, &alice.cookie).await,
+        StatusCode::UNAUTHORIZED
+    );
     assert_eq!(status_with(&h, &bob.cookie).await, StatusCode::OK);
 }
