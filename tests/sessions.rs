@@ -526,7 +526,7 @@ async fn capacity_drops_the_least_recently_used_sessions() {
         .trim()
         .parse()
         .unwrap();
-    assert!(live <= 2 && live >= 1, "authgate_sessions_live {live}");
+    assert!((1..=2).contains(&live), "authgate_sessions_live {live}");
 }
 
 #[tokio::test]
