@@ -459,28 +459,51 @@ async fn rotation_used_refresh_token_is_never_sent_again() {
     assert_eq!(userinfo(&h, &client).await["sub"], "alice");
 }
 
-#[tokio::test]
-async fn refresh_completes_and_is_stored_when_the_client_disconnects() {
-    let h = short_lived("").await;
+/// A client gives up (timeout: HTTP/1 closes the connection, HTTP/2 resets the stream)
+/// while its request waits on a refresh; the refresh still completes and is stored.
+async fn abandoned_refresh(http2: bool) {
+    let h = short_lived("").await; // rotation on
     let controls = h.idp.controls();
-    let client = h.client();
-    let cookie = h.login(&client, "alice").await;
+    let cookie = h.login(&h.client(), "alice").await;
     let old = stored_token(&h, &cookie).await;
     controls.set_access_ttl(LONG);
     controls.push_token_fault(TokenFault::Delay(Duration::from_secs(1)));
 
-    let gave_up = client
-        .get(h.at("/impatient"))
-        .header(header::ACCEPT, JSON)
+    let mut builder = Client::builder().timeout(Duration::from_secs(20));
+    if http2 {
+        builder = builder.http2_prior_knowledge();
+    }
+    let client = builder.build().unwrap();
+    let request = |path: &str| {
+        client
+            .get(h.at(path))
+            .header(header::ACCEPT, JSON)
+            .header(header::COOKIE, format!("authgate_session={cookie}"))
+    };
+    let gave_up = request("/impatient")
         .timeout(Duration::from_millis(200))
         .send()
         .await;
     assert!(gave_up.is_err(), "the client must have timed out");
     assert_eq!(controls.refresh_calls(), 1);
 
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let echo = h.echo(&client, "/next").await;
-    let new = echo.bearer().unwrap();
+    // Stored without any further request driving it (the provider answers after 1 s).
+    assert!(
+        support::eventually(Duration::from_secs(5), || async {
+            stored_token(&h, &cookie).await != old
+        })
+        .await,
+        "the abandoned refresh was never stored"
+    );
+    let response = request("/next").send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let expected = if http2 {
+        reqwest::Version::HTTP_2
+    } else {
+        reqwest::Version::HTTP_11
+    };
+    assert_eq!(response.version(), expected);
+    let new = Echo(response.json().await.unwrap()).bearer().unwrap();
     assert_ne!(new, old, "the abandoned refresh was stored");
     assert_eq!(
         controls.refresh_calls(),
@@ -488,6 +511,16 @@ async fn refresh_completes_and_is_stored_when_the_client_disconnects() {
         "no second refresh (with rotation it would have spent the old token twice)"
     );
     assert_eq!(stored_token(&h, &cookie).await, new);
+}
+
+#[tokio::test]
+async fn refresh_completes_when_an_http1_client_disconnects() {
+    abandoned_refresh(false).await;
+}
+
+#[tokio::test]
+async fn refresh_completes_when_an_http2_client_resets_its_stream() {
+    abandoned_refresh(true).await;
 }
 
 // --- definitive rejection ---
