@@ -177,9 +177,13 @@ fn secrets(bytes: &[u8]) -> Vec<Secret<Vec<u8>>> {
 }
 
 fn redis_store(server: &RedisServer, secret_bytes: &[u8], lease: Duration) -> RedisStore {
+    redis_store_at(&server.url(), secret_bytes, lease)
+}
+
+fn redis_store_at(url: &str, secret_bytes: &[u8], lease: Duration) -> RedisStore {
     RedisStore::new(
         RedisOptions {
-            url: Secret::new(server.url()),
+            url: Secret::new(url.to_owned()),
             key_prefix: "test:".into(),
             timeout: Duration::from_secs(1),
             idle_timeout: IDLE,
@@ -343,4 +347,80 @@ async fn redis_down_is_an_error_then_recovers() {
     );
     // Not persistent: the data is gone, but the store answers.
     assert!(store.load(&key).await.unwrap().is_none());
+}
+
+/// An ACL user confined to the key prefix: every key the store touches (records, indexes,
+/// leases, pending logins) is under `session.redis_key_prefix`, and AUTH with a user works.
+#[tokio::test]
+async fn redis_acl_user_confined_to_the_prefix() {
+    let server = RedisServer::start_with(&[
+        "--user",
+        "authgate",
+        "on",
+        ">s3cret-pw",
+        "~test:*",
+        "+@all",
+        "--user",
+        "default",
+        "on",
+        "nopass",
+        "~*",
+        "+@all",
+    ]);
+    let url = format!("redis://authgate:s3cret-pw@127.0.0.1:{}", server.port);
+    let store = redis_store_at(&url, &[1], Duration::from_secs(5));
+    let key = new_key();
+    store
+        .save(key, session("judy", Some("sid-j"), "at-j"))
+        .await
+        .unwrap();
+    assert_eq!(token_of(&store, &key).await.as_deref(), Some("at-j"));
+    store.clear_local_cache();
+    assert_eq!(token_of(&store, &key).await.as_deref(), Some("at-j"));
+    drop(store.refresh_lease(&key).await.unwrap());
+    // Pending logins: sealed, single use.
+    let public: url::Url = "http://gw.test".parse().unwrap();
+    let login = authgate::login::PendingLogin {
+        browser: [7; 16],
+        nonce: "n-1".into(),
+        pkce_verifier: "v-1".into(),
+        landing: authgate::redirect::SafeRedirect::parse("/after", &public),
+    };
+    store.remember_login("state-1", &login).await.unwrap();
+    let taken = store.take_login("state-1").await.unwrap().expect("pending");
+    assert_eq!(
+        (taken.browser, taken.pkce_verifier.as_str()),
+        ([7; 16], "v-1")
+    );
+    assert_eq!(taken.landing.as_str(), "/after");
+    assert!(
+        store.take_login("state-1").await.unwrap().is_none(),
+        "single use"
+    );
+    store.delete_matching(Some("sid-j"), None).await.unwrap();
+    assert!(store.load(&key).await.unwrap().is_none());
+    // The user cannot touch a key outside the prefix: the confinement is real.
+    let mut conn = RedisServer::connect(&url).await;
+    let outside: redis::RedisResult<()> = redis::cmd("SET")
+        .arg("other:x")
+        .arg(1)
+        .query_async(&mut conn)
+        .await;
+    assert!(outside.is_err());
+    // A wrong password: not ready, an error, never a panic.
+    let wrong = format!("redis://authgate:nope@127.0.0.1:{}", server.port);
+    let store = redis_store_at(&wrong, &[1], Duration::from_secs(5));
+    assert!(!store.ready().await);
+    assert!(store.load(&key).await.is_err());
+}
+
+/// `rediss://` builds a rustls client (ring: the process-wide provider is installed by the
+/// store); against a plain-text server the handshake fails: not ready, no panic.
+#[tokio::test]
+async fn rediss_against_plain_server_is_not_ready() {
+    let server = RedisServer::start();
+    let url = format!("rediss://127.0.0.1:{}", server.port);
+    let store = redis_store_at(&url, &[1], Duration::from_secs(5));
+    assert!(!store.ready().await);
+    assert!(store.load(&new_key()).await.is_err());
 }

@@ -18,12 +18,18 @@ use std::time::{Duration, Instant};
 pub struct RedisServer {
     pub port: u16,
     dir: Option<PathBuf>,
+    extra: Vec<String>,
     child: Option<Child>,
 }
 
 impl RedisServer {
     pub fn start() -> RedisServer {
-        Self::launch(None)
+        Self::launch(None, &[])
+    }
+
+    /// With more `redis-server` arguments (e.g. an ACL user).
+    pub fn start_with(args: &[&str]) -> RedisServer {
+        Self::launch(None, args)
     }
 
     /// With an append-only file fsynced on every write: data survives `kill` + `restart`.
@@ -34,10 +40,10 @@ impl RedisServer {
             unique()
         ));
         std::fs::create_dir_all(&dir).unwrap();
-        Self::launch(Some(dir))
+        Self::launch(Some(dir), &[])
     }
 
-    fn launch(dir: Option<PathBuf>) -> RedisServer {
+    fn launch(dir: Option<PathBuf>, extra: &[&str]) -> RedisServer {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -46,6 +52,7 @@ impl RedisServer {
         let mut server = RedisServer {
             port,
             dir,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
             child: None,
         };
         server.restart();
@@ -73,6 +80,7 @@ impl RedisServer {
                 cmd.args(["--appendonly", "no"]);
             }
         }
+        cmd.args(&self.extra);
         let child = cmd.spawn().unwrap_or_else(|e| {
             panic!(
                 "cannot run redis-server ({e}): install it with `apt-get install -y redis-server` \
@@ -97,7 +105,11 @@ impl RedisServer {
 
     /// A connection for the test's own inspection.
     pub async fn conn(&self) -> ::redis::aio::MultiplexedConnection {
-        ::redis::Client::open(self.url())
+        Self::connect(&self.url()).await
+    }
+
+    pub async fn connect(url: &str) -> ::redis::aio::MultiplexedConnection {
+        ::redis::Client::open(url)
             .unwrap()
             .get_multiplexed_async_connection()
             .await

@@ -58,8 +58,8 @@ impl Keyring {
         (!keys.is_empty()).then_some(Keyring { keys })
     }
 
-    /// Number of secrets, so of candidate names per id.
-    pub fn len(&self) -> usize {
+    /// Number of secrets, so of candidate names per id (never 0).
+    pub fn secrets(&self) -> usize {
         self.keys.len()
     }
 

@@ -381,7 +381,7 @@ impl SessionStore for RedisStore {
         let sub_sets = sub.map(|s| inner.index_names("sub", s));
         let mut pipe = redis::pipe();
         let mut fetched = Vec::new();
-        for i in 0..inner.keys.len() {
+        for i in 0..inner.keys.secrets() {
             let sets: Vec<&String> = [&sid_sets, &sub_sets]
                 .into_iter()
                 .filter_map(|s| s.as_ref().and_then(|s| s.get(i)))
