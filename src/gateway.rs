@@ -115,7 +115,7 @@ impl Gateway {
         Arc::new(Gateway {
             routes,
             cookies: CookieCodec::new(&cfg.session),
-            logins: Logins::new(&cfg.session),
+            logins: Logins::new(&cfg.session, &store),
             identity_headers: IdentityHeaders::new(&cfg.headers),
             store,
             oidc,

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine too: installs what the suite needs when it is
-# missing (Debian's nginx for the forward-auth test, the pinned npm packages of the interop
-# provider), then runs every cargo test. Nothing is skipped silently: a test whose tool is
+# missing (Debian's nginx for the forward-auth test, redis-server for the Redis store, the
+# pinned npm packages of the interop provider), then runs every cargo test. Nothing is skipped silently: a test whose tool is
 # missing fails and says how to install it.
 #
 #   tests/run.sh                 # everything
@@ -15,6 +15,7 @@ as_root() {
 
 missing=()
 [ -x /usr/sbin/nginx ] || command -v nginx >/dev/null 2>&1 || missing+=(nginx)
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "tests/run.sh: installing Debian packages: ${missing[*]}"
   as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
