@@ -78,7 +78,9 @@ async fn authorize(h: &Harness, client: &Client, url: &str) -> String {
 }
 
 async fn live_sessions(h: &Harness) -> u64 {
-    let Store::Memory(m) = h.gateway.store.as_ref();
+    let Store::Memory(m) = h.gateway.store.as_ref() else {
+        panic!("these tests run on the memory store");
+    };
     m.sync().await;
     h.gateway.store.live()
 }

@@ -31,6 +31,7 @@ fn session_at(sub: &str, sid: Option<&str>, token: &str, login_at: u64) -> Arc<S
             access_expires_at: Some(unix_now() + 300),
             refresh_token: Some(format!("rt-{token}").into()),
             id_token: Some(format!("idt-{token}").into()),
+            more: Vec::new(),
         },
         identity: Arc::new(Identity {
             sub: sub.into(),

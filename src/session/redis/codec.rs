@@ -12,7 +12,7 @@ use serde_json::{Map, Value};
 
 use crate::login::PendingLogin;
 use crate::redirect::SafeRedirect;
-use crate::session::{Identity, RefreshBackoff, Session, Tokens};
+use crate::session::{Identity, RefreshBackoff, ResourceToken, Session, Tokens};
 
 #[derive(Serialize, Deserialize)]
 struct StoredSession {
@@ -24,6 +24,9 @@ struct StoredSession {
     login: u64,
     backoff: Option<(u32, u64)>,
     id: StoredIdentity,
+    /// Tokens of `oidc.resource[1..]`: (access token, expiry), `None` where missing.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    more: Vec<Option<(String, Option<u64>)>>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -46,6 +49,21 @@ pub fn encode_session(s: &Session) -> Option<Vec<u8>> {
         idt: s.tokens.id_token.as_deref().map(str::to_owned),
         login: s.login_at,
         backoff: s.backoff.map(|b| (b.failures, b.retry_at)),
+        more: s
+            .tokens
+            .more
+            .iter()
+            .map(|t| match t {
+                Some(t) => {
+                    let token = t.bearer.as_bytes().get(7..)?;
+                    Some(Some((
+                        String::from_utf8(token.to_vec()).ok()?,
+                        t.expires_at,
+                    )))
+                }
+                None => Some(None),
+            })
+            .collect::<Option<_>>()?,
         id: StoredIdentity {
             sub: id.sub.clone(),
             email: id.email.clone(),
@@ -87,6 +105,7 @@ pub fn decode_session(bytes: &[u8]) -> Option<Session> {
             access_expires_at: s.exp,
             refresh_token: s.rt.map(Into::into),
             id_token: s.idt.map(Into::into),
+            more: ResourceToken::merge(s.more, &[]),
         },
         identity: Arc::new(Identity {
             sub: s.id.sub,
@@ -146,6 +165,13 @@ mod tests {
                 access_expires_at: Some(99),
                 refresh_token: Some("rt-1".into()),
                 id_token: None,
+                more: vec![
+                    None,
+                    Some(ResourceToken {
+                        bearer: Tokens::bearer_value("at-b").unwrap(),
+                        expires_at: Some(7),
+                    }),
+                ],
             },
             identity: Arc::new(Identity {
                 sub: "u1".into(),
@@ -174,6 +200,9 @@ mod tests {
         assert_eq!(back.tokens.refresh_token.as_deref(), Some("rt-1"));
         assert_eq!(back.identity, session.identity);
         assert_eq!((back.login_at, back.backoff), (7, session.backoff));
+        assert!(back.tokens.bearer_for(1).is_none());
+        assert_eq!(back.tokens.bearer_for(2).unwrap(), "Bearer at-b");
+        assert_eq!(back.tokens.more[1].as_ref().unwrap().expires_at, Some(7));
         assert!(decode_session(b"{}").is_none());
     }
 }
