@@ -84,6 +84,8 @@ struct Outcome {
     route: RouteId,
     response: Response<Body>,
     upstream_time: Option<Duration>,
+    /// Why the upstream could not answer (502/504), for the access log line.
+    upstream_error: Option<String>,
 }
 
 impl Gateway {
@@ -166,6 +168,7 @@ impl Gateway {
             route: self.builtin_route_id(builtin),
             response,
             upstream_time: None,
+            upstream_error: None,
         }
     }
 
@@ -353,19 +356,19 @@ impl Gateway {
         let started = Instant::now();
         let result = self.upstream.forward(req, path).await;
         let upstream_time = Some(started.elapsed());
-        let response = match result {
-            Ok(response) => response,
-            Err(e) => self.upstream_failed(&e),
+        let (response, upstream_error) = match result {
+            Ok(response) => (response, None),
+            Err(e) => (self.upstream_failed(&e), Some(crate::oidc::error_chain(&e))),
         };
         Outcome {
             route,
             response,
             upstream_time,
+            upstream_error,
         }
     }
 
     fn upstream_failed(&self, e: &ProxyError) -> Response<Body> {
-        tracing::warn!(error = %crate::oidc::error_chain(e), "upstream request failed");
         match e {
             ProxyError::Timeout(_) => {
                 self.metrics.upstream_timeout();
@@ -384,6 +387,7 @@ impl Gateway {
             route,
             response: halt.into_response(),
             upstream_time: None,
+            upstream_error: None,
         }
     }
 
@@ -411,16 +415,21 @@ impl crate::server::Handler for Gateway {
         let status = outcome.response.status().as_u16();
         self.metrics
             .request_finished(outcome.route, status, elapsed);
-        tracing::info!(
-            target: "authgate::access",
-            request_id = ?request_id,
-            %method,
-            path = uri.path(),
-            status,
-            latency_us = elapsed.as_micros() as u64,
-            upstream_us = outcome.upstream_time.map(|d| d.as_micros() as u64),
-            peer = %peer.addr,
-        );
+        let request_id = request_id.to_str().unwrap_or("-");
+        let upstream_us = outcome.upstream_time.map(|d| d.as_micros() as u64);
+        let latency_us = elapsed.as_micros() as u64;
+        match &outcome.upstream_error {
+            None => tracing::info!(
+                target: "authgate::access",
+                request_id, %method, path = uri.path(), status, latency_us, upstream_us,
+                peer = %peer.addr,
+            ),
+            Some(error) => tracing::warn!(
+                target: "authgate::access",
+                request_id, %method, path = uri.path(), status, latency_us, upstream_us,
+                peer = %peer.addr, upstream_error = %error,
+            ),
+        }
         outcome.response
     }
 }
