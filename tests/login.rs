@@ -3,9 +3,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod support;
 
-use std::collections::HashMap;
-use std::time::Duration;
-
 use authgate::demo::idp::{ClientAuth, IdTokenTamper};
 use authgate::session::{SessionStore, Store};
 use base64::Engine;
@@ -14,39 +11,15 @@ use reqwest::{Client, Response, StatusCode, header};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use support::{CLIENT_ID, Harness, location, set_cookie, set_cookie_line};
+use support::{bare_client, one, query_of};
 
 const SESSION: &str = "authgate_session";
 const BINDING: &str = "authgate_session_login";
 
 // --- helpers ---
 
-fn query_of(url: &str) -> HashMap<String, Vec<String>> {
-    let url = url::Url::parse(url).unwrap_or_else(|e| panic!("{url}: {e}"));
-    let mut map: HashMap<String, Vec<String>> = HashMap::new();
-    for (k, v) in url.query_pairs() {
-        map.entry(k.into_owned()).or_default().push(v.into_owned());
-    }
-    map
-}
-
-fn one<'a>(q: &'a HashMap<String, Vec<String>>, name: &str) -> &'a str {
-    match q.get(name).map(Vec::as_slice) {
-        Some([v]) => v,
-        other => panic!("expected exactly one {name}, got {other:?} in {q:?}"),
-    }
-}
-
 fn enc(s: &str) -> String {
     url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
-}
-
-/// A client without a cookie jar (the test sends `Cookie` itself).
-fn bare_client() -> Client {
-    Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .timeout(Duration::from_secs(20))
-        .build()
-        .unwrap()
 }
 
 /// `/oauth2/start?rd=..` -> the provider's authorize URL.

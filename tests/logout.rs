@@ -3,41 +3,17 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod support;
 
-use std::collections::HashMap;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
-use reqwest::{Client, Method, StatusCode, header};
+use reqwest::{Method, StatusCode, header};
 use serde_json::{Value, json};
 use support::{CLIENT_ID, CLIENT_SECRET, Harness, location, set_cookie, set_cookie_line};
+use support::{bare_client, one, query_of};
 
 const SESSION: &str = "authgate_session";
 const BACKCHANNEL_EVENT: &str = "http://schemas.openid.net/event/backchannel-logout";
-
-fn query_of(url: &str) -> HashMap<String, Vec<String>> {
-    let url = url::Url::parse(url).unwrap_or_else(|e| panic!("{url}: {e}"));
-    let mut map: HashMap<String, Vec<String>> = HashMap::new();
-    for (k, v) in url.query_pairs() {
-        map.entry(k.into_owned()).or_default().push(v.into_owned());
-    }
-    map
-}
-
-fn one<'a>(q: &'a HashMap<String, Vec<String>>, name: &str) -> &'a str {
-    match q.get(name).map(Vec::as_slice) {
-        Some([v]) => v,
-        other => panic!("expected exactly one {name}, got {other:?} in {q:?}"),
-    }
-}
-
-fn bare_client() -> Client {
-    Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .timeout(Duration::from_secs(20))
-        .build()
-        .unwrap()
-}
 
 fn now() -> u64 {
     SystemTime::now()

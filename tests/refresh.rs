@@ -24,6 +24,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use futures_util::future::join_all;
 use reqwest::{Client, StatusCode, header};
 use serde_json::{Value, json};
+use support::bare_client;
 use support::{Echo, Harness, location, set_cookie, set_cookie_line};
 
 const SHORT: Duration = Duration::from_secs(5);
@@ -52,15 +53,6 @@ async fn stored(h: &Harness, cookie: &str) -> Option<Arc<Session>> {
 async fn stored_token(h: &Harness, cookie: &str) -> String {
     let session = stored(h, cookie).await.expect("session exists");
     String::from_utf8(session.tokens.access_token().to_vec()).unwrap()
-}
-
-/// A client without cookie jar: the cookie is sent by hand (for a cookie the gateway cleared).
-fn bare_client() -> Client {
-    Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .timeout(Duration::from_secs(20))
-        .build()
-        .unwrap()
 }
 
 async fn get(client: &Client, url: String, accept: &str) -> reqwest::Response {

@@ -12,6 +12,7 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use hmac::{Hmac, Mac};
 use reqwest::{Client, StatusCode, header};
 use sha2::Sha256;
+use support::bare_client;
 use support::{COOKIE_SECRET_A, COOKIE_SECRET_B, Harness, eventually, location, set_cookie_line};
 
 const SESSION: &str = "authgate_session";
@@ -36,14 +37,6 @@ fn sign(secret_b64: &str, id: &[u8; 16]) -> String {
 fn id_of(cookie: &str) -> [u8; 16] {
     let (id, _) = cookie.split_once('.').unwrap();
     URL_SAFE_NO_PAD.decode(id).unwrap().try_into().unwrap()
-}
-
-fn bare_client() -> Client {
-    Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .timeout(Duration::from_secs(20))
-        .build()
-        .unwrap()
 }
 
 /// An API GET of `/page` with exactly this session cookie.

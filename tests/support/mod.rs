@@ -327,6 +327,33 @@ async fn wait_ready(h: &Harness) {
     panic!("gateway never became ready");
 }
 
+/// A client WITHOUT a cookie jar (cookies are sent by hand), never following redirects.
+pub fn bare_client() -> Client {
+    Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap()
+}
+
+/// Every query parameter of `url`, in order, by name.
+pub fn query_of(url: &str) -> std::collections::HashMap<String, Vec<String>> {
+    let url = url::Url::parse(url).unwrap_or_else(|e| panic!("{url}: {e}"));
+    let mut map: std::collections::HashMap<String, Vec<String>> = Default::default();
+    for (k, v) in url.query_pairs() {
+        map.entry(k.into_owned()).or_default().push(v.into_owned());
+    }
+    map
+}
+
+/// The single value of query parameter `name` (panics on none or several).
+pub fn one<'a>(q: &'a std::collections::HashMap<String, Vec<String>>, name: &str) -> &'a str {
+    match q.get(name).map(Vec::as_slice) {
+        Some([v]) => v,
+        other => panic!("expected exactly one {name}, got {other:?} in {q:?}"),
+    }
+}
+
 /// The `Location` header, made absolute against nothing (the gateway writes absolute URLs
 /// for the provider, paths for same-origin landings).
 pub fn location(response: &reqwest::Response) -> String {
