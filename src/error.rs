@@ -16,6 +16,8 @@ pub enum StartupError {
     Upstream(String),
     #[error("OIDC client: {0}")]
     Oidc(String),
+    #[error("session store: {0}")]
+    Store(String),
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }

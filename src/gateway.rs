@@ -68,11 +68,13 @@ impl Authenticated {
         }
     }
 
-    /// The `Authorization` value for the upstream.
-    pub fn bearer(&self) -> &HeaderValue {
+    /// The `Authorization` value for the upstream: the token of resource `index` for a
+    /// session (`None` while that resource's token is missing), the client's own token for a
+    /// passthrough bearer.
+    pub fn bearer(&self, index: usize) -> Option<&HeaderValue> {
         match self {
-            Authenticated::Session(_, s) => &s.tokens.bearer,
-            Authenticated::Bearer(token, _) => token,
+            Authenticated::Session(_, s) => s.tokens.bearer_for(index),
+            Authenticated::Bearer(token, _) => Some(token),
         }
     }
 }
@@ -82,6 +84,8 @@ struct Outcome {
     route: RouteId,
     response: Response<Body>,
     upstream_time: Option<Duration>,
+    /// Why the upstream could not answer (502/504), for the access log line.
+    upstream_error: Option<String>,
 }
 
 impl Gateway {
@@ -92,7 +96,7 @@ impl Gateway {
         oidc: Arc<Oidc>,
         upstream: Upstream,
     ) -> Arc<Self> {
-        let routes = RouteTable::new(&cfg.routes);
+        let routes = RouteTable::new(&cfg.routes, &cfg.oidc.resource);
         let labels: Vec<String> = routes
             .labels()
             .map(str::to_owned)
@@ -113,7 +117,7 @@ impl Gateway {
         Arc::new(Gateway {
             routes,
             cookies: CookieCodec::new(&cfg.session),
-            logins: Logins::new(&cfg.session),
+            logins: Logins::new(&cfg.session, &store),
             identity_headers: IdentityHeaders::new(&cfg.headers),
             store,
             oidc,
@@ -164,6 +168,7 @@ impl Gateway {
             route: self.builtin_route_id(builtin),
             response,
             upstream_time: None,
+            upstream_error: None,
         }
     }
 
@@ -197,7 +202,9 @@ impl Gateway {
                     self.metrics.decision(route.id, Decision::Forbid);
                     return self.halted(route.id, Halt::Forbidden(refusal.message()));
                 }
-                self.vouch(req.headers_mut(), &auth);
+                if let Err(halt) = self.vouch(req.headers_mut(), &auth, route) {
+                    return self.halted(route.id, halt);
+                }
             }
         }
         self.metrics.decision(route.id, Decision::Allow);
@@ -301,12 +308,26 @@ impl Gateway {
     }
 
     /// Step 5a: our cookies out, `Authorization` and identity headers in.
-    pub fn vouch(&self, headers: &mut http::HeaderMap, auth: &Authenticated) {
+    /// The route's `bearer_resource` chooses which resource's token goes upstream.
+    pub fn vouch(
+        &self,
+        headers: &mut http::HeaderMap,
+        auth: &Authenticated,
+        route: &Route,
+    ) -> Result<(), Halt> {
         headers::remove_cookies(headers, &[self.cookies.name(), self.logins.cookie_name()]);
         if self.cfg.headers.authorization_bearer {
-            headers.insert(AUTHORIZATION, auth.bearer().clone());
+            let Some(bearer) = auth.bearer(route.bearer_index) else {
+                // The provider could not be asked for this resource's token yet; the next
+                // request's refresh will try again.
+                return Err(Halt::Unavailable {
+                    retry_after_secs: 1,
+                });
+            };
+            headers.insert(AUTHORIZATION, bearer.clone());
         }
         headers::set_identity(headers, &auth.identity().upstream_headers);
+        Ok(())
     }
 
     /// Steps 5b and 6.
@@ -335,19 +356,19 @@ impl Gateway {
         let started = Instant::now();
         let result = self.upstream.forward(req, path).await;
         let upstream_time = Some(started.elapsed());
-        let response = match result {
-            Ok(response) => response,
-            Err(e) => self.upstream_failed(&e),
+        let (response, upstream_error) = match result {
+            Ok(response) => (response, None),
+            Err(e) => (self.upstream_failed(&e), Some(crate::oidc::error_chain(&e))),
         };
         Outcome {
             route,
             response,
             upstream_time,
+            upstream_error,
         }
     }
 
     fn upstream_failed(&self, e: &ProxyError) -> Response<Body> {
-        tracing::warn!(error = %crate::oidc::error_chain(e), "upstream request failed");
         match e {
             ProxyError::Timeout(_) => {
                 self.metrics.upstream_timeout();
@@ -366,6 +387,7 @@ impl Gateway {
             route,
             response: halt.into_response(),
             upstream_time: None,
+            upstream_error: None,
         }
     }
 
@@ -393,16 +415,21 @@ impl crate::server::Handler for Gateway {
         let status = outcome.response.status().as_u16();
         self.metrics
             .request_finished(outcome.route, status, elapsed);
-        tracing::info!(
-            target: "authgate::access",
-            request_id = ?request_id,
-            %method,
-            path = uri.path(),
-            status,
-            latency_us = elapsed.as_micros() as u64,
-            upstream_us = outcome.upstream_time.map(|d| d.as_micros() as u64),
-            peer = %peer.addr,
-        );
+        let request_id = request_id.to_str().unwrap_or("-");
+        let upstream_us = outcome.upstream_time.map(|d| d.as_micros() as u64);
+        let latency_us = elapsed.as_micros() as u64;
+        match &outcome.upstream_error {
+            None => tracing::info!(
+                target: "authgate::access",
+                request_id, %method, path = uri.path(), status, latency_us, upstream_us,
+                peer = %peer.addr,
+            ),
+            Some(error) => tracing::warn!(
+                target: "authgate::access",
+                request_id, %method, path = uri.path(), status, latency_us, upstream_us,
+                peer = %peer.addr, upstream_error = %error,
+            ),
+        }
         outcome.response
     }
 }

@@ -43,6 +43,7 @@ use crate::oidc::Oidc;
 use crate::proxy::Upstream;
 use crate::session::Store;
 use crate::session::memory::MemoryStore;
+use crate::session::redis::{RedisOptions, RedisStore};
 
 /// Build the gateway's state from a validated configuration. Starts nothing.
 pub fn build(config: Config) -> Result<Arc<Gateway>, StartupError> {
@@ -53,10 +54,28 @@ pub fn build(config: Config) -> Result<Arc<Gateway>, StartupError> {
             config.session.idle_timeout,
             config.session.absolute_timeout,
         )),
-        StoreConfig::Redis { .. } => {
-            return Err(StartupError::Oidc(
-                "session.store = \"redis\" is not available in this build yet".into(),
-            ));
+        StoreConfig::Redis {
+            url,
+            key_prefix,
+            timeout,
+        } => {
+            // Connects lazily (on the first call), so `build` stays synchronous and a gateway
+            // whose Redis is down starts anyway: `/readyz` says 503 until Redis answers.
+            let s = &config.session;
+            let opts = RedisOptions {
+                url: url.clone(),
+                key_prefix: key_prefix.clone(),
+                timeout: *timeout,
+                idle_timeout: s.idle_timeout,
+                absolute_timeout: s.absolute_timeout,
+                cache_capacity: s.max_sessions,
+                cache_ttl: session::redis::CACHE_TTL,
+                lease: session::redis::LEASE,
+                lease_wait: config.oidc.refresh_timeout + session::redis::LEASE,
+                login_timeout: s.login_timeout,
+                public_url: config.server.public_url.clone(),
+            };
+            Store::Redis(RedisStore::new(opts, &s.cookie_secrets).map_err(StartupError::Store)?)
         }
     };
     let oidc = Oidc::new(

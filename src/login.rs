@@ -7,6 +7,10 @@
 //! it comes back on the provider's top-level redirect) holding a random browser id. Several
 //! tabs share that id, so they can log in at once; a `state` from another browser, or one
 //! already used, fails.
+//!
+//! With `session.store = "redis"` pending logins live in Redis too (sealed like sessions,
+//! expiring after `login_timeout`, taken with `GETDEL`), so the callback may land on any
+//! replica. `max_pending_logins` bounds only the in-memory variant.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,6 +24,8 @@ use sha2::Sha256;
 
 use crate::config::SessionConfig;
 use crate::redirect::SafeRedirect;
+use crate::session::redis::RedisStore;
+use crate::session::{Store, StoreError};
 
 const BINDING_CONTEXT: &[u8] = b"authgate login binding v1\0";
 
@@ -31,8 +37,14 @@ pub struct PendingLogin {
     pub landing: SafeRedirect,
 }
 
+/// Where pending logins live: this process, or the shared store.
+enum Pending {
+    Memory(Cache<String, Arc<PendingLogin>>),
+    Redis(RedisStore),
+}
+
 pub struct Logins {
-    pending: Cache<String, Arc<PendingLogin>>,
+    pending: Pending,
     cookie_name: String,
     keys: Vec<Hmac<Sha256>>,
     cookie_attributes: String,
@@ -40,11 +52,16 @@ pub struct Logins {
 }
 
 impl Logins {
-    pub fn new(cfg: &SessionConfig) -> Self {
-        let pending = Cache::builder()
-            .max_capacity(cfg.max_pending_logins)
-            .time_to_live(cfg.login_timeout)
-            .build();
+    pub fn new(cfg: &SessionConfig, store: &Store) -> Self {
+        let pending = match store.redis() {
+            Some(redis) => Pending::Redis(redis.clone()),
+            None => Pending::Memory(
+                Cache::builder()
+                    .max_capacity(cfg.max_pending_logins)
+                    .time_to_live(cfg.login_timeout)
+                    .build(),
+            ),
+        };
         let mut attributes = "; Path=/; HttpOnly; SameSite=Lax".to_owned();
         if cfg.cookie_secure {
             attributes.push_str("; Secure");
@@ -99,15 +116,28 @@ impl Logins {
         HeaderValue::from_str(&value).ok()
     }
 
-    pub fn remember(&self, state: String, login: PendingLogin) {
-        self.pending.insert(state, Arc::new(login));
+    pub async fn remember(&self, state: String, login: PendingLogin) -> Result<(), StoreError> {
+        match &self.pending {
+            Pending::Memory(cache) => {
+                cache.insert(state, Arc::new(login));
+                Ok(())
+            }
+            Pending::Redis(redis) => redis.remember_login(&state, &login).await,
+        }
     }
 
     /// Take the pending login for `state` if it was started by `browser`. Single use: a
     /// replayed state finds nothing.
-    pub fn take(&self, state: &str, browser: Option<[u8; 16]>) -> Option<Arc<PendingLogin>> {
-        let pending = self.pending.remove(state)?;
-        (Some(pending.browser) == browser).then_some(pending)
+    pub async fn take(
+        &self,
+        state: &str,
+        browser: Option<[u8; 16]>,
+    ) -> Result<Option<Arc<PendingLogin>>, StoreError> {
+        let pending = match &self.pending {
+            Pending::Memory(cache) => cache.remove(state),
+            Pending::Redis(redis) => redis.take_login(state).await?.map(Arc::new),
+        };
+        Ok(pending.filter(|p| Some(p.browser) == browser))
     }
 
     pub fn lifetime(&self) -> Duration {

@@ -292,6 +292,112 @@ impl Metrics {
     }
 }
 
+/// Series of a shared session store (Redis): owned by the store, rendered after [`Metrics`].
+pub struct StoreMetrics {
+    /// Latency of each call to the store (one round trip, or a pipeline).
+    pub latency: Histogram,
+    errors: AtomicU64,
+    timeouts: AtomicU64,
+    cache_hits: AtomicU64,
+    cache_misses: AtomicU64,
+    lease_waits: AtomicU64,
+    lease_wait_timeouts: AtomicU64,
+    pub lease_wait: Histogram,
+}
+
+impl Default for StoreMetrics {
+    fn default() -> Self {
+        StoreMetrics {
+            latency: Histogram::new(),
+            errors: AtomicU64::new(0),
+            timeouts: AtomicU64::new(0),
+            cache_hits: AtomicU64::new(0),
+            cache_misses: AtomicU64::new(0),
+            lease_waits: AtomicU64::new(0),
+            lease_wait_timeouts: AtomicU64::new(0),
+            lease_wait: Histogram::new(),
+        }
+    }
+}
+
+impl StoreMetrics {
+    /// A call that failed (`timed_out`: no answer within `session.redis_timeout`).
+    pub fn error(&self, timed_out: bool) {
+        let counter = if timed_out {
+            &self.timeouts
+        } else {
+            &self.errors
+        };
+        counter.fetch_add(1, Relaxed);
+    }
+
+    pub fn cache(&self, hit: bool) {
+        let counter = if hit {
+            &self.cache_hits
+        } else {
+            &self.cache_misses
+        };
+        counter.fetch_add(1, Relaxed);
+    }
+
+    /// A refresh that found another replica's lease and waited (`got`: then took it).
+    pub fn lease_waited(&self, elapsed: Duration, got: bool) {
+        self.lease_waits.fetch_add(1, Relaxed);
+        if !got {
+            self.lease_wait_timeouts.fetch_add(1, Relaxed);
+        }
+        self.lease_wait.observe(elapsed);
+    }
+
+    pub fn cache_hits(&self) -> u64 {
+        self.cache_hits.load(Relaxed)
+    }
+
+    pub fn lease_waits(&self) -> u64 {
+        self.lease_waits.load(Relaxed)
+    }
+
+    pub fn render(&self, out: &mut String) {
+        out.push_str("# HELP authgate_store_duration_seconds Latency of session store calls.\n");
+        out.push_str("# TYPE authgate_store_duration_seconds histogram\n");
+        self.latency
+            .render(out, "authgate_store_duration_seconds", "");
+        let _ = writeln!(
+            out,
+            "# HELP authgate_store_errors_total Failed session store calls by kind.\n\
+             # TYPE authgate_store_errors_total counter\n\
+             authgate_store_errors_total{{kind=\"error\"}} {}\n\
+             authgate_store_errors_total{{kind=\"timeout\"}} {}",
+            self.errors.load(Relaxed),
+            self.timeouts.load(Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP authgate_store_cache_total Session loads by the replica-local cache's answer.\n\
+             # TYPE authgate_store_cache_total counter\n\
+             authgate_store_cache_total{{result=\"hit\"}} {}\n\
+             authgate_store_cache_total{{result=\"miss\"}} {}",
+            self.cache_hits.load(Relaxed),
+            self.cache_misses.load(Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP authgate_refresh_lease_waits_total Refreshes that waited for another replica's lease.\n\
+             # TYPE authgate_refresh_lease_waits_total counter\n\
+             authgate_refresh_lease_waits_total{{result=\"acquired\"}} {}\n\
+             authgate_refresh_lease_waits_total{{result=\"gave_up\"}} {}",
+            self.lease_waits.load(Relaxed) - self.lease_wait_timeouts.load(Relaxed),
+            self.lease_wait_timeouts.load(Relaxed)
+        );
+        out.push_str(
+            "# HELP authgate_refresh_lease_wait_seconds Time spent waiting for a refresh lease.\n",
+        );
+        out.push_str("# TYPE authgate_refresh_lease_wait_seconds histogram\n");
+        self.lease_wait
+            .render(out, "authgate_refresh_lease_wait_seconds", "");
+    }
+}
+
 fn escape_label(s: &str) -> String {
     s.replace('\\', "\\\\")
         .replace('"', "\\\"")
@@ -321,6 +427,23 @@ mod tests {
         assert!(text.contains("authgate_sessions_ended_by_refresh_total 1"));
         assert!(text.contains("authgate_sessions_live 7"));
         assert!(text.contains("authgate_requests_in_flight 0"));
+    }
+
+    #[test]
+    fn renders_store_series() {
+        let m = StoreMetrics::default();
+        m.cache(true);
+        m.cache(false);
+        m.error(true);
+        m.lease_waited(Duration::from_millis(120), true);
+        m.latency.observe(Duration::from_micros(300));
+        let mut text = String::new();
+        m.render(&mut text);
+        assert!(text.contains("authgate_store_cache_total{result=\"hit\"} 1"));
+        assert!(text.contains("authgate_store_errors_total{kind=\"timeout\"} 1"));
+        assert!(text.contains("authgate_refresh_lease_waits_total{result=\"acquired\"} 1"));
+        assert!(text.contains("authgate_store_duration_seconds_count 1"));
+        assert!(text.contains("authgate_refresh_lease_wait_seconds_bucket{le=\"0.25\"} 1"));
     }
 
     #[test]

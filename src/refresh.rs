@@ -26,7 +26,9 @@ use crate::metrics::{Metrics, RefreshOutcome};
 use crate::oidc::Oidc;
 use crate::oidc::flows::{RefreshError, TokenSet};
 use crate::session::identity::IdentityRules;
-use crate::session::{RefreshBackoff, Session, SessionKey, SessionStore, Store, Tokens, unix_now};
+use crate::session::{
+    RefreshBackoff, ResourceToken, Session, SessionKey, SessionStore, Store, Tokens, unix_now,
+};
 
 /// What a request may do with its session after `ensure_fresh`.
 #[derive(Debug, Clone)]
@@ -223,6 +225,7 @@ impl Refresher {
                     .id_token
                     .map(Into::into)
                     .or_else(|| old.tokens.id_token.clone()),
+                more: ResourceToken::merge(set.more, &old.tokens.more),
             },
             identity,
             login_at: old.login_at,

@@ -202,6 +202,7 @@ max_token_age = "15m"
 store = "redis"
 redis_url = "redis://:hunter2@redis:6379/0"
 redis_key_prefix = "ag:"
+redis_timeout = "250ms"
 login_timeout = "5m"
 max_pending_logins = 20
 
@@ -281,9 +282,14 @@ policy = "deny"
         assert_eq!(c.session.cookie_domain.as_deref(), Some("example.com"));
         assert_eq!(c.session.max_token_age, Some(Duration::from_secs(900)));
         match &c.session.store {
-            StoreConfig::Redis { url, key_prefix } => {
+            StoreConfig::Redis {
+                url,
+                key_prefix,
+                timeout,
+            } => {
                 assert_eq!(url.expose(), "redis://:hunter2@redis:6379/0");
                 assert_eq!(key_prefix, "ag:");
+                assert_eq!(*timeout, Duration::from_millis(250));
             }
             StoreConfig::Memory => panic!("expected redis"),
         }
@@ -637,7 +643,15 @@ fn redis_store_needs_a_redis_url() {
         "session",
         "store = \"redis\"\nredis_url = \"rediss://h:6380\"",
     ));
-    assert!(matches!(c.session.store, StoreConfig::Redis { .. }));
+    assert!(matches!(
+        c.session.store,
+        StoreConfig::Redis { timeout, .. } if timeout == Duration::from_secs(1)
+    ));
+    let errors = load_err(&with(
+        "session",
+        "store = \"redis\"\nredis_url = \"redis://h\"\nredis_timeout = \"0s\"",
+    ));
+    assert_error(&errors, "session.redis_timeout", "greater than 0");
 }
 
 #[test]

@@ -46,6 +46,7 @@ pub(crate) const STRING_KEYS: &[&str] = &[
     "session.redis_url",
     "session.redis_url_file",
     "session.redis_key_prefix",
+    "session.redis_timeout",
     "session.login_timeout",
     "headers.user",
     "headers.email",
@@ -200,6 +201,7 @@ pub(crate) struct RawSession {
     pub redis_url: Option<String>,
     pub redis_url_file: Option<String>,
     pub redis_key_prefix: String,
+    pub redis_timeout: String,
     pub login_timeout: String,
     pub max_pending_logins: u64,
 }
@@ -222,6 +224,7 @@ impl Default for RawSession {
             redis_url: None,
             redis_url_file: None,
             redis_key_prefix: "authgate:".into(),
+            redis_timeout: "1s".into(),
             login_timeout: "10m".into(),
             max_pending_logins: 10_000,
         }

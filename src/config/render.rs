@@ -142,10 +142,15 @@ fn session(s: &SessionConfig) -> Table {
         StoreConfig::Memory => {
             t.insert("store".into(), "memory".into());
         }
-        StoreConfig::Redis { key_prefix, .. } => {
+        StoreConfig::Redis {
+            key_prefix,
+            timeout,
+            ..
+        } => {
             t.insert("store".into(), "redis".into());
             t.insert("redis_url".into(), REDACTED.into());
             t.insert("redis_key_prefix".into(), key_prefix.clone().into());
+            t.insert("redis_timeout".into(), duration(*timeout));
         }
     }
     t.insert("login_timeout".into(), duration(s.login_timeout));

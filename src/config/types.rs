@@ -129,6 +129,9 @@ pub enum StoreConfig {
     Redis {
         url: Secret<String>,
         key_prefix: String,
+        /// Bound on every Redis call (`session.redis_timeout`, default 1s): past it the store
+        /// counts as down (503 with `Retry-After`, never a logout).
+        timeout: Duration,
     },
 }
 

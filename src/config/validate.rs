@@ -332,6 +332,7 @@ fn store(raw: &RawSession, c: &mut Checker) -> Option<StoreConfig> {
         raw.redis_url.as_deref(),
         raw.redis_url_file.as_deref(),
     );
+    let timeout = c.duration("session.redis_timeout", &raw.redis_timeout, true);
     let url = match url? {
         Some(u) => Some(c.url("session.redis_url", &u, &["redis", "rediss"], true)?),
         None => None,
@@ -341,6 +342,7 @@ fn store(raw: &RawSession, c: &mut Checker) -> Option<StoreConfig> {
         (true, Some(url)) => Some(StoreConfig::Redis {
             url: Secret::new(url.to_string()),
             key_prefix: raw.redis_key_prefix.clone(),
+            timeout: timeout?,
         }),
         (true, None) => {
             let m = "is required when session.store = \"redis\" (or session.redis_url_file)";

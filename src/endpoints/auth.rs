@@ -64,7 +64,9 @@ pub async fn check<B>(gateway: &Arc<Gateway>, req: &Request<B>, peer: Peer) -> R
     }
     gateway.metrics.decision(route.id, Decision::Allow);
     let mut vouched = HeaderMap::new();
-    gateway.vouch(&mut vouched, &auth);
+    if let Err(halt) = gateway.vouch(&mut vouched, &auth, route) {
+        return halt.into_response();
+    }
     if !trusted {
         // Only a proxy needs the token. Anyone else calling this directly is most likely a
         // script in the app's own pages (same origin, so it can read response headers):

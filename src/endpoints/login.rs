@@ -16,7 +16,7 @@ use crate::headers::find_cookie;
 use crate::login::PendingLogin;
 use crate::redirect::SafeRedirect;
 use crate::response::{self, html_page};
-use crate::session::{Session, SessionStore, Tokens, new_key, unix_now};
+use crate::session::{ResourceToken, Session, SessionStore, Tokens, new_key, unix_now};
 
 pub async fn start<B>(gateway: &Arc<Gateway>, req: &Request<B>) -> Response<Body> {
     let Some(provider) = gateway.oidc.provider() else {
@@ -29,15 +29,16 @@ pub async fn start<B>(gateway: &Arc<Gateway>, req: &Request<B>) -> Response<Body
     // Reuse the browser id so that several tabs can be logging in at once.
     let browser = logins.browser_id(cookie).unwrap_or_else(new_key);
     let auth = gateway.oidc.authorize(&provider);
-    logins.remember(
-        auth.state,
-        PendingLogin {
-            browser,
-            nonce: auth.nonce,
-            pkce_verifier: auth.pkce_verifier,
-            landing,
-        },
-    );
+    let pending = PendingLogin {
+        browser,
+        nonce: auth.nonce,
+        pkce_verifier: auth.pkce_verifier,
+        landing,
+    };
+    if let Err(e) = logins.remember(auth.state, pending).await {
+        tracing::warn!(error = %e, "could not store a pending login");
+        return response::unavailable(1);
+    }
     let mut response = response::found(auth.url.as_str());
     if let Some(binding) = logins.binding_cookie(&browser) {
         response.headers_mut().append(SET_COOKIE, binding);
@@ -57,10 +58,17 @@ pub async fn callback<B>(gateway: &Arc<Gateway>, req: &Request<B>) -> Response<B
     };
     let logins = &gateway.logins;
     let browser = logins.browser_id(find_cookie(req.headers(), logins.cookie_name()));
-    let Some(pending) = logins.take(&state, browser) else {
-        return login_failed(
-            "This login has expired, was already used, or was started in another browser.",
-        );
+    let pending = match logins.take(&state, browser).await {
+        Ok(Some(pending)) => pending,
+        Ok(None) => {
+            return login_failed(
+                "This login has expired, was already used, or was started in another browser.",
+            );
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "could not read a pending login");
+            return response::unavailable(1);
+        }
     };
     let tokens = match gateway
         .oidc
@@ -87,6 +95,7 @@ pub async fn callback<B>(gateway: &Arc<Gateway>, req: &Request<B>) -> Response<B
             access_expires_at: tokens.access_expires_at,
             refresh_token: tokens.refresh_token.map(Into::into),
             id_token: tokens.id_token.map(Into::into),
+            more: ResourceToken::merge(tokens.more, &[]),
         },
         identity: Arc::new(identity),
         login_at: unix_now(),

@@ -35,7 +35,10 @@ pub async fn readyz(gateway: &Gateway) -> Response<Body> {
 }
 
 pub fn metrics(gateway: &Gateway) -> Response<Body> {
-    let text = gateway.metrics.render(gateway.store.live());
+    let mut text = gateway.metrics.render(gateway.store.live());
+    if let Some(store) = gateway.store.metrics() {
+        store.render(&mut text);
+    }
     let mut response = Response::new(Body::full(text));
     response.headers_mut().insert(
         CONTENT_TYPE,

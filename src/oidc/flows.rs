@@ -1,7 +1,9 @@
 //! The calls the gateway makes to its provider: authorize URL, code exchange, refresh,
 //! revocation, end-session URL. Each returns plain data; no session logic here.
 
-use openidconnect::core::{CoreErrorResponseType, CoreIdToken, CoreResponseType};
+use openidconnect::core::{
+    CoreErrorResponseType, CoreIdToken, CoreResponseType, CoreTokenResponse,
+};
 use openidconnect::{
     AccessToken, AuthenticationFlow, AuthorizationCode, CsrfToken, Nonce, OAuth2TokenResponse,
     PkceCodeChallenge, PkceCodeVerifier, RefreshToken, RequestTokenError, Scope, TokenResponse,
@@ -31,6 +33,9 @@ pub struct TokenSet {
     pub id_token: Option<String>,
     /// Claims of the verified ID token (`None` when the response had none).
     pub claims: Option<Map<String, Value>>,
+    /// Access tokens (and expiries) of `oidc.resource[1..]`, in order; `None` where the
+    /// provider could not be asked this time (keep the previous one).
+    pub more: Vec<Option<(String, Option<u64>)>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -118,8 +123,10 @@ impl Oidc {
             .exchange_code(AuthorizationCode::new(code.to_owned()))
             .map_err(|e| LoginError::Exchange(e.to_string()))?
             .set_pkce_verifier(PkceCodeVerifier::new(pkce_verifier.to_owned()));
-        for resource in &self.cfg.resource {
-            request = request.add_extra_param("resource", resource.clone());
+        // One resource per token request (Logto and oidc-provider refuse several); the other
+        // resources' tokens come from refresh grants, below.
+        if let Some(first) = self.cfg.resource.first() {
+            request = request.add_extra_param("resource", first.clone());
         }
         let response = request
             .request_async(self.http())
@@ -131,12 +138,18 @@ impl Oidc {
             .verify_id_token(id_token, Some(&expected))
             .await
             .map_err(LoginError::IdToken)?;
-        Ok(self.token_set(
+        let mut set = self.token_set(
             response.access_token(),
             response.expires_in(),
             response.refresh_token(),
             Some((id_token, claims)),
-        ))
+        );
+        if let Err(e) = self.fetch_more_resources(&provider, &mut set).await {
+            // The grant is unusable right after login: refuse the login rather than keep a
+            // session that cannot refresh.
+            return Err(LoginError::Exchange(e.to_string()));
+        }
+        Ok(set)
     }
 
     /// Use a refresh token. `invalid_grant` (RFC 6749 section 5.2: revoked, expired, reused)
@@ -147,23 +160,8 @@ impl Oidc {
         let provider = self
             .provider()
             .ok_or_else(|| RefreshError::Transient("provider not discovered yet".into()))?;
-        let token = RefreshToken::new(refresh_token.to_owned());
-        let mut request = provider
-            .client
-            .exchange_refresh_token(&token)
-            .map_err(|e| RefreshError::Transient(e.to_string()))?;
-        for resource in &self.cfg.resource {
-            request = request.add_extra_param("resource", resource.clone());
-        }
-        let response = match request.request_async(self.refresh_http()).await {
-            Ok(response) => response,
-            Err(RequestTokenError::ServerResponse(e))
-                if *e.error() == CoreErrorResponseType::InvalidGrant =>
-            {
-                return Err(RefreshError::Rejected(e.to_string()));
-            }
-            Err(e) => return Err(RefreshError::Transient(error_chain(&e))),
-        };
+        let first = self.cfg.resource.first().map(String::as_str);
+        let response = self.refresh_grant(&provider, refresh_token, first).await?;
         let id = match response.id_token() {
             Some(id_token) => {
                 let claims = self
@@ -179,12 +177,81 @@ impl Oidc {
             }
             None => None,
         };
-        Ok(self.token_set(
+        let mut set = self.token_set(
             response.access_token(),
             response.expires_in(),
             response.refresh_token(),
             id,
-        ))
+        );
+        // The first grant may have rotated the refresh token: `set` now carries the one to
+        // use next, and losing it would lose the session. So a transient failure below keeps
+        // `set` (with `None` for the missing tokens) instead of failing the refresh.
+        self.fetch_more_resources(&provider, &mut set).await?;
+        Ok(set)
+    }
+
+    /// One refresh-token grant, for one resource at most, classified.
+    async fn refresh_grant(
+        &self,
+        provider: &Provider,
+        refresh_token: &str,
+        resource: Option<&str>,
+    ) -> Result<CoreTokenResponse, RefreshError> {
+        let token = RefreshToken::new(refresh_token.to_owned());
+        let mut request = provider
+            .client
+            .exchange_refresh_token(&token)
+            .map_err(|e| RefreshError::Transient(e.to_string()))?;
+        if let Some(resource) = resource {
+            request = request.add_extra_param("resource", resource.to_owned());
+        }
+        match request.request_async(self.refresh_http()).await {
+            Ok(response) => Ok(response),
+            Err(RequestTokenError::ServerResponse(e))
+                if *e.error() == CoreErrorResponseType::InvalidGrant =>
+            {
+                Err(RefreshError::Rejected(e.to_string()))
+            }
+            Err(e) => Err(RefreshError::Transient(error_chain(&e))),
+        }
+    }
+
+    /// Tokens for `oidc.resource[1..]`: one refresh grant each, chaining rotated refresh
+    /// tokens so a used one is never sent again. A transient failure stops the chain (the
+    /// token it sent may or may not have been used) and leaves `None` for the rest; only
+    /// `invalid_grant` is an error.
+    async fn fetch_more_resources(
+        &self,
+        provider: &Provider,
+        set: &mut TokenSet,
+    ) -> Result<(), RefreshError> {
+        let extra = self.cfg.resource.get(1..).unwrap_or_default();
+        set.more = vec![None; extra.len()];
+        let Some(mut refresh_token) = set.refresh_token.clone() else {
+            return Ok(()); // no refresh token: only the first resource's token exists
+        };
+        for (slot, resource) in set.more.iter_mut().zip(extra) {
+            match self
+                .refresh_grant(provider, &refresh_token, Some(resource))
+                .await
+            {
+                Ok(response) => {
+                    if let Some(rotated) = response.refresh_token() {
+                        refresh_token = rotated.secret().clone();
+                    }
+                    let access = response.access_token().secret().clone();
+                    let expires_at = self.expiry(&access, response.expires_in());
+                    *slot = Some((access, expires_at));
+                }
+                Err(RefreshError::Transient(reason)) => {
+                    tracing::warn!(%resource, %reason, "could not get the access token of a resource");
+                    break;
+                }
+                Err(rejected) => return Err(rejected),
+            }
+        }
+        set.refresh_token = Some(refresh_token);
+        Ok(())
     }
 
     /// RFC 7009 revocation of a refresh token, when the provider has an endpoint. Best effort:
@@ -278,15 +345,8 @@ impl Oidc {
         refresh_token: Option<&RefreshToken>,
         id: Option<(&CoreIdToken, Map<String, Value>)>,
     ) -> TokenSet {
-        let now = unix_now();
         let access = access_token.secret().clone();
-        let access_expires_at = expires_in
-            .map(|d| now.saturating_add(d.as_secs()))
-            .or_else(|| jwt_exp(&access))
-            .or_else(|| {
-                self.max_token_age
-                    .map(|age| now.saturating_add(age.as_secs()))
-            });
+        let access_expires_at = self.expiry(&access, expires_in);
         let (id_token, claims) = match id {
             Some((token, claims)) => (Some(token.to_string()), Some(claims)),
             None => (None, None),
@@ -297,7 +357,21 @@ impl Oidc {
             refresh_token: refresh_token.map(|t| t.secret().clone()),
             id_token,
             claims,
+            more: Vec::new(),
         }
+    }
+
+    /// Unix expiry: `expires_in`, else the JWT `exp`, else `session.max_token_age`, else
+    /// unknown (contract Details 6).
+    fn expiry(&self, access_token: &str, expires_in: Option<std::time::Duration>) -> Option<u64> {
+        let now = unix_now();
+        expires_in
+            .map(|d| now.saturating_add(d.as_secs()))
+            .or_else(|| jwt_exp(access_token))
+            .or_else(|| {
+                self.max_token_age
+                    .map(|age| now.saturating_add(age.as_secs()))
+            })
     }
 }
 

@@ -27,6 +27,8 @@ pub struct Route {
     pub require_claims: Vec<(String, Vec<String>)>,
     pub bearer: BearerMode,
     pub bearer_resource: Option<String>,
+    /// Index of `bearer_resource` in `oidc.resource` (0: the first, the default).
+    pub bearer_index: usize,
 }
 
 /// Why an authenticated user is turned away (a short, clear 403 body).
@@ -56,11 +58,12 @@ pub struct RouteTable {
 }
 
 impl RouteTable {
-    pub fn new(configs: &[RouteConfig]) -> Self {
+    /// `resources`: `oidc.resource`, to resolve each route's `bearer_resource` once.
+    pub fn new(configs: &[RouteConfig], resources: &[String]) -> Self {
         let routes = configs
             .iter()
             .enumerate()
-            .map(|(i, cfg)| Route::from_config(RouteId(i), cfg))
+            .map(|(i, cfg)| Route::from_config(RouteId(i), cfg, resources))
             .collect();
         let fallback = Route {
             id: RouteId(configs.len()),
@@ -73,6 +76,7 @@ impl RouteTable {
             require_claims: Vec::new(),
             bearer: BearerMode::Off,
             bearer_resource: None,
+            bearer_index: 0,
         };
         RouteTable { routes, fallback }
     }
@@ -106,7 +110,7 @@ impl RouteTable {
 }
 
 impl Route {
-    fn from_config(id: RouteId, cfg: &RouteConfig) -> Self {
+    fn from_config(id: RouteId, cfg: &RouteConfig, resources: &[String]) -> Self {
         let label = match &cfg.matcher {
             PathMatch::Prefix(p) | PathMatch::Exact(p) => p.clone(),
             PathMatch::Regex(r) => r.as_str().to_owned(),
@@ -122,6 +126,12 @@ impl Route {
             require_claims: cfg.require_claims.clone(),
             bearer: cfg.bearer,
             bearer_resource: cfg.bearer_resource.clone(),
+            // Validation guarantees the resource is configured; unknown would mean the first.
+            bearer_index: cfg
+                .bearer_resource
+                .as_ref()
+                .and_then(|r| resources.iter().position(|x| x == r))
+                .unwrap_or(0),
         }
     }
 
@@ -246,14 +256,17 @@ mod tests {
     fn first_match_wins_and_methods_filter() {
         let mut get_only = route(PathMatch::Exact("/a".into()), Policy::Public);
         get_only.methods = vec![Method::GET];
-        let table = RouteTable::new(&[
-            get_only,
-            route(PathMatch::Prefix("/a".into()), Policy::Deny),
-            route(
-                PathMatch::Regex(Regex::new("^(?:/r/[0-9]+)$").unwrap()),
-                Policy::Public,
-            ),
-        ]);
+        let table = RouteTable::new(
+            &[
+                get_only,
+                route(PathMatch::Prefix("/a".into()), Policy::Deny),
+                route(
+                    PathMatch::Regex(Regex::new("^(?:/r/[0-9]+)$").unwrap()),
+                    Policy::Public,
+                ),
+            ],
+            &[],
+        );
         assert_eq!(table.find(&Method::GET, "/a").policy, Policy::Public);
         assert_eq!(table.find(&Method::POST, "/a").policy, Policy::Deny);
         assert_eq!(table.find(&Method::GET, "/r/12").policy, Policy::Public);
@@ -277,15 +290,18 @@ mod tests {
         assert_eq!(without_path_parameters("/"), "/");
         let mut exact = route(PathMatch::Exact("/secret".into()), Policy::Deny);
         exact.methods = vec![Method::GET];
-        let table = RouteTable::new(&[
-            route(PathMatch::Prefix("/admin".into()), Policy::Deny),
-            exact,
-            route(
-                PathMatch::Regex(Regex::new("^(?:/r/[0-9]+)$").unwrap()),
-                Policy::Deny,
-            ),
-            route(PathMatch::Prefix("/public/".into()), Policy::Public),
-        ]);
+        let table = RouteTable::new(
+            &[
+                route(PathMatch::Prefix("/admin".into()), Policy::Deny),
+                exact,
+                route(
+                    PathMatch::Regex(Regex::new("^(?:/r/[0-9]+)$").unwrap()),
+                    Policy::Deny,
+                ),
+                route(PathMatch::Prefix("/public/".into()), Policy::Public),
+            ],
+            &[],
+        );
         for denied in [
             "/admin;x=1",
             "/admin;",
@@ -339,7 +355,7 @@ mod tests {
             ("tier".into(), vec!["gold".into(), "platinum".into()]),
             ("verified".into(), vec!["true".into()]),
         ];
-        let table = RouteTable::new(&[cfg]);
+        let table = RouteTable::new(&[cfg], &[]);
         let r = table.find(&Method::GET, "/admin");
         let ok = json!({"tier": "gold", "verified": true});
         assert_eq!(r.authorize(&identity(&["ops"], ok.clone())), Ok(()));

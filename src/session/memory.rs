@@ -3,13 +3,18 @@
 //!
 //! moka's time-to-live restarts on every update (a refresh is an update), so the absolute
 //! deadline is computed from `Session::login_at` by an `Expiry` and checked again on read.
-//! When full, moka evicts by its TinyLFU policy (approximately least recently used).
+//! When full, the least recently used session is dropped (contract Details 18): moka's
+//! eviction policy is set to LRU. Its default, TinyLFU, admits a new entry only when it is
+//! used more often than the one it would evict, so on a full store a fresh login (inserted
+//! once) was refused: the user was logged in, then immediately unauthenticated, while idle
+//! old sessions stayed.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use moka::Expiry;
 use moka::future::Cache;
+use moka::policy::EvictionPolicy;
 
 use super::{RefreshLease, Session, SessionKey, SessionStore, StoreError, unix_now};
 
@@ -22,6 +27,7 @@ impl MemoryStore {
     pub fn new(max_sessions: u64, idle_timeout: Duration, absolute_timeout: Duration) -> Self {
         let cache = Cache::builder()
             .max_capacity(max_sessions)
+            .eviction_policy(EvictionPolicy::lru())
             .time_to_idle(idle_timeout)
             .expire_after(AbsoluteExpiry { absolute_timeout })
             .build();

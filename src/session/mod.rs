@@ -8,13 +8,14 @@ pub mod cookie;
 pub mod identity;
 pub mod memory;
 pub mod record;
+pub mod redis;
 
 use std::future::Future;
 use std::sync::Arc;
 
 pub use cookie::CookieCodec;
 pub use identity::Identity;
-pub use record::{RefreshBackoff, Session, Tokens};
+pub use record::{RefreshBackoff, ResourceToken, Session, Tokens};
 
 /// A session id: 128 random bits. The map key in every store.
 pub type SessionKey = [u8; 16];
@@ -96,24 +97,43 @@ impl RefreshLease {
 /// The configured store. An enum rather than `dyn` so the hot path does not box a future.
 pub enum Store {
     Memory(memory::MemoryStore),
+    Redis(redis::RedisStore),
+}
+
+impl Store {
+    /// The Redis store, when configured (pending logins share its connection).
+    pub fn redis(&self) -> Option<&redis::RedisStore> {
+        match self {
+            Store::Memory(_) => None,
+            Store::Redis(s) => Some(s),
+        }
+    }
+
+    /// Series of a shared store, rendered on `/metrics`.
+    pub fn metrics(&self) -> Option<&crate::metrics::StoreMetrics> {
+        self.redis().map(redis::RedisStore::metrics)
+    }
 }
 
 impl SessionStore for Store {
     async fn load(&self, key: &SessionKey) -> Result<Option<Arc<Session>>, StoreError> {
         match self {
             Store::Memory(s) => s.load(key).await,
+            Store::Redis(s) => s.load(key).await,
         }
     }
 
     async fn save(&self, key: SessionKey, session: Arc<Session>) -> Result<(), StoreError> {
         match self {
             Store::Memory(s) => s.save(key, session).await,
+            Store::Redis(s) => s.save(key, session).await,
         }
     }
 
     async fn delete(&self, key: &SessionKey) -> Result<(), StoreError> {
         match self {
             Store::Memory(s) => s.delete(key).await,
+            Store::Redis(s) => s.delete(key).await,
         }
     }
 
@@ -124,12 +144,14 @@ impl SessionStore for Store {
     ) -> Result<(), StoreError> {
         match self {
             Store::Memory(s) => s.delete_matching(sid, sub).await,
+            Store::Redis(s) => s.delete_matching(sid, sub).await,
         }
     }
 
     async fn refresh_lease(&self, key: &SessionKey) -> Result<RefreshLease, StoreError> {
         match self {
             Store::Memory(s) => s.refresh_lease(key).await,
+            Store::Redis(s) => s.refresh_lease(key).await,
         }
     }
 
@@ -139,18 +161,21 @@ impl SessionStore for Store {
     ) -> Result<Option<Arc<Session>>, StoreError> {
         match self {
             Store::Memory(s) => s.load_authoritative(key).await,
+            Store::Redis(s) => s.load_authoritative(key).await,
         }
     }
 
     fn live(&self) -> u64 {
         match self {
             Store::Memory(s) => s.live(),
+            Store::Redis(s) => s.live(),
         }
     }
 
     async fn ready(&self) -> bool {
         match self {
             Store::Memory(s) => s.ready().await,
+            Store::Redis(s) => s.ready().await,
         }
     }
 }

@@ -30,6 +30,36 @@ pub struct Tokens {
     pub refresh_token: Option<Box<str>>,
     /// Kept for `id_token_hint` at sign-out.
     pub id_token: Option<Box<str>>,
+    /// Access tokens for `oidc.resource[1..]`, in configuration order (Logto issues one
+    /// token per resource; `bearer` is the first resource's). `None`: not obtained yet, so
+    /// the next request refreshes. Empty with zero or one resource: no allocation.
+    pub more: Vec<Option<ResourceToken>>,
+}
+
+/// The access token of one additional resource.
+#[derive(Clone)]
+pub struct ResourceToken {
+    pub bearer: HeaderValue,
+    pub expires_at: Option<u64>,
+}
+
+impl ResourceToken {
+    /// The provider's new tokens where it gave one, else the previous token (if any).
+    pub fn merge(
+        fresh: Vec<Option<(String, Option<u64>)>>,
+        previous: &[Option<ResourceToken>],
+    ) -> Vec<Option<ResourceToken>> {
+        fresh
+            .into_iter()
+            .enumerate()
+            .map(|(i, new)| match new {
+                Some((token, expires_at)) => {
+                    Tokens::bearer_value(&token).map(|bearer| ResourceToken { bearer, expires_at })
+                }
+                None => previous.get(i).cloned().flatten(),
+            })
+            .collect()
+    }
 }
 
 /// Tokens never print.
@@ -67,6 +97,28 @@ impl Tokens {
         self.bearer.as_bytes().get(7..).unwrap_or_default()
     }
 
+    /// The `Authorization` value for resource `index` (0 = the first resource, or none).
+    /// `None` when that resource's token could not be obtained (yet).
+    pub fn bearer_for(&self, index: usize) -> Option<&HeaderValue> {
+        match index.checked_sub(1) {
+            None => Some(&self.bearer),
+            Some(i) => self.more.get(i)?.as_ref().map(|t| &t.bearer),
+        }
+    }
+
+    /// The earliest expiry over every token; `Some(0)` when a resource token is missing.
+    pub fn earliest_expiry(&self) -> Option<u64> {
+        self.more
+            .iter()
+            .fold(self.access_expires_at, |earliest, token| {
+                let expiry = token.as_ref().map_or(Some(0), |t| t.expires_at);
+                match (earliest, expiry) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                }
+            })
+    }
+
     pub fn bearer_value(access_token: &str) -> Option<HeaderValue> {
         let mut value = HeaderValue::from_str(&format!("Bearer {access_token}")).ok()?;
         value.set_sensitive(true);
@@ -80,15 +132,16 @@ impl Session {
         self.login_at.saturating_add(absolute_timeout.as_secs())
     }
 
-    /// Whether the access token is still usable at `now` (unknown expiry counts as usable).
+    /// Whether every access token is still usable at `now` (unknown expiry counts as usable).
     pub fn access_valid(&self, now: u64) -> bool {
-        self.tokens.access_expires_at.is_none_or(|exp| now < exp)
+        self.tokens.earliest_expiry().is_none_or(|exp| now < exp)
     }
 
-    /// Whether the token should be refreshed now: it expires within `before`.
+    /// Whether the tokens should be refreshed now: one expires within `before` (or a
+    /// resource's token is missing).
     pub fn needs_refresh(&self, now: u64, before: Duration) -> bool {
         self.tokens
-            .access_expires_at
+            .earliest_expiry()
             .is_some_and(|exp| now.saturating_add(before.as_secs()) >= exp)
     }
 }
@@ -117,9 +170,39 @@ mod tests {
             access_expires_at: Some(10),
             refresh_token: Some("rt-secret".into()),
             id_token: None,
+            more: Vec::new(),
         };
         assert_eq!(tokens.access_token(), b"abc.def");
         let printed = format!("{tokens:?}");
         assert!(!printed.contains("abc.def") && !printed.contains("rt-secret"));
+    }
+
+    #[test]
+    fn resource_tokens_drive_expiry_and_choice() {
+        let token = |t: &str, exp| ResourceToken {
+            bearer: Tokens::bearer_value(t).unwrap(),
+            expires_at: exp,
+        };
+        let mut tokens = Tokens {
+            bearer: Tokens::bearer_value("first").unwrap(),
+            access_expires_at: Some(100),
+            refresh_token: None,
+            id_token: None,
+            more: vec![Some(token("second", Some(50))), Some(token("third", None))],
+        };
+        assert_eq!(tokens.earliest_expiry(), Some(50));
+        assert_eq!(tokens.bearer_for(0).unwrap(), "Bearer first");
+        assert_eq!(tokens.bearer_for(2).unwrap(), "Bearer third");
+        assert!(tokens.bearer_for(3).is_none());
+        tokens.more[0] = None;
+        assert_eq!(
+            tokens.earliest_expiry(),
+            Some(0),
+            "a missing token forces a refresh"
+        );
+        assert!(tokens.bearer_for(1).is_none());
+        tokens.access_expires_at = None;
+        tokens.more.clear();
+        assert_eq!(tokens.earliest_expiry(), None);
     }
 }

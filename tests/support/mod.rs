@@ -13,6 +13,8 @@
 //! ```
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod redis;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -44,6 +46,9 @@ pub struct Harness {
     shutdown: Option<oneshot::Sender<()>>,
     pub server: Option<JoinHandle<()>>,
     upstream: Option<JoinHandle<()>>,
+    /// False when the provider was given with [`Builder::idp`]: dropping this harness then
+    /// leaves it running for the others.
+    owns_idp: bool,
 }
 
 pub struct Builder {
@@ -52,6 +57,7 @@ pub struct Builder {
     idp_options: DevIdpOptions,
     wait_ready: bool,
     listener: Option<TcpListener>,
+    idp: Option<Arc<DevIdp>>,
 }
 
 impl Harness {
@@ -68,6 +74,7 @@ impl Harness {
             },
             wait_ready: true,
             listener: None,
+            idp: None,
         }
     }
 
@@ -164,7 +171,9 @@ impl Drop for Harness {
         if let Some(upstream) = self.upstream.take() {
             upstream.abort();
         }
-        self.idp.shutdown();
+        if self.owns_idp {
+            self.idp.shutdown();
+        }
     }
 }
 
@@ -198,10 +207,22 @@ impl Builder {
         self
     }
 
+    /// Use this provider (started with [`start_idp`]) instead of starting one: several
+    /// gateways (replicas sharing a Redis store) behind one provider. `idp_options` is then
+    /// ignored, and dropping the harness does not stop the provider.
+    pub fn idp(mut self, idp: Arc<DevIdp>) -> Self {
+        self.idp = Some(idp);
+        self
+    }
+
     pub async fn start(self) -> Harness {
-        let idp = DevIdp::start(bind().await, self.idp_options.clone())
-            .await
-            .unwrap();
+        let owns_idp = self.idp.is_none();
+        let idp = match self.idp {
+            Some(idp) => idp,
+            None => DevIdp::start(bind().await, self.idp_options.clone())
+                .await
+                .unwrap(),
+        };
         let (upstream_addr, upstream) = match self.upstream {
             Some(addr) => (addr, None),
             None => {
@@ -239,12 +260,20 @@ impl Builder {
             shutdown: Some(tx),
             server: Some(server),
             upstream,
+            owns_idp,
         };
         if self.wait_ready {
             wait_ready(&harness).await;
         }
         harness
     }
+}
+
+/// A provider with the harness's default options, to share with [`Builder::idp`].
+pub async fn start_idp() -> Arc<DevIdp> {
+    DevIdp::start(bind().await, Harness::builder().idp_options)
+        .await
+        .unwrap()
 }
 
 /// The test configuration: the contract's keys, plain http, fast refresh-ahead.
@@ -296,6 +325,33 @@ async fn wait_ready(h: &Harness) {
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     panic!("gateway never became ready");
+}
+
+/// A client WITHOUT a cookie jar (cookies are sent by hand), never following redirects.
+pub fn bare_client() -> Client {
+    Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap()
+}
+
+/// Every query parameter of `url`, in order, by name.
+pub fn query_of(url: &str) -> std::collections::HashMap<String, Vec<String>> {
+    let url = url::Url::parse(url).unwrap_or_else(|e| panic!("{url}: {e}"));
+    let mut map: std::collections::HashMap<String, Vec<String>> = Default::default();
+    for (k, v) in url.query_pairs() {
+        map.entry(k.into_owned()).or_default().push(v.into_owned());
+    }
+    map
+}
+
+/// The single value of query parameter `name` (panics on none or several).
+pub fn one<'a>(q: &'a std::collections::HashMap<String, Vec<String>>, name: &str) -> &'a str {
+    match q.get(name).map(Vec::as_slice) {
+        Some([v]) => v,
+        other => panic!("expected exactly one {name}, got {other:?} in {q:?}"),
+    }
 }
 
 /// The `Location` header, made absolute against nothing (the gateway writes absolute URLs

@@ -34,6 +34,20 @@ pub enum TokenFault {
     InvalidGrant,
 }
 
+/// A defect the provider builds into the ID tokens it issues (code and refresh grants), so
+/// tests can check that the client rejects them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IdTokenTamper {
+    /// Signed with a key the JWKS never publishes (kid `dev-1`, so the signature is bad).
+    ForeignKey,
+    /// `aud` names another client.
+    WrongAudience,
+    /// `nonce` is not the one of the authorization request.
+    WrongNonce,
+    /// `exp` (and `iat`) an hour in the past.
+    Expired,
+}
+
 /// Which client authentication a token or revocation request used (RFC 6749 §2.3.1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ClientAuth {
@@ -75,6 +89,7 @@ pub(crate) struct Settings {
     pub(crate) discovery_unavailable: bool,
     pub(crate) auto_login: Option<String>,
     pub(crate) user_claims: HashMap<String, serde_json::Value>,
+    pub(crate) id_token_tamper: Option<IdTokenTamper>,
 }
 
 #[derive(Debug, Default)]
@@ -90,6 +105,7 @@ struct Records {
     last_token_request_form: HashMap<String, Vec<String>>,
     last_token_client_auth: Option<ClientAuth>,
     last_end_session_query: HashMap<String, Vec<String>>,
+    last_issued_sid: Option<String>,
 }
 
 // === impl Controls ===
@@ -106,6 +122,7 @@ impl Controls {
             discovery_unavailable: false,
             auto_login: None,
             user_claims: HashMap::new(),
+            id_token_tamper: None,
         };
         Self {
             settings: Mutex::new(settings),
@@ -161,6 +178,11 @@ impl Controls {
     /// Discovery answers 503 while set.
     pub fn set_discovery_unavailable(&self, unavailable: bool) {
         lock(&self.settings).discovery_unavailable = unavailable;
+    }
+
+    /// `Some(defect)`: every ID token issued from now on has it; `None` (default): sound ones.
+    pub fn set_id_token_tamper(&self, tamper: Option<IdTokenTamper>) {
+        lock(&self.settings).id_token_tamper = tamper;
     }
 
     // --- users ---
@@ -232,6 +254,11 @@ impl Controls {
     /// Query of the last `GET /end_session` (`id_token_hint`, `post_logout_redirect_uri`, ...).
     pub fn last_end_session_query(&self) -> HashMap<String, Vec<String>> {
         lock(&self.records).last_end_session_query.clone()
+    }
+
+    /// The `sid` claim of the last ID token issued (one per login, kept across refreshes).
+    pub fn last_issued_sid(&self) -> Option<String> {
+        lock(&self.records).last_issued_sid.clone()
     }
 
     /// `GET /authorize` calls.
@@ -317,6 +344,10 @@ impl Controls {
 
     pub(crate) fn record_revocation(&self, token: &str) {
         lock(&self.records).revoked_tokens.push(token.to_owned());
+    }
+
+    pub(crate) fn record_issued_sid(&self, sid: &str) {
+        lock(&self.records).last_issued_sid = Some(sid.to_owned());
     }
 
     pub(crate) fn record_end_session(&self, query: HashMap<String, Vec<String>>) {

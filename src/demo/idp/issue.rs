@@ -11,7 +11,7 @@ use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
 use super::Shared;
-use super::controls::{AccessTokenFormat, Settings};
+use super::controls::{AccessTokenFormat, IdTokenTamper, Settings};
 use super::grants::{GrantView, random_token};
 
 /// Lifetime of ID tokens; independent of the access token's so short test lifetimes do not
@@ -128,6 +128,29 @@ fn id_token(
         Some(nonce) => claims.insert("nonce".into(), json!(nonce)),
         None => claims.remove("nonce"),
     };
+    shared.controls.record_issued_sid(&issue.grant.sid);
+    match issue.settings.id_token_tamper {
+        None => {}
+        Some(IdTokenTamper::ForeignKey) => {
+            return shared
+                .controls
+                .keys
+                .sign_foreign(&Value::Object(claims), "dev-1");
+        }
+        Some(IdTokenTamper::WrongAudience) => {
+            claims.insert("aud".into(), json!("some-other-client"));
+        }
+        Some(IdTokenTamper::WrongNonce) => {
+            claims.insert("nonce".into(), json!("not-the-nonce-you-sent"));
+        }
+        Some(IdTokenTamper::Expired) => {
+            let past = now
+                .checked_sub(Duration::from_secs(2 * 3600))
+                .unwrap_or(UNIX_EPOCH);
+            claims.insert("iat".into(), json!(unix(past)));
+            claims.insert("exp".into(), json!(unix(past + ID_TOKEN_TTL / 2)));
+        }
+    }
     shared.controls.keys.sign(&Value::Object(claims))
 }
 

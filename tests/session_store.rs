@@ -1,0 +1,427 @@
+//! One conformance suite for every `SessionStore`: run against the memory store and against
+//! the Redis store (a real `redis-server` started by the test). Plus what only a shared store
+//! has: the cluster-wide refresh lease, encryption at rest, and rotation of the secrets.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use authgate::secret::Secret;
+use authgate::session::memory::MemoryStore;
+use authgate::session::redis::{RedisOptions, RedisStore};
+use authgate::session::{Identity, Session, SessionKey, SessionStore, Tokens, new_key, unix_now};
+use support::eventually;
+use support::redis::RedisServer;
+
+/// Short timeouts so the suite runs in seconds. Idle must stay well above the Redis store's
+/// 1 s local read cache (a cache hit does not touch Redis, so not its idle timer).
+const IDLE: Duration = Duration::from_secs(3);
+const ABSOLUTE: Duration = Duration::from_secs(3600);
+
+fn session(sub: &str, sid: Option<&str>, token: &str) -> Arc<Session> {
+    session_at(sub, sid, token, unix_now())
+}
+
+fn session_at(sub: &str, sid: Option<&str>, token: &str, login_at: u64) -> Arc<Session> {
+    Arc::new(Session {
+        tokens: Tokens {
+            bearer: Tokens::bearer_value(token).unwrap(),
+            access_expires_at: Some(unix_now() + 300),
+            refresh_token: Some(format!("rt-{token}").into()),
+            id_token: Some(format!("idt-{token}").into()),
+            more: Vec::new(),
+        },
+        identity: Arc::new(Identity {
+            sub: sub.into(),
+            email: Some(format!("{sub}@example.test")),
+            preferred_username: None,
+            groups: vec!["staff".into()],
+            sid: sid.map(str::to_owned),
+            claims: Default::default(),
+            upstream_headers: vec![(
+                http::HeaderName::from_static("x-forwarded-user"),
+                http::HeaderValue::from_str(sub).unwrap(),
+            )],
+        }),
+        login_at,
+        backoff: None,
+    })
+}
+
+async fn token_of<S: SessionStore>(store: &S, key: &SessionKey) -> Option<String> {
+    let s = store.load(key).await.unwrap()?;
+    Some(String::from_utf8(s.tokens.access_token().to_vec()).unwrap())
+}
+
+/// What every store must do. `fresh_view` reads as another replica would (for the Redis
+/// store: no local cache), so deletions are checked where it matters.
+async fn conformance<S: SessionStore>(store: S, absolute: Duration) {
+    assert!(store.ready().await);
+    // save / load / replace / delete
+    let k1 = new_key();
+    assert!(store.load(&k1).await.unwrap().is_none(), "unknown key");
+    let s1 = session("u1", Some("sid-a"), "at-1");
+    store.save(k1, s1.clone()).await.unwrap();
+    let back = store.load(&k1).await.unwrap().expect("saved session");
+    assert_eq!(back.identity, s1.identity);
+    assert_eq!(back.tokens.bearer, s1.tokens.bearer);
+    assert_eq!(back.tokens.refresh_token.as_deref(), Some("rt-at-1"));
+    assert_eq!(back.login_at, s1.login_at);
+    store
+        .save(k1, session("u1", Some("sid-a"), "at-2"))
+        .await
+        .unwrap();
+    assert_eq!(token_of(&store, &k1).await.as_deref(), Some("at-2"));
+    assert_eq!(
+        token_of_authoritative(&store, &k1).await.as_deref(),
+        Some("at-2")
+    );
+    store.delete(&k1).await.unwrap();
+    assert!(store.load(&k1).await.unwrap().is_none(), "deleted");
+    assert!(store.load_authoritative(&k1).await.unwrap().is_none());
+    store.delete(&k1).await.unwrap(); // idempotent
+
+    // absolute timeout: counted from login_at, whatever the activity
+    let old = new_key();
+    let past = unix_now() - absolute.as_secs() - 1;
+    store
+        .save(old, session_at("u9", None, "at-old", past))
+        .await
+        .unwrap();
+    assert!(store.load(&old).await.unwrap().is_none(), "past absolute");
+    let ending = new_key();
+    let almost = unix_now() + 2 - absolute.as_secs();
+    store
+        .save(ending, session_at("u9", None, "at-ending", almost))
+        .await
+        .unwrap();
+    assert!(store.load(&ending).await.unwrap().is_some());
+    assert!(
+        eventually(Duration::from_secs(6), || async {
+            store.load(&ending).await.unwrap().is_none()
+        })
+        .await,
+        "the absolute deadline passes while the session is in use"
+    );
+
+    // back-channel logout: by sid, by sub, by both
+    let a = (new_key(), session("u1", Some("sid-a"), "t-a"));
+    let b = (new_key(), session("u1", Some("sid-b"), "t-b"));
+    let c = (new_key(), session("u2", Some("sid-c"), "t-c"));
+    let d = (new_key(), session("u2", Some("sid-d"), "t-d"));
+    let e = (new_key(), session("u3", None, "t-e"));
+    for (k, s) in [&a, &b, &c, &d, &e] {
+        store.save(*k, s.clone()).await.unwrap();
+    }
+    store.delete_matching(Some("sid-a"), None).await.unwrap();
+    assert!(store.load(&a.0).await.unwrap().is_none(), "sid-a ended");
+    assert!(store.load(&b.0).await.unwrap().is_some(), "other sid kept");
+    store
+        .delete_matching(Some("sid-c"), Some("u1"))
+        .await
+        .unwrap();
+    assert!(
+        store.load(&c.0).await.unwrap().is_some(),
+        "sid and sub must both match"
+    );
+    store.delete_matching(None, Some("u2")).await.unwrap();
+    assert!(
+        store.load(&c.0).await.unwrap().is_none(),
+        "every session of u2"
+    );
+    assert!(
+        store.load(&d.0).await.unwrap().is_none(),
+        "every session of u2"
+    );
+    assert!(store.load(&b.0).await.unwrap().is_some(), "u1 kept");
+    store.delete_matching(None, Some("u3")).await.unwrap();
+    assert!(store.load(&e.0).await.unwrap().is_none(), "no sid: by sub");
+    store.delete_matching(None, None).await.unwrap();
+    assert!(store.load(&b.0).await.unwrap().is_some(), "nothing named");
+
+    // idle timeout: reset by loads, ends the session without them
+    let idle = new_key();
+    store
+        .save(idle, session("u4", None, "t-idle"))
+        .await
+        .unwrap();
+    let started = Instant::now();
+    for _ in 0..3 {
+        tokio::time::sleep(IDLE * 2 / 3).await;
+        assert!(
+            store.load(&idle).await.unwrap().is_some(),
+            "in use after {:?}",
+            started.elapsed()
+        );
+    }
+    assert!(started.elapsed() > IDLE, "kept alive past one idle timeout");
+    // No polling here: every load would reset the idle timer.
+    tokio::time::sleep(IDLE + Duration::from_millis(1500)).await;
+    assert!(
+        store.load(&idle).await.unwrap().is_none(),
+        "idle session dropped"
+    );
+
+    // the refresh lease is granted (shared stores: see `redis_lease_is_exclusive`)
+    drop(store.refresh_lease(&b.0).await.unwrap());
+}
+
+async fn token_of_authoritative<S: SessionStore>(store: &S, key: &SessionKey) -> Option<String> {
+    let s = store.load_authoritative(key).await.unwrap()?;
+    Some(String::from_utf8(s.tokens.access_token().to_vec()).unwrap())
+}
+
+fn secrets(bytes: &[u8]) -> Vec<Secret<Vec<u8>>> {
+    bytes.iter().map(|b| Secret::new(vec![*b; 32])).collect()
+}
+
+fn redis_store(server: &RedisServer, secret_bytes: &[u8], lease: Duration) -> RedisStore {
+    redis_store_at(&server.url(), secret_bytes, lease)
+}
+
+fn redis_store_at(url: &str, secret_bytes: &[u8], lease: Duration) -> RedisStore {
+    RedisStore::new(
+        RedisOptions {
+            url: Secret::new(url.to_owned()),
+            key_prefix: "test:".into(),
+            timeout: Duration::from_secs(1),
+            idle_timeout: IDLE,
+            absolute_timeout: ABSOLUTE,
+            cache_capacity: 1000,
+            cache_ttl: authgate::session::redis::CACHE_TTL,
+            lease,
+            lease_wait: Duration::from_secs(10),
+            login_timeout: Duration::from_secs(60),
+            public_url: "http://gw.test".parse().unwrap(),
+        },
+        &secrets(secret_bytes),
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn memory_store_conformance() {
+    conformance(MemoryStore::new(1000, IDLE, ABSOLUTE), ABSOLUTE).await;
+}
+
+#[tokio::test]
+async fn redis_store_conformance() {
+    let server = RedisServer::start();
+    conformance(redis_store(&server, &[1], Duration::from_secs(5)), ABSOLUTE).await;
+}
+
+/// Two replicas: the lease is exclusive, kept alive past its nominal length while held, and
+/// passed on at release.
+#[tokio::test]
+async fn redis_lease_is_exclusive_renewed_and_released() {
+    let server = RedisServer::start();
+    let lease = Duration::from_millis(600);
+    let a = redis_store(&server, &[1], lease);
+    let b = redis_store(&server, &[1], lease);
+    let key = new_key();
+    let held = a.refresh_lease(&key).await.unwrap();
+    let waiter = tokio::spawn(async move {
+        let lease = b.refresh_lease(&key).await.unwrap();
+        (Instant::now(), lease, b)
+    });
+    // Three lease lengths: only renewal keeps B out that long.
+    tokio::time::sleep(lease * 3).await;
+    assert!(!waiter.is_finished(), "B got a lease A still holds");
+    let released = Instant::now();
+    drop(held);
+    let (got, _lease, b) = tokio::time::timeout(Duration::from_secs(5), waiter)
+        .await
+        .expect("B takes the lease once A releases it")
+        .unwrap();
+    assert!(got >= released);
+    assert_eq!(b.metrics().lease_waits(), 1);
+    // Another key is independent.
+    drop(a.refresh_lease(&new_key()).await.unwrap());
+}
+
+/// Whoever reads Redis finds neither a token nor a session id, and a record that does not
+/// decrypt (wrong secret, or tampered) is simply absent.
+#[tokio::test]
+async fn redis_records_are_sealed_and_names_hashed() {
+    let server = RedisServer::start();
+    let store = redis_store(&server, &[1], Duration::from_secs(5));
+    let key = new_key();
+    store
+        .save(
+            key,
+            session("alice", Some("sid-alice"), "secret-access-token"),
+        )
+        .await
+        .unwrap();
+    let dump = server.dump().await;
+    assert_eq!(dump.len(), 3, "record, sid index, sub index: {dump:?}");
+    let hex_id: String = key.iter().map(|b| format!("{b:02x}")).collect();
+    for (name, value) in &dump {
+        assert!(name.starts_with("test:"), "{name}");
+        for needle in ["secret-access-token", "rt-secret", "idt-secret", "alice"] {
+            assert!(!name.contains(needle), "{needle} in key {name}");
+            assert!(
+                !value.windows(needle.len()).any(|w| w == needle.as_bytes()),
+                "{needle} in the value of {name}"
+            );
+        }
+        assert!(!name.contains(&hex_id), "session id in {name}");
+        assert!(!value.windows(16).any(|w| w == key), "raw session id");
+    }
+    // Another secret opens nothing; a tampered record is absent, never an error.
+    let foreign = redis_store(&server, &[9], Duration::from_secs(5));
+    assert!(foreign.load(&key).await.unwrap().is_none());
+    let mut conn = server.conn().await;
+    let name = store.session_name(&key);
+    let mut sealed: Vec<u8> = redis::cmd("GET")
+        .arg(&name)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let last = sealed.len() - 1;
+    sealed[last] ^= 0x01;
+    let _: () = redis::cmd("SET")
+        .arg(&name)
+        .arg(sealed)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    store.clear_local_cache();
+    assert!(store.load(&key).await.unwrap().is_none(), "tampered");
+}
+
+/// Rotation: a replica whose first secret is new still reads sessions sealed under the old
+/// one (and moves them under the new name); the old secret alone then reads nothing new.
+#[tokio::test]
+async fn redis_secret_rotation_keeps_sessions() {
+    let server = RedisServer::start();
+    let old = redis_store(&server, &[1], Duration::from_secs(5));
+    let rotated = redis_store(&server, &[2, 1], Duration::from_secs(5));
+    let key = new_key();
+    old.save(key, session("bob", None, "at-bob")).await.unwrap();
+    assert_eq!(token_of(&rotated, &key).await.as_deref(), Some("at-bob"));
+    let names: Vec<String> = server.dump().await.into_iter().map(|(k, _)| k).collect();
+    assert!(
+        names.contains(&rotated.session_name(&key)),
+        "moved: {names:?}"
+    );
+    assert!(!names.contains(&old.session_name(&key)), "old name gone");
+    rotated.clear_local_cache();
+    assert_eq!(token_of(&rotated, &key).await.as_deref(), Some("at-bob"));
+    // Back-channel logout finds it under the new secret's index.
+    rotated.delete_matching(None, Some("bob")).await.unwrap();
+    assert!(rotated.load_authoritative(&key).await.unwrap().is_none());
+}
+
+/// Redis unreachable: every call fails within the configured timeout with a `StoreError`,
+/// `ready()` is false; once Redis is back the same store works again (reconnect).
+#[tokio::test]
+async fn redis_down_is_an_error_then_recovers() {
+    let mut server = RedisServer::start();
+    let store = redis_store(&server, &[1], Duration::from_secs(5));
+    let key = new_key();
+    store
+        .save(key, session("carol", None, "at-c"))
+        .await
+        .unwrap();
+    server.kill();
+    store.clear_local_cache();
+    let started = Instant::now();
+    assert!(
+        store.load(&key).await.is_err(),
+        "down is an error, not absent"
+    );
+    assert!(!store.ready().await);
+    assert!(
+        store
+            .save(new_key(), session("x", None, "y"))
+            .await
+            .is_err()
+    );
+    assert!(started.elapsed() < Duration::from_secs(8), "bounded");
+    server.restart();
+    assert!(
+        eventually(Duration::from_secs(10), || async { store.ready().await }).await,
+        "reconnects"
+    );
+    // Not persistent: the data is gone, but the store answers.
+    assert!(store.load(&key).await.unwrap().is_none());
+}
+
+/// An ACL user confined to the key prefix: every key the store touches (records, indexes,
+/// leases, pending logins) is under `session.redis_key_prefix`, and AUTH with a user works.
+#[tokio::test]
+async fn redis_acl_user_confined_to_the_prefix() {
+    let server = RedisServer::start_with(&[
+        "--user",
+        "authgate",
+        "on",
+        ">s3cret-pw",
+        "~test:*",
+        "+@all",
+        "--user",
+        "default",
+        "on",
+        "nopass",
+        "~*",
+        "+@all",
+    ]);
+    let url = format!("redis://authgate:s3cret-pw@127.0.0.1:{}", server.port);
+    let store = redis_store_at(&url, &[1], Duration::from_secs(5));
+    let key = new_key();
+    store
+        .save(key, session("judy", Some("sid-j"), "at-j"))
+        .await
+        .unwrap();
+    assert_eq!(token_of(&store, &key).await.as_deref(), Some("at-j"));
+    store.clear_local_cache();
+    assert_eq!(token_of(&store, &key).await.as_deref(), Some("at-j"));
+    drop(store.refresh_lease(&key).await.unwrap());
+    // Pending logins: sealed, single use.
+    let public: url::Url = "http://gw.test".parse().unwrap();
+    let login = authgate::login::PendingLogin {
+        browser: [7; 16],
+        nonce: "n-1".into(),
+        pkce_verifier: "v-1".into(),
+        landing: authgate::redirect::SafeRedirect::parse("/after", &public),
+    };
+    store.remember_login("state-1", &login).await.unwrap();
+    let taken = store.take_login("state-1").await.unwrap().expect("pending");
+    assert_eq!(
+        (taken.browser, taken.pkce_verifier.as_str()),
+        ([7; 16], "v-1")
+    );
+    assert_eq!(taken.landing.as_str(), "/after");
+    assert!(
+        store.take_login("state-1").await.unwrap().is_none(),
+        "single use"
+    );
+    store.delete_matching(Some("sid-j"), None).await.unwrap();
+    assert!(store.load(&key).await.unwrap().is_none());
+    // The user cannot touch a key outside the prefix: the confinement is real.
+    let mut conn = RedisServer::connect(&url).await;
+    let outside: redis::RedisResult<()> = redis::cmd("SET")
+        .arg("other:x")
+        .arg(1)
+        .query_async(&mut conn)
+        .await;
+    assert!(outside.is_err());
+    // A wrong password: not ready, an error, never a panic.
+    let wrong = format!("redis://authgate:nope@127.0.0.1:{}", server.port);
+    let store = redis_store_at(&wrong, &[1], Duration::from_secs(5));
+    assert!(!store.ready().await);
+    assert!(store.load(&key).await.is_err());
+}
+
+/// `rediss://` builds a rustls client (ring: the process-wide provider is installed by the
+/// store); against a plain-text server the handshake fails: not ready, no panic.
+#[tokio::test]
+async fn rediss_against_plain_server_is_not_ready() {
+    let server = RedisServer::start();
+    let url = format!("rediss://127.0.0.1:{}", server.port);
+    let store = redis_store_at(&url, &[1], Duration::from_secs(5));
+    assert!(!store.ready().await);
+    assert!(store.load(&new_key()).await.is_err());
+}
