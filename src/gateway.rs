@@ -307,15 +307,15 @@ impl Gateway {
         format!("{base}/oauth2/start?rd={rd}")
     }
 
-    /// Step 5a: our cookies out, `Authorization` and identity headers in.
-    /// The route's `bearer_resource` chooses which resource's token goes upstream.
+    /// Step 5a: `Authorization` and identity headers in (our cookies go out in `forward`,
+    /// on every route). The route's `bearer_resource` chooses which resource's token goes
+    /// upstream.
     pub fn vouch(
         &self,
         headers: &mut http::HeaderMap,
         auth: &Authenticated,
         route: &Route,
     ) -> Result<(), Halt> {
-        headers::remove_cookies(headers, &[self.cookies.name(), self.logins.cookie_name()]);
         if self.cfg.headers.authorization_bearer {
             let Some(bearer) = auth.bearer(route.bearer_index) else {
                 // The provider could not be asked for this resource's token yet; the next
@@ -339,9 +339,8 @@ impl Gateway {
         path: &str,
     ) -> Outcome {
         // Our cookies never reach the upstream, on every route (contract Behaviour: "the
-        // session cookie is not forwarded upstream"). `vouch` removes them only on
-        // authenticated requests, so public routes and CORS preflights used to forward the
-        // session cookie. Done here, after authentication has read it.
+        // session cookie is not forwarded upstream"), public routes and CORS preflights
+        // included. Done here, once, after authentication has read them.
         headers::remove_cookies(
             req.headers_mut(),
             &[self.cookies.name(), self.logins.cookie_name()],
