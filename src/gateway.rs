@@ -180,12 +180,12 @@ impl Gateway {
         path: &str,
     ) -> Outcome {
         let route = self.routes.find(req.method(), path);
-        let offered_bearer = match route.bearer {
+        let offered_bearer = match route.rule.bearer {
             BearerMode::Passthrough => headers::bearer_token(req.headers()),
             BearerMode::Off => None,
         };
         self.identity_headers.strip(req.headers_mut());
-        match route.policy {
+        match route.rule.policy {
             Policy::Deny => {
                 self.metrics.decision(route.id, Decision::Deny);
                 return self.halted(route.id, Halt::Deny);
@@ -281,7 +281,7 @@ impl Gateway {
         clear_cookie: bool,
         bearer_error: Option<&'static str>,
     ) -> Halt {
-        let redirect = !route.api && is_browser_navigation(req);
+        let redirect = !route.rule.api && is_browser_navigation(req);
         let decision = if redirect {
             Decision::Redirect
         } else {

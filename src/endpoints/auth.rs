@@ -28,7 +28,7 @@ pub async fn check<B>(gateway: &Arc<Gateway>, req: &Request<B>, peer: Peer) -> R
         return Halt::BadRequest("Bad request: path not accepted").into_response();
     };
     let route = gateway.routes.find(&method, &path);
-    match route.policy {
+    match route.rule.policy {
         Policy::Deny => {
             gateway.metrics.decision(route.id, Decision::Deny);
             return Halt::Deny.into_response();
@@ -44,7 +44,7 @@ pub async fn check<B>(gateway: &Arc<Gateway>, req: &Request<B>, peer: Peer) -> R
     *original.method_mut() = method;
     *original.uri_mut() = uri.clone();
     *original.headers_mut() = req.headers().clone();
-    let offered = match route.bearer {
+    let offered = match route.rule.bearer {
         BearerMode::Passthrough => headers::bearer_token(req.headers()),
         BearerMode::Off => None,
     };

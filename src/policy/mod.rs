@@ -13,21 +13,14 @@ use crate::metrics::RouteId;
 use crate::session::Identity;
 use crate::session::identity::claim_text;
 
-/// A compiled route.
+/// A compiled route: the validated `[[route]]` entry plus what is derived from it once.
 #[derive(Debug, Clone)]
 pub struct Route {
     pub id: RouteId,
     /// Metrics label: the configured path pattern, or `default`.
     pub label: String,
-    pub matcher: Option<PathMatch>,
-    pub methods: Vec<Method>,
-    pub policy: Policy,
-    pub api: bool,
-    pub require_groups: Vec<String>,
-    pub require_claims: Vec<(String, Vec<String>)>,
-    pub bearer: BearerMode,
-    pub bearer_resource: Option<String>,
-    /// Index of `bearer_resource` in `oidc.resource` (0: the first, the default).
+    pub rule: RouteConfig,
+    /// Index of `rule.bearer_resource` in `oidc.resource` (0: the first, the default).
     pub bearer_index: usize,
 }
 
@@ -65,17 +58,20 @@ impl RouteTable {
             .enumerate()
             .map(|(i, cfg)| Route::from_config(RouteId(i), cfg, resources))
             .collect();
+        // Never matched against (`find` only searches `routes`): its matcher is moot.
         let fallback = Route {
             id: RouteId(configs.len()),
             label: "default".into(),
-            matcher: None,
-            methods: Vec::new(),
-            policy: Policy::Authenticated,
-            api: false,
-            require_groups: Vec::new(),
-            require_claims: Vec::new(),
-            bearer: BearerMode::Off,
-            bearer_resource: None,
+            rule: RouteConfig {
+                matcher: PathMatch::Prefix("/".into()),
+                methods: Vec::new(),
+                policy: Policy::Authenticated,
+                api: false,
+                require_groups: Vec::new(),
+                require_claims: Vec::new(),
+                bearer: BearerMode::Off,
+                bearer_resource: None,
+            },
             bearer_index: 0,
         };
         RouteTable { routes, fallback }
@@ -105,7 +101,7 @@ impl RouteTable {
     pub fn required_claim_names(&self) -> impl Iterator<Item = String> + '_ {
         self.routes
             .iter()
-            .flat_map(|r| r.require_claims.iter().map(|(name, _)| name.clone()))
+            .flat_map(|r| r.rule.require_claims.iter().map(|(name, _)| name.clone()))
     }
 }
 
@@ -118,14 +114,7 @@ impl Route {
         Route {
             id,
             label,
-            matcher: Some(cfg.matcher.clone()),
-            methods: cfg.methods.clone(),
-            policy: cfg.policy,
-            api: cfg.api,
-            require_groups: cfg.require_groups.clone(),
-            require_claims: cfg.require_claims.clone(),
-            bearer: cfg.bearer,
-            bearer_resource: cfg.bearer_resource.clone(),
+            rule: cfg.clone(),
             // Validation guarantees the resource is configured; unknown would mean the first.
             bearer_index: cfg
                 .bearer_resource
@@ -143,27 +132,29 @@ impl Route {
     /// `/public;x/y` as public could open a different resource on an upstream that keeps `;`,
     /// while asking for a login there costs a Tomcat user nothing.
     fn matches(&self, method: &Method, path: &str) -> bool {
-        let method_ok = self.methods.is_empty() || self.methods.contains(method);
-        let Some(matcher) = self.matcher.as_ref().filter(|_| method_ok) else {
+        let rule = &self.rule;
+        if !rule.methods.is_empty() && !rule.methods.contains(method) {
             return false;
-        };
+        }
+        let matcher = &rule.matcher;
         path_matches(matcher, path)
-            || (self.policy != Policy::Public
+            || (rule.policy != Policy::Public
                 && path.contains(';')
                 && path_matches(matcher, &without_path_parameters(path)))
     }
 
     /// `require_groups` (any one of them) and `require_claims` (every claim, any listed value).
     pub fn authorize(&self, identity: &Identity) -> Result<(), Refusal> {
-        if !self.require_groups.is_empty()
+        let rule = &self.rule;
+        if !rule.require_groups.is_empty()
             && !identity
                 .groups
                 .iter()
-                .any(|g| self.require_groups.contains(g))
+                .any(|g| rule.require_groups.contains(g))
         {
             return Err(Refusal::MissingGroup);
         }
-        let claims_ok = self.require_claims.iter().all(|(name, accepted)| {
+        let claims_ok = rule.require_claims.iter().all(|(name, accepted)| {
             identity
                 .claims
                 .get(name)
@@ -267,12 +258,15 @@ mod tests {
             ],
             &[],
         );
-        assert_eq!(table.find(&Method::GET, "/a").policy, Policy::Public);
-        assert_eq!(table.find(&Method::POST, "/a").policy, Policy::Deny);
-        assert_eq!(table.find(&Method::GET, "/r/12").policy, Policy::Public);
+        assert_eq!(table.find(&Method::GET, "/a").rule.policy, Policy::Public);
+        assert_eq!(table.find(&Method::POST, "/a").rule.policy, Policy::Deny);
+        assert_eq!(
+            table.find(&Method::GET, "/r/12").rule.policy,
+            Policy::Public
+        );
         let fallback = table.find(&Method::GET, "/r/12x");
         assert_eq!(
-            (fallback.policy, fallback.id),
+            (fallback.rule.policy, fallback.id),
             (Policy::Authenticated, RouteId(3))
         );
         assert_eq!(
@@ -310,7 +304,7 @@ mod tests {
             "/r/1;x",
         ] {
             assert_eq!(
-                table.find(&Method::GET, denied).policy,
+                table.find(&Method::GET, denied).rule.policy,
                 Policy::Deny,
                 "{denied}"
             );
@@ -318,19 +312,19 @@ mod tests {
         // Methods still apply; `;` elsewhere in a name is no boundary; public routes match
         // the path as sent only.
         assert_eq!(
-            table.find(&Method::POST, "/secret;x").policy,
+            table.find(&Method::POST, "/secret;x").rule.policy,
             Policy::Authenticated
         );
         assert_eq!(
-            table.find(&Method::GET, "/adminx;y").policy,
+            table.find(&Method::GET, "/adminx;y").rule.policy,
             Policy::Authenticated
         );
         assert_eq!(
-            table.find(&Method::GET, "/public;x/a").policy,
+            table.find(&Method::GET, "/public;x/a").rule.policy,
             Policy::Authenticated
         );
         assert_eq!(
-            table.find(&Method::GET, "/public/a;x").policy,
+            table.find(&Method::GET, "/public/a;x").rule.policy,
             Policy::Public
         );
     }
