@@ -10,7 +10,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use reqwest::{Client, Response, StatusCode, header};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use support::{CLIENT_ID, Harness, location, set_cookie, set_cookie_line};
+use support::{CLIENT_ID, Harness, location, set_cookie, set_cookie_line, userinfo_status};
 use support::{bare_client, one, query_of};
 
 const SESSION: &str = "authgate_session";
@@ -74,15 +74,6 @@ async fn assert_login_page_400(r: Response, what: &str) -> String {
     assert!(ctype.starts_with("text/html"), "{what}: {ctype}");
     assert!(body.contains("<html"), "{what}: {body}");
     body
-}
-
-async fn userinfo_status(h: &Harness, client: &Client) -> StatusCode {
-    client
-        .get(h.at("/oauth2/userinfo"))
-        .send()
-        .await
-        .unwrap()
-        .status()
 }
 
 // --- the round trip ---

@@ -10,10 +10,13 @@ use authgate::session::{CookieCodec, SessionStore, Store};
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use hmac::{Hmac, Mac};
-use reqwest::{Client, StatusCode, header};
+use reqwest::{StatusCode, header};
 use sha2::Sha256;
 use support::bare_client;
-use support::{COOKIE_SECRET_A, COOKIE_SECRET_B, Harness, eventually, location, set_cookie_line};
+use support::{
+    COOKIE_SECRET_A, COOKIE_SECRET_B, Harness, eventually, location, set_cookie_line,
+    userinfo_status,
+};
 
 const SESSION: &str = "authgate_session";
 /// base64 of 32 bytes of 0x03: configured nowhere.
@@ -63,15 +66,6 @@ async fn sync_store(h: &Harness) -> u64 {
     };
     m.sync().await;
     h.gateway.store.live()
-}
-
-async fn userinfo(h: &Harness, client: &Client) -> StatusCode {
-    client
-        .get(h.at("/oauth2/userinfo"))
-        .send()
-        .await
-        .unwrap()
-        .status()
 }
 
 // --- bad cookies ---
@@ -401,7 +395,7 @@ async fn idle_timeout_is_reset_by_use_and_ends_an_unused_session() {
     while started.elapsed() < Duration::from_secs(4) {
         tokio::time::sleep(Duration::from_millis(500)).await;
         let status = if uses % 2 == 0 {
-            userinfo(&h, &client).await
+            userinfo_status(&h, &client).await
         } else {
             api_with(&h, &cookie).await.status()
         };
@@ -426,7 +420,7 @@ async fn idle_timeout_is_reset_by_use_and_ends_an_unused_session() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::FOUND);
-    assert_eq!(userinfo(&h, &client).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(userinfo_status(&h, &client).await, StatusCode::UNAUTHORIZED);
 }
 
 #[tokio::test]
@@ -466,7 +460,7 @@ async fn absolute_timeout_ends_a_session_in_continuous_use() {
         "ended too early: {ended_after:?}"
     );
     assert!(ok >= 3, "it was usable before: {ok} requests");
-    assert_eq!(userinfo(&h, &client).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(userinfo_status(&h, &client).await, StatusCode::UNAUTHORIZED);
 }
 
 // --- capacity ---
@@ -579,9 +573,9 @@ async fn pending_login_flood_does_not_touch_sessions() {
     }
     assert_eq!(sync_store(&h).await, 1);
     assert_eq!(api_with(&h, &cookie).await.status(), StatusCode::OK);
-    assert_eq!(userinfo(&h, &client).await, StatusCode::OK);
+    assert_eq!(userinfo_status(&h, &client).await, StatusCode::OK);
     // And a login after the flood works.
     let other = h.client();
     h.login(&other, "bob").await;
-    assert_eq!(userinfo(&h, &other).await, StatusCode::OK);
+    assert_eq!(userinfo_status(&h, &other).await, StatusCode::OK);
 }

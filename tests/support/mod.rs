@@ -336,6 +336,16 @@ pub fn bare_client() -> Client {
         .unwrap()
 }
 
+/// The status of `/oauth2/userinfo` for this client's session (200 with one, 401 without).
+pub async fn userinfo_status(h: &Harness, client: &Client) -> StatusCode {
+    client
+        .get(h.at("/oauth2/userinfo"))
+        .send()
+        .await
+        .unwrap()
+        .status()
+}
+
 /// Every query parameter of `url`, in order, by name.
 pub fn query_of(url: &str) -> std::collections::HashMap<String, Vec<String>> {
     let url = url::Url::parse(url).unwrap_or_else(|e| panic!("{url}: {e}"));
