@@ -137,12 +137,17 @@ impl Gateway {
 
     /// Step 1, then the path is normalized once: built-in endpoints are recognized on the
     /// normalized path too, so `/%6fauth2/start` is the gateway's, never the upstream's.
-    async fn dispatch(self: &Arc<Self>, req: Request<Incoming>, peer: Peer) -> Outcome {
+    /// `uri`: the request's own URI, cloned once by `handle` (for the access log).
+    async fn dispatch(
+        self: &Arc<Self>,
+        req: Request<Incoming>,
+        peer: Peer,
+        uri: &http::Uri,
+    ) -> Outcome {
         let metrics_elsewhere = self.cfg.server.metrics_listen.is_some();
         if let Some(builtin) = Builtin::recognize(req.uri().path(), metrics_elsewhere) {
             return self.builtin(builtin, req, peer).await;
         }
-        let uri = req.uri().clone();
         let path = match normalize_path(uri.path()) {
             Ok(path) => path,
             Err(e) => {
@@ -409,7 +414,7 @@ impl crate::server::Handler for Gateway {
         let method = req.method().clone();
         let uri = req.uri().clone();
         let request_id = self.request_id(&mut req);
-        let outcome = self.dispatch(req, peer).await;
+        let outcome = self.dispatch(req, peer, &uri).await;
         let elapsed = started.elapsed();
         let status = outcome.response.status().as_u16();
         self.metrics

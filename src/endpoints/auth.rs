@@ -21,13 +21,19 @@ use crate::metrics::Decision;
 use crate::policy::path::normalize_path;
 use crate::response::{self, Halt};
 
-pub async fn check<B>(gateway: &Arc<Gateway>, req: &Request<B>, peer: Peer) -> Response<Body> {
+pub async fn check<B>(gateway: &Arc<Gateway>, req: Request<B>, peer: Peer) -> Response<Body> {
     let trusted = headers::is_trusted(&gateway.cfg.server.trusted_proxies, peer.addr.ip());
     let (method, uri) = original_request(req.headers(), trusted);
-    let Ok(path) = normalize_path(uri.path()) else {
+    // Judge the original request: its method and URI, with this request's credentials
+    // (its headers are reused as they are, not copied).
+    let (mut parts, _) = req.into_parts();
+    parts.method = method;
+    parts.uri = uri;
+    let original = Request::from_parts(parts, ());
+    let Ok(path) = normalize_path(original.uri().path()) else {
         return Halt::BadRequest("Bad request: path not accepted").into_response();
     };
-    let route = gateway.routes.find(&method, &path);
+    let route = gateway.routes.find(original.method(), &path);
     match route.rule.policy {
         Policy::Deny => {
             gateway.metrics.decision(route.id, Decision::Deny);
@@ -39,13 +45,8 @@ pub async fn check<B>(gateway: &Arc<Gateway>, req: &Request<B>, peer: Peer) -> R
         }
         Policy::Authenticated => {}
     }
-    // Judge the original request: its method and URI, with this request's credentials.
-    let mut original = Request::new(());
-    *original.method_mut() = method;
-    *original.uri_mut() = uri.clone();
-    *original.headers_mut() = req.headers().clone();
     let offered = match route.rule.bearer {
-        BearerMode::Passthrough => headers::bearer_token(req.headers()),
+        BearerMode::Passthrough => headers::bearer_token(original.headers()),
         BearerMode::Off => None,
     };
     let auth = match gateway.authenticate(&original, route, offered, &path).await {

@@ -93,7 +93,7 @@ pub async fn answer(
             logout::backchannel(gateway, req).await
         }
         Builtin::Userinfo if read_only => status::userinfo(gateway, &req).await,
-        Builtin::Auth => auth::check(gateway, &req, peer).await,
+        Builtin::Auth => auth::check(gateway, req, peer).await,
         Builtin::UnknownOauth2 => response::not_found(),
         _ => response::method_not_allowed(),
     }
