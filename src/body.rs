@@ -9,17 +9,16 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
-use hyper::body::Incoming;
 
 use pin_project_lite::pin_project;
 
-use crate::proxy::IdleTimeoutBody;
+use crate::proxy::UpstreamBody;
 
 pin_project! {
     /// Response body: `Upstream` streams, `Full` is a small gateway-made body.
     #[project = BodyProj]
     pub enum Body {
-        Upstream { #[pin] body: IdleTimeoutBody<Incoming> },
+        Upstream { #[pin] body: UpstreamBody },
         Full { bytes: Option<Bytes> },
     }
 }

@@ -29,7 +29,7 @@ use crate::login::Logins;
 use crate::metrics::{Decision, Metrics, RouteId};
 use crate::oidc::Oidc;
 use crate::policy::{Route, RouteTable, path::normalize_path};
-use crate::proxy::{ProxyError, Upstream, wants_upgrade};
+use crate::proxy::{ProxyError, Upstream, UpstreamConns, wants_upgrade};
 use crate::refresh::{Fresh, Refresher};
 use crate::response::{self, Halt};
 use crate::session::identity::IdentityRules;
@@ -142,6 +142,7 @@ impl Gateway {
         self: &Arc<Self>,
         req: Request<Incoming>,
         peer: Peer,
+        conns: &Arc<UpstreamConns>,
         uri: &http::Uri,
     ) -> Outcome {
         let metrics_elsewhere = self.cfg.server.metrics_listen.is_some();
@@ -159,7 +160,7 @@ impl Gateway {
         if let Some(builtin) = Builtin::recognize(&path, metrics_elsewhere) {
             return self.builtin(builtin, req, peer).await;
         }
-        self.proxy(req, peer, &path).await
+        self.proxy(req, peer, conns, &path).await
     }
 
     async fn builtin(
@@ -182,6 +183,7 @@ impl Gateway {
         self: &Arc<Self>,
         mut req: Request<Incoming>,
         peer: Peer,
+        conns: &Arc<UpstreamConns>,
         path: &str,
     ) -> Outcome {
         let route = self.routes.find(req.method(), path);
@@ -213,7 +215,7 @@ impl Gateway {
             }
         }
         self.metrics.decision(route.id, Decision::Allow);
-        self.forward(req, peer, route.id, path).await
+        self.forward(req, peer, conns, route.id, path).await
     }
 
     /// Load (and refresh) the session, or verify a passthrough bearer token.
@@ -340,6 +342,7 @@ impl Gateway {
         &self,
         mut req: Request<Incoming>,
         peer: Peer,
+        conns: &Arc<UpstreamConns>,
         route: RouteId,
         path: &str,
     ) -> Outcome {
@@ -358,7 +361,7 @@ impl Gateway {
         let trusted = headers::is_trusted(&self.cfg.server.trusted_proxies, peer.addr.ip());
         headers::set_forwarded(req.headers_mut(), peer, trusted);
         let started = Instant::now();
-        let result = self.upstream.forward(req, path).await;
+        let result = self.upstream.forward(req, path, conns).await;
         let upstream_time = Some(started.elapsed());
         let (response, upstream_error) = match result {
             Ok(response) => (response, None),
@@ -378,7 +381,7 @@ impl Gateway {
                 self.metrics.upstream_timeout();
                 response::gateway_timeout()
             }
-            ProxyError::Unreachable(_) | ProxyError::BadUri(_) => {
+            ProxyError::Unreachable(_) | ProxyError::Failed(_) | ProxyError::BadUri(_) => {
                 self.metrics.upstream_unreachable();
                 response::bad_gateway()
             }
@@ -408,13 +411,20 @@ impl Gateway {
 }
 
 impl crate::server::Handler for Gateway {
-    async fn handle(self: Arc<Self>, mut req: Request<Incoming>, peer: Peer) -> Response<Body> {
+    type PerConnection = UpstreamConns;
+
+    async fn handle(
+        self: Arc<Self>,
+        mut req: Request<Incoming>,
+        peer: Peer,
+        conns: Arc<UpstreamConns>,
+    ) -> Response<Body> {
         let started = Instant::now();
         self.metrics.request_started();
         let method = req.method().clone();
         let uri = req.uri().clone();
         let request_id = self.request_id(&mut req);
-        let outcome = self.dispatch(req, peer, &uri).await;
+        let outcome = self.dispatch(req, peer, &conns, &uri).await;
         let elapsed = started.elapsed();
         let status = outcome.response.status().as_u16();
         self.metrics

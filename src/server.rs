@@ -25,10 +25,15 @@ use crate::headers::Peer;
 
 /// Something that answers requests: the gateway, or the metrics-only listener.
 pub trait Handler: Send + Sync + 'static {
+    /// State kept per client connection, shared by its requests (the gateway keeps its
+    /// upstream connections there).
+    type PerConnection: Default + Send + Sync + 'static;
+
     fn handle(
         self: Arc<Self>,
         req: Request<Incoming>,
         peer: Peer,
+        connection: Arc<Self::PerConnection>,
     ) -> impl Future<Output = Response<Body>> + Send;
 }
 
@@ -125,9 +130,11 @@ impl<H: Handler> Connection<H> {
         I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     {
         let handler = self.handler;
+        let state = Arc::new(H::PerConnection::default());
         let service = service_fn(move |req| {
             let handler = handler.clone();
-            async move { Ok::<_, Infallible>(handler.handle(req, peer).await) }
+            let state = state.clone();
+            async move { Ok::<_, Infallible>(handler.handle(req, peer, state).await) }
         });
         let conn = self.builder.serve_connection_with_upgrades(io, service);
         if let Err(e) = self.watcher.watch(conn.into_owned()).await {

@@ -110,7 +110,14 @@ pub fn query_param(uri: &http::Uri, name: &str) -> Option<String> {
 pub struct MetricsOnly(pub Arc<Gateway>);
 
 impl crate::server::Handler for MetricsOnly {
-    async fn handle(self: Arc<Self>, req: Request<Incoming>, _peer: Peer) -> Response<Body> {
+    type PerConnection = ();
+
+    async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        _peer: Peer,
+        _connection: Arc<()>,
+    ) -> Response<Body> {
         match req.uri().path() {
             "/metrics" => status::metrics(&self.0),
             "/healthz" => status::healthz(),

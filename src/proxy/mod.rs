@@ -6,6 +6,8 @@
 //! whole-response deadline). Connect errors and resets become 502. `Upgrade` requests
 //! (WebSocket) are tunnelled both ways once the upstream answers 101.
 
+mod conn;
+
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -14,14 +16,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{CONNECTION, HOST, UPGRADE};
-use http::uri::{Authority, PathAndQuery, Scheme};
+use http::uri::{Authority, PathAndQuery};
 use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 
@@ -29,21 +28,28 @@ use crate::body::{Body, BodyError};
 use crate::config::UpstreamConfig;
 use crate::tls;
 
+pub use conn::{ConnectError, ReturnOnEnd, UpstreamConns};
+use conn::{Connector, Sender};
+
+/// The body of a response streamed back from the upstream.
+pub type UpstreamBody = IdleTimeoutBody<ReturnOnEnd<Incoming>>;
+
 /// Why a request could not be forwarded. Mapped to 502/504 in `response.rs`.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
     #[error("upstream did not answer within {0:?}")]
     Timeout(Duration),
     #[error("upstream unreachable: {0}")]
-    Unreachable(#[source] hyper_util::client::legacy::Error),
+    Unreachable(#[from] ConnectError),
+    #[error("upstream connection failed: {0}")]
+    Failed(#[source] hyper::Error),
     #[error("bad upstream URI: {0}")]
     BadUri(#[from] http::Error),
 }
 
-/// The pooled client for the one upstream app.
+/// The one upstream app: where it is and how long it may take.
 pub struct Upstream {
-    client: Client<HttpsConnector<HttpConnector>, Incoming>,
-    scheme: Scheme,
+    connector: Connector,
     authority: Authority,
     /// Path prefix of `[upstream] url` without a trailing slash ("" for none).
     path_prefix: Arc<str>,
@@ -55,22 +61,6 @@ pub struct Upstream {
 impl Upstream {
     pub fn new(cfg: &UpstreamConfig) -> Result<Self, crate::error::StartupError> {
         let tls = tls::client_config(cfg.ca_file.as_deref())?;
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(cfg.timeout.min(Duration::from_secs(10))));
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(1024)
-            .pool_timer(TokioTimer::new())
-            // We set Host ourselves: the original one is passed through (see `prepare`).
-            .set_host(false)
-            .build(connector);
         let uri: Uri = cfg
             .url
             .as_str()
@@ -84,51 +74,78 @@ impl Upstream {
                 "upstream.url: needs a scheme and a host".into(),
             ));
         };
+        let connect_timeout = cfg.timeout.min(Duration::from_secs(10));
         Ok(Upstream {
-            client,
-            scheme,
+            connector: Connector::new(&scheme, &authority, tls, connect_timeout)?,
             authority,
             path_prefix: cfg.url.path().trim_end_matches('/').into(),
             timeout: cfg.timeout,
         })
     }
 
-    /// Forward `req` (headers already rewritten by the pipeline) and stream the answer back.
-    /// `path` is the normalized path the policy matched on: the upstream sees exactly it.
+    /// Forward `req` (headers already rewritten by the pipeline) over one of `conns` (the
+    /// downstream connection's upstream connections) and stream the answer back. `path` is
+    /// the normalized path the policy matched on: the upstream sees exactly it.
     pub async fn forward(
         &self,
         mut req: Request<Incoming>,
         path: &str,
+        conns: &Arc<UpstreamConns>,
     ) -> Result<Response<Body>, ProxyError> {
         let upgrade = wants_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
         self.prepare(&mut req, path)?;
-        let response = match tokio::time::timeout(self.timeout, self.client.request(req)).await {
+        let exchange = self.exchange(req, conns);
+        let (response, sender) = match tokio::time::timeout(self.timeout, exchange).await {
             Err(_) => return Err(ProxyError::Timeout(self.timeout)),
-            Ok(Err(e)) => return Err(ProxyError::Unreachable(e)),
-            Ok(Ok(response)) => response,
+            Ok(result) => result?,
         };
         match upgrade {
+            // The upgraded connection is the tunnel's now: `sender` is not reused.
             Some(client_side) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
                 Ok(tunnel(client_side, response))
             }
-            _ => Ok(self.stream_back(response)),
+            _ => Ok(self.stream_back(response, sender, conns)),
         }
     }
 
-    /// Point the request at the upstream: absolute URI, HTTP/1.1, Host kept from the client.
+    /// Send the request and wait for the response head. An idle connection may have been
+    /// closed by the upstream just as we picked it: if the request was not sent, it is sent
+    /// again on a new connection (what hyper-util's pool does too); if it was, it is not
+    /// retried (it may not be idempotent).
+    async fn exchange(
+        &self,
+        mut req: Request<Incoming>,
+        conns: &UpstreamConns,
+    ) -> Result<(Response<Incoming>, Sender), ProxyError> {
+        while let Some(mut sender) = conns.take() {
+            if sender.ready().await.is_err() {
+                continue;
+            }
+            match sender.try_send_request(req).await {
+                Ok(response) => return Ok((response, sender)),
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) => req = unsent,
+                    None => return Err(ProxyError::Failed(e.into_error())),
+                },
+            }
+        }
+        let mut sender = self.connector.connect().await?;
+        let response = sender.send_request(req).await.map_err(ProxyError::Failed)?;
+        Ok((response, sender))
+    }
+
+    /// Point the request at the upstream: origin-form URI, HTTP/1.1, Host kept from the
+    /// client.
     fn prepare(&self, req: &mut Request<Incoming>, path: &str) -> Result<(), ProxyError> {
         if !req.headers().contains_key(HOST) {
             // HTTP/2 carries the host in `:authority`; HTTP/1.1 upstreams need a Host header.
-            if let Some(host) = req.uri().authority().and_then(|a| a.as_str().parse().ok()) {
+            let host = req.uri().authority().and_then(|a| a.as_str().parse().ok());
+            let host = host.or_else(|| self.authority.as_str().parse().ok());
+            if let Some(host) = host {
                 req.headers_mut().insert(HOST, host);
             }
         }
-        let path_and_query = self.path_and_query(path, req.uri().query())?;
-        *req.uri_mut() = Uri::builder()
-            .scheme(self.scheme.clone())
-            .authority(self.authority.clone())
-            .path_and_query(path_and_query)
-            .build()?;
+        *req.uri_mut() = Uri::from(self.path_and_query(path, req.uri().query())?);
         *req.version_mut() = Version::HTTP_11;
         Ok(())
     }
@@ -143,10 +160,15 @@ impl Upstream {
         Ok(PathAndQuery::try_from(pq).map_err(http::Error::from)?)
     }
 
-    fn stream_back(&self, response: Response<Incoming>) -> Response<Body> {
+    fn stream_back(
+        &self,
+        response: Response<Incoming>,
+        sender: Sender,
+        conns: &Arc<UpstreamConns>,
+    ) -> Response<Body> {
         let (mut parts, body) = response.into_parts();
         crate::headers::strip_hop_by_hop(&mut parts.headers);
-        let body = IdleTimeoutBody::new(body, self.timeout);
+        let body = IdleTimeoutBody::new(ReturnOnEnd::new(body, sender, conns), self.timeout);
         Response::from_parts(parts, Body::Upstream { body })
     }
 }
