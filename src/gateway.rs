@@ -142,7 +142,7 @@ impl Gateway {
         self: &Arc<Self>,
         req: Request<Incoming>,
         peer: Peer,
-        conns: &Arc<UpstreamConns>,
+        client: &Arc<ClientConnection>,
         uri: &http::Uri,
     ) -> Outcome {
         let metrics_elsewhere = self.cfg.server.metrics_listen.is_some();
@@ -160,7 +160,7 @@ impl Gateway {
         if let Some(builtin) = Builtin::recognize(&path, metrics_elsewhere) {
             return self.builtin(builtin, req, peer).await;
         }
-        self.proxy(req, peer, conns, &path).await
+        self.proxy(req, peer, client, &path).await
     }
 
     async fn builtin(
@@ -183,7 +183,7 @@ impl Gateway {
         self: &Arc<Self>,
         mut req: Request<Incoming>,
         peer: Peer,
-        conns: &Arc<UpstreamConns>,
+        client: &Arc<ClientConnection>,
         path: &str,
     ) -> Outcome {
         let route = self.routes.find(req.method(), path);
@@ -215,7 +215,7 @@ impl Gateway {
             }
         }
         self.metrics.decision(route.id, Decision::Allow);
-        self.forward(req, peer, conns, route.id, path).await
+        self.forward(req, peer, client, route.id, path).await
     }
 
     /// Load (and refresh) the session, or verify a passthrough bearer token.
@@ -342,7 +342,7 @@ impl Gateway {
         &self,
         mut req: Request<Incoming>,
         peer: Peer,
-        conns: &Arc<UpstreamConns>,
+        client: &Arc<ClientConnection>,
         route: RouteId,
         path: &str,
     ) -> Outcome {
@@ -358,10 +358,9 @@ impl Gateway {
         } else {
             headers::strip_hop_by_hop(req.headers_mut());
         }
-        let trusted = headers::is_trusted(&self.cfg.server.trusted_proxies, peer.addr.ip());
-        headers::set_forwarded(req.headers_mut(), peer, trusted);
+        headers::set_forwarded(req.headers_mut(), peer, client.peer_address.as_ref());
         let started = Instant::now();
-        let result = self.upstream.forward(req, path, conns).await;
+        let result = self.upstream.forward(req, path, &client.upstream).await;
         let upstream_time = Some(started.elapsed());
         let (response, upstream_error) = match result {
             Ok(response) => (response, None),
@@ -410,21 +409,36 @@ impl Gateway {
     }
 }
 
+/// What the gateway keeps per client connection.
+pub struct ClientConnection {
+    /// `X-Forwarded-For` for an untrusted peer, formatted once.
+    peer_address: Option<HeaderValue>,
+    /// The upstream connections this client connection's requests go over.
+    upstream: Arc<UpstreamConns>,
+}
+
 impl crate::server::Handler for Gateway {
-    type PerConnection = UpstreamConns;
+    type PerConnection = ClientConnection;
+
+    fn connection(&self, peer: &Peer) -> ClientConnection {
+        ClientConnection {
+            peer_address: headers::peer_address_value(peer),
+            upstream: Arc::default(),
+        }
+    }
 
     async fn handle(
         self: Arc<Self>,
         mut req: Request<Incoming>,
         peer: Peer,
-        conns: Arc<UpstreamConns>,
+        client: Arc<ClientConnection>,
     ) -> Response<Body> {
         let started = Instant::now();
         self.metrics.request_started();
         let method = req.method().clone();
         let uri = req.uri().clone();
         let request_id = self.request_id(&mut req);
-        let outcome = self.dispatch(req, peer, &conns, &uri).await;
+        let outcome = self.dispatch(req, peer, &client, &uri).await;
         let elapsed = started.elapsed();
         let status = outcome.response.status().as_u16();
         self.metrics

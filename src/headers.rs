@@ -13,16 +13,19 @@ use ipnet::IpNet;
 
 use crate::config::HeadersConfig;
 
-/// Hop-by-hop headers (RFC 9110 section 7.6.1, plus the legacy ones proxies still see).
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
+/// Hop-by-hop headers (RFC 9110 section 7.6.1, plus the legacy ones proxies still see), and
+/// `Upgrade` (only an upgrade request keeps it, see [`strip_hop_by_hop_for_upgrade`]).
+/// `HeaderName`s, not strings: a `&str` would be parsed into a name at every lookup.
+static HOP_BY_HOP: [HeaderName; 9] = [
+    CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    http::header::PROXY_AUTHENTICATE,
+    http::header::PROXY_AUTHORIZATION,
+    http::header::TE,
+    http::header::TRAILER,
+    http::header::TRANSFER_ENCODING,
+    http::header::UPGRADE,
 ];
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -30,13 +33,16 @@ static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-prot
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 
-/// Remove hop-by-hop headers, every header named in `Connection`, and `Upgrade`.
+/// Remove hop-by-hop headers, every header named in `Connection`, and `Upgrade`. One pass
+/// over the names first: most messages carry none, and then nothing is looked up.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+        return;
+    }
     remove_connection_listed(headers);
-    for name in HOP_BY_HOP {
+    for name in &HOP_BY_HOP {
         headers.remove(name);
     }
-    headers.remove(http::header::UPGRADE);
 }
 
 /// Like [`strip_hop_by_hop`] for a request that asked to upgrade: keeps the upgrade handshake.
@@ -58,7 +64,14 @@ fn remove_connection_listed(headers: &mut HeaderMap) {
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+        .map(str::trim)
+        // The usual tokens name no header of their own (`keep-alive` is removed anyway).
+        .filter(|token| {
+            !["keep-alive", "close", "upgrade"]
+                .iter()
+                .any(|t| token.eq_ignore_ascii_case(t))
+        })
+        .filter_map(|token| HeaderName::from_bytes(token.as_bytes()).ok())
         .collect();
     for name in listed {
         headers.remove(name);
@@ -141,10 +154,16 @@ pub fn remove_cookies(headers: &mut HeaderMap, names: &[&str]) {
             .filter(|pair| !pair.trim().is_empty())
     };
     let ours = |pair: &str| names.contains(&cookie_name(pair));
-    if !pairs().any(ours) {
+    let (mut any_ours, mut all_ours) = (false, true);
+    for pair in pairs() {
+        let mine = ours(pair);
+        any_ours |= mine;
+        all_ours &= mine;
+    }
+    if !any_ours {
         return;
     }
-    if pairs().all(ours) {
+    if all_ours {
         headers.remove(COOKIE);
         return;
     }
@@ -180,35 +199,48 @@ pub fn set_identity(headers: &mut HeaderMap, identity: &[(HeaderName, HeaderValu
     }
 }
 
-/// Who is talking to us, for `X-Forwarded-*`.
+/// Who is talking to us, for `X-Forwarded-*`: worked out once per connection.
 #[derive(Debug, Clone, Copy)]
 pub struct Peer {
     pub addr: SocketAddr,
     pub tls: bool,
+    /// Whether `addr` is one of `server.trusted_proxies` (whose `X-Forwarded-*` we believe).
+    pub trusted: bool,
+}
+
+/// The `X-Forwarded-For` value for a connection whose peer is not trusted: its address,
+/// formatted once per connection instead of once per request.
+pub fn peer_address_value(peer: &Peer) -> Option<HeaderValue> {
+    HeaderValue::from_str(&canonical(peer.addr.ip()).to_string()).ok()
 }
 
 /// Set `X-Forwarded-For/Proto/Host`. A trusted proxy's values are kept and extended; anyone
-/// else's are replaced, so the upstream can believe them.
-pub fn set_forwarded(headers: &mut HeaderMap, peer: Peer, trusted: bool) {
-    let ip = peer.addr.ip();
-    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prior) if trusted => HeaderValue::from_str(&format!("{prior}, {ip}")).ok(),
-        _ => HeaderValue::from_str(&ip.to_string()).ok(),
+/// else's are replaced, so the upstream can believe them. `peer_value`: from
+/// [`peer_address_value`].
+pub fn set_forwarded(headers: &mut HeaderMap, peer: Peer, peer_value: Option<&HeaderValue>) {
+    let prior = headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok());
+    let xff = match prior {
+        Some(prior) if peer.trusted => {
+            let ip = canonical(peer.addr.ip());
+            HeaderValue::from_str(&format!("{prior}, {ip}")).ok()
+        }
+        _ => peer_value.cloned(),
     };
-    if let Some(xff) = xff {
-        headers.insert(X_FORWARDED_FOR.clone(), xff);
-    }
-    if !trusted || !headers.contains_key(&X_FORWARDED_PROTO) {
+    match xff {
+        Some(xff) => headers.insert(X_FORWARDED_FOR.clone(), xff),
+        None => headers.remove(&X_FORWARDED_FOR),
+    };
+    if !peer.trusted || !headers.contains_key(&X_FORWARDED_PROTO) {
         let proto = if peer.tls { "https" } else { "http" };
         headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
     }
-    if !trusted || !headers.contains_key(&X_FORWARDED_HOST) {
+    if !peer.trusted || !headers.contains_key(&X_FORWARDED_HOST) {
         match headers.get(HOST).cloned() {
             Some(host) => headers.insert(X_FORWARDED_HOST.clone(), host),
             None => headers.remove(&X_FORWARDED_HOST),
         };
     }
-    if !trusted {
+    if !peer.trusted {
         headers.remove(&FORWARDED);
     }
 }
@@ -252,6 +284,20 @@ mod tests {
             groups_claim: "groups".into(),
             claims: vec![(HeaderName::from_static("x-tenant"), "tenant".into())],
         }
+    }
+
+    #[test]
+    fn hop_by_hop_found_in_any_position_and_upgrade_stripped() {
+        let mut h = map(&[("x-a", "1"), ("x-b", "2"), ("upgrade", "websocket")]);
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 2);
+        let mut h = map(&[("connection", "close, x-b"), ("x-a", "1"), ("x-b", "2")]);
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-a"));
+        let mut untouched = map(&[("x-a", "1"), ("cookie", "c=1")]);
+        strip_hop_by_hop(&mut untouched);
+        assert_eq!(untouched.len(), 2);
     }
 
     #[test]
@@ -301,10 +347,12 @@ mod tests {
 
     #[test]
     fn forwarded_headers_replaced_unless_trusted() {
-        let peer = Peer {
+        let untrusted = Peer {
             addr: "10.0.0.9:1234".parse().unwrap(),
             tls: false,
+            trusted: false,
         };
+        let value = peer_address_value(&untrusted);
         let incoming = [
             ("x-forwarded-for", "1.2.3.4"),
             ("x-forwarded-proto", "https"),
@@ -312,12 +360,16 @@ mod tests {
             ("host", "app.example.com"),
         ];
         let mut h = map(&incoming);
-        set_forwarded(&mut h, peer, false);
+        set_forwarded(&mut h, untrusted, value.as_ref());
         assert_eq!(h["x-forwarded-for"], "10.0.0.9");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "app.example.com");
+        let trusted = Peer {
+            trusted: true,
+            ..untrusted
+        };
         let mut h = map(&incoming);
-        set_forwarded(&mut h, peer, true);
+        set_forwarded(&mut h, trusted, value.as_ref());
         assert_eq!(h["x-forwarded-for"], "1.2.3.4, 10.0.0.9");
         assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(h["x-forwarded-host"], "evil.example");

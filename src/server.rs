@@ -21,13 +21,16 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::body::Body;
 use crate::config::ServerConfig;
-use crate::headers::Peer;
+use crate::headers::{self, Peer};
 
 /// Something that answers requests: the gateway, or the metrics-only listener.
 pub trait Handler: Send + Sync + 'static {
     /// State kept per client connection, shared by its requests (the gateway keeps its
     /// upstream connections there).
-    type PerConnection: Default + Send + Sync + 'static;
+    type PerConnection: Send + Sync + 'static;
+
+    /// Called once when a client connection is accepted (after its TLS handshake).
+    fn connection(&self, peer: &Peer) -> Self::PerConnection;
 
     fn handle(
         self: Arc<Self>,
@@ -60,6 +63,7 @@ pub async fn run<H: Handler>(
                         watcher: graceful.watcher(),
                         tls: tls.clone(),
                         handshake_timeout,
+                        trusted: headers::is_trusted(&cfg.trusted_proxies, addr.ip()),
                     };
                     tokio::spawn(conn.serve(tcp, addr));
                 }
@@ -102,6 +106,8 @@ struct Connection<H> {
     watcher: hyper_util::server::graceful::Watcher,
     tls: Option<TlsAcceptor>,
     handshake_timeout: Duration,
+    /// Whether the peer is one of `trusted_proxies`: decided once per connection.
+    trusted: bool,
 }
 
 impl<H: Handler> Connection<H> {
@@ -109,13 +115,21 @@ impl<H: Handler> Connection<H> {
         let _ = tcp.set_nodelay(true);
         match self.tls.clone() {
             None => {
-                let peer = Peer { addr, tls: false };
+                let peer = Peer {
+                    addr,
+                    tls: false,
+                    trusted: self.trusted,
+                };
                 self.serve_io(TokioIo::new(tcp), peer).await;
             }
             Some(acceptor) => {
                 match tokio::time::timeout(self.handshake_timeout, acceptor.accept(tcp)).await {
                     Ok(Ok(stream)) => {
-                        let peer = Peer { addr, tls: true };
+                        let peer = Peer {
+                            addr,
+                            tls: true,
+                            trusted: self.trusted,
+                        };
                         self.serve_io(TokioIo::new(stream), peer).await;
                     }
                     Ok(Err(e)) => tracing::debug!(%addr, error = %e, "TLS handshake failed"),
@@ -130,7 +144,7 @@ impl<H: Handler> Connection<H> {
         I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     {
         let handler = self.handler;
-        let state = Arc::new(H::PerConnection::default());
+        let state = Arc::new(handler.connection(&peer));
         let service = service_fn(move |req| {
             let handler = handler.clone();
             let state = state.clone();

@@ -22,7 +22,7 @@ use crate::policy::path::normalize_path;
 use crate::response::{self, Halt};
 
 pub async fn check<B>(gateway: &Arc<Gateway>, req: Request<B>, peer: Peer) -> Response<Body> {
-    let trusted = headers::is_trusted(&gateway.cfg.server.trusted_proxies, peer.addr.ip());
+    let trusted = peer.trusted;
     let (method, uri) = original_request(req.headers(), trusted);
     // Judge the original request: its method and URI, with this request's credentials
     // (its headers are reused as they are, not copied).

@@ -112,6 +112,8 @@ pub struct MetricsOnly(pub Arc<Gateway>);
 impl crate::server::Handler for MetricsOnly {
     type PerConnection = ();
 
+    fn connection(&self, _peer: &Peer) {}
+
     async fn handle(
         self: Arc<Self>,
         req: Request<Incoming>,
