@@ -33,7 +33,7 @@ fn session_at(sub: &str, sid: Option<&str>, token: &str, login_at: u64) -> Arc<S
             access_expires_at: Some(unix_now() + 300),
             refresh_token: Some(format!("rt-{token}").into()),
             id_token: Some(format!("idt-{token}").into()),
-            more: Vec::new(),
+            more: Box::default(),
         },
         identity: Arc::new(identity(sub, sid)),
         login_at,

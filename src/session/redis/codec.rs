@@ -6,6 +6,7 @@
 //! The format predates the compact in-memory `Identity` and is kept as it was, so records
 //! already in Redis still decode.
 
+use std::num::NonZeroU32;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -50,7 +51,7 @@ pub fn encode_session(s: &Session) -> Option<Vec<u8>> {
         rt: s.tokens.refresh_token.as_deref().map(str::to_owned),
         idt: s.tokens.id_token.as_deref().map(str::to_owned),
         login: s.login_at,
-        backoff: s.backoff.map(|b| (b.failures, b.retry_at)),
+        backoff: s.backoff.map(|b| (b.failures.get(), b.retry_at)),
         more: s
             .tokens
             .more
@@ -111,9 +112,13 @@ pub fn decode_session(bytes: &[u8], rules: &IdentityRules) -> Option<Session> {
         },
         identity: Arc::new(identity),
         login_at: s.login,
-        backoff: s
-            .backoff
-            .map(|(failures, retry_at)| RefreshBackoff { failures, retry_at }),
+        // Never 0 failures as written; such a record would just have no backoff.
+        backoff: s.backoff.and_then(|(failures, retry_at)| {
+            Some(RefreshBackoff {
+                failures: NonZeroU32::new(failures)?,
+                retry_at,
+            })
+        }),
     })
 }
 
@@ -191,12 +196,13 @@ mod tests {
                         bearer: Tokens::bearer_value("at-b").unwrap(),
                         expires_at: Some(7),
                     }),
-                ],
+                ]
+                .into(),
             },
             identity: Arc::new(rules.identity(claims.as_object().unwrap()).unwrap()),
             login_at: 7,
             backoff: Some(RefreshBackoff {
-                failures: 2,
+                failures: NonZeroU32::new(2).unwrap(),
                 retry_at: 50,
             }),
         };
