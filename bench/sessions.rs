@@ -175,7 +175,7 @@ fn session(identity: Arc<Identity>, rng: &mut Rng, now: u64) -> Option<Session> 
             access_expires_at: Some(now + 3600),
             refresh_token: Some(rng.token(REFRESH_LEN).into_boxed_str()),
             id_token: Some(rng.token(ID_LEN).into_boxed_str()),
-            more: Vec::new(), // one resource: no extra access tokens
+            more: Box::default(), // one resource: no extra access tokens
         },
         identity,
         login_at: now,

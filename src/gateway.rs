@@ -89,12 +89,15 @@ struct Outcome {
 }
 
 impl Gateway {
+    /// `rules`: built from `cfg` by the caller ([`IdentityRules::for_config`]), which gives
+    /// the Redis store the same rules (records read back share their header names).
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         cfg: Arc<Config>,
         store: Arc<Store>,
         oidc: Arc<Oidc>,
         upstream: Upstream,
+        rules: Arc<IdentityRules>,
     ) -> Arc<Self> {
         let routes = RouteTable::new(&cfg.routes, &cfg.oidc.resource);
         let labels: Vec<String> = routes
@@ -103,10 +106,6 @@ impl Gateway {
             .chain(Builtin::ALL.iter().map(|b| b.path().to_owned()))
             .collect();
         let metrics = Arc::new(Metrics::new(labels.iter().map(String::as_str)));
-        let rules = Arc::new(IdentityRules::new(
-            &cfg.headers,
-            routes.required_claim_names(),
-        ));
         let refresher = Arc::new(Refresher::new(
             oidc.clone(),
             store.clone(),
@@ -333,7 +332,7 @@ impl Gateway {
             };
             headers.insert(AUTHORIZATION, bearer.clone());
         }
-        headers::set_identity(headers, &auth.identity().upstream_headers);
+        headers::set_identity(headers, auth.identity());
         Ok(())
     }
 

@@ -12,6 +12,7 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 use ipnet::IpNet;
 
 use crate::config::HeadersConfig;
+use crate::session::Identity;
 
 /// Hop-by-hop headers (RFC 9110 section 7.6.1, plus the legacy ones proxies still see), and
 /// `Upgrade` (only an upgrade request keeps it, see [`strip_hop_by_hop_for_upgrade`]).
@@ -193,9 +194,10 @@ pub fn bearer_token(headers: &HeaderMap) -> Option<String> {
 }
 
 /// Set the identity headers the gateway vouches for (after [`IdentityHeaders::strip`]).
-pub fn set_identity(headers: &mut HeaderMap, identity: &[(HeaderName, HeaderValue)]) {
-    for (name, value) in identity {
-        headers.insert(name.clone(), value.clone());
+/// The values share the identity's text: no copy, no allocation.
+pub fn set_identity(headers: &mut HeaderMap, identity: &Identity) {
+    for (name, value) in identity.upstream_headers() {
+        headers.insert(name.clone(), value);
     }
 }
 

@@ -42,12 +42,14 @@ use crate::gateway::Gateway;
 use crate::oidc::Oidc;
 use crate::proxy::Upstream;
 use crate::session::Store;
+use crate::session::identity::IdentityRules;
 use crate::session::memory::MemoryStore;
 use crate::session::redis::{RedisOptions, RedisStore};
 
 /// Build the gateway's state from a validated configuration. Starts nothing.
 pub fn build(config: Config) -> Result<Arc<Gateway>, StartupError> {
     let config = Arc::new(config);
+    let rules = Arc::new(IdentityRules::for_config(&config));
     let store = match &config.session.store {
         StoreConfig::Memory => Store::Memory(MemoryStore::new(
             config.session.max_sessions,
@@ -74,6 +76,7 @@ pub fn build(config: Config) -> Result<Arc<Gateway>, StartupError> {
                 lease_wait: config.oidc.refresh_timeout + session::redis::LEASE,
                 login_timeout: s.login_timeout,
                 public_url: config.server.public_url.clone(),
+                identity_rules: rules.clone(),
             };
             Store::Redis(RedisStore::new(opts, &s.cookie_secrets).map_err(StartupError::Store)?)
         }
@@ -89,6 +92,7 @@ pub fn build(config: Config) -> Result<Arc<Gateway>, StartupError> {
         Arc::new(store),
         Arc::new(oidc),
         upstream,
+        rules,
     ))
 }
 

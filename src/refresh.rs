@@ -175,7 +175,7 @@ impl Refresher {
         let started = Instant::now();
         let result = self
             .oidc
-            .refresh(refresh_token, &session.identity.sub)
+            .refresh(refresh_token, session.identity.sub())
             .await;
         let elapsed = started.elapsed();
         match result {
@@ -186,7 +186,7 @@ impl Refresher {
             Err(RefreshError::Rejected(reason)) => {
                 self.metrics
                     .refresh_finished(RefreshOutcome::Rejected, elapsed);
-                tracing::info!(sub = %session.identity.sub, %reason, "refresh rejected: session ended");
+                tracing::info!(sub = %session.identity.sub(), %reason, "refresh rejected: session ended");
                 if let Err(e) = self.store.delete(&key).await {
                     tracing::warn!(error = %e, "could not delete session after rejected refresh");
                 }
@@ -195,7 +195,7 @@ impl Refresher {
             Err(RefreshError::Transient(reason)) => {
                 self.metrics
                     .refresh_finished(RefreshOutcome::Transient, elapsed);
-                tracing::warn!(sub = %session.identity.sub, %reason, "refresh failed transiently: session kept");
+                tracing::warn!(sub = %session.identity.sub(), %reason, "refresh failed transiently: session kept");
                 self.store_backoff(key, &session, now).await
             }
         }
@@ -203,7 +203,7 @@ impl Refresher {
 
     async fn store_refreshed(&self, key: SessionKey, old: &Session, set: TokenSet) -> Fresh {
         let Some(bearer) = Tokens::bearer_value(&set.access_token) else {
-            tracing::warn!(sub = %old.identity.sub, "provider returned an unusable access token");
+            tracing::warn!(sub = %old.identity.sub(), "provider returned an unusable access token");
             return Fresh::Unavailable {
                 retry_after_secs: 1,
             };
@@ -234,7 +234,7 @@ impl Refresher {
         match self.store.save(key, refreshed.clone()).await {
             Ok(()) => Fresh::Ready(refreshed),
             Err(e) => {
-                tracing::error!(sub = %old.identity.sub, error = %e, "could not store refreshed tokens");
+                tracing::error!(sub = %old.identity.sub(), error = %e, "could not store refreshed tokens");
                 Fresh::Unavailable {
                     retry_after_secs: 1,
                 }

@@ -8,7 +8,9 @@ mod support;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use authgate::config::HeadersConfig;
 use authgate::secret::Secret;
+use authgate::session::identity::IdentityRules;
 use authgate::session::memory::MemoryStore;
 use authgate::session::redis::{RedisOptions, RedisStore};
 use authgate::session::{Identity, Session, SessionKey, SessionStore, Tokens, new_key, unix_now};
@@ -31,23 +33,32 @@ fn session_at(sub: &str, sid: Option<&str>, token: &str, login_at: u64) -> Arc<S
             access_expires_at: Some(unix_now() + 300),
             refresh_token: Some(format!("rt-{token}").into()),
             id_token: Some(format!("idt-{token}").into()),
-            more: Vec::new(),
+            more: Box::default(),
         },
-        identity: Arc::new(Identity {
-            sub: sub.into(),
-            email: Some(format!("{sub}@example.test")),
-            preferred_username: None,
-            groups: vec!["staff".into()],
-            sid: sid.map(str::to_owned),
-            claims: Default::default(),
-            upstream_headers: vec![(
-                http::HeaderName::from_static("x-forwarded-user"),
-                http::HeaderValue::from_str(sub).unwrap(),
-            )],
-        }),
+        identity: Arc::new(identity(sub, sid)),
         login_at,
         backoff: None,
     })
+}
+
+/// The identity headers of these tests: only the user's.
+fn rules() -> Arc<IdentityRules> {
+    let headers = HeadersConfig {
+        authorization_bearer: true,
+        user: Some(http::HeaderName::from_static("x-forwarded-user")),
+        email: None,
+        preferred_username: None,
+        groups: None,
+        groups_claim: "groups".into(),
+        claims: Vec::new(),
+    };
+    Arc::new(IdentityRules::new(&headers, []))
+}
+
+fn identity(sub: &str, sid: Option<&str>) -> Identity {
+    let claims = serde_json::json!({"sub": sub, "email": format!("{sub}@example.test"),
+        "groups": ["staff"], "sid": sid});
+    rules().identity(claims.as_object().unwrap()).unwrap()
 }
 
 async fn token_of<S: SessionStore>(store: &S, key: &SessionKey) -> Option<String> {
@@ -195,6 +206,7 @@ fn redis_store_at(url: &str, secret_bytes: &[u8], lease: Duration) -> RedisStore
             lease_wait: Duration::from_secs(10),
             login_timeout: Duration::from_secs(60),
             public_url: "http://gw.test".parse().unwrap(),
+            identity_rules: rules(),
         },
         &secrets(secret_bytes),
     )

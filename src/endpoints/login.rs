@@ -112,7 +112,7 @@ async fn create_session<B>(
     session: Session,
     landing: &str,
 ) -> Response<Body> {
-    let sub = session.identity.sub.clone();
+    let sub = session.identity.sub().to_owned();
     let key = new_key();
     if let Err(e) = gateway.store.save(key, Arc::new(session)).await {
         tracing::error!(error = %e, "could not store the new session");

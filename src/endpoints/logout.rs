@@ -40,7 +40,7 @@ pub async fn sign_out<B>(gateway: &Arc<Gateway>, req: &Request<B>) -> Response<B
     };
     let mut target = None;
     if let Some(session) = &session {
-        tracing::info!(sub = %session.identity.sub, "sign-out");
+        tracing::info!(sub = %session.identity.sub(), "sign-out");
         if let Some(refresh_token) = &session.tokens.refresh_token {
             gateway.oidc.revoke(refresh_token).await;
         }

@@ -68,10 +68,10 @@ pub async fn userinfo<B>(gateway: &Arc<Gateway>, req: &Request<B>) -> Response<B
     response::json(
         StatusCode::OK,
         &json!({
-            "sub": id.sub,
-            "email": id.email,
-            "preferred_username": id.preferred_username,
-            "groups": id.groups,
+            "sub": id.sub(),
+            "email": id.email(),
+            "preferred_username": id.preferred_username(),
+            "groups": id.groups().collect::<Vec<_>>(),
             "access_token_expires_at": session.tokens.access_expires_at,
             "session_expires_at": session_expires_at,
         }),

@@ -96,13 +96,6 @@ impl RouteTable {
     pub fn len_with_fallback(&self) -> usize {
         self.routes.len() + 1
     }
-
-    /// Claim names that some route's `require_claims` checks (kept in session identities).
-    pub fn required_claim_names(&self) -> impl Iterator<Item = String> + '_ {
-        self.routes
-            .iter()
-            .flat_map(|r| r.rule.require_claims.iter().map(|(name, _)| name.clone()))
-    }
 }
 
 impl Route {
@@ -148,15 +141,14 @@ impl Route {
         let rule = &self.rule;
         if !rule.require_groups.is_empty()
             && !identity
-                .groups
-                .iter()
-                .any(|g| rule.require_groups.contains(g))
+                .groups()
+                .any(|g| rule.require_groups.iter().any(|r| r == g))
         {
             return Err(Refusal::MissingGroup);
         }
         let claims_ok = rule.require_claims.iter().all(|(name, accepted)| {
             identity
-                .claims
+                .claims()
                 .get(name)
                 .is_some_and(|value| claim_satisfies(value, accepted))
         });
@@ -214,6 +206,7 @@ fn claim_satisfies(value: &serde_json::Value, accepted: &[String]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::session::identity::IdentityRules;
     use regex::Regex;
     use serde_json::json;
 
@@ -329,16 +322,24 @@ mod tests {
         );
     }
 
+    /// An identity with these groups and claims (no upstream headers configured).
     fn identity(groups: &[&str], claims: serde_json::Value) -> Identity {
-        Identity {
-            sub: "u".into(),
+        let headers = crate::config::HeadersConfig {
+            authorization_bearer: true,
+            user: None,
             email: None,
             preferred_username: None,
-            groups: groups.iter().map(|g| g.to_string()).collect(),
-            sid: None,
-            claims: claims.as_object().unwrap().clone(),
-            upstream_headers: vec![],
-        }
+            groups: None,
+            groups_claim: "groups".into(),
+            claims: Vec::new(),
+        };
+        let mut claims = claims.as_object().unwrap().clone();
+        let kept: Vec<String> = claims.keys().cloned().collect();
+        claims.insert("sub".into(), json!("u"));
+        claims.insert("groups".into(), json!(groups));
+        IdentityRules::new(&headers, kept)
+            .identity(&claims)
+            .unwrap()
     }
 
     #[test]

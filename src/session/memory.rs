@@ -109,9 +109,9 @@ impl SessionStore for MemoryStore {
 pub fn matches_logout(session: &Session, sid: Option<&str>, sub: Option<&str>) -> bool {
     let id = &session.identity;
     match (sid, sub) {
-        (Some(sid), Some(sub)) => id.sid.as_deref() == Some(sid) && id.sub == sub,
-        (Some(sid), None) => id.sid.as_deref() == Some(sid),
-        (None, Some(sub)) => id.sub == sub,
+        (Some(sid), Some(sub)) => id.sid() == Some(sid) && id.sub() == sub,
+        (Some(sid), None) => id.sid() == Some(sid),
+        (None, Some(sub)) => id.sub() == sub,
         (None, None) => false,
     }
 }

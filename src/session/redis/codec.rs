@@ -3,16 +3,19 @@
 //!
 //! The identity is stored with its ready-made upstream headers, so a record read back is
 //! exactly the one written, whatever the replica's `[headers]` (replicas share a config).
+//! The format predates the compact in-memory `Identity` and is kept as it was, so records
+//! already in Redis still decode.
 
+use std::num::NonZeroU32;
 use std::sync::Arc;
 
-use http::{HeaderName, HeaderValue};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::login::PendingLogin;
 use crate::redirect::SafeRedirect;
-use crate::session::{Identity, RefreshBackoff, ResourceToken, Session, Tokens};
+use crate::session::identity::{IdentityParts, IdentityRules};
+use crate::session::{RefreshBackoff, ResourceToken, Session, Tokens};
 
 #[derive(Serialize, Deserialize)]
 struct StoredSession {
@@ -48,7 +51,7 @@ pub fn encode_session(s: &Session) -> Option<Vec<u8>> {
         rt: s.tokens.refresh_token.as_deref().map(str::to_owned),
         idt: s.tokens.id_token.as_deref().map(str::to_owned),
         login: s.login_at,
-        backoff: s.backoff.map(|b| (b.failures, b.retry_at)),
+        backoff: s.backoff.map(|b| (b.failures.get(), b.retry_at)),
         more: s
             .tokens
             .more
@@ -65,16 +68,15 @@ pub fn encode_session(s: &Session) -> Option<Vec<u8>> {
             })
             .collect::<Option<_>>()?,
         id: StoredIdentity {
-            sub: id.sub.clone(),
-            email: id.email.clone(),
-            username: id.preferred_username.clone(),
-            groups: id.groups.clone(),
-            sid: id.sid.clone(),
-            claims: id.claims.clone(),
+            sub: id.sub().to_owned(),
+            email: id.email().map(str::to_owned),
+            username: id.preferred_username().map(str::to_owned),
+            groups: id.groups().map(str::to_owned).collect(),
+            sid: id.sid().map(str::to_owned),
+            claims: id.claims().clone(),
             // Values were built from UTF-8 claims, so they read back as UTF-8.
             headers: id
-                .upstream_headers
-                .iter()
+                .upstream_headers()
                 .map(|(n, v)| {
                     Some((
                         n.to_string(),
@@ -87,18 +89,19 @@ pub fn encode_session(s: &Session) -> Option<Vec<u8>> {
     serde_json::to_vec(&stored).ok()
 }
 
-pub fn decode_session(bytes: &[u8]) -> Option<Session> {
+/// `rules`: the current configuration's, whose header name list the identity shares when
+/// the stored names are the configured ones (see [`IdentityRules::restore`]).
+pub fn decode_session(bytes: &[u8], rules: &IdentityRules) -> Option<Session> {
     let s: StoredSession = serde_json::from_slice(bytes).ok()?;
-    let headers =
-        s.id.headers
-            .iter()
-            .map(|(n, v)| {
-                Some((
-                    HeaderName::from_bytes(n.as_bytes()).ok()?,
-                    HeaderValue::from_bytes(v.as_bytes()).ok()?,
-                ))
-            })
-            .collect::<Option<_>>()?;
+    let identity = rules.restore(IdentityParts {
+        sub: &s.id.sub,
+        email: s.id.email.as_deref(),
+        preferred_username: s.id.username.as_deref(),
+        groups: &s.id.groups,
+        sid: s.id.sid.as_deref(),
+        claims: s.id.claims,
+        headers: &s.id.headers,
+    })?;
     Some(Session {
         tokens: Tokens {
             bearer: Tokens::bearer_value(&s.at)?,
@@ -107,19 +110,15 @@ pub fn decode_session(bytes: &[u8]) -> Option<Session> {
             id_token: s.idt.map(Into::into),
             more: ResourceToken::merge(s.more, &[]),
         },
-        identity: Arc::new(Identity {
-            sub: s.id.sub,
-            email: s.id.email,
-            preferred_username: s.id.username,
-            groups: s.id.groups,
-            sid: s.id.sid,
-            claims: s.id.claims,
-            upstream_headers: headers,
-        }),
+        identity: Arc::new(identity),
         login_at: s.login,
-        backoff: s
-            .backoff
-            .map(|(failures, retry_at)| RefreshBackoff { failures, retry_at }),
+        // Never 0 failures as written; such a record would just have no backoff.
+        backoff: s.backoff.and_then(|(failures, retry_at)| {
+            Some(RefreshBackoff {
+                failures: NonZeroU32::new(failures)?,
+                retry_at,
+            })
+        }),
     })
 }
 
@@ -156,9 +155,35 @@ pub fn decode_login(bytes: &[u8], public_url: &url::Url) -> Option<PendingLogin>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::HeadersConfig;
+    use http::HeaderName;
+
+    fn rules() -> IdentityRules {
+        let headers = HeadersConfig {
+            authorization_bearer: true,
+            user: None,
+            email: Some(HeaderName::from_static("x-forwarded-email")),
+            preferred_username: None,
+            groups: None,
+            groups_claim: "groups".into(),
+            claims: Vec::new(),
+        };
+        IdentityRules::new(&headers, ["tenant".to_string()])
+    }
+
+    /// A record as the gateway wrote it before `Identity` became compact.
+    const RECORD: &str = concat!(
+        r#"{"at":"at-1","exp":99,"rt":"rt-1","idt":null,"login":7,"backoff":[2,50],"#,
+        r#""id":{"sub":"u1","email":"é@x","username":null,"groups":["a"],"sid":"s1","#,
+        r#""claims":{"tenant":4},"headers":[["x-forwarded-email","é@x"]]},"#,
+        r#""more":[null,["at-b",7]]}"#
+    );
 
     #[test]
     fn session_roundtrip() {
+        let rules = rules();
+        let claims = serde_json::json!({"sub": "u1", "email": "é@x", "groups": ["a"],
+            "sid": "s1", "tenant": 4});
         let session = Session {
             tokens: Tokens {
                 bearer: Tokens::bearer_value("at-1").unwrap(),
@@ -171,30 +196,19 @@ mod tests {
                         bearer: Tokens::bearer_value("at-b").unwrap(),
                         expires_at: Some(7),
                     }),
-                ],
+                ]
+                .into(),
             },
-            identity: Arc::new(Identity {
-                sub: "u1".into(),
-                email: Some("é@x".into()),
-                preferred_username: None,
-                groups: vec!["a".into()],
-                sid: Some("s1".into()),
-                claims: serde_json::json!({"tenant": 4})
-                    .as_object()
-                    .unwrap()
-                    .clone(),
-                upstream_headers: vec![(
-                    HeaderName::from_static("x-forwarded-email"),
-                    HeaderValue::from_bytes("é@x".as_bytes()).unwrap(),
-                )],
-            }),
+            identity: Arc::new(rules.identity(claims.as_object().unwrap()).unwrap()),
             login_at: 7,
             backoff: Some(RefreshBackoff {
-                failures: 2,
+                failures: NonZeroU32::new(2).unwrap(),
                 retry_at: 50,
             }),
         };
-        let back = decode_session(&encode_session(&session).unwrap()).unwrap();
+        let encoded = encode_session(&session).unwrap();
+        assert_eq!(std::str::from_utf8(&encoded).unwrap(), RECORD);
+        let back = decode_session(&encoded, &rules).unwrap();
         assert_eq!(back.tokens.bearer, session.tokens.bearer);
         assert!(back.tokens.bearer.is_sensitive());
         assert_eq!(back.tokens.refresh_token.as_deref(), Some("rt-1"));
@@ -203,6 +217,17 @@ mod tests {
         assert!(back.tokens.bearer_for(1).is_none());
         assert_eq!(back.tokens.bearer_for(2).unwrap(), "Bearer at-b");
         assert_eq!(back.tokens.more[1].as_ref().unwrap().expires_at, Some(7));
-        assert!(decode_session(b"{}").is_none());
+        assert!(decode_session(b"{}", &rules).is_none());
+    }
+
+    #[test]
+    fn records_keep_their_headers_when_the_configuration_changed() {
+        let record = RECORD.replace("x-forwarded-email", "x-mail");
+        let back = decode_session(record.as_bytes(), &rules()).unwrap();
+        let headers: Vec<_> = back.identity.upstream_headers().collect();
+        assert_eq!(headers.len(), 1);
+        assert_eq!(headers[0].0, "x-mail");
+        assert_eq!(headers[0].1, "é@x".as_bytes());
+        assert_eq!(encode_session(&back).unwrap(), record.as_bytes());
     }
 }

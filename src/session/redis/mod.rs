@@ -33,6 +33,7 @@ use moka::future::Cache;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Cmd, FromRedisValue, Pipeline, RedisResult, Script};
 
+use super::identity::IdentityRules;
 use super::memory::matches_logout;
 use super::{RefreshLease, Session, SessionKey, SessionStore, StoreError, unix_now};
 use crate::login::PendingLogin;
@@ -87,6 +88,9 @@ pub struct RedisOptions {
     pub login_timeout: Duration,
     /// To parse a pending login's landing path again.
     pub public_url: url::Url,
+    /// The gateway's: a record read back shares their header name list (see
+    /// [`IdentityRules::restore`]).
+    pub identity_rules: Arc<IdentityRules>,
 }
 
 /// Cheap to clone: the pending logins share it.
@@ -301,7 +305,7 @@ impl Inner {
 
     fn open_session(&self, key: &SessionKey, sealed: &[u8]) -> Option<Session> {
         let (plain, _) = self.keys.open(&session_context(key), sealed)?;
-        codec::decode_session(&plain)
+        codec::decode_session(&plain, &self.opts.identity_rules)
     }
 }
 
@@ -341,10 +345,7 @@ impl SessionStore for RedisStore {
             .arg(ttl)
             .ignore();
         let id = &session.identity;
-        let indexes = [
-            Some(("sub", id.sub.as_str())),
-            id.sid.as_deref().map(|s| ("sid", s)),
-        ];
+        let indexes = [Some(("sub", id.sub())), id.sid().map(|s| ("sid", s))];
         for (label, value) in indexes.into_iter().flatten() {
             let set = format!(
                 "{}{label}:{}",
