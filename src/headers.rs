@@ -15,7 +15,7 @@ use crate::config::HeadersConfig;
 use crate::session::Identity;
 
 /// Hop-by-hop headers (RFC 9110 section 7.6.1, plus the legacy ones proxies still see), and
-/// `Upgrade` (only an upgrade request keeps it, see [`strip_hop_by_hop_for_upgrade`]).
+/// `Upgrade` (`Connection` first: [`strip_hop_by_hop`] relies on it) (only an upgrade request keeps it, see [`strip_hop_by_hop_for_upgrade`]).
 /// `HeaderName`s, not strings: a `&str` would be parsed into a name at every lookup.
 static HOP_BY_HOP: [HeaderName; 9] = [
     CONNECTION,
@@ -35,13 +35,19 @@ static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host"
 static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 
 /// Remove hop-by-hop headers, every header named in `Connection`, and `Upgrade`. One pass
-/// over the names first: most messages carry none, and then nothing is looked up.
+/// over the message's names finds which are there (most requests carry none; upstream
+/// responses typically `Connection: keep-alive`), and only those are looked up and removed.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
-        return;
+    let mut present = [false; HOP_BY_HOP.len()];
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|hop| hop == name) {
+            present[i] = true;
+        }
     }
-    remove_connection_listed(headers);
-    for name in &HOP_BY_HOP {
+    if present[0] {
+        remove_connection_listed(headers);
+    }
+    for (name, _) in HOP_BY_HOP.iter().zip(present).filter(|(_, there)| *there) {
         headers.remove(name);
     }
 }
@@ -57,9 +63,6 @@ pub fn strip_hop_by_hop_for_upgrade(headers: &mut HeaderMap) {
 }
 
 fn remove_connection_listed(headers: &mut HeaderMap) {
-    if !headers.contains_key(CONNECTION) {
-        return;
-    }
     let listed: Vec<HeaderName> = headers
         .get_all(CONNECTION)
         .iter()
