@@ -123,6 +123,26 @@ async fn a_client_connection_reuses_its_upstream_connection() {
     let port = text(other.send_request(get(&h, "/")).await.unwrap()).await;
     assert_ne!(port, ports[0]);
     assert_eq!(seen.accepted.load(Ordering::SeqCst), 2);
+    assert_eq!(connections_opened(&h).await, 2.0);
+}
+
+/// `authgate_upstream_connections_opened_total` from `/metrics`.
+async fn connections_opened(h: &Harness) -> f64 {
+    let text = h
+        .client()
+        .get(h.at("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("authgate_upstream_connections_opened_total "))
+        .expect("the metric is exposed")
+        .trim()
+        .parse()
+        .unwrap()
 }
 
 #[tokio::test]
@@ -140,6 +160,7 @@ async fn an_upstream_that_closes_its_connections_gets_new_ones() {
     ports.dedup();
     assert_eq!(ports.len(), 4, "a new upstream connection per request");
     assert_eq!(seen.accepted.load(Ordering::SeqCst), 4);
+    assert_eq!(connections_opened(&h).await, 4.0);
 }
 
 /// An upstream that keeps a connection open after its answer but closes it, without a

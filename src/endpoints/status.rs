@@ -1,5 +1,6 @@
 //! `/healthz`, `/readyz`, `/metrics` and `/oauth2/userinfo`.
 
+use std::fmt::Write as _;
 use std::sync::Arc;
 
 use http::header::CONTENT_TYPE;
@@ -36,6 +37,13 @@ pub async fn readyz(gateway: &Gateway) -> Response<Body> {
 
 pub fn metrics(gateway: &Gateway) -> Response<Body> {
     let mut text = gateway.metrics.render(gateway.store.live());
+    let _ = writeln!(
+        text,
+        "# HELP authgate_upstream_connections_opened_total Upstream connections opened.\n\
+         # TYPE authgate_upstream_connections_opened_total counter\n\
+         authgate_upstream_connections_opened_total {}",
+        gateway.upstream.connections_opened()
+    );
     if let Some(store) = gateway.store.metrics() {
         store.render(&mut text);
     }

@@ -12,6 +12,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -92,6 +93,8 @@ pub(super) struct Connector {
     port: u16,
     tls: Option<(TlsConnector, ServerName<'static>)>,
     connect_timeout: Duration,
+    /// Connections opened so far (metrics: compared with the request count, it shows reuse).
+    opened: AtomicU64,
 }
 
 impl Connector {
@@ -128,13 +131,18 @@ impl Connector {
             port,
             tls,
             connect_timeout,
+            opened: AtomicU64::new(0),
         })
+    }
+
+    pub(super) fn opened(&self) -> u64 {
+        self.opened.load(Ordering::Relaxed)
     }
 
     /// A new connection, its HTTP/1.1 state driven by a task of its own.
     pub(super) async fn connect(&self) -> Result<Sender, ConnectError> {
         let tcp = self.tcp().await?;
-        match &self.tls {
+        let sender = match &self.tls {
             None => handshake(tcp).await,
             Some((connector, name)) => {
                 let tls = tokio::time::timeout(
@@ -149,7 +157,9 @@ impl Connector {
                 })?;
                 handshake(tls).await
             }
-        }
+        }?;
+        self.opened.fetch_add(1, Ordering::Relaxed);
+        Ok(sender)
     }
 
     /// Every resolved address in turn, each within the connect timeout.

@@ -83,6 +83,11 @@ impl Upstream {
         })
     }
 
+    /// Upstream connections opened since start.
+    pub fn connections_opened(&self) -> u64 {
+        self.connector.opened()
+    }
+
     /// Forward `req` (headers already rewritten by the pipeline) over one of `conns` (the
     /// downstream connection's upstream connections) and stream the answer back. `path` is
     /// the normalized path the policy matched on: the upstream sees exactly it.
