@@ -24,7 +24,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, mpsc};
 
-use support::{Harness, bind, eventually};
+use support::{Harness, bind, eventually, metric};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type UpBody = BoxBody<Bytes, BoxError>;
@@ -92,20 +92,6 @@ async fn closed_port() -> SocketAddr {
     let addr = listener.local_addr().unwrap();
     drop(listener);
     addr
-}
-
-async fn metrics_text(h: &Harness) -> String {
-    let r = h.client().get(h.at("/metrics")).send().await.unwrap();
-    assert_eq!(r.status(), StatusCode::OK);
-    r.text().await.unwrap()
-}
-
-/// The value of the metrics sample whose line starts with `series ` (name and labels).
-fn sample(metrics: &str, series: &str) -> Option<f64> {
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .map(|v| v.trim().parse().unwrap())
 }
 
 /// Peak resident memory of this process (Linux), in bytes.
@@ -571,9 +557,9 @@ async fn closed_upstream_port_is_502_and_the_session_survives() {
         "session lost after a 502"
     );
 
-    let metrics = metrics_text(&h).await;
+    let metrics = h.metrics().await;
     assert_eq!(
-        sample(
+        metric(
             &metrics,
             "authgate_upstream_errors_total{kind=\"unreachable\"}"
         ),
@@ -612,9 +598,9 @@ async fn stalled_upstream_is_504() {
         .await;
     let response = h.client().get(h.at("/slow")).send().await.unwrap();
     assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
-    let metrics = metrics_text(&h).await;
+    let metrics = h.metrics().await;
     assert_eq!(
-        sample(&metrics, "authgate_upstream_errors_total{kind=\"timeout\"}"),
+        metric(&metrics, "authgate_upstream_errors_total{kind=\"timeout\"}"),
         Some(1.0)
     );
 }
@@ -809,9 +795,9 @@ async fn health_ready_and_metrics() {
 
     let fast = client.get(h.at("/fast")).send().await.unwrap();
     assert_eq!(fast.text().await.unwrap(), "fast");
-    let metrics = metrics_text(&h).await;
+    let metrics = h.metrics().await;
     assert_eq!(
-        sample(
+        metric(
             &metrics,
             "authgate_requests_total{route=\"/\",status=\"200\"}"
         ),
@@ -820,7 +806,7 @@ async fn health_ready_and_metrics() {
     );
     // Only the /metrics request itself.
     assert_eq!(
-        sample(&metrics, "authgate_requests_in_flight"),
+        metric(&metrics, "authgate_requests_in_flight"),
         Some(1.0),
         "{metrics}"
     );
@@ -829,19 +815,19 @@ async fn health_ready_and_metrics() {
     tokio::time::timeout(Duration::from_secs(10), arrived.notified())
         .await
         .unwrap();
-    let metrics = metrics_text(&h).await;
-    assert_eq!(sample(&metrics, "authgate_requests_in_flight"), Some(2.0));
+    let metrics = h.metrics().await;
+    assert_eq!(metric(&metrics, "authgate_requests_in_flight"), Some(2.0));
     release.notify_one();
     assert_eq!(slow.await.unwrap().unwrap().status(), StatusCode::OK);
-    let metrics = metrics_text(&h).await;
+    let metrics = h.metrics().await;
     assert_eq!(
-        sample(
+        metric(
             &metrics,
             "authgate_requests_total{route=\"/\",status=\"200\"}"
         ),
         Some(2.0)
     );
-    assert_eq!(sample(&metrics, "authgate_requests_in_flight"), Some(1.0));
+    assert_eq!(metric(&metrics, "authgate_requests_in_flight"), Some(1.0));
 }
 
 #[tokio::test]
@@ -864,7 +850,7 @@ async fn metrics_listen_serves_metrics_elsewhere_and_main_listener_proxies_them(
     assert_eq!(response.status(), StatusCode::OK);
     let metrics = response.text().await.unwrap();
     assert_eq!(
-        sample(
+        metric(
             &metrics,
             "authgate_requests_total{route=\"/\",status=\"200\"}"
         ),

@@ -281,14 +281,7 @@ async fn redis_outage_is_503_then_sessions_survive() {
         StatusCode::OK,
         "public routes need no store"
     );
-    let metrics = bare_client()
-        .get(h.at("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = h.metrics().await;
     assert!(
         !metrics.contains("authgate_store_errors_total{kind=\"error\"} 0")
             || !metrics.contains("authgate_store_errors_total{kind=\"timeout\"} 0"),

@@ -89,21 +89,9 @@ async fn userinfo(h: &Harness, client: &Client) -> Value {
     response.json().await.unwrap()
 }
 
-async fn metrics(h: &Harness) -> String {
-    let response = bare_client().get(h.at("/metrics")).send().await.unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
-    response.text().await.unwrap()
-}
-
 /// Value of the sample named exactly `series` (name plus labels), 0 when absent.
 fn metric(text: &str, series: &str) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|l| {
-            let (name, value) = l.rsplit_once(' ')?;
-            (name == series).then(|| value.parse().unwrap())
-        })
-        .unwrap_or(0.0)
+    support::metric(text, series).unwrap_or(0.0)
 }
 
 fn unix_now() -> u64 {
@@ -268,7 +256,7 @@ async fn storm_of_one_session(rotation: bool) {
     assert_eq!(h.echo(&client, "/after").await.bearer().as_ref(), Some(new));
     assert_eq!(controls.refresh_calls(), 1);
 
-    let text = metrics(&h).await;
+    let text = h.metrics().await;
     assert!(
         metric(&text, "authgate_refresh_coalesced_total") > 0.0,
         "{text}"
@@ -559,7 +547,7 @@ async fn invalid_grant_ends_the_session() {
     assert_eq!(controls.refresh_calls(), 2);
     assert!(stored(&h, &cookie_b).await.is_none());
 
-    let text = metrics(&h).await;
+    let text = h.metrics().await;
     assert_eq!(
         metric(&text, "authgate_refresh_total{outcome=\"rejected\"}"),
         2.0
@@ -605,7 +593,7 @@ async fn transient_failure(fault: TokenFault, config: &str) {
     let browser = get(&client, h.at("/after-expiry"), HTML).await;
     assert_eq!(browser.status(), StatusCode::SERVICE_UNAVAILABLE);
 
-    let text = metrics(&h).await;
+    let text = h.metrics().await;
     assert!(metric(&text, "authgate_refresh_total{outcome=\"transient\"}") >= 1.0);
     assert_eq!(
         metric(&text, "authgate_refresh_total{outcome=\"rejected\"}"),

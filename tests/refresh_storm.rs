@@ -210,7 +210,7 @@ async fn refresh_storm() {
         }
     }
     latencies.sort();
-    let metrics = support_metrics(&h).await;
+    let metrics = h.metrics().await;
     let coalesced = metric(&metrics, "authgate_refresh_coalesced_total");
 
     println!("--- refresh storm ---");
@@ -255,21 +255,6 @@ async fn refresh_storm() {
     );
 }
 
-async fn support_metrics(h: &Harness) -> String {
-    reqwest::get(h.at("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
 fn metric(text: &str, series: &str) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|l| {
-            let (name, value) = l.rsplit_once(' ')?;
-            (name == series).then(|| value.parse().ok())?
-        })
-        .unwrap_or(0.0)
+    support::metric(text, series).unwrap_or(0.0)
 }

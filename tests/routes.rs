@@ -115,19 +115,8 @@ async fn echo_of(response: reqwest::Response) -> Echo {
 
 /// `authgate_decisions_total{route,decision}`, 0 when the series is absent.
 async fn decisions(h: &Harness, route: &str, decision: &str) -> u64 {
-    let text = h
-        .client()
-        .get(h.at("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let series = format!("authgate_decisions_total{{route=\"{route}\",decision=\"{decision}\"}} ");
-    text.lines()
-        .find_map(|l| l.strip_prefix(&series))
-        .map_or(0, |n| n.trim().parse().unwrap())
+    let series = format!("authgate_decisions_total{{route=\"{route}\",decision=\"{decision}\"}}");
+    support::metric(&h.metrics().await, &series).map_or(0, |n| n as u64)
 }
 
 #[tokio::test]

@@ -500,21 +500,8 @@ async fn capacity_drops_the_least_recently_used_sessions() {
         [false, false, false, true, true],
         "the latest logins stay, the earliest are dropped"
     );
-    let metrics = bare_client()
-        .get(h.at("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let live: u64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("authgate_sessions_live "))
-        .expect("authgate_sessions_live")
-        .trim()
-        .parse()
-        .unwrap();
+    let live = support::metric(&h.metrics().await, "authgate_sessions_live")
+        .expect("authgate_sessions_live") as u64;
     assert!((1..=2).contains(&live), "authgate_sessions_live {live}");
 }
 

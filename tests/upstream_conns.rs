@@ -21,7 +21,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use support::{Harness, bind, eventually};
+use support::{Harness, bind, eventually, metric};
 
 type UpBody = BoxBody<Bytes, Infallible>;
 
@@ -128,21 +128,11 @@ async fn a_client_connection_reuses_its_upstream_connection() {
 
 /// `authgate_upstream_connections_opened_total` from `/metrics`.
 async fn connections_opened(h: &Harness) -> f64 {
-    let text = h
-        .client()
-        .get(h.at("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix("authgate_upstream_connections_opened_total "))
-        .expect("the metric is exposed")
-        .trim()
-        .parse()
-        .unwrap()
+    metric(
+        &h.metrics().await,
+        "authgate_upstream_connections_opened_total",
+    )
+    .expect("the metric is exposed")
 }
 
 #[tokio::test]

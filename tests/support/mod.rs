@@ -134,6 +134,13 @@ impl Harness {
     }
 
     /// GET `path` as an API client and return what the echo upstream saw (asserts 200).
+    /// The gateway's `/metrics` text (asserting 200).
+    pub async fn metrics(&self) -> String {
+        let response = bare_client().get(self.at("/metrics")).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        response.text().await.unwrap()
+    }
+
     pub async fn echo(&self, client: &Client, path: &str) -> Echo {
         let response = client
             .get(self.at(path))
@@ -439,6 +446,15 @@ impl Echo {
         self.header("authorization")
             .and_then(|v| v.strip_prefix("Bearer ").map(str::to_owned))
     }
+}
+
+/// The value of the Prometheus sample named exactly `series` (name plus labels), `None`
+/// when the series is absent.
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let (name, value) = l.rsplit_once(' ')?;
+        (name == series).then(|| value.trim().parse().unwrap())
+    })
 }
 
 /// Poll `cond` every 20 ms until it holds or `timeout` passes.
