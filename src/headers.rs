@@ -351,6 +351,16 @@ mod tests {
     }
 
     #[test]
+    fn an_ipv4_peer_on_a_dual_stack_listener_is_forwarded_as_ipv4() {
+        let peer = Peer {
+            addr: "[::ffff:10.0.0.9]:1234".parse().unwrap(),
+            tls: false,
+            trusted: false,
+        };
+        assert_eq!(peer_address_value(&peer).unwrap(), "10.0.0.9");
+    }
+
+    #[test]
     fn forwarded_headers_replaced_unless_trusted() {
         let untrusted = Peer {
             addr: "10.0.0.9:1234".parse().unwrap(),

@@ -634,6 +634,32 @@ async fn body_stalling_mid_stream_is_cut() {
 
 // --- HTTP/2 --------------------------------------------------------------------------------
 
+/// HTTP/1.0 allows a request without `Host`; the upstream (HTTP/1.1) must get one: the
+/// upstream's own.
+#[tokio::test]
+async fn a_request_without_host_reaches_the_upstream_with_the_upstreams_host() {
+    let addr = upstream(|req: Request<Incoming>| async move {
+        let host = req.headers().get(hyper::header::HOST).cloned();
+        text(format!("host={host:?}"))
+    })
+    .await;
+    let h = Harness::builder()
+        .config(PUBLIC)
+        .upstream(addr)
+        .start()
+        .await;
+    let mut tcp = TcpStream::connect(h.addr).await.unwrap();
+    tcp.write_all(b"GET /old HTTP/1.0\r\n\r\n").await.unwrap();
+    let mut answer = Vec::new();
+    tcp.read_to_end(&mut answer).await.unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.0 200"), "{answer}");
+    assert!(
+        answer.ends_with(&format!("host=Some(\"{addr}\")")),
+        "{answer}"
+    );
+}
+
 #[tokio::test]
 async fn h2c_client_is_proxied_to_an_http1_upstream() {
     let addr = upstream(|req: Request<Incoming>| async move {
