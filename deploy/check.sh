@@ -62,7 +62,8 @@ for overlay in deploy/kubernetes/overlays/*/; do
   mkdir "$work/$name"
   "$PYTHON" deploy/kubernetes/ci/rendered.py config "$rendered" "$work/$name"
   mapfile -t env < "$work/$name/env"
-  if env "${env[@]}" "$AUTHGATE" check --config "$work/$name/gateway.toml" > /dev/null; then
+  # Only the overlay's environment: nothing of the caller's AUTHGATE_* leaks in.
+  if env -i "${env[@]}" "$AUTHGATE" check --config "$work/$name/gateway.toml" > /dev/null; then
     echo "ok    authgate check: gateway.toml ${env[*]:+with ${env[*]//$work\/$name\//}}"
   else
     echo "FAIL  authgate check of overlay $name"; status=1
@@ -97,7 +98,7 @@ head -c 32 /dev/urandom | base64 > "$creds/cookie-secrets"
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 \
   -subj /CN=app.example.com -keyout "$creds/tls.key" -out "$creds/tls.crt" 2> /dev/null
 sed "s|/run/credentials/authgate.service/|$creds/|g" deploy/systemd/gateway.toml > "$work/systemd.toml"
-if "$AUTHGATE" check --config "$work/systemd.toml" > /dev/null; then
+if env -i "$AUTHGATE" check --config "$work/systemd.toml" > /dev/null; then
   echo "ok    authgate check: deploy/systemd/gateway.toml"
 else
   echo "FAIL  authgate check of deploy/systemd/gateway.toml"; status=1
