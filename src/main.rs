@@ -1,4 +1,5 @@
-//! The `authgate` command: run the gateway, check a configuration, or run the demo.
+//! The `authgate` command: run the gateway, check a configuration, probe a running gateway
+//! (`healthcheck`), or run the demo.
 //!
 //! Exit codes (contract): 0 clean shutdown, 2 bad configuration, 1 any other fatal error.
 //! The configuration is loaded and validated before anything binds a port.
@@ -39,6 +40,9 @@ enum Command {
         #[arg(long)]
         probe: bool,
     },
+    /// Exit 0 when GET /healthz on the configured `listen` address answers 200, else 1
+    /// (a container HEALTHCHECK without a shell).
+    Healthcheck,
     /// A self-contained demo: gateway + development OpenID provider + echo upstream.
     Demo {
         /// Where the demo gateway listens.
@@ -64,6 +68,7 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Some(Command::Check { probe }) => runtime.block_on(check(&cli.config, probe)),
+        Some(Command::Healthcheck) => runtime.block_on(healthcheck(&cli.config)),
         Some(Command::Demo { listen }) => {
             init_logging(LogFormat::Text);
             runtime.block_on(demo(listen))
@@ -124,6 +129,29 @@ async fn check(path: &std::path::Path, probe: bool) -> ExitCode {
         };
     }
     ExitCode::SUCCESS
+}
+
+/// Exit 1 on every failure, a configuration that does not load included: 2 is not a
+/// health state for Docker (it is reserved), and an unloadable configuration means the
+/// gateway cannot be running with it either.
+async fn healthcheck(path: &std::path::Path) -> ExitCode {
+    let config = match Config::load(path) {
+        Ok(config) => config,
+        Err(errors) => {
+            eprintln!(
+                "authgate healthcheck: invalid configuration ({}):\n{errors}",
+                path.display()
+            );
+            return ExitCode::from(EXIT_FATAL);
+        }
+    };
+    match authgate::healthcheck::probe(&config.server).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("authgate healthcheck: unhealthy: {e}");
+            ExitCode::from(EXIT_FATAL)
+        }
+    }
 }
 
 async fn demo(listen: std::net::SocketAddr) -> ExitCode {

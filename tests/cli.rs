@@ -330,3 +330,128 @@ fn repo_gateway_toml_checks_with_secrets_from_env() {
     assert_eq!(output.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("session.cookie_secrets"), "{stderr}");
 }
+
+// --- authgate healthcheck ---------------------------------------------------------------
+
+fn healthcheck(config: &Path) -> Command {
+    let mut cmd = authgate();
+    cmd.arg("healthcheck").arg("--config").arg(config);
+    cmd
+}
+
+/// Start the gateway on `config` and wait until `probe_url` (its /healthz) answers 200.
+async fn spawn_gateway(config: &Path, probe_url: String, client: reqwest::Client) -> Child {
+    let mut child = authgate()
+        .arg("--config")
+        .arg(config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let healthy = support::eventually(Duration::from_secs(30), || {
+        let request = client.get(probe_url.clone()).send();
+        async move { request.await.is_ok_and(|r| r.status() == 200) }
+    })
+    .await;
+    if !healthy {
+        let _ = child.kill();
+        panic!("authgate never answered {probe_url}");
+    }
+    child
+}
+
+fn stop(mut child: Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[tokio::test]
+async fn healthcheck_exits_0_against_a_gateway_listening_on_all_interfaces() {
+    let dir = TempDir::new();
+    // A wildcard `listen`: the probe must reach it on loopback.
+    let port = free_port().port();
+    let config = valid_config(SocketAddr::from(([0, 0, 0, 0], port)), None);
+    let config = dir.write("gateway.toml", &config);
+    let gateway = spawn_gateway(
+        &config,
+        format!("http://127.0.0.1:{port}/healthz"),
+        reqwest::Client::new(),
+    )
+    .await;
+    let (output, _, stderr) = run(&mut healthcheck(&config));
+    stop(gateway);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+}
+
+#[tokio::test]
+async fn healthcheck_speaks_tls_to_a_tls_listener_whatever_its_certificate_names() {
+    let dir = TempDir::new();
+    // A certificate for the public name only, as in production: never for 127.0.0.1.
+    let certified = rcgen::generate_simple_self_signed(vec!["app.example.com".to_owned()]).unwrap();
+    let cert = dir.write("tls.crt", &certified.cert.pem());
+    let key = dir.write("tls.key", &certified.key_pair.serialize_pem());
+    let listen = free_port();
+    let config = valid_config(listen, None).replace(
+        "[upstream]",
+        &format!(
+            "tls_cert_file = \"{}\"\ntls_key_file = \"{}\"\n[upstream]",
+            cert.display(),
+            key.display()
+        ),
+    );
+    let config = dir.write("gateway.toml", &config);
+    let client = reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .build()
+        .unwrap();
+    let gateway = spawn_gateway(&config, format!("https://{listen}/healthz"), client).await;
+    let (output, _, stderr) = run(&mut healthcheck(&config));
+    stop(gateway);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+}
+
+#[test]
+fn healthcheck_exits_1_when_nothing_listens() {
+    let dir = TempDir::new();
+    let config = dir.write("gateway.toml", &valid_config(free_port(), None));
+    let (output, _, stderr) = run(&mut healthcheck(&config));
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("cannot connect"), "{stderr}");
+}
+
+#[test]
+fn healthcheck_exits_1_when_healthz_is_not_200() {
+    use std::io::{Read, Write};
+    // Something that answers HTTP on the port, but not 200.
+    let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let listen = server.local_addr().unwrap();
+    let answer = std::thread::spawn(move || {
+        let (mut tcp, _) = server.accept().unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") && tcp.read(&mut byte).unwrap() == 1 {
+            head.push(byte[0]);
+        }
+        tcp.write_all(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n")
+            .unwrap();
+        String::from_utf8_lossy(&head).into_owned()
+    });
+    let dir = TempDir::new();
+    let config = dir.write("gateway.toml", &valid_config(listen, None));
+    let (output, _, stderr) = run(&mut healthcheck(&config));
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("503"), "{stderr}");
+    let head = answer.join().unwrap();
+    assert!(head.starts_with("GET /healthz HTTP/1.1\r\n"), "{head}");
+}
+
+#[test]
+fn healthcheck_exits_1_not_2_on_an_invalid_config() {
+    // Docker reserves exit code 2 of a health check: a bad configuration is "unhealthy".
+    let dir = TempDir::new();
+    let config = valid_config(free_port(), None).replace("http://127.0.0.1:9/oidc", "not a url");
+    let config = dir.write("gateway.toml", &config);
+    let (output, _, stderr) = run(&mut healthcheck(&config));
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("oidc.issuer"), "{stderr}");
+}

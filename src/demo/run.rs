@@ -44,8 +44,9 @@ pub async fn run(
     tracing::info!(provider = %idp.issuer(), upstream = %echo_addr, "demo provider and echo upstream started");
     eprintln!(
         "\n  authgate demo is running: open {public}/ in a browser.\n  \
-         Log in with any user name at the development provider; access tokens live 30 s,\n  \
-         so reload after 30 s to see the refreshed token reach the upstream.\n  \
+         Log in with any user name at the development provider. Access tokens live 30 s and\n  \
+         are refreshed once less than 10 s are left: reload 20 s after logging in and the\n  \
+         echo page shows a new bearer token.\n  \
          Ctrl-C stops it.\n"
     );
     let result = crate::serve(config, listener, shutdown).await;
