@@ -25,6 +25,7 @@ use crate::body::Body;
 use crate::config::{BearerMode, Config, Policy};
 use crate::endpoints::{self, Builtin};
 use crate::headers::{self, IdentityHeaders, Peer};
+use crate::logging::log_safe;
 use crate::login::Logins;
 use crate::metrics::{Decision, Metrics, RouteId};
 use crate::oidc::Oidc;
@@ -235,7 +236,10 @@ impl Gateway {
                         // Idempotent: a rejected refresh already deleted it; an expired
                         // session without a refresh token is deleted here.
                         if let Err(e) = self.store.delete(&key).await {
-                            tracing::warn!(error = %e, "could not delete an ended session");
+                            tracing::warn!(
+                                error = %log_safe(&e),
+                                "could not delete an ended session"
+                            );
                         }
                         return Err(self.unauthenticated(req, route, path, true, None));
                     }
@@ -245,7 +249,7 @@ impl Gateway {
                 },
                 Ok(None) => {}
                 Err(e) => {
-                    tracing::warn!(error = %e, "session store unavailable");
+                    tracing::warn!(error = %log_safe(&e), "session store unavailable");
                     return Err(Halt::Unavailable {
                         retry_after_secs: 1,
                     });
@@ -448,13 +452,14 @@ impl crate::server::Handler for Gateway {
         match &outcome.upstream_error {
             None => tracing::info!(
                 target: "authgate::access",
-                request_id, %method, path = uri.path(), status, latency_us, upstream_us,
-                peer = %peer.addr,
+                request_id = %log_safe(request_id), %method, path = %log_safe(uri.path()),
+                status, latency_us, upstream_us, peer = %peer.addr,
             ),
             Some(error) => tracing::warn!(
                 target: "authgate::access",
-                request_id, %method, path = uri.path(), status, latency_us, upstream_us,
-                peer = %peer.addr, upstream_error = %error,
+                request_id = %log_safe(request_id), %method, path = %log_safe(uri.path()),
+                status, latency_us, upstream_us, peer = %peer.addr,
+                upstream_error = %log_safe(error),
             ),
         }
         outcome.response

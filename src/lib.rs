@@ -17,6 +17,7 @@ pub mod endpoints;
 pub mod error;
 pub mod gateway;
 pub mod headers;
+pub mod logging;
 pub mod login;
 pub mod metrics;
 pub mod oidc;
