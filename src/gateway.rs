@@ -117,7 +117,7 @@ impl Gateway {
         Arc::new(Gateway {
             routes,
             cookies: CookieCodec::new(&cfg.session),
-            logins: Logins::new(&cfg.session, &store),
+            logins: Logins::new(&cfg.session, &cfg.server.public_url, &store),
             identity_headers: IdentityHeaders::new(&cfg.headers),
             store,
             oidc,
@@ -352,10 +352,9 @@ impl Gateway {
         // Our cookies never reach the upstream, on every route (contract Behaviour: "the
         // session cookie is not forwarded upstream"), public routes and CORS preflights
         // included. Done here, once, after authentication has read them.
-        headers::remove_cookies(
-            req.headers_mut(),
-            &[self.cookies.name(), self.logins.cookie_name()],
-        );
+        headers::remove_cookies(req.headers_mut(), |name| {
+            name == self.cookies.name() || self.logins.is_login_cookie(name)
+        });
         if wants_upgrade(&req) {
             headers::strip_hop_by_hop_for_upgrade(req.headers_mut());
         } else {
