@@ -25,6 +25,7 @@ use crate::body::Body;
 use crate::config::{BearerMode, Config, Policy};
 use crate::endpoints::{self, Builtin};
 use crate::headers::{self, IdentityHeaders, Peer};
+use crate::logging::log_safe;
 use crate::login::Logins;
 use crate::metrics::{Decision, Metrics, RouteId};
 use crate::oidc::Oidc;
@@ -116,7 +117,7 @@ impl Gateway {
         Arc::new(Gateway {
             routes,
             cookies: CookieCodec::new(&cfg.session),
-            logins: Logins::new(&cfg.session, &store),
+            logins: Logins::new(&cfg.session, &cfg.server.public_url, &store),
             identity_headers: IdentityHeaders::new(&cfg.headers),
             store,
             oidc,
@@ -235,7 +236,10 @@ impl Gateway {
                         // Idempotent: a rejected refresh already deleted it; an expired
                         // session without a refresh token is deleted here.
                         if let Err(e) = self.store.delete(&key).await {
-                            tracing::warn!(error = %e, "could not delete an ended session");
+                            tracing::warn!(
+                                error = %log_safe(&e),
+                                "could not delete an ended session"
+                            );
                         }
                         return Err(self.unauthenticated(req, route, path, true, None));
                     }
@@ -245,7 +249,7 @@ impl Gateway {
                 },
                 Ok(None) => {}
                 Err(e) => {
-                    tracing::warn!(error = %e, "session store unavailable");
+                    tracing::warn!(error = %log_safe(&e), "session store unavailable");
                     return Err(Halt::Unavailable {
                         retry_after_secs: 1,
                     });
@@ -348,10 +352,9 @@ impl Gateway {
         // Our cookies never reach the upstream, on every route (contract Behaviour: "the
         // session cookie is not forwarded upstream"), public routes and CORS preflights
         // included. Done here, once, after authentication has read them.
-        headers::remove_cookies(
-            req.headers_mut(),
-            &[self.cookies.name(), self.logins.cookie_name()],
-        );
+        headers::remove_cookies(req.headers_mut(), |name| {
+            name == self.cookies.name() || self.logins.is_login_cookie(name)
+        });
         if wants_upgrade(&req) {
             headers::strip_hop_by_hop_for_upgrade(req.headers_mut());
         } else {
@@ -448,13 +451,14 @@ impl crate::server::Handler for Gateway {
         match &outcome.upstream_error {
             None => tracing::info!(
                 target: "authgate::access",
-                request_id, %method, path = uri.path(), status, latency_us, upstream_us,
-                peer = %peer.addr,
+                request_id = %log_safe(request_id), %method, path = %log_safe(uri.path()),
+                status, latency_us, upstream_us, peer = %peer.addr,
             ),
             Some(error) => tracing::warn!(
                 target: "authgate::access",
-                request_id, %method, path = uri.path(), status, latency_us, upstream_us,
-                peer = %peer.addr, upstream_error = %error,
+                request_id = %log_safe(request_id), %method, path = %log_safe(uri.path()),
+                status, latency_us, upstream_us, peer = %peer.addr,
+                upstream_error = %log_safe(error),
             ),
         }
         outcome.response

@@ -146,9 +146,23 @@ pub fn find_cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
         })
 }
 
-/// Remove our cookies (by exact name) from the `Cookie` headers; other cookies pass untouched.
-/// Allocates only when our cookies share a header with other cookies.
-pub fn remove_cookies(headers: &mut HeaderMap, names: &[&str]) {
+/// Every `name=value` pair of every `Cookie` header, as bytes: a pair that is not ASCII
+/// neither hides nor is hidden by the others.
+pub fn cookie_pairs(headers: &HeaderMap) -> impl Iterator<Item = (&[u8], &[u8])> {
+    headers
+        .get_all(COOKIE)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b';'))
+        .filter_map(|pair| {
+            let pair = pair.trim_ascii();
+            let eq = pair.iter().position(|b| *b == b'=')?;
+            Some((pair[..eq].trim_ascii(), pair[eq + 1..].trim_ascii()))
+        })
+}
+
+/// Remove our cookies (those whose name `ours` accepts) from the `Cookie` headers; other
+/// cookies pass untouched. Allocates only when our cookies share a header with other cookies.
+pub fn remove_cookies(headers: &mut HeaderMap, ours: impl Fn(&str) -> bool) {
     let pairs = || {
         headers
             .get_all(COOKIE)
@@ -157,7 +171,7 @@ pub fn remove_cookies(headers: &mut HeaderMap, names: &[&str]) {
             .flat_map(|v| v.split(';'))
             .filter(|pair| !pair.trim().is_empty())
     };
-    let ours = |pair: &str| names.contains(&cookie_name(pair));
+    let ours = |pair: &str| ours(cookie_name(pair));
     let (mut any_ours, mut all_ours) = (false, true);
     for pair in pairs() {
         let mine = ours(pair);
@@ -342,11 +356,11 @@ mod tests {
             ("cookie", "authgate_session=dup"),
         ]);
         assert_eq!(find_cookie(&h, "authgate_session"), Some("xyz"));
-        remove_cookies(&mut h, &["authgate_session"]);
+        remove_cookies(&mut h, |name| name == "authgate_session");
         assert_eq!(h.get_all(COOKIE).iter().count(), 1);
         assert_eq!(h[COOKIE], "a=1; b=2");
         let mut only = map(&[("cookie", "authgate_session=xyz")]);
-        remove_cookies(&mut only, &["authgate_session"]);
+        remove_cookies(&mut only, |name| name == "authgate_session");
         assert!(!only.contains_key(COOKIE));
     }
 

@@ -18,6 +18,7 @@ pub mod error;
 pub mod gateway;
 pub mod headers;
 pub mod healthcheck;
+pub mod logging;
 pub mod login;
 pub mod metrics;
 pub mod oidc;
@@ -75,8 +76,6 @@ pub fn build(config: Config) -> Result<Arc<Gateway>, StartupError> {
                 cache_ttl: session::redis::CACHE_TTL,
                 lease: session::redis::LEASE,
                 lease_wait: config.oidc.refresh_timeout + session::redis::LEASE,
-                login_timeout: s.login_timeout,
-                public_url: config.server.public_url.clone(),
                 identity_rules: rules.clone(),
             };
             Store::Redis(RedisStore::new(opts, &s.cookie_secrets).map_err(StartupError::Store)?)

@@ -4,6 +4,7 @@
 //! Exit codes (contract): 0 clean shutdown, 2 bad configuration, 1 any other fatal error.
 //! The configuration is loaded and validated before anything binds a port.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -167,8 +168,10 @@ async fn demo(listen: std::net::SocketAddr) -> ExitCode {
 /// `RUST_LOG` filters (default `info`); `log_format = "json"` for Kubernetes log pipelines.
 fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // Colours only on a terminal: a log file or collector gets no escape sequences at all.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => builder.try_init(),

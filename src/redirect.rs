@@ -18,6 +18,8 @@
 //!
 //! Decisions:
 //!
+//! - **At most [`MAX_TARGET_BYTES`] (2048) bytes**, as given and as kept; a longer target
+//!   becomes `/`. A pending login carries its landing URL in a cookie (`crate::login`).
 //! - **Double encoding is refused.** Decoding is repeated until nothing changes (at most
 //!   `MAX_DECODE_ROUNDS` times, beyond that the input is refused), and every layer is checked,
 //!   so `/%252F%252Fevil` becomes `/`. A browser decodes nothing, so such a path would in fact
@@ -39,6 +41,10 @@ use url::Url;
 
 /// Where every rejected target lands.
 const ROOT: &str = "/";
+
+/// Longest target kept, in bytes, before and after parsing (contract Details 27): a landing
+/// URL travels in the browser's login cookie, which must stay small.
+pub const MAX_TARGET_BYTES: usize = 2048;
 
 /// How many times a target is percent-decoded before it is refused as too deeply encoded.
 const MAX_DECODE_ROUNDS: usize = 4;
@@ -71,11 +77,16 @@ impl SafeRedirect {
     /// `public_url` is the gateway's external origin (e.g. https://app.example.com, no trailing
     /// slash). Anything not provably same-origin becomes "/".
     pub fn parse(raw: &str, public_url: &url::Url) -> SafeRedirect {
+        if raw.len() > MAX_TARGET_BYTES {
+            return SafeRedirect(ROOT.to_owned());
+        }
         let target = if raw.starts_with('/') {
             same_origin_path(raw)
         } else {
             same_origin_url_path(raw, public_url)
         };
+        // Percent-encoding may have grown it: the bound holds for what is kept, too.
+        let target = target.filter(|t| t.len() <= MAX_TARGET_BYTES);
         SafeRedirect(target.unwrap_or_else(|| ROOT.to_owned()))
     }
 
@@ -388,6 +399,16 @@ mod tests {
         for raw in HOSTILE {
             assert_eq!(safe(raw), "/", "input {raw:?}");
         }
+    }
+
+    #[test]
+    fn long_targets_become_root() {
+        let at_bound = format!("/{}", "a".repeat(MAX_TARGET_BYTES - 1));
+        assert_eq!(safe(&at_bound), at_bound);
+        assert_eq!(safe(&format!("{at_bound}a")), "/");
+        assert_eq!(safe(&format!("/{}", "a".repeat(60 * 1024))), "/");
+        // Short as given, too long once non-ASCII is percent-encoded.
+        assert_eq!(safe(&format!("/{}", "é".repeat(700))), "/");
     }
 
     #[test]

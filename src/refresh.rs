@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use futures_util::FutureExt;
 use futures_util::future::{BoxFuture, Shared};
 
+use crate::logging::log_safe;
 use crate::metrics::{Metrics, RefreshOutcome};
 use crate::oidc::Oidc;
 use crate::oidc::flows::{RefreshError, TokenSet};
@@ -146,7 +147,7 @@ impl Refresher {
         let _lease = match self.store.refresh_lease(&key).await {
             Ok(lease) => lease,
             Err(e) => {
-                tracing::warn!(error = %e, "could not take the refresh lease");
+                tracing::warn!(error = %log_safe(&e), "could not take the refresh lease");
                 return Fresh::Unavailable {
                     retry_after_secs: 1,
                 };
@@ -156,7 +157,7 @@ impl Refresher {
             Ok(Some(session)) => session,
             Ok(None) => return Fresh::Ended,
             Err(e) => {
-                tracing::warn!(error = %e, "session store failed before refresh");
+                tracing::warn!(error = %log_safe(&e), "session store failed before refresh");
                 return Fresh::Unavailable {
                     retry_after_secs: 1,
                 };
@@ -186,16 +187,27 @@ impl Refresher {
             Err(RefreshError::Rejected(reason)) => {
                 self.metrics
                     .refresh_finished(RefreshOutcome::Rejected, elapsed);
-                tracing::info!(sub = %session.identity.sub(), %reason, "refresh rejected: session ended");
+                tracing::info!(
+                    sub = %log_safe(session.identity.sub()),
+                    reason = %log_safe(&reason),
+                    "refresh rejected: session ended"
+                );
                 if let Err(e) = self.store.delete(&key).await {
-                    tracing::warn!(error = %e, "could not delete session after rejected refresh");
+                    tracing::warn!(
+                        error = %log_safe(&e),
+                        "could not delete session after rejected refresh"
+                    );
                 }
                 Fresh::Ended
             }
             Err(RefreshError::Transient(reason)) => {
                 self.metrics
                     .refresh_finished(RefreshOutcome::Transient, elapsed);
-                tracing::warn!(sub = %session.identity.sub(), %reason, "refresh failed transiently: session kept");
+                tracing::warn!(
+                    sub = %log_safe(session.identity.sub()),
+                    reason = %log_safe(&reason),
+                    "refresh failed transiently: session kept"
+                );
                 self.store_backoff(key, &session, now).await
             }
         }
@@ -203,7 +215,10 @@ impl Refresher {
 
     async fn store_refreshed(&self, key: SessionKey, old: &Session, set: TokenSet) -> Fresh {
         let Some(bearer) = Tokens::bearer_value(&set.access_token) else {
-            tracing::warn!(sub = %old.identity.sub(), "provider returned an unusable access token");
+            tracing::warn!(
+                sub = %log_safe(old.identity.sub()),
+                "provider returned an unusable access token"
+            );
             return Fresh::Unavailable {
                 retry_after_secs: 1,
             };
@@ -234,7 +249,11 @@ impl Refresher {
         match self.store.save(key, refreshed.clone()).await {
             Ok(()) => Fresh::Ready(refreshed),
             Err(e) => {
-                tracing::error!(sub = %old.identity.sub(), error = %e, "could not store refreshed tokens");
+                tracing::error!(
+                    sub = %log_safe(old.identity.sub()),
+                    error = %log_safe(&e),
+                    "could not store refreshed tokens"
+                );
                 Fresh::Unavailable {
                     retry_after_secs: 1,
                 }
@@ -249,7 +268,7 @@ impl Refresher {
             ..old.clone()
         });
         if let Err(e) = self.store.save(key, updated.clone()).await {
-            tracing::warn!(error = %e, "could not record refresh backoff");
+            tracing::warn!(error = %log_safe(&e), "could not record refresh backoff");
         }
         if updated.access_valid(now) {
             Fresh::Ready(updated)

@@ -22,6 +22,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::body::Body;
 use crate::config::ServerConfig;
 use crate::headers::{self, Peer};
+use crate::logging::log_safe;
 
 /// Something that answers requests: the gateway, or the metrics-only listener.
 pub trait Handler: Send + Sync + 'static {
@@ -69,7 +70,7 @@ pub async fn run<H: Handler>(
                 }
                 Err(e) => {
                     // Typically EMFILE: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
+                    tracing::warn!(error = %log_safe(&e), "accept failed");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             }
@@ -132,7 +133,9 @@ impl<H: Handler> Connection<H> {
                         };
                         self.serve_io(TokioIo::new(stream), peer).await;
                     }
-                    Ok(Err(e)) => tracing::debug!(%addr, error = %e, "TLS handshake failed"),
+                    Ok(Err(e)) => {
+                        tracing::debug!(%addr, error = %log_safe(&e), "TLS handshake failed")
+                    }
                     Err(_) => tracing::debug!(%addr, "TLS handshake timed out"),
                 }
             }
@@ -152,7 +155,11 @@ impl<H: Handler> Connection<H> {
         });
         let conn = self.builder.serve_connection_with_upgrades(io, service);
         if let Err(e) = self.watcher.watch(conn.into_owned()).await {
-            tracing::debug!(addr = %peer.addr, error = %e, "connection ended with an error");
+            tracing::debug!(
+                addr = %peer.addr,
+                error = %log_safe(&e),
+                "connection ended with an error"
+            );
         }
     }
 }

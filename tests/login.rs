@@ -14,7 +14,8 @@ use support::{CLIENT_ID, Harness, location, set_cookie, set_cookie_line, userinf
 use support::{bare_client, one, query_of};
 
 const SESSION: &str = "authgate_session";
-const BINDING: &str = "authgate_session_login";
+/// Login cookies are `authgate_session_login_<tag>`, one per login.
+const LOGIN_PREFIX: &str = "authgate_session_login_";
 
 // --- helpers ---
 
@@ -48,6 +49,15 @@ async fn authorize(h: &Harness, client: &Client, url: &str) -> String {
         "{callback}"
     );
     callback
+}
+
+/// The `Set-Cookie` line of the login cookie a response sets.
+fn login_cookie_line(r: &Response) -> Option<String> {
+    r.headers()
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .find(|v| v.starts_with(LOGIN_PREFIX) && !v.contains("Max-Age=0"))
 }
 
 async fn live_sessions(h: &Harness) -> u64 {
@@ -99,9 +109,10 @@ async fn login_round_trip_asserts_every_hop() {
     // 2. /oauth2/start: 302 to the authorize endpoint, binding cookie set.
     let r = client.get(&to_start).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::FOUND);
-    let binding = set_cookie_line(&r, BINDING).expect("login binding cookie");
+    let binding = login_cookie_line(&r).expect("login cookie");
     assert!(binding.contains("HttpOnly"), "{binding}");
     assert!(binding.contains("SameSite=Lax"), "{binding}");
+    assert!(binding.contains("Path=/oauth2/"), "{binding}");
     assert!(set_cookie(&r, SESSION).is_none(), "no session before login");
     let authorize_url = location(&r);
     assert!(
@@ -210,9 +221,9 @@ async fn secure_cookie_client_secret_post_resource_and_extra_params() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::FOUND);
-    let binding_line = set_cookie_line(&r, BINDING).unwrap();
+    let binding_line = login_cookie_line(&r).unwrap();
     assert!(binding_line.contains("; Secure"), "{binding_line}");
-    let binding = set_cookie(&r, BINDING).unwrap();
+    let binding = binding_line.split(';').next().unwrap().to_owned();
     let q = query_of(&location(&r));
     assert_eq!(
         q["resource"],
@@ -228,7 +239,7 @@ async fn secure_cookie_client_secret_post_resource_and_extra_params() {
     let back = client.get(location(&r)).send().await.unwrap();
     let done = client
         .get(location(&back))
-        .header(header::COOKIE, format!("{BINDING}={binding}"))
+        .header(header::COOKIE, binding)
         .send()
         .await
         .unwrap();

@@ -204,8 +204,6 @@ fn redis_store_at(url: &str, secret_bytes: &[u8], lease: Duration) -> RedisStore
             cache_ttl: authgate::session::redis::CACHE_TTL,
             lease,
             lease_wait: Duration::from_secs(10),
-            login_timeout: Duration::from_secs(60),
-            public_url: "http://gw.test".parse().unwrap(),
             identity_rules: rules(),
         },
         &secrets(secret_bytes),
@@ -363,7 +361,7 @@ async fn redis_down_is_an_error_then_recovers() {
 }
 
 /// An ACL user confined to the key prefix: every key the store touches (records, indexes,
-/// leases, pending logins) is under `session.redis_key_prefix`, and AUTH with a user works.
+/// leases, used login states) is under `session.redis_key_prefix`, and AUTH with a user works.
 #[tokio::test]
 async fn redis_acl_user_confined_to_the_prefix() {
     let server = RedisServer::start_with(&[
@@ -391,23 +389,13 @@ async fn redis_acl_user_confined_to_the_prefix() {
     store.clear_local_cache();
     assert_eq!(token_of(&store, &key).await.as_deref(), Some("at-j"));
     drop(store.refresh_lease(&key).await.unwrap());
-    // Pending logins: sealed, single use.
-    let public: url::Url = "http://gw.test".parse().unwrap();
-    let login = authgate::login::PendingLogin {
-        browser: [7; 16],
-        nonce: "n-1".into(),
-        pkce_verifier: "v-1".into(),
-        landing: authgate::redirect::SafeRedirect::parse("/after", &public),
-    };
-    store.remember_login("state-1", &login).await.unwrap();
-    let taken = store.take_login("state-1").await.unwrap().expect("pending");
-    assert_eq!(
-        (taken.browser, taken.pkce_verifier.as_str()),
-        ([7; 16], "v-1")
-    );
-    assert_eq!(taken.landing.as_str(), "/after");
+    // A completed login's single-use marker.
+    assert!(!store.login_used("state-1").await.unwrap());
+    let ttl = Duration::from_secs(60);
+    assert!(store.mark_login_used("state-1", ttl).await.unwrap());
+    assert!(store.login_used("state-1").await.unwrap());
     assert!(
-        store.take_login("state-1").await.unwrap().is_none(),
+        !store.mark_login_used("state-1", ttl).await.unwrap(),
         "single use"
     );
     store.delete_matching(Some("sid-j"), None).await.unwrap();

@@ -110,9 +110,11 @@ pub struct SessionConfig {
     /// long. `None` (default): such a token is used until `absolute_timeout`.
     pub max_token_age: Option<Duration>,
     pub store: StoreConfig,
-    /// Lifetime of a pending login (from `/oauth2/start` to the callback). Default 10m.
+    /// Lifetime of a pending login (from `/oauth2/start` to the callback), so of its login
+    /// cookie and of the memory of its used state. Default 10m.
     pub login_timeout: Duration,
-    /// Most pending logins kept at once. Default 10 000.
+    /// Memory store: used login states remembered per replica (pending logins themselves live
+    /// in the browser, see `crate::login`). Default 10 000.
     pub max_pending_logins: u64,
 }
 

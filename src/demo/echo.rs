@@ -17,6 +17,7 @@ use serde_json::{Map, Value, json};
 use tokio::net::{TcpListener, TcpStream};
 
 use super::html;
+use crate::logging::log_safe;
 
 /// Serves the echo page on `listener` forever (until the task is dropped).
 pub async fn serve_echo(listener: TcpListener) {
@@ -26,7 +27,7 @@ pub async fn serve_echo(listener: TcpListener) {
                 tokio::spawn(serve_connection(stream));
             }
             Err(e) => {
-                tracing::warn!(error = %e, "echo upstream: accept failed");
+                tracing::warn!(error = %log_safe(&e), "echo upstream: accept failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
@@ -40,7 +41,7 @@ async fn serve_connection(stream: TcpStream) {
         .serve_connection_with_upgrades(TokioIo::new(stream), service)
         .await
     {
-        tracing::debug!(error = %e, "echo upstream: connection error");
+        tracing::debug!(error = %log_safe(&e), "echo upstream: connection error");
     }
 }
 

@@ -13,7 +13,8 @@ use super::query_param;
 use crate::body::Body;
 use crate::gateway::Gateway;
 use crate::headers::find_cookie;
-use crate::login::PendingLogin;
+use crate::logging::log_safe;
+use crate::login::{Logins, PendingLogin};
 use crate::redirect::SafeRedirect;
 use crate::response::{self, html_page};
 use crate::session::{ResourceToken, Session, SessionStore, Tokens, new_key, unix_now};
@@ -23,53 +24,63 @@ pub async fn start<B>(gateway: &Arc<Gateway>, req: &Request<B>) -> Response<Body
         return response::unavailable(5);
     };
     let rd = query_param(req.uri(), "rd").unwrap_or_else(|| "/".into());
-    let landing = SafeRedirect::parse(&rd, &gateway.cfg.server.public_url);
-    let logins = &gateway.logins;
-    let cookie = find_cookie(req.headers(), logins.cookie_name());
-    // Reuse the browser id so that several tabs can be logging in at once.
-    let browser = logins.browser_id(cookie).unwrap_or_else(new_key);
     let auth = gateway.oidc.authorize(&provider);
     let pending = PendingLogin {
-        browser,
+        state: auth.state,
         nonce: auth.nonce,
         pkce_verifier: auth.pkce_verifier,
-        landing,
+        landing: SafeRedirect::parse(&rd, &gateway.cfg.server.public_url),
     };
-    if let Err(e) = logins.remember(auth.state, pending).await {
-        tracing::warn!(error = %e, "could not store a pending login");
+    // Nothing is stored here: the browser carries the sealed login (see `crate::login`).
+    let Some(cookies) = gateway.logins.begin(req.headers(), &pending) else {
+        tracing::error!("could not seal a pending login");
         return response::unavailable(1);
-    }
+    };
     let mut response = response::found(auth.url.as_str());
-    if let Some(binding) = logins.binding_cookie(&browser) {
-        response.headers_mut().append(SET_COOKIE, binding);
+    for cookie in cookies {
+        response.headers_mut().append(SET_COOKIE, cookie);
     }
     response
 }
 
+/// The provider's redirect back. The browser binding is checked before anything is consumed
+/// (contract Details 31): a callback replayed from another browser is refused and leaves the
+/// user's own login intact.
 pub async fn callback<B>(gateway: &Arc<Gateway>, req: &Request<B>) -> Response<Body> {
     let uri = req.uri();
+    let logins = &gateway.logins;
+    let state = query_param(uri, "state");
+    // The login this browser started with this state, if any (a read: nothing consumed).
+    let pending = state.as_deref().and_then(|s| logins.find(req.headers(), s));
     if let Some(error) = query_param(uri, "error") {
         let detail = query_param(uri, "error_description").unwrap_or_default();
-        tracing::info!(%error, %detail, "provider returned a login error");
-        return login_failed(&format!("The identity provider said: {error}. {detail}"));
+        tracing::info!(
+            error = %log_safe(&error), detail = %log_safe(&detail),
+            "provider returned a login error"
+        );
+        // Its code only, never its free text: the page is on our origin.
+        let page = login_failed(provider_error(&error));
+        return finished(page, pending.as_ref(), logins);
     }
-    let (Some(state), Some(code)) = (query_param(uri, "state"), query_param(uri, "code")) else {
+    let (Some(state), Some(code)) = (state, query_param(uri, "code")) else {
         return login_failed("The login response is incomplete.");
     };
-    let logins = &gateway.logins;
-    let browser = logins.browser_id(find_cookie(req.headers(), logins.cookie_name()));
-    let pending = match logins.take(&state, browser).await {
-        Ok(Some(pending)) => pending,
-        Ok(None) => {
-            return login_failed(
-                "This login has expired, was already used, or was started in another browser.",
-            );
+    let Some(pending) = pending else {
+        return login_failed(
+            "This login has expired, was already used, or was started in another browser.",
+        );
+    };
+    match logins.was_used(&state).await {
+        Ok(false) => {}
+        Ok(true) => {
+            let page = login_failed("This login was already used.");
+            return finished(page, Some(&pending), logins);
         }
         Err(e) => {
-            tracing::warn!(error = %e, "could not read a pending login");
+            tracing::warn!(error = %log_safe(&e), "could not check a login's state");
             return response::unavailable(1);
         }
-    };
+    }
     let tokens = match gateway
         .oidc
         .exchange_code(&code, &pending.pkce_verifier, &pending.nonce)
@@ -78,8 +89,9 @@ pub async fn callback<B>(gateway: &Arc<Gateway>, req: &Request<B>) -> Response<B
         Ok(tokens) => tokens,
         Err(crate::oidc::flows::LoginError::NotReady) => return response::unavailable(5),
         Err(e) => {
-            tracing::warn!(error = %e, "login failed");
-            return login_failed("The identity provider's answer could not be accepted.");
+            tracing::warn!(error = %log_safe(&e), "login failed");
+            let page = login_failed("The identity provider's answer could not be accepted.");
+            return finished(page, Some(&pending), logins);
         }
     };
     let claims = tokens.claims.as_ref();
@@ -87,8 +99,21 @@ pub async fn callback<B>(gateway: &Arc<Gateway>, req: &Request<B>) -> Response<B
         claims.and_then(|c| gateway.rules.identity(c)),
         Tokens::bearer_value(&tokens.access_token),
     ) else {
-        return login_failed("The identity provider's answer lacks a user or a usable token.");
+        let page = login_failed("The identity provider's answer lacks a user or a usable token.");
+        return finished(page, Some(&pending), logins);
     };
+    // Single use, on every replica: only a login that got this far is recorded.
+    match logins.mark_used(&state).await {
+        Ok(true) => {}
+        Ok(false) => {
+            let page = login_failed("This login was already used.");
+            return finished(page, Some(&pending), logins);
+        }
+        Err(e) => {
+            tracing::warn!(error = %log_safe(&e), "could not record a login's state as used");
+            return response::unavailable(1);
+        }
+    }
     let session = Session {
         tokens: Tokens {
             bearer,
@@ -101,7 +126,20 @@ pub async fn callback<B>(gateway: &Arc<Gateway>, req: &Request<B>) -> Response<B
         login_at: unix_now(),
         backoff: None,
     };
-    create_session(gateway, req, session, pending.landing.as_str()).await
+    let response = create_session(gateway, req, session, pending.landing.as_str()).await;
+    finished(response, Some(&pending), logins)
+}
+
+/// `response`, clearing the login cookie of `pending` (a login the callback has used up).
+fn finished(
+    mut response: Response<Body>,
+    pending: Option<&PendingLogin>,
+    logins: &Logins,
+) -> Response<Body> {
+    if let Some(clear) = pending.and_then(|p| logins.clear_for(&p.state)) {
+        response.headers_mut().append(SET_COOKIE, clear);
+    }
+    response
 }
 
 /// Store the session under a NEW id (no session fixation), drop any previous one, set the
@@ -115,7 +153,7 @@ async fn create_session<B>(
     let sub = session.identity.sub().to_owned();
     let key = new_key();
     if let Err(e) = gateway.store.save(key, Arc::new(session)).await {
-        tracing::error!(error = %e, "could not store the new session");
+        tracing::error!(error = %log_safe(&e), "could not store the new session");
         return response::unavailable(2);
     }
     let previous =
@@ -123,13 +161,44 @@ async fn create_session<B>(
     if let Some(previous) = previous {
         let _ = gateway.store.delete(&previous).await;
     }
-    tracing::info!(%sub, "login succeeded");
+    tracing::info!(sub = %log_safe(&sub), "login succeeded");
     let mut response = response::found(landing);
     let max_age = gateway.cfg.session.absolute_timeout.as_secs();
     if let Some(cookie) = gateway.cookies.set_cookie(&key, max_age) {
         response.headers_mut().append(SET_COOKIE, cookie);
     }
     response
+}
+
+/// The page for a provider's `error` code: a short sentence for the codes of RFC 6749 section
+/// 4.1.2.1 and OpenID Connect Core section 3.1.2.6, "Login failed." for anything else.
+fn provider_error(code: &str) -> &'static str {
+    match code {
+        "access_denied" => "The identity provider refused the login (access_denied).",
+        "invalid_request" => {
+            "The identity provider found the login request invalid (invalid_request)."
+        }
+        "unauthorized_client" => {
+            "The identity provider does not let this application log in (unauthorized_client)."
+        }
+        "unsupported_response_type" => {
+            "The identity provider does not support this kind of login (unsupported_response_type)."
+        }
+        "invalid_scope" => "The identity provider refused the requested scopes (invalid_scope).",
+        "server_error" => "The identity provider had an internal error (server_error).",
+        "temporarily_unavailable" => {
+            "The identity provider is temporarily unavailable (temporarily_unavailable)."
+        }
+        "interaction_required" => {
+            "The identity provider needs you to interact with it (interaction_required)."
+        }
+        "login_required" => "The identity provider needs you to log in (login_required).",
+        "account_selection_required" => {
+            "The identity provider needs you to choose an account (account_selection_required)."
+        }
+        "consent_required" => "The identity provider needs your consent (consent_required).",
+        _ => "Login failed.",
+    }
 }
 
 fn login_failed(message: &str) -> Response<Body> {

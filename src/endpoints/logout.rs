@@ -12,6 +12,7 @@ use super::query_param;
 use crate::body::Body;
 use crate::gateway::Gateway;
 use crate::headers::find_cookie;
+use crate::logging::log_safe;
 use crate::oidc::jwt::{self, JwtError};
 use crate::redirect::SafeRedirect;
 use crate::response;
@@ -32,7 +33,7 @@ pub async fn sign_out<B>(gateway: &Arc<Gateway>, req: &Request<B>) -> Response<B
         Some(key) => {
             let session = gateway.store.load(&key).await.ok().flatten();
             if let Err(e) = gateway.store.delete(&key).await {
-                tracing::warn!(error = %e, "could not delete session at sign-out");
+                tracing::warn!(error = %log_safe(&e), "could not delete session at sign-out");
             }
             session
         }
@@ -40,7 +41,7 @@ pub async fn sign_out<B>(gateway: &Arc<Gateway>, req: &Request<B>) -> Response<B
     };
     let mut target = None;
     if let Some(session) = &session {
-        tracing::info!(sub = %session.identity.sub(), "sign-out");
+        tracing::info!(sub = %log_safe(session.identity.sub()), "sign-out");
         if let Some(refresh_token) = &session.tokens.refresh_token {
             gateway.oidc.revoke(refresh_token).await;
         }
@@ -70,17 +71,21 @@ pub async fn backchannel(gateway: &Arc<Gateway>, req: Request<Incoming>) -> Resp
     let claims = match verify_logout_token(gateway, &token).await {
         Ok(claims) => claims,
         Err(reason) => {
-            tracing::info!(%reason, "back-channel logout token rejected");
+            tracing::info!(reason = %log_safe(reason), "back-channel logout token rejected");
             return invalid_request(reason);
         }
     };
     let sid = claims.get("sid").and_then(Value::as_str);
     let sub = claims.get("sub").and_then(Value::as_str);
     if let Err(e) = gateway.store.delete_matching(sid, sub).await {
-        tracing::warn!(error = %e, "back-channel logout could not reach the store");
+        tracing::warn!(error = %log_safe(&e), "back-channel logout could not reach the store");
         return response::unavailable(1);
     }
-    tracing::info!(sid, sub, "back-channel logout");
+    tracing::info!(
+        sid = %log_safe(sid.unwrap_or("-")),
+        sub = %log_safe(sub.unwrap_or("-")),
+        "back-channel logout"
+    );
     let mut ok = response::text(StatusCode::OK, "ok");
     ok.headers_mut().remove(http::header::CONTENT_TYPE);
     ok

@@ -13,6 +13,7 @@ use url::Url;
 
 use super::{Oidc, Provider, error_chain, jwt};
 use crate::config::TokenEndpointAuth;
+use crate::logging::log_safe;
 use crate::session::unix_now;
 
 /// A login to start: where to send the browser, and what to remember until the callback.
@@ -244,7 +245,11 @@ impl Oidc {
                     *slot = Some((access, expires_at));
                 }
                 Err(RefreshError::Transient(reason)) => {
-                    tracing::warn!(%resource, %reason, "could not get the access token of a resource");
+                    tracing::warn!(
+                        %resource,
+                        reason = %log_safe(&reason),
+                        "could not get the access token of a resource"
+                    );
                     break;
                 }
                 Err(rejected) => return Err(rejected),
@@ -292,7 +297,12 @@ impl Oidc {
             Ok(response) => {
                 tracing::warn!(status = %response.status(), "refresh token revocation refused");
             }
-            Err(e) => tracing::warn!(error = %error_chain(&e), "refresh token revocation failed"),
+            Err(e) => {
+                tracing::warn!(
+                    error = %log_safe(error_chain(&e)),
+                    "refresh token revocation failed"
+                );
+            }
         }
     }
 

@@ -31,6 +31,7 @@ use url::Url;
 
 use crate::config::{OidcConfig, TokenEndpointAuth};
 use crate::error::StartupError;
+use crate::logging::log_safe;
 
 pub use openidconnect::reqwest::Client as HttpClient;
 
@@ -169,12 +170,19 @@ impl Oidc {
         loop {
             match self.discover().await {
                 Ok(provider) => {
-                    tracing::info!(issuer = provider.issuer(), "OIDC discovery succeeded");
+                    tracing::info!(
+                        issuer = %log_safe(provider.issuer()),
+                        "OIDC discovery succeeded"
+                    );
                     self.current.store(Some(Arc::new(provider)));
                     return;
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, retry_in = ?delay, "OIDC discovery failed");
+                    tracing::warn!(
+                        error = %log_safe(&e),
+                        retry_in = ?delay,
+                        "OIDC discovery failed"
+                    );
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(30));
                 }
@@ -264,7 +272,7 @@ impl Oidc {
         let current = self.provider()?;
         let jwks = JsonWebKeySet::fetch_async(current.metadata.jwks_uri(), &self.http)
             .await
-            .map_err(|e| tracing::warn!(error = %error_chain(&e), "JWKS refetch failed"))
+            .map_err(|e| tracing::warn!(error = %log_safe(error_chain(&e)), "JWKS refetch failed"))
             .ok()?;
         tracing::info!(keys = jwks.keys().len(), "refetched provider keys");
         let metadata = current.metadata.clone().set_jwks(jwks);

@@ -30,6 +30,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 use crate::error::StartupError;
+use crate::logging::log_safe;
 
 /// Idle upstream connections kept per downstream connection (only HTTP/2 ever has more than
 /// one: its concurrent streams each need their own HTTP/1.1 upstream connection).
@@ -204,7 +205,7 @@ where
     tokio::spawn(async move {
         // With upgrades: a WebSocket tunnel takes the connection over after a 101.
         if let Err(e) = conn.with_upgrades().await {
-            tracing::debug!(error = %e, "upstream connection ended with an error");
+            tracing::debug!(error = %log_safe(&e), "upstream connection ended with an error");
         }
     });
     Ok(sender)

@@ -26,6 +26,7 @@ use tokio::time::{Instant, Sleep};
 
 use crate::body::{Body, BodyError};
 use crate::config::UpstreamConfig;
+use crate::logging::log_safe;
 use crate::tls;
 
 pub use conn::{ConnectError, ReturnOnEnd, UpstreamConns};
@@ -200,13 +201,13 @@ fn tunnel(
         let (client, upstream) = match tokio::try_join!(client_side, upstream_side) {
             Ok(pair) => pair,
             Err(e) => {
-                tracing::debug!(error = %e, "upgrade failed");
+                tracing::debug!(error = %log_safe(&e), "upgrade failed");
                 return;
             }
         };
         let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
         if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-            tracing::debug!(error = %e, "upgraded connection closed");
+            tracing::debug!(error = %log_safe(&e), "upgraded connection closed");
         }
     });
     let (mut parts, _) = response.into_parts();

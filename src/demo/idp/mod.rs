@@ -29,6 +29,7 @@ use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
+use crate::logging::log_safe;
 pub use controls::{AccessTokenFormat, ClientAuth, Controls, IdTokenTamper, TokenFault};
 use keys::KeyRing;
 use web::Body;
@@ -179,7 +180,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
                     tokio::spawn(serve_connection(stream, Arc::clone(&shared)));
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "development provider: accept failed");
+                    tracing::warn!(error = %log_safe(&e), "development provider: accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },
@@ -204,7 +205,7 @@ async fn serve_connection(stream: TcpStream, shared: Arc<Shared>) {
         }
     };
     if let Err(e) = result {
-        tracing::debug!(error = %e, "development provider: connection error");
+        tracing::debug!(error = %log_safe(&e), "development provider: connection error");
     }
 }
 

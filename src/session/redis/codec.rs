@@ -1,5 +1,5 @@
-//! The serializable mirror of a session record and of a pending login (JSON, then sealed by
-//! `crypto`). Short field names: a record is written on every login and refresh.
+//! The serializable mirror of a session record (JSON, then sealed by `crypto`). Short field
+//! names: a record is written on every login and refresh.
 //!
 //! The identity is stored with its ready-made upstream headers, so a record read back is
 //! exactly the one written, whatever the replica's `[headers]` (replicas share a config).
@@ -12,8 +12,6 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::login::PendingLogin;
-use crate::redirect::SafeRedirect;
 use crate::session::identity::{IdentityParts, IdentityRules};
 use crate::session::{RefreshBackoff, ResourceToken, Session, Tokens};
 
@@ -119,36 +117,6 @@ pub fn decode_session(bytes: &[u8], rules: &IdentityRules) -> Option<Session> {
                 retry_at,
             })
         }),
-    })
-}
-
-#[derive(Serialize, Deserialize)]
-struct StoredLogin {
-    browser: [u8; 16],
-    nonce: String,
-    pkce: String,
-    landing: String,
-}
-
-pub fn encode_login(login: &PendingLogin) -> Option<Vec<u8>> {
-    serde_json::to_vec(&StoredLogin {
-        browser: login.browser,
-        nonce: login.nonce.clone(),
-        pkce: login.pkce_verifier.clone(),
-        landing: login.landing.as_str().to_owned(),
-    })
-    .ok()
-}
-
-/// The landing path is parsed again (a fixed point of `SafeRedirect::parse`), so a record
-/// can never smuggle an off-origin redirect.
-pub fn decode_login(bytes: &[u8], public_url: &url::Url) -> Option<PendingLogin> {
-    let s: StoredLogin = serde_json::from_slice(bytes).ok()?;
-    Some(PendingLogin {
-        browser: s.browser,
-        nonce: s.nonce,
-        pkce_verifier: s.pkce,
-        landing: SafeRedirect::parse(&s.landing, public_url),
     })
 }
 

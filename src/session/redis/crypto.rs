@@ -11,6 +11,10 @@
 //!   Names depend on the secret, so a reader looks under the name of every secret (one
 //!   round trip, `MGET`-like) and the store moves a record found under an old name.
 //!
+//! The same construction seals pending logins in the browser's login cookies (`crate::login`),
+//! under keys of their own ([`Keyring::for_login_cookies`]: another HKDF `info` label), so a
+//! login cookie never opens as a stored record, nor the other way round.
+//!
 //! A sealed value is `[version][deadline: u64 BE][nonce][ciphertext || tag]`. The deadline
 //! (Unix seconds after which the record is dead whatever its TTL; 0 = none) is plain so that
 //! the load script can cap the idle TTL at it, and it is authenticated (associated data with
@@ -28,6 +32,7 @@ const HEADER_LEN: usize = 1 + 8;
 const SALT: &[u8] = b"authgate redis store";
 const ENCRYPTION_INFO: &[u8] = b"authgate redis record encryption v1";
 const NAMES_INFO: &[u8] = b"authgate redis key names v1";
+const LOGIN_COOKIE_INFO: &[u8] = b"authgate login cookie encryption v1";
 
 struct Keys {
     aead: LessSafeKey,
@@ -40,14 +45,24 @@ pub struct Keyring {
 }
 
 impl Keyring {
-    /// `None` when there is no secret (validation guarantees one).
+    /// The keys of the Redis store. `None` when there is no secret (validation guarantees one).
     pub fn new(secrets: &[Secret<Vec<u8>>]) -> Option<Keyring> {
+        Self::derive(secrets, ENCRYPTION_INFO)
+    }
+
+    /// The keys that seal login cookies (only [`Keyring::seal`] and [`Keyring::open`] apply).
+    pub fn for_login_cookies(secrets: &[Secret<Vec<u8>>]) -> Option<Keyring> {
+        Self::derive(secrets, LOGIN_COOKIE_INFO)
+    }
+
+    fn derive(secrets: &[Secret<Vec<u8>>], encryption_info: &[u8]) -> Option<Keyring> {
         let salt = Salt::new(HKDF_SHA256, SALT);
+        let info = [encryption_info];
         let keys = secrets
             .iter()
             .map(|secret| {
                 let prk = salt.extract(secret.expose());
-                let aead = prk.expand(&[ENCRYPTION_INFO], &AES_256_GCM).ok()?;
+                let aead = prk.expand(&info, &AES_256_GCM).ok()?;
                 let names = prk.expand(&[NAMES_INFO], hmac::HMAC_SHA256).ok()?;
                 Some(Keys {
                     aead: LessSafeKey::new(UnboundKey::from(aead)),
@@ -183,6 +198,21 @@ mod tests {
         assert!(!sealed.windows(5).any(|w| w == b"token"));
         // Two writes of the same record differ (random nonce).
         assert_ne!(sealed, k.seal(b"id-1", 42, b"token").unwrap());
+    }
+
+    #[test]
+    fn login_cookie_keys_are_separate() {
+        let secrets = vec![Secret::new(vec![1u8; 32])];
+        let store = Keyring::new(&secrets).unwrap();
+        let logins = Keyring::for_login_cookies(&secrets).unwrap();
+        let sealed = logins.seal(b"ctx", 0, b"login").unwrap();
+        assert_eq!(logins.open(b"ctx", &sealed).unwrap().0, b"login");
+        assert!(store.open(b"ctx", &sealed).is_none());
+        assert!(
+            logins
+                .open(b"ctx", &store.seal(b"ctx", 0, b"x").unwrap())
+                .is_none()
+        );
     }
 
     #[test]

@@ -14,7 +14,10 @@
 //!     logout; their TTL is `absolute_timeout`, reset on every save, so at least any
 //!     member's; a member whose record expired is harmless;
 //!   - `<p>lease:<hmac(id)>`: the refresh lease (`lease`);
-//!   - `<p>login:<hmac(state)>`: a pending login, single use (`GETDEL`).
+//!   - `<p>used:<hmac(state)>`: a completed login's state, so that a replayed callback is
+//!     refused on every replica (`SET NX`, expiring after `login_timeout`). Pending logins
+//!     themselves live in the browser's sealed login cookies (`crate::login`): starting a
+//!     login writes nothing here.
 //! - A replica-local read cache (moka) answers a session's requests for at most
 //!   [`CACHE_TTL`] (1 s) without a round trip. That bounds how long a session deleted on
 //!   another replica (sign-out, rejected refresh, back-channel logout) still works here.
@@ -36,7 +39,6 @@ use redis::{Cmd, FromRedisValue, Pipeline, RedisResult, Script};
 use super::identity::IdentityRules;
 use super::memory::matches_logout;
 use super::{RefreshLease, Session, SessionKey, SessionStore, StoreError, unix_now};
-use crate::login::PendingLogin;
 use crate::metrics::StoreMetrics;
 use crate::secret::Secret;
 use crypto::Keyring;
@@ -85,15 +87,12 @@ pub struct RedisOptions {
     pub lease: Duration,
     /// How long a refresh waits for another replica's lease before giving up (503).
     pub lease_wait: Duration,
-    pub login_timeout: Duration,
-    /// To parse a pending login's landing path again.
-    pub public_url: url::Url,
     /// The gateway's: a record read back shares their header name list (see
     /// [`IdentityRules::restore`]).
     pub identity_rules: Arc<IdentityRules>,
 }
 
-/// Cheap to clone: the pending logins share it.
+/// Cheap to clone: the login single-use markers share it.
 #[derive(Clone)]
 pub struct RedisStore {
     inner: Arc<Inner>,
@@ -239,42 +238,29 @@ impl RedisStore {
         Ok(Some(session))
     }
 
-    /// Store a pending login for `login_timeout`.
-    pub async fn remember_login(
-        &self,
-        state: &str,
-        login: &PendingLogin,
-    ) -> Result<(), StoreError> {
-        let inner = &self.inner;
-        let sealed = codec::encode_login(login)
-            .and_then(|plain| inner.keys.seal(&login_context(state), 0, &plain))
-            .ok_or_else(|| StoreError("cannot seal a pending login".into()))?;
-        let name = format!(
-            "{}login:{}",
-            inner.opts.key_prefix,
-            inner.keys.name("login", state.as_bytes())
-        );
-        let mut set = redis::cmd("SET");
-        set.arg(name)
-            .arg(sealed)
-            .arg("PX")
-            .arg(millis(inner.opts.login_timeout));
-        self.query("SET (login)", &set).await
+    /// Whether a login `state` was completed, on any replica (its used marker exists under
+    /// the name of any secret).
+    pub async fn login_used(&self, state: &str) -> Result<bool, StoreError> {
+        let mut exists = redis::cmd("EXISTS");
+        exists.arg(self.inner.index_names("used", state));
+        let found: u64 = self.query("EXISTS (login)", &exists).await?;
+        Ok(found > 0)
     }
 
-    /// Take (and delete) the pending login of `state`, on whichever replica it started.
-    pub async fn take_login(&self, state: &str) -> Result<Option<PendingLogin>, StoreError> {
+    /// Record a completed login's `state` for `ttl` (its cookie is dead by then): `false`
+    /// when another request recorded it first. Written only once a code was redeemed, so
+    /// the markers are bounded by real logins.
+    pub async fn mark_login_used(&self, state: &str, ttl: Duration) -> Result<bool, StoreError> {
         let inner = &self.inner;
-        let mut pipe = redis::pipe();
-        for name in inner.keys.names("login", state.as_bytes()) {
-            pipe.cmd("GETDEL")
-                .arg(format!("{}login:{name}", inner.opts.key_prefix));
-        }
-        let found: Vec<Option<Vec<u8>>> = self.query_pipe("GETDEL (login)", &pipe).await?;
-        Ok(found.into_iter().flatten().find_map(|sealed| {
-            let (plain, _) = inner.keys.open(&login_context(state), &sealed)?;
-            codec::decode_login(&plain, &inner.opts.public_url)
-        }))
+        let name = format!(
+            "{}used:{}",
+            inner.opts.key_prefix,
+            inner.keys.name("used", state.as_bytes())
+        );
+        let mut set = redis::cmd("SET");
+        set.arg(name).arg(1).arg("NX").arg("PX").arg(millis(ttl));
+        let done: Option<String> = self.query("SET NX (login)", &set).await?;
+        Ok(done.is_some())
     }
 }
 
@@ -436,10 +422,6 @@ impl SessionStore for RedisStore {
 
 fn session_context(key: &SessionKey) -> Vec<u8> {
     [b"session\0".as_slice(), key].concat()
-}
-
-fn login_context(state: &str) -> Vec<u8> {
-    [b"login\0".as_slice(), state.as_bytes()].concat()
 }
 
 fn millis(d: Duration) -> u64 {
