@@ -5,6 +5,7 @@ mod support;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use authgate::demo::idp::TokenFault;
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use reqwest::{Method, StatusCode, header};
@@ -317,6 +318,107 @@ async fn backchannel_logout_after_key_rotation_is_accepted() {
         status_with(&h, &alice.cookie).await,
         StatusCode::UNAUTHORIZED
     );
+}
+
+// --- a logout during a refresh flight (contract Details 28) ---
+
+/// How a session is ended while its refresh is at the provider.
+#[derive(Clone, Copy, Debug)]
+enum Ending {
+    SignOut,
+    BackChannel,
+}
+
+/// Logs alice in with an access token that needs a refresh at once, and starts a request
+/// whose refresh the provider answers only after 2 s (the grant itself, with its rotation,
+/// is done at once). Returns the cookie, the provider session, and the pending request.
+async fn request_inside_a_slow_refresh(
+    h: &Harness,
+) -> (String, String, tokio::task::JoinHandle<StatusCode>) {
+    let controls = h.idp.controls();
+    controls.set_access_ttl(std::time::Duration::from_secs(5)); // < refresh_before_expiry
+    let alice = login(h, "alice").await;
+    // The refreshed token lasts: a session brought back would not refresh (and meet the
+    // revoked grant) again.
+    controls.set_access_ttl(std::time::Duration::from_secs(300));
+    controls.push_token_fault(TokenFault::SlowAnswer(std::time::Duration::from_secs(2)));
+    let in_flight = tokio::spawn({
+        let (url, cookie) = (h.at("/page"), alice.cookie.clone());
+        async move {
+            bare_client()
+                .get(url)
+                .header(header::ACCEPT, "application/json")
+                .header(header::COOKIE, format!("{SESSION}={cookie}"))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    });
+    let at_provider = support::eventually(std::time::Duration::from_secs(5), || async {
+        controls.refresh_calls() == 1
+    })
+    .await;
+    assert!(at_provider, "the refresh reached the provider");
+    (alice.cookie, alice.sid, in_flight)
+}
+
+async fn end_session(h: &Harness, how: Ending, cookie: &str, sid: &str) {
+    match how {
+        Ending::SignOut => {
+            let r = bare_client()
+                .post(h.at("/oauth2/sign_out"))
+                .header(header::COOKIE, format!("{SESSION}={cookie}"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), StatusCode::FOUND);
+        }
+        Ending::BackChannel => {
+            let token = support::logout_token(&h.idp, sid);
+            assert_eq!(support::post_logout_token(h, &token).await, StatusCode::OK);
+        }
+    }
+}
+
+async fn logout_during_refresh_is_final(how: Ending) {
+    let h = Harness::start().await;
+    let (cookie, sid, in_flight) = request_inside_a_slow_refresh(&h).await;
+    end_session(&h, how, &cookie, &sid).await;
+    assert_eq!(
+        status_with(&h, &cookie).await,
+        StatusCode::UNAUTHORIZED,
+        "{how:?}: ended at once"
+    );
+    // The flight comes back with new tokens: they are dropped, and so is its request.
+    let status = tokio::time::timeout(std::time::Duration::from_secs(10), in_flight)
+        .await
+        .expect("the request in flight is answered")
+        .unwrap();
+    for _ in 0..3 {
+        assert_eq!(
+            status_with(&h, &cookie).await,
+            StatusCode::UNAUTHORIZED,
+            "{how:?}: the refresh brought the session back"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    }
+    assert_eq!(
+        status,
+        StatusCode::UNAUTHORIZED,
+        "{how:?}: request in flight"
+    );
+    assert_eq!(h.idp.controls().refresh_calls(), 1);
+}
+
+#[tokio::test]
+async fn sign_out_during_a_refresh_is_final() {
+    logout_during_refresh_is_final(Ending::SignOut).await;
+}
+
+#[tokio::test]
+async fn backchannel_logout_during_a_refresh_is_final() {
+    logout_during_refresh_is_final(Ending::BackChannel).await;
 }
 
 #[tokio::test]

@@ -8,19 +8,34 @@
 //! used more often than the one it would evict, so on a full store a fresh login (inserted
 //! once) was refused: the user was logged in, then immediately unauthenticated, while idle
 //! old sessions stayed.
+//!
+//! An ended session stays ended (contract Details 28): updates go through `and_compute_with`
+//! (`replace`: only over the very record the flight read, never an insert), and so do
+//! deletions, so that moka serializes the two per key: a replace can no longer read the
+//! record, lose the race to a delete, and then write it back.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use moka::Expiry;
 use moka::future::Cache;
+use moka::ops::compute::{CompResult, Op};
 use moka::policy::EvictionPolicy;
 
-use super::{RefreshLease, Session, SessionKey, SessionStore, StoreError, unix_now};
+use super::{
+    RefreshLease, Replaced, Session, SessionKey, SessionStore, StoreError, Versioned, unix_now,
+};
+
+/// Bound on the single-use ids remembered (logout tokens' `jti`s). Only the provider can
+/// sign a logout token, so this many within the replay window is already far beyond any
+/// real logout rate; past it the least recently seen are forgotten first.
+const MAX_REMEMBERED_IDS: u64 = 100_000;
 
 pub struct MemoryStore {
     cache: Cache<SessionKey, Arc<Session>>,
     absolute_timeout: Duration,
+    /// Single-use ids: each entry lives for the duration it holds.
+    seen_ids: Cache<[u8; 32], Duration>,
 }
 
 impl MemoryStore {
@@ -31,9 +46,15 @@ impl MemoryStore {
             .time_to_idle(idle_timeout)
             .expire_after(AbsoluteExpiry { absolute_timeout })
             .build();
+        let seen_ids = Cache::builder()
+            .max_capacity(MAX_REMEMBERED_IDS)
+            .eviction_policy(EvictionPolicy::lru())
+            .expire_after(HeldDuration)
+            .build();
         MemoryStore {
             cache,
             absolute_timeout,
+            seen_ids,
         }
     }
 
@@ -60,8 +81,38 @@ impl SessionStore for MemoryStore {
         Ok(())
     }
 
+    async fn load_for_update(&self, key: &SessionKey) -> Result<Option<Versioned>, StoreError> {
+        Ok(self.load(key).await?.map(Versioned::local))
+    }
+
+    async fn replace(
+        &self,
+        key: &SessionKey,
+        expected: &Versioned,
+        session: Arc<Session>,
+    ) -> Result<Replaced, StoreError> {
+        let expected = &expected.session;
+        let result = (self.cache.entry(*key))
+            .and_compute_with(|current| {
+                let op = match current {
+                    Some(entry) if Arc::ptr_eq(entry.value(), expected) => Op::Put(session),
+                    _ => Op::Nop,
+                };
+                std::future::ready(op)
+            })
+            .await;
+        Ok(match result {
+            CompResult::ReplacedWith(_) | CompResult::Inserted(_) => Replaced::Done,
+            CompResult::Unchanged(_) => Replaced::Changed,
+            CompResult::StillNone(_) | CompResult::Removed(_) => Replaced::Gone,
+        })
+    }
+
     async fn delete(&self, key: &SessionKey) -> Result<(), StoreError> {
-        self.cache.invalidate(key).await;
+        // Through the per-key compute lock, like `replace` (see the module doc).
+        (self.cache.entry(*key))
+            .and_compute_with(|_| std::future::ready(Op::Remove))
+            .await;
         Ok(())
     }
 
@@ -78,7 +129,7 @@ impl SessionStore for MemoryStore {
             .map(|(k, _)| k)
             .collect();
         for key in doomed {
-            self.cache.invalidate(key.as_ref()).await;
+            self.delete(key.as_ref()).await?;
         }
         Ok(())
     }
@@ -88,11 +139,9 @@ impl SessionStore for MemoryStore {
         Ok(RefreshLease::local())
     }
 
-    async fn load_authoritative(
-        &self,
-        key: &SessionKey,
-    ) -> Result<Option<Arc<Session>>, StoreError> {
-        self.load(key).await
+    async fn remember_once(&self, id: &[u8; 32], ttl: Duration) -> Result<bool, StoreError> {
+        // `or_insert` inserts for exactly one of concurrent callers: only that one is fresh.
+        Ok(self.seen_ids.entry(*id).or_insert(ttl).await.is_fresh())
     }
 
     fn live(&self) -> u64 {
@@ -145,5 +194,14 @@ impl Expiry<SessionKey, Arc<Session>> for AbsoluteExpiry {
         _: Option<Duration>,
     ) -> Option<Duration> {
         Some(self.remaining(s))
+    }
+}
+
+/// A remembered id lives for the duration stored with it.
+struct HeldDuration;
+
+impl Expiry<[u8; 32], Duration> for HeldDuration {
+    fn expire_after_create(&self, _: &[u8; 32], ttl: &Duration, _: Instant) -> Option<Duration> {
+        Some(*ttl)
     }
 }
