@@ -9,6 +9,19 @@
 //! once) was refused: the user was logged in, then immediately unauthenticated, while idle
 //! old sessions stayed.
 //!
+//! moka keeps its LRU order lazily: a read or a write is queued in a buffer and applied to
+//! the order by the next maintenance pass (run by some later cache call once 64 operations
+//! are queued or 300 ms have passed). A pass applies the queued READS FIRST, then the
+//! writes, and a read of an entry whose insertion is still queued is dropped (the entry has
+//! no place in the order yet). So logins A and B, a request with A, and login C within one
+//! pass evicted A: A's read was dropped, and A, inserted first, looked least recent. A login
+//! therefore runs the pending maintenance right after its insert, before its cookie is sent:
+//! every later request of that session then reads an entry already in the order, and the
+//! eviction that a login causes sees every read made before it. Logins are rare (each one
+//! costs a round trip to the provider), and the hot path is untouched: a request still only
+//! queues its read. moka drops reads only when more than 384 are queued between two passes
+//! (a pass runs every 64): under such a burst a session's recency may lag by that request.
+//!
 //! An ended session stays ended (contract Details 28): updates go through `and_compute_with`
 //! (`replace`: only over the very record the flight read, never an insert), and so do
 //! deletions, so that moka serializes the two per key: a replace can no longer read the
@@ -78,6 +91,9 @@ impl SessionStore for MemoryStore {
 
     async fn save(&self, key: SessionKey, session: Arc<Session>) -> Result<(), StoreError> {
         self.cache.insert(key, session).await;
+        // Put the new session in the LRU order now (see the module doc), and let the
+        // eviction this insert causes see every read queued before it.
+        self.cache.run_pending_tasks().await;
         Ok(())
     }
 
