@@ -37,6 +37,9 @@ impl BearerError {
                 JwtError::NotYetValid => "the token is not valid yet",
                 JwtError::Issuer => "the token was issued by another issuer",
                 JwtError::Audience => "the token is not meant for this audience",
+                JwtError::Critical => {
+                    "the token has a critical header this gateway does not understand"
+                }
                 JwtError::Claim(_) => "the token lacks a required claim",
             },
         }
@@ -45,7 +48,7 @@ impl BearerError {
 
 pub async fn verify(gateway: &Gateway, token: &str) -> Result<Authenticated, BearerError> {
     let provider = gateway.oidc.provider().ok_or(BearerError::NotReady)?;
-    let claims = match jwt::verify_signature(token, provider.jwks(), &provider.algorithms) {
+    let verified = match jwt::verify_signature(token, provider.jwks(), &provider.algorithms) {
         Err(JwtError::UnknownKey) => {
             let refreshed = gateway
                 .oidc
@@ -56,6 +59,7 @@ pub async fn verify(gateway: &Gateway, token: &str) -> Result<Authenticated, Bea
         }
         other => other?,
     };
+    let claims = verified.claims;
     jwt::check_claims(
         &claims,
         provider.issuer(),

@@ -320,6 +320,45 @@ async fn backchannel_logout_after_key_rotation_is_accepted() {
     );
 }
 
+/// Contract Details 30: a logout token is used once. A replay is refused (400) and ends
+/// nothing, so a captured token cannot end the user's later sessions; another token (another
+/// `jti`) for the same user still works. `exp` is optional: a recent `iat` is what counts.
+#[tokio::test]
+async fn a_logout_token_is_used_once() {
+    let h = Harness::start().await;
+    let first = login(&h, "alice").await;
+    let mut claims = logout_claims(&h);
+    claims.insert("sub".into(), json!("alice"));
+    claims.remove("exp");
+    let token = h.idp.sign_jwt(&Value::Object(claims.clone()));
+    let (status, body) = backchannel(&h, &token).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        status_with(&h, &first.cookie).await,
+        StatusCode::UNAUTHORIZED
+    );
+
+    let again = login(&h, "alice").await;
+    for _ in 0..2 {
+        let (status, body) = backchannel(&h, &token).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "a replay: {body}");
+        assert!(body.contains("already used"), "{body}");
+        assert_eq!(
+            status_with(&h, &again.cookie).await,
+            StatusCode::OK,
+            "a replay ends nothing"
+        );
+    }
+    // The same claims with another jti are another logout.
+    claims.insert("jti".into(), json!(format!("jti-{}", rand_suffix())));
+    let (status, body) = backchannel(&h, &h.idp.sign_jwt(&Value::Object(claims))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        status_with(&h, &again.cookie).await,
+        StatusCode::UNAUTHORIZED
+    );
+}
+
 // --- a logout during a refresh flight (contract Details 28) ---
 
 /// How a session is ended while its refresh is at the provider.
@@ -495,6 +534,87 @@ async fn invalid_logout_tokens_are_refused_and_touch_nothing() {
             h.idp.sign_jwt(&with(&|c| {
                 c.remove("iat");
             })),
+        ),
+        // Contract Details 30.
+        (
+            "a year old, no exp",
+            h.idp.sign_jwt(&with(&|c| {
+                c.insert("iat".into(), json!(now() - 365 * 86400));
+                c.remove("exp");
+            })),
+        ),
+        (
+            "issued 12 minutes ago, exp in the future",
+            h.idp.sign_jwt(&with(&|c| {
+                c.insert("iat".into(), json!(now() - 12 * 60));
+                c.insert("exp".into(), json!(now() + 3600));
+            })),
+        ),
+        (
+            "without jti",
+            h.idp.sign_jwt(&with(&|c| {
+                c.remove("jti");
+            })),
+        ),
+        (
+            "an empty jti",
+            h.idp.sign_jwt(&with(&|c| {
+                c.insert("jti".into(), json!(""));
+            })),
+        ),
+        (
+            "a jti that is not a string",
+            h.idp.sign_jwt(&with(&|c| {
+                c.insert("jti".into(), json!(42));
+            })),
+        ),
+        (
+            "events a string",
+            h.idp.sign_jwt(&with(&|c| {
+                c.insert("events".into(), json!(BACKCHANNEL_EVENT));
+            })),
+        ),
+        (
+            "events a list",
+            h.idp.sign_jwt(&with(&|c| {
+                c.insert("events".into(), json!([BACKCHANNEL_EVENT]));
+            })),
+        ),
+        (
+            "the event member a string",
+            h.idp.sign_jwt(&with(&|c| {
+                c.insert("events".into(), json!({ BACKCHANNEL_EVENT: "yes" }));
+            })),
+        ),
+        (
+            "the event member true",
+            h.idp.sign_jwt(&with(&|c| {
+                c.insert("events".into(), json!({ BACKCHANNEL_EVENT: true }));
+            })),
+        ),
+        (
+            "the event member null",
+            h.idp.sign_jwt(&with(&|c| {
+                c.insert("events".into(), json!({ BACKCHANNEL_EVENT: null }));
+            })),
+        ),
+        (
+            "a sid that is not a string",
+            h.idp.sign_jwt(&with(&|c| {
+                c.insert("sid".into(), json!(["x"]));
+            })),
+        ),
+        (
+            "an unknown crit header",
+            h.idp.sign_jwt_with_header(
+                &json!({"crit": ["urn:example:unknown"], "urn:example:unknown": 1}),
+                &with(&|_| {}),
+            ),
+        ),
+        (
+            "a crit header naming a registered parameter",
+            h.idp
+                .sign_jwt_with_header(&json!({"crit": ["exp"]}), &with(&|_| {})),
         ),
         ("not a JWT", "not-a-jwt".to_owned()),
     ];

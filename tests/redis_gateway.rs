@@ -278,6 +278,49 @@ async fn a_logout_during_a_refresh_stays_final_on_every_replica() {
     }
 }
 
+/// Contract Details 30 on the shared store: a logout token used on one replica is a replay
+/// on every other one.
+#[tokio::test]
+async fn a_logout_token_is_used_once_cluster_wide() {
+    let redis = RedisServer::start();
+    let idp = start_idp().await;
+    let a = replica(&redis, &idp).await;
+    let b = replica(&redis, &idp).await;
+    a.login(&a.client(), "ivan").await;
+    let sid = idp.controls().last_issued_sid().unwrap();
+    let token = support::logout_token(&idp, &sid);
+    assert_eq!(support::post_logout_token(&a, &token).await, StatusCode::OK);
+    assert_eq!(
+        support::post_logout_token(&b, &token).await,
+        StatusCode::BAD_REQUEST,
+        "replayed on another replica"
+    );
+    assert_eq!(
+        support::post_logout_token(&a, &token).await,
+        StatusCode::BAD_REQUEST,
+        "replayed on the same replica"
+    );
+    let fresh = support::logout_token(&idp, &sid);
+    assert_eq!(support::post_logout_token(&b, &fresh).await, StatusCode::OK);
+    // Remembered as a hash of issuer and jti, with an expiry, under the prefix.
+    let mut conn = redis.conn().await;
+    let once: Vec<String> = redis::cmd("KEYS")
+        .arg("ag:once:*")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(once.len(), 2, "{once:?}");
+    for name in &once {
+        assert!(!name.contains("jti"), "{name}");
+        let ttl: i64 = redis::cmd("PTTL")
+            .arg(name)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert!(ttl > 600_000 && ttl <= 720_000, "{name}: {ttl}");
+    }
+}
+
 /// The replica holding the lease dies while the provider has not answered: the lease is no
 /// longer renewed, expires, and another replica refreshes; the user stays logged in.
 #[tokio::test]

@@ -236,19 +236,21 @@ async fn ended_sessions_stay_ended<S: SessionStore>(store: &S) {
     assert!(store.load_for_update(&unknown).await.unwrap().is_none());
 }
 
-/// Single-use ids (logout token `jti`s): the first sighting only, for the time asked.
+/// Single-use ids (logout token `jti`s): remembered for the time asked, each on its own.
 async fn single_use_ids<S: SessionStore>(store: &S) {
     let ttl = Duration::from_secs(1);
     let (a, b) = ([1u8; 32], [2u8; 32]);
-    assert!(store.remember_once(&a, ttl).await.unwrap(), "first use");
-    assert!(!store.remember_once(&a, ttl).await.unwrap(), "a replay");
-    assert!(store.remember_once(&b, ttl).await.unwrap(), "another id");
+    assert!(!store.is_remembered(&a).await.unwrap(), "unknown");
+    store.remember(&a, ttl).await.unwrap();
+    assert!(store.is_remembered(&a).await.unwrap(), "remembered");
+    assert!(!store.is_remembered(&b).await.unwrap(), "another id");
+    store.remember(&a, Duration::from_secs(3600)).await.unwrap();
     assert!(
         eventually(Duration::from_secs(5), || async {
-            store.remember_once(&a, ttl).await.unwrap()
+            !store.is_remembered(&a).await.unwrap()
         })
         .await,
-        "forgotten after its time"
+        "forgotten after its time (a second remember keeps the first expiry)"
     );
 }
 

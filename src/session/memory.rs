@@ -155,9 +155,13 @@ impl SessionStore for MemoryStore {
         Ok(RefreshLease::local())
     }
 
-    async fn remember_once(&self, id: &[u8; 32], ttl: Duration) -> Result<bool, StoreError> {
-        // `or_insert` inserts for exactly one of concurrent callers: only that one is fresh.
-        Ok(self.seen_ids.entry(*id).or_insert(ttl).await.is_fresh())
+    async fn is_remembered(&self, id: &[u8; 32]) -> Result<bool, StoreError> {
+        Ok(self.seen_ids.get(id).await.is_some())
+    }
+
+    async fn remember(&self, id: &[u8; 32], ttl: Duration) -> Result<(), StoreError> {
+        self.seen_ids.entry(*id).or_insert(ttl).await;
+        Ok(())
     }
 
     fn live(&self) -> u64 {

@@ -130,14 +130,16 @@ pub trait SessionStore: Send + Sync + 'static {
         &self,
         key: &SessionKey,
     ) -> impl Future<Output = Result<RefreshLease, StoreError>> + Send;
-    /// Remember a single-use id (a logout token's issuer and `jti`, hashed) for at least
-    /// `ttl`: `true` the first time, `false` when it was seen before (a replay). A shared store
-    /// shares the memory between replicas.
-    fn remember_once(
+    /// Whether a single-use id (a logout token's issuer and `jti`, hashed) was remembered and
+    /// has not expired yet. A shared store shares the memory between replicas.
+    fn is_remembered(&self, id: &[u8; 32])
+    -> impl Future<Output = Result<bool, StoreError>> + Send;
+    /// Remember a single-use id for at least `ttl` (a second call keeps the first expiry).
+    fn remember(
         &self,
         id: &[u8; 32],
         ttl: Duration,
-    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
     /// Number of live sessions (approximate; for metrics).
     fn live(&self) -> u64;
     /// Whether the store answers (for `/readyz`).
@@ -244,10 +246,17 @@ impl SessionStore for Store {
         }
     }
 
-    async fn remember_once(&self, id: &[u8; 32], ttl: Duration) -> Result<bool, StoreError> {
+    async fn is_remembered(&self, id: &[u8; 32]) -> Result<bool, StoreError> {
         match self {
-            Store::Memory(s) => s.remember_once(id, ttl).await,
-            Store::Redis(s) => s.remember_once(id, ttl).await,
+            Store::Memory(s) => s.is_remembered(id).await,
+            Store::Redis(s) => s.is_remembered(id).await,
+        }
+    }
+
+    async fn remember(&self, id: &[u8; 32], ttl: Duration) -> Result<(), StoreError> {
+        match self {
+            Store::Memory(s) => s.remember(id, ttl).await,
+            Store::Redis(s) => s.remember(id, ttl).await,
         }
     }
 

@@ -49,6 +49,8 @@ pub enum IdTokenTamper {
     WrongNonce,
     /// `exp` (and `iat`) an hour in the past.
     Expired,
+    /// A `crit` header naming an extension (RFC 7515 section 4.1.11) nobody understands.
+    CriticalHeader,
 }
 
 /// Which client authentication a token or revocation request used (RFC 6749 §2.3.1).

@@ -16,7 +16,7 @@
 //!   - `<p>lease:<hmac(id)>`: the refresh lease (`lease`);
 //!   - `<p>login:<hmac(state)>`: a pending login, single use (`GETDEL`).
 //!   - `<p>once:<sha256(issuer, jti)>`: a logout token already used (`SET NX` with expiry:
-//!     a replay is refused on every replica).
+//!     a replay is refused on every replica);
 //! - A replica-local read cache (moka) answers a session's requests for at most
 //!   [`CACHE_TTL`] (1 s) without a round trip. That bounds how long a session deleted on
 //!   another replica (sign-out, rejected refresh, back-channel logout) still works here; on
@@ -429,6 +429,13 @@ impl Inner {
             .collect()
     }
 
+    /// The key of a remembered single-use id. Not keyed by the cookie secrets (the id is
+    /// already a hash of public values), so a secret rotation forgets nothing.
+    fn once_name(&self, id: &[u8; 32]) -> String {
+        let hex: String = id.iter().map(|b| format!("{b:02x}")).collect();
+        format!("{}once:{hex}", self.opts.key_prefix)
+    }
+
     /// The back-channel logout index sets a record belongs in (under the current secret).
     fn index_sets(&self, session: &Session) -> Vec<String> {
         let id = &session.identity;
@@ -570,16 +577,21 @@ impl SessionStore for RedisStore {
         self.take_lease(key).await
     }
 
-    async fn remember_once(&self, id: &[u8; 32], ttl: Duration) -> Result<bool, StoreError> {
-        let hex: String = id.iter().map(|b| format!("{b:02x}")).collect();
+    async fn is_remembered(&self, id: &[u8; 32]) -> Result<bool, StoreError> {
+        let mut exists = redis::cmd("EXISTS");
+        exists.arg(self.inner.once_name(id));
+        Ok(self.query::<i64>("EXISTS (once)", &exists).await? > 0)
+    }
+
+    async fn remember(&self, id: &[u8; 32], ttl: Duration) -> Result<(), StoreError> {
         let mut set = redis::cmd("SET");
-        set.arg(format!("{}once:{hex}", self.inner.opts.key_prefix))
+        set.arg(self.inner.once_name(id))
             .arg(1)
             .arg("NX")
             .arg("PX")
             .arg(millis(ttl));
-        let first: Option<String> = self.query("SET NX (once)", &set).await?;
-        Ok(first.is_some())
+        self.query::<Option<String>>("SET NX (once)", &set).await?;
+        Ok(())
     }
 
     /// Sessions in this replica's read cache (Redis holds the shared count).
