@@ -19,8 +19,9 @@
 //! every later request of that session then reads an entry already in the order, and the
 //! eviction that a login causes sees every read made before it. Logins are rare (each one
 //! costs a round trip to the provider), and the hot path is untouched: a request still only
-//! queues its read. moka drops reads only when more than 384 are queued between two passes
-//! (a pass runs every 64): under such a burst a session's recency may lag by that request.
+//! queues its read. moka drops a read only when its read buffer (384) is full, which takes
+//! hundreds of reads queued while one pass runs (a pass starts at 64): under such a burst
+//! the recency of a session may miss that one request.
 //!
 //! An ended session stays ended (contract Details 28): updates go through `and_compute_with`
 //! (`replace`: only over the very record the flight read, never an insert), and so do

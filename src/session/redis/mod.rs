@@ -14,9 +14,9 @@
 //!     logout; their TTL is `absolute_timeout`, reset on every save, so at least any
 //!     member's; a member whose record expired is harmless;
 //!   - `<p>lease:<hmac(id)>`: the refresh lease (`lease`);
-//!   - `<p>login:<hmac(state)>`: a pending login, single use (`GETDEL`).
+//!   - `<p>login:<hmac(state)>`: a pending login, single use (`GETDEL`);
 //!   - `<p>once:<sha256(issuer, jti)>`: a logout token already used (`SET NX` with expiry:
-//!     a replay is refused on every replica);
+//!     a replay is refused on every replica).
 //! - A replica-local read cache (moka) answers a session's requests for at most
 //!   [`CACHE_TTL`] (1 s) without a round trip. That bounds how long a session deleted on
 //!   another replica (sign-out, rejected refresh, back-channel logout) still works here; on
@@ -318,6 +318,22 @@ impl RedisStore {
         }
     }
 
+    /// Back-channel logout in Redis: the records the `SINTER`s of `find` name, and their
+    /// entries in the index `sets`.
+    async fn delete_indexed(&self, find: Pipeline, sets: Vec<&String>) -> Result<(), StoreError> {
+        let found: Vec<Vec<String>> = self.query_pipe("SINTER", &find).await?;
+        let doomed = found.concat();
+        if doomed.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        pipe.cmd("DEL").arg(&doomed).ignore();
+        for set in sets {
+            pipe.cmd("SREM").arg(set).arg(&doomed).ignore();
+        }
+        self.query_pipe::<()>("DEL (logout)", &pipe).await
+    }
+
     /// The `REPLACE` script: `session` over the version `expected` read. On success, the new
     /// version too.
     async fn write_over(
@@ -554,23 +570,14 @@ impl SessionStore for RedisStore {
             pipe.cmd("SINTER").arg(&sets);
             fetched.extend(sets);
         }
-        let found: Vec<Vec<String>> = self.query_pipe("SINTER", &pipe).await?;
-        let doomed = found.concat();
-        if !doomed.is_empty() {
-            let mut pipe = redis::pipe();
-            pipe.cmd("DEL").arg(&doomed).ignore();
-            for set in fetched {
-                pipe.cmd("SREM").arg(set).arg(&doomed).ignore();
-            }
-            self.query_pipe::<()>("DEL (logout)", &pipe).await?;
-        }
-        // This replica's cache; the others' expire within CACHE_TTL.
+        let deleted = self.delete_indexed(pipe, fetched).await;
+        // This replica's cache (even when Redis failed); the others' expire within CACHE_TTL.
         let cached: Vec<SessionKey> = (inner.cache.iter())
             .filter(|(_, s)| matches_logout(s, sid, sub))
             .map(|(k, _)| *k)
             .collect();
         self.forget_locally(cached).await;
-        Ok(())
+        deleted
     }
 
     async fn refresh_lease(&self, key: &SessionKey) -> Result<RefreshLease, StoreError> {
