@@ -369,7 +369,7 @@ enum Ending {
 }
 
 /// Logs alice in with an access token that needs a refresh at once, and starts a request
-/// whose refresh the provider answers only after 2 s (the grant itself, with its rotation,
+/// whose refresh the provider answers only after 3 s (the grant itself, with its rotation,
 /// is done at once). Returns the cookie, the provider session, and the pending request.
 async fn request_inside_a_slow_refresh(
     h: &Harness,
@@ -380,7 +380,7 @@ async fn request_inside_a_slow_refresh(
     // The refreshed token lasts: a session brought back would not refresh (and meet the
     // revoked grant) again.
     controls.set_access_ttl(std::time::Duration::from_secs(300));
-    controls.push_token_fault(TokenFault::SlowAnswer(std::time::Duration::from_secs(2)));
+    controls.push_token_fault(TokenFault::SlowAnswer(std::time::Duration::from_secs(3)));
     let in_flight = tokio::spawn({
         let (url, cookie) = (h.at("/page"), alice.cookie.clone());
         async move {

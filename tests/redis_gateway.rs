@@ -212,7 +212,7 @@ async fn a_logout_during_a_refresh_stays_final_on_every_replica() {
         // The refreshed token lasts: a session brought back would not refresh again.
         idp.controls().set_access_ttl(Duration::from_secs(300));
         idp.controls()
-            .push_token_fault(TokenFault::SlowAnswer(Duration::from_secs(2)));
+            .push_token_fault(TokenFault::SlowAnswer(Duration::from_secs(3)));
         let calls = idp.controls().refresh_calls();
         let in_flight = tokio::spawn({
             let (url, cookie) = (a.at("/hello"), cookie.clone());
