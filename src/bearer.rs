@@ -4,9 +4,19 @@
 //! verifies against the provider's JWKS (an advertised asymmetric algorithm; `iss`; `aud` one
 //! of `oidc.bearer_audiences`; `exp` and `nbf` with a small leeway). It is then forwarded with
 //! that same token, and identity headers from its claims.
+//!
+//! Only access tokens (contract Details 29). An ID token is signed by the same provider, and
+//! its audience is the client id; it also reaches the browser (the sign-out redirect carries
+//! it as `id_token_hint`, so it lands in the browser history). A token shaped like one is
+//! refused whatever its audience: a `nonce`, `at_hash` or `c_hash` claim (only ID tokens carry
+//! them), or a `typ` header other than `at+jwt` (RFC 9068) or `JWT`. And `bearer_audiences`
+//! has no default when a route uses passthrough (the configuration says which APIs' tokens
+//! are meant for the upstream).
+
+use serde_json::Value;
 
 use crate::gateway::{Authenticated, Gateway};
-use crate::oidc::jwt::{self, JwtError};
+use crate::oidc::jwt::{self, JwtError, Verified};
 use crate::session::{Tokens, unix_now};
 
 /// Clock skew tolerated on `exp` and `nbf`.
@@ -20,6 +30,8 @@ pub enum BearerError {
     Jwt(#[from] JwtError),
     #[error("token has no subject")]
     NoSubject,
+    #[error("not an access token")]
+    NotAnAccessToken,
 }
 
 impl BearerError {
@@ -28,6 +40,7 @@ impl BearerError {
         match self {
             BearerError::NotReady => "the identity provider is not available yet",
             BearerError::NoSubject => "the token has no subject",
+            BearerError::NotAnAccessToken => "the token is not an access token",
             BearerError::Jwt(e) => match e {
                 JwtError::Malformed => "the token is not a well-formed JWT",
                 JwtError::Algorithm => "the token's signing algorithm is not accepted",
@@ -37,6 +50,9 @@ impl BearerError {
                 JwtError::NotYetValid => "the token is not valid yet",
                 JwtError::Issuer => "the token was issued by another issuer",
                 JwtError::Audience => "the token is not meant for this audience",
+                JwtError::Critical => {
+                    "the token has a critical header this gateway does not understand"
+                }
                 JwtError::Claim(_) => "the token lacks a required claim",
             },
         }
@@ -45,7 +61,7 @@ impl BearerError {
 
 pub async fn verify(gateway: &Gateway, token: &str) -> Result<Authenticated, BearerError> {
     let provider = gateway.oidc.provider().ok_or(BearerError::NotReady)?;
-    let claims = match jwt::verify_signature(token, provider.jwks(), &provider.algorithms) {
+    let verified = match jwt::verify_signature(token, provider.jwks(), &provider.algorithms) {
         Err(JwtError::UnknownKey) => {
             let refreshed = gateway
                 .oidc
@@ -56,6 +72,10 @@ pub async fn verify(gateway: &Gateway, token: &str) -> Result<Authenticated, Bea
         }
         other => other?,
     };
+    if !is_access_token(&verified) {
+        return Err(BearerError::NotAnAccessToken);
+    }
+    let claims = verified.claims;
     jwt::check_claims(
         &claims,
         provider.issuer(),
@@ -69,4 +89,74 @@ pub async fn verify(gateway: &Gateway, token: &str) -> Result<Authenticated, Bea
         .ok_or(BearerError::NoSubject)?;
     let value = Tokens::bearer_value(token).ok_or(JwtError::Malformed)?;
     Ok(Authenticated::Bearer(value, Box::new(identity)))
+}
+
+/// Not shaped like an ID token (see the module doc). `typ` compares case-insensitively, with
+/// or without the `application/` prefix (RFC 7515 section 4.1.9, RFC 8725 section 3.11).
+fn is_access_token(jws: &Verified) -> bool {
+    const ID_TOKEN_CLAIMS: [&str; 3] = ["nonce", "at_hash", "c_hash"];
+    if ID_TOKEN_CLAIMS.iter().any(|c| jws.claims.contains_key(*c)) {
+        return false;
+    }
+    match jws.header.get("typ") {
+        None => true,
+        Some(Value::String(typ)) => {
+            let typ = typ.to_ascii_lowercase();
+            let typ = typ.strip_prefix("application/").unwrap_or(&typ);
+            typ == "at+jwt" || typ == "jwt"
+        }
+        Some(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn jws(header: Value, claims: Value) -> Verified {
+        let (Value::Object(header), Value::Object(claims)) = (header, claims) else {
+            panic!("objects only")
+        };
+        Verified { header, claims }
+    }
+
+    #[test]
+    fn id_token_shapes_are_not_access_tokens() {
+        let plain = json!({"sub": "svc", "aud": "api"});
+        let accepted = [
+            "JWT",
+            "jwt",
+            "at+jwt",
+            "AT+JWT",
+            "application/at+jwt",
+            "Application/JWT",
+        ];
+        assert!(
+            is_access_token(&jws(json!({"alg": "RS256"}), plain.clone())),
+            "no typ"
+        );
+        for typ in accepted {
+            let header = json!({"alg": "RS256", "typ": typ});
+            assert!(is_access_token(&jws(header, plain.clone())), "{typ}");
+        }
+        let refused = [
+            json!("id_token+jwt"),
+            json!("logout+jwt"),
+            json!("JOSE"),
+            json!("application/jwt+x"),
+            json!("xat+jwt"),
+            json!(""),
+            json!(7),
+        ];
+        for typ in refused {
+            let header = json!({"alg": "RS256", "typ": typ});
+            assert!(!is_access_token(&jws(header, plain.clone())), "{typ}");
+        }
+        for claim in ["nonce", "at_hash", "c_hash"] {
+            let claims = json!({"sub": "svc", claim: "x"});
+            let header = json!({"alg": "RS256", "typ": "at+jwt"});
+            assert!(!is_access_token(&jws(header, claims)), "{claim}");
+        }
+    }
 }

@@ -11,6 +11,9 @@
 //!   whole grant on reuse after 3 s).
 //! - `invalid_grant` ends the session; anything else is transient: the session stays, the
 //!   current token is used while valid, and the next attempt waits for a backoff.
+//! - A flight writes its result only over the very record it read (`SessionStore::replace`):
+//!   a sign-out or back-channel logout that lands while the provider is slow stays final
+//!   (contract Details 28); the flight then ends the request's session too.
 //!
 //! The in-flight map is behind a plain mutex held for a map operation only, and is touched
 //! only by requests that need a refresh: never on the hot path.
@@ -28,7 +31,8 @@ use crate::oidc::Oidc;
 use crate::oidc::flows::{RefreshError, TokenSet};
 use crate::session::identity::IdentityRules;
 use crate::session::{
-    RefreshBackoff, ResourceToken, Session, SessionKey, SessionStore, Store, Tokens, unix_now,
+    RefreshBackoff, Replaced, ResourceToken, Session, SessionKey, SessionStore, Store, Tokens,
+    Versioned, unix_now,
 };
 
 /// What a request may do with its session after `ensure_fresh`.
@@ -153,8 +157,8 @@ impl Refresher {
                 };
             }
         };
-        let session = match self.store.load_authoritative(&key).await {
-            Ok(Some(session)) => session,
+        let current = match self.store.load_for_update(&key).await {
+            Ok(Some(current)) => current,
             Ok(None) => return Fresh::Ended,
             Err(e) => {
                 tracing::warn!(error = %log_safe(&e), "session store failed before refresh");
@@ -163,11 +167,12 @@ impl Refresher {
                 };
             }
         };
+        let session = &current.session;
         let now = unix_now();
         if !session.needs_refresh(now, self.before) {
-            return Fresh::Ready(session); // an earlier flight already refreshed it
+            return Fresh::Ready(session.clone()); // an earlier flight already refreshed it
         }
-        if let Some(decided) = self.decide_without_provider(&session, now) {
+        if let Some(decided) = self.decide_without_provider(session, now) {
             return decided;
         }
         let Some(refresh_token) = session.tokens.refresh_token.as_deref() else {
@@ -182,7 +187,7 @@ impl Refresher {
         match result {
             Ok(tokens) => {
                 self.metrics.refresh_finished(RefreshOutcome::Ok, elapsed);
-                self.store_refreshed(key, &session, tokens).await
+                self.store_refreshed(key, &current, tokens).await
             }
             Err(RefreshError::Rejected(reason)) => {
                 self.metrics
@@ -208,12 +213,13 @@ impl Refresher {
                     reason = %log_safe(&reason),
                     "refresh failed transiently: session kept"
                 );
-                self.store_backoff(key, &session, now).await
+                self.store_backoff(key, &current, now).await
             }
         }
     }
 
-    async fn store_refreshed(&self, key: SessionKey, old: &Session, set: TokenSet) -> Fresh {
+    async fn store_refreshed(&self, key: SessionKey, current: &Versioned, set: TokenSet) -> Fresh {
+        let old = &current.session;
         let Some(bearer) = Tokens::bearer_value(&set.access_token) else {
             tracing::warn!(
                 sub = %log_safe(old.identity.sub()),
@@ -246,8 +252,9 @@ impl Refresher {
             login_at: old.login_at,
             backoff: None,
         });
-        match self.store.save(key, refreshed.clone()).await {
-            Ok(()) => Fresh::Ready(refreshed),
+        match self.store.replace(&key, current, refreshed.clone()).await {
+            Ok(Replaced::Done) => Fresh::Ready(refreshed),
+            Ok(lost) => self.after_lost_write(key, old, lost).await,
             Err(e) => {
                 tracing::error!(
                     sub = %log_safe(old.identity.sub()),
@@ -261,14 +268,17 @@ impl Refresher {
         }
     }
 
-    async fn store_backoff(&self, key: SessionKey, old: &Session, now: u64) -> Fresh {
+    async fn store_backoff(&self, key: SessionKey, current: &Versioned, now: u64) -> Fresh {
+        let old = &current.session;
         let backoff = RefreshBackoff::after_failure(old.backoff, now);
         let updated = Arc::new(Session {
             backoff: Some(backoff),
-            ..old.clone()
+            ..Session::clone(old)
         });
-        if let Err(e) = self.store.save(key, updated.clone()).await {
-            tracing::warn!(error = %log_safe(&e), "could not record refresh backoff");
+        match self.store.replace(&key, current, updated.clone()).await {
+            Ok(Replaced::Done) => {}
+            Ok(lost) => return self.after_lost_write(key, old, lost).await,
+            Err(e) => tracing::warn!(error = %log_safe(&e), "could not record refresh backoff"),
         }
         if updated.access_valid(now) {
             Fresh::Ready(updated)
@@ -276,6 +286,24 @@ impl Refresher {
             Fresh::Unavailable {
                 retry_after_secs: backoff.retry_at.saturating_sub(now).max(1),
             }
+        }
+    }
+
+    /// The record changed under the flight, so its result was not written: the session was
+    /// ended meanwhile (it stays ended), or another write replaced it (that record stands).
+    async fn after_lost_write(&self, key: SessionKey, old: &Session, lost: Replaced) -> Fresh {
+        if lost == Replaced::Gone {
+            tracing::info!(sub = %old.identity.sub(), "session ended during its refresh: the result is dropped");
+            return Fresh::Ended;
+        }
+        match self.store.load_for_update(&key).await {
+            Ok(Some(stored)) if stored.session.access_valid(unix_now()) => {
+                Fresh::Ready(stored.session)
+            }
+            Ok(None) => Fresh::Ended,
+            Ok(Some(_)) | Err(_) => Fresh::Unavailable {
+                retry_after_secs: 1,
+            },
         }
     }
 }

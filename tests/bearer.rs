@@ -2,20 +2,22 @@
 //! verified against the provider's JWKS (an advertised asymmetric algorithm, `iss`, `aud` in
 //! `oidc.bearer_audiences`, `exp`, `nbf`, 30 s leeway), is forwarded as it came, with identity
 //! headers from its claims; anything else is 401 with
-//! `WWW-Authenticate: Bearer error="invalid_token", error_description="..."`.
+//! `WWW-Authenticate: Bearer error="invalid_token", error_description="..."`. Only access
+//! tokens: an ID token (or a token shaped like one) is refused (contract Details 29).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod support;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use authgate::demo::idp::AccessTokenFormat;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hmac::{Hmac, Mac};
 use reqwest::{StatusCode, header};
 use serde_json::{Value, json};
 use sha2::Sha256;
-use support::{CLIENT_ID, Echo, Harness, location};
+use support::{CLIENT_ID, Echo, Harness, location, one, query_of};
 
 const ROUTES: &str = r#"
 [[route]]
@@ -38,10 +40,15 @@ path = "/other/"
 api = true
 "#;
 
-const RESOURCE: &str = "https://api.example.test";
+/// The audience of the machine clients' access tokens.
+const API: &str = "https://api.example.test";
 
 async fn start() -> Harness {
-    Harness::builder().config(ROUTES).start().await
+    Harness::builder()
+        .config(ROUTES)
+        .config(&format!("[oidc]\nbearer_audiences = [\"{API}\"]"))
+        .start()
+        .await
 }
 
 fn now() -> i64 {
@@ -56,7 +63,7 @@ fn now() -> i64 {
 fn claims(h: &Harness, patch: Value) -> Value {
     let mut claims = json!({
         "iss": h.idp.issuer(),
-        "aud": CLIENT_ID,
+        "aud": API,
         "sub": "svc-robot",
         "email": "robot@example.test",
         "iat": now(),
@@ -153,9 +160,7 @@ async fn a_valid_token_is_forwarded_as_it_came_with_identity_headers() {
     );
     assert_eq!(echo.header_values("x-forwarded-groups"), ["dev,ml"]);
     // `aud` as a list containing the client id.
-    let token = h
-        .idp
-        .sign_jwt(&claims(&h, json!({"aud": ["other", CLIENT_ID]})));
+    let token = h.idp.sign_jwt(&claims(&h, json!({"aud": ["other", API]})));
     accepted(&h, "/api/x", &token).await;
     // The scheme is case-insensitive.
     let r = h
@@ -393,25 +398,78 @@ async fn a_bad_token_on_a_browser_route_is_401_not_a_login_redirect() {
     accepted(&h, "/mixed/page", &good).await;
 }
 
+/// Contract Details 29. Even when the operator lists the client id among the audiences (its
+/// own access tokens carry it), an ID token is no bearer credential: the one the gateway
+/// hands the browser at sign-out (`id_token_hint`) is refused, and so is anything shaped like
+/// an ID token. The provider's real access token for the same client still passes.
 #[tokio::test]
-async fn with_a_resource_the_default_audience_is_the_resource() {
+async fn id_tokens_are_not_bearer_tokens() {
     let h = Harness::builder()
         .config(ROUTES)
-        .config(&format!("[oidc]\nresource = [\"{RESOURCE}\"]"))
+        .config(&format!(
+            "[oidc]\nbearer_audiences = [\"{CLIENT_ID}\", \"{API}\"]"
+        ))
         .start()
         .await;
-    let for_client = h.idp.sign_jwt(&claims(&h, json!({"aud": CLIENT_ID})));
-    rejected(&h, "/api/x", &for_client, "audience").await;
-    let for_resource = h.idp.sign_jwt(&claims(&h, json!({"aud": RESOURCE})));
-    accepted(&h, "/api/x", &for_resource).await;
-    let both = h
-        .idp
-        .sign_jwt(&claims(&h, json!({"aud": [CLIENT_ID, RESOURCE]})));
-    accepted(&h, "/api/x", &both).await;
+    h.idp
+        .controls()
+        .set_access_token_format(AccessTokenFormat::Jwt);
+    let browser = h.client();
+    h.login(&browser, "alice").await;
+    let out = browser.get(h.at("/oauth2/sign_out")).send().await.unwrap();
+    let id_token = one(&query_of(&location(&out)), "id_token_hint").to_owned();
+    rejected(&h, "/api/x", &id_token, "not an access token").await;
+
+    let as_client = |patch: Value| {
+        let mut patch = patch;
+        patch["aud"] = json!(CLIENT_ID);
+        claims(&h, patch)
+    };
+    for claim in ["nonce", "at_hash", "c_hash"] {
+        let token = h.idp.sign_jwt(&as_client(json!({ claim: "x" })));
+        rejected(&h, "/api/x", &token, "not an access token").await;
+    }
+    let plain = as_client(json!({}));
+    for typ in [
+        "id_token+jwt",
+        "logout+jwt",
+        "JOSE",
+        "application/jwt; x",
+        "jwt+at",
+    ] {
+        let token = h.idp.sign_jwt_with_header(&json!({ "typ": typ }), &plain);
+        rejected(&h, "/api/x", &token, "not an access token").await;
+    }
+    for typ in [
+        "at+jwt",
+        "AT+JWT",
+        "application/at+jwt",
+        "JWT",
+        "jwt",
+        "Application/JWT",
+    ] {
+        let token = h.idp.sign_jwt_with_header(&json!({ "typ": typ }), &plain);
+        accepted(&h, "/api/x", &token).await;
+    }
+    // Contract Details 30: a `crit` header is refused (the gateway understands none).
+    for crit in [json!(["urn:example:x"]), json!(["exp"])] {
+        let token = h.idp.sign_jwt_with_header(&json!({ "crit": crit }), &plain);
+        rejected(&h, "/api/x", &token, "critical header").await;
+    }
+    // The provider's own JWT access token (its audience is the client id) passes.
+    let machine = h.client();
+    h.login(&machine, "robot").await;
+    let access = h
+        .echo(&machine, "/other/x")
+        .await
+        .bearer()
+        .expect("a token");
+    let echo = accepted(&h, "/api/x", &access).await;
+    assert_eq!(echo.header("x-forwarded-user").as_deref(), Some("robot"));
 }
 
 #[tokio::test]
-async fn explicit_bearer_audiences_replace_the_default() {
+async fn only_the_configured_audiences_are_accepted() {
     let h = Harness::builder()
         .config(ROUTES)
         .config("[oidc]\nbearer_audiences = [\"aud-a\", \"aud-b\"]")

@@ -113,7 +113,10 @@ fn minimal_config_gets_the_contract_defaults() {
         TokenEndpointAuth::ClientSecretBasic
     );
     assert!(c.oidc.post_logout_redirect_uri.is_none());
-    assert_eq!(c.oidc.bearer_audiences, ["client-1"]);
+    assert!(
+        c.oidc.bearer_audiences.is_empty(),
+        "no default (Details 29)"
+    );
 
     let s = &c.session;
     assert_eq!(s.cookie_name, "authgate_session");
@@ -333,10 +336,34 @@ policy = "deny"
     });
 }
 
+/// Contract Details 29: a passthrough route needs `oidc.bearer_audiences`, said explicitly;
+/// the client id (what ID tokens carry as `aud`) or a resource is never assumed.
 #[test]
-fn bearer_audiences_default_to_resource() {
-    let c = load_ok(&with("oidc", r#"resource = ["https://api.example.com"]"#));
-    assert_eq!(c.oidc.bearer_audiences, ["https://api.example.com"]);
+fn passthrough_routes_need_explicit_bearer_audiences() {
+    let routes = r#"
+[[route]]
+path = "/web/"
+[[route]]
+path = "/api/"
+bearer = "passthrough"
+"#;
+    for oidc in ["", r#"resource = ["https://api.example.com"]"#] {
+        let errors = load_err(&format!("{}{routes}", with("oidc", oidc)));
+        assert_error(&errors, "oidc.bearer_audiences", "route[1]");
+        assert_error(&errors, "oidc.bearer_audiences", "passthrough");
+    }
+    let errors = load_err(&format!(
+        "{}{routes}",
+        with("oidc", r#"bearer_audiences = ["https://api", " "]"#)
+    ));
+    assert_error(&errors, "oidc.bearer_audiences", "empty");
+    let c = load_ok(&format!(
+        "{}{routes}",
+        with("oidc", r#"bearer_audiences = ["https://api"]"#)
+    ));
+    assert_eq!(c.oidc.bearer_audiences, ["https://api"]);
+    // Without a passthrough route nothing is required.
+    assert!(load_ok(&minimal()).oidc.bearer_audiences.is_empty());
 }
 
 #[test]

@@ -390,6 +390,13 @@ async fn expired_id_token_is_refused() {
     tampered_id_token_is_refused(IdTokenTamper::Expired).await;
 }
 
+/// Contract Details 30: a `crit` header the gateway does not understand (it understands
+/// none) refuses the ID token, as every JWT it verifies.
+#[tokio::test]
+async fn id_token_with_a_critical_header_is_refused() {
+    tampered_id_token_is_refused(IdTokenTamper::CriticalHeader).await;
+}
+
 // --- state ---
 
 #[tokio::test]

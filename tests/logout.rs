@@ -5,6 +5,7 @@ mod support;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use authgate::demo::idp::TokenFault;
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use reqwest::{Method, StatusCode, header};
@@ -319,6 +320,146 @@ async fn backchannel_logout_after_key_rotation_is_accepted() {
     );
 }
 
+/// Contract Details 30: a logout token is used once. A replay is refused (400) and ends
+/// nothing, so a captured token cannot end the user's later sessions; another token (another
+/// `jti`) for the same user still works. `exp` is optional: a recent `iat` is what counts.
+#[tokio::test]
+async fn a_logout_token_is_used_once() {
+    let h = Harness::start().await;
+    let first = login(&h, "alice").await;
+    let mut claims = logout_claims(&h);
+    claims.insert("sub".into(), json!("alice"));
+    claims.remove("exp");
+    let token = h.idp.sign_jwt(&Value::Object(claims.clone()));
+    let (status, body) = backchannel(&h, &token).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        status_with(&h, &first.cookie).await,
+        StatusCode::UNAUTHORIZED
+    );
+
+    let again = login(&h, "alice").await;
+    for _ in 0..2 {
+        let (status, body) = backchannel(&h, &token).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "a replay: {body}");
+        assert!(body.contains("already used"), "{body}");
+        assert_eq!(
+            status_with(&h, &again.cookie).await,
+            StatusCode::OK,
+            "a replay ends nothing"
+        );
+    }
+    // The same claims with another jti are another logout.
+    claims.insert("jti".into(), json!(format!("jti-{}", rand_suffix())));
+    let (status, body) = backchannel(&h, &h.idp.sign_jwt(&Value::Object(claims))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        status_with(&h, &again.cookie).await,
+        StatusCode::UNAUTHORIZED
+    );
+}
+
+// --- a logout during a refresh flight (contract Details 28) ---
+
+/// How a session is ended while its refresh is at the provider.
+#[derive(Clone, Copy, Debug)]
+enum Ending {
+    SignOut,
+    BackChannel,
+}
+
+/// Logs alice in with an access token that needs a refresh at once, and starts a request
+/// whose refresh the provider answers only after 3 s (the grant itself, with its rotation,
+/// is done at once). Returns the cookie, the provider session, and the pending request.
+async fn request_inside_a_slow_refresh(
+    h: &Harness,
+) -> (String, String, tokio::task::JoinHandle<StatusCode>) {
+    let controls = h.idp.controls();
+    controls.set_access_ttl(std::time::Duration::from_secs(5)); // < refresh_before_expiry
+    let alice = login(h, "alice").await;
+    // The refreshed token lasts: a session brought back would not refresh (and meet the
+    // revoked grant) again.
+    controls.set_access_ttl(std::time::Duration::from_secs(300));
+    controls.push_token_fault(TokenFault::SlowAnswer(std::time::Duration::from_secs(3)));
+    let in_flight = tokio::spawn({
+        let (url, cookie) = (h.at("/page"), alice.cookie.clone());
+        async move {
+            bare_client()
+                .get(url)
+                .header(header::ACCEPT, "application/json")
+                .header(header::COOKIE, format!("{SESSION}={cookie}"))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    });
+    let at_provider = support::eventually(std::time::Duration::from_secs(5), || async {
+        controls.refresh_calls() == 1
+    })
+    .await;
+    assert!(at_provider, "the refresh reached the provider");
+    (alice.cookie, alice.sid, in_flight)
+}
+
+async fn end_session(h: &Harness, how: Ending, cookie: &str, sid: &str) {
+    match how {
+        Ending::SignOut => {
+            let r = bare_client()
+                .post(h.at("/oauth2/sign_out"))
+                .header(header::COOKIE, format!("{SESSION}={cookie}"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), StatusCode::FOUND);
+        }
+        Ending::BackChannel => {
+            let token = support::logout_token(&h.idp, sid);
+            assert_eq!(support::post_logout_token(h, &token).await, StatusCode::OK);
+        }
+    }
+}
+
+async fn logout_during_refresh_is_final(how: Ending) {
+    let h = Harness::start().await;
+    let (cookie, sid, in_flight) = request_inside_a_slow_refresh(&h).await;
+    end_session(&h, how, &cookie, &sid).await;
+    assert_eq!(
+        status_with(&h, &cookie).await,
+        StatusCode::UNAUTHORIZED,
+        "{how:?}: ended at once"
+    );
+    // The flight comes back with new tokens: they are dropped, and so is its request.
+    let status = tokio::time::timeout(std::time::Duration::from_secs(10), in_flight)
+        .await
+        .expect("the request in flight is answered")
+        .unwrap();
+    for _ in 0..3 {
+        assert_eq!(
+            status_with(&h, &cookie).await,
+            StatusCode::UNAUTHORIZED,
+            "{how:?}: the refresh brought the session back"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    }
+    assert_eq!(
+        status,
+        StatusCode::UNAUTHORIZED,
+        "{how:?}: request in flight"
+    );
+    assert_eq!(h.idp.controls().refresh_calls(), 1);
+}
+
+#[tokio::test]
+async fn sign_out_during_a_refresh_is_final() {
+    logout_during_refresh_is_final(Ending::SignOut).await;
+}
+
+#[tokio::test]
+async fn backchannel_logout_during_a_refresh_is_final() {
+    logout_during_refresh_is_final(Ending::BackChannel).await;
+}
+
 #[tokio::test]
 async fn invalid_logout_tokens_are_refused_and_touch_nothing() {
     let h = Harness::start().await;
@@ -393,6 +534,87 @@ async fn invalid_logout_tokens_are_refused_and_touch_nothing() {
             h.idp.sign_jwt(&with(&|c| {
                 c.remove("iat");
             })),
+        ),
+        // Contract Details 30.
+        (
+            "a year old, no exp",
+            h.idp.sign_jwt(&with(&|c| {
+                c.insert("iat".into(), json!(now() - 365 * 86400));
+                c.remove("exp");
+            })),
+        ),
+        (
+            "issued 12 minutes ago, exp in the future",
+            h.idp.sign_jwt(&with(&|c| {
+                c.insert("iat".into(), json!(now() - 12 * 60));
+                c.insert("exp".into(), json!(now() + 3600));
+            })),
+        ),
+        (
+            "without jti",
+            h.idp.sign_jwt(&with(&|c| {
+                c.remove("jti");
+            })),
+        ),
+        (
+            "an empty jti",
+            h.idp.sign_jwt(&with(&|c| {
+                c.insert("jti".into(), json!(""));
+            })),
+        ),
+        (
+            "a jti that is not a string",
+            h.idp.sign_jwt(&with(&|c| {
+                c.insert("jti".into(), json!(42));
+            })),
+        ),
+        (
+            "events a string",
+            h.idp.sign_jwt(&with(&|c| {
+                c.insert("events".into(), json!(BACKCHANNEL_EVENT));
+            })),
+        ),
+        (
+            "events a list",
+            h.idp.sign_jwt(&with(&|c| {
+                c.insert("events".into(), json!([BACKCHANNEL_EVENT]));
+            })),
+        ),
+        (
+            "the event member a string",
+            h.idp.sign_jwt(&with(&|c| {
+                c.insert("events".into(), json!({ BACKCHANNEL_EVENT: "yes" }));
+            })),
+        ),
+        (
+            "the event member true",
+            h.idp.sign_jwt(&with(&|c| {
+                c.insert("events".into(), json!({ BACKCHANNEL_EVENT: true }));
+            })),
+        ),
+        (
+            "the event member null",
+            h.idp.sign_jwt(&with(&|c| {
+                c.insert("events".into(), json!({ BACKCHANNEL_EVENT: null }));
+            })),
+        ),
+        (
+            "a sid that is not a string",
+            h.idp.sign_jwt(&with(&|c| {
+                c.insert("sid".into(), json!(["x"]));
+            })),
+        ),
+        (
+            "an unknown crit header",
+            h.idp.sign_jwt_with_header(
+                &json!({"crit": ["urn:example:unknown"], "urn:example:unknown": 1}),
+                &with(&|_| {}),
+            ),
+        ),
+        (
+            "a crit header naming a registered parameter",
+            h.idp
+                .sign_jwt_with_header(&json!({"crit": ["exp"]}), &with(&|_| {})),
         ),
         ("not a JWT", "not-a-jwt".to_owned()),
     ];

@@ -190,6 +190,137 @@ async fn one_refresh_across_replicas() {
     assert_eq!(idp.controls().revoked_tokens().len(), 0);
 }
 
+/// Contract Details 28 on the shared store: a sign-out on another replica, or a back-channel
+/// logout on the refreshing replica itself, that lands while the provider is slow to answer
+/// a refresh stays final. The flight's compare-and-set finds the record gone and writes
+/// nothing: no replica serves the session again, and Redis holds no record of it.
+#[tokio::test]
+async fn a_logout_during_a_refresh_stays_final_on_every_replica() {
+    let redis = RedisServer::start();
+    let idp = start_idp().await;
+    let a = replica(&redis, &idp).await;
+    let b = replica(&redis, &idp).await;
+    for sign_out_on_b in [true, false] {
+        let what = if sign_out_on_b {
+            "sign-out on B"
+        } else {
+            "back-channel logout on A"
+        };
+        idp.controls().set_access_ttl(Duration::from_secs(5)); // < refresh_before_expiry
+        let cookie = a.login(&a.client(), "grace").await;
+        let sid = idp.controls().last_issued_sid().unwrap();
+        // The refreshed token lasts: a session brought back would not refresh again.
+        idp.controls().set_access_ttl(Duration::from_secs(300));
+        idp.controls()
+            .push_token_fault(TokenFault::SlowAnswer(Duration::from_secs(3)));
+        let calls = idp.controls().refresh_calls();
+        let in_flight = tokio::spawn({
+            let (url, cookie) = (a.at("/hello"), cookie.clone());
+            async move {
+                bare_client()
+                    .get(url)
+                    .header(header::ACCEPT, "application/json")
+                    .header(header::COOKIE, format!("authgate_session={cookie}"))
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+            }
+        });
+        assert!(
+            eventually(Duration::from_secs(5), || async {
+                idp.controls().refresh_calls() == calls + 1
+            })
+            .await,
+            "{what}: A is refreshing"
+        );
+        if sign_out_on_b {
+            let out = bare_client()
+                .post(b.at("/oauth2/sign_out"))
+                .header(header::COOKIE, format!("authgate_session={cookie}"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(out.status(), StatusCode::FOUND, "{what}");
+        } else {
+            let token = support::logout_token(&idp, &sid);
+            assert_eq!(
+                support::post_logout_token(&a, &token).await,
+                StatusCode::OK,
+                "{what}"
+            );
+        }
+        let status = tokio::time::timeout(Duration::from_secs(10), in_flight)
+            .await
+            .expect("the request in flight is answered")
+            .unwrap();
+        // Past the local read caches: what each replica serves now comes from Redis.
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        for (name, h) in [("A", &a), ("B", &b)] {
+            for _ in 0..2 {
+                assert_eq!(
+                    get(h, &cookie, "/hello").await.status(),
+                    StatusCode::UNAUTHORIZED,
+                    "{what}: the refresh brought the session back on {name}"
+                );
+            }
+        }
+        assert_eq!(
+            status,
+            StatusCode::UNAUTHORIZED,
+            "{what}: request in flight"
+        );
+        let records: Vec<String> = (redis.dump().await.into_iter())
+            .map(|(name, _)| name)
+            .filter(|name| name.starts_with("ag:s:"))
+            .collect();
+        assert!(records.is_empty(), "{what}: records left: {records:?}");
+    }
+}
+
+/// Contract Details 30 on the shared store: a logout token used on one replica is a replay
+/// on every other one.
+#[tokio::test]
+async fn a_logout_token_is_used_once_cluster_wide() {
+    let redis = RedisServer::start();
+    let idp = start_idp().await;
+    let a = replica(&redis, &idp).await;
+    let b = replica(&redis, &idp).await;
+    a.login(&a.client(), "ivan").await;
+    let sid = idp.controls().last_issued_sid().unwrap();
+    let token = support::logout_token(&idp, &sid);
+    assert_eq!(support::post_logout_token(&a, &token).await, StatusCode::OK);
+    assert_eq!(
+        support::post_logout_token(&b, &token).await,
+        StatusCode::BAD_REQUEST,
+        "replayed on another replica"
+    );
+    assert_eq!(
+        support::post_logout_token(&a, &token).await,
+        StatusCode::BAD_REQUEST,
+        "replayed on the same replica"
+    );
+    let fresh = support::logout_token(&idp, &sid);
+    assert_eq!(support::post_logout_token(&b, &fresh).await, StatusCode::OK);
+    // Remembered as a hash of issuer and jti, with an expiry, under the prefix.
+    let mut conn = redis.conn().await;
+    let once: Vec<String> = redis::cmd("KEYS")
+        .arg("ag:once:*")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(once.len(), 2, "{once:?}");
+    for name in &once {
+        assert!(!name.contains("jti"), "{name}");
+        let ttl: i64 = redis::cmd("PTTL")
+            .arg(name)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert!(ttl > 600_000 && ttl <= 720_000, "{name}: {ttl}");
+    }
+}
+
 /// The replica holding the lease dies while the provider has not answered: the lease is no
 /// longer renewed, expires, and another replica refreshes; the user stays logged in.
 #[tokio::test]

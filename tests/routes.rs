@@ -293,6 +293,59 @@ async fn require_groups_reads_a_comma_separated_groups_string() {
     assert_eq!(status(&h, &erin, "/ops").await, StatusCode::FORBIDDEN);
 }
 
+/// Contract Details 32: a comma (or `%`) inside one group name is percent-encoded in
+/// `X-Forwarded-Groups`, so `users,admins` never reads as the two groups `users` and
+/// `admins` upstream, nor to `require_groups`, and `/oauth2/userinfo` keeps the names as
+/// they are. The same header reaches forward auth.
+#[tokio::test]
+async fn a_group_name_with_a_comma_stays_one_group() {
+    let h = start().await;
+    h.idp.controls().set_user_claims(
+        "mallory",
+        json!({"groups": ["users,admins", "50%off", "%2C", "dev"]}),
+    );
+    let mallory = h.client();
+    h.login(&mallory, "mallory").await;
+    let echo = h.echo(&mallory, "/elsewhere").await;
+    assert_eq!(
+        echo.header_values("x-forwarded-groups"),
+        ["users%2Cadmins,50%25off,%252C,dev"]
+    );
+    let groups: Vec<String> = echo.header_values("x-forwarded-groups")[0]
+        .split(',')
+        .map(|g| {
+            percent_encoding::percent_decode_str(g)
+                .decode_utf8()
+                .unwrap()
+                .into_owned()
+        })
+        .collect();
+    assert_eq!(
+        groups,
+        ["users,admins", "50%off", "%2C", "dev"],
+        "decodes back"
+    );
+    assert_eq!(status(&h, &mallory, "/ops").await, StatusCode::FORBIDDEN);
+    let info: serde_json::Value = (mallory.get(h.at("/oauth2/userinfo")).send().await)
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        info["groups"],
+        json!(["users,admins", "50%off", "%2C", "dev"])
+    );
+
+    h.idp
+        .controls()
+        .set_user_claims("ann", json!({"groups": ["users,admins"]}));
+    let ann = h.client();
+    h.login(&ann, "ann").await;
+    let echo = h.echo(&ann, "/elsewhere").await;
+    assert_eq!(echo.header_values("x-forwarded-groups"), ["users%2Cadmins"]);
+    assert_eq!(status(&h, &ann, "/ops").await, StatusCode::FORBIDDEN);
+}
+
 #[tokio::test]
 async fn require_groups_uses_the_configured_groups_claim() {
     let h = Harness::builder()

@@ -13,7 +13,9 @@ use authgate::secret::Secret;
 use authgate::session::identity::IdentityRules;
 use authgate::session::memory::MemoryStore;
 use authgate::session::redis::{RedisOptions, RedisStore};
-use authgate::session::{Identity, Session, SessionKey, SessionStore, Tokens, new_key, unix_now};
+use authgate::session::{
+    Identity, Replaced, Session, SessionKey, SessionStore, Tokens, new_key, unix_now,
+};
 use support::eventually;
 use support::redis::RedisServer;
 
@@ -91,8 +93,11 @@ async fn conformance<S: SessionStore>(store: S, absolute: Duration) {
     );
     store.delete(&k1).await.unwrap();
     assert!(store.load(&k1).await.unwrap().is_none(), "deleted");
-    assert!(store.load_authoritative(&k1).await.unwrap().is_none());
+    assert!(store.load_for_update(&k1).await.unwrap().is_none());
     store.delete(&k1).await.unwrap(); // idempotent
+
+    ended_sessions_stay_ended(&store).await;
+    single_use_ids(&store).await;
 
     // absolute timeout: counted from login_at, whatever the activity
     let old = new_key();
@@ -179,8 +184,78 @@ async fn conformance<S: SessionStore>(store: S, absolute: Duration) {
     drop(store.refresh_lease(&b.0).await.unwrap());
 }
 
+/// Contract Details 28: an update (a refresh's result) is written only over the version it
+/// read, and never re-creates a record that a delete (sign-out, back-channel logout, rejected
+/// refresh) removed in between.
+async fn ended_sessions_stay_ended<S: SessionStore>(store: &S) {
+    let key = new_key();
+    store
+        .save(key, session("u5", Some("sid-5"), "rt-0"))
+        .await
+        .unwrap();
+    let first = store.load_for_update(&key).await.unwrap().expect("saved");
+    let replaced = (store.replace(&key, &first, session("u5", Some("sid-5"), "rt-1"))).await;
+    assert_eq!(replaced.unwrap(), Replaced::Done);
+    assert_eq!(token_of(store, &key).await.as_deref(), Some("rt-1"));
+    assert_eq!(
+        token_of_authoritative(store, &key).await.as_deref(),
+        Some("rt-1")
+    );
+    // A stale version (the record was rewritten since) writes nothing.
+    let stale = (store.replace(&key, &first, session("u5", Some("sid-5"), "rt-stale"))).await;
+    assert_eq!(stale.unwrap(), Replaced::Changed);
+    assert_eq!(
+        token_of_authoritative(store, &key).await.as_deref(),
+        Some("rt-1")
+    );
+    // Deleted while "in flight": the write finds it gone and does not bring it back.
+    let current = store.load_for_update(&key).await.unwrap().expect("there");
+    store.delete(&key).await.unwrap();
+    let late = (store.replace(&key, &current, session("u5", Some("sid-5"), "rt-2"))).await;
+    assert_eq!(late.unwrap(), Replaced::Gone);
+    assert!(store.load(&key).await.unwrap().is_none(), "brought back");
+    assert!(store.load_for_update(&key).await.unwrap().is_none());
+    // The same through a back-channel logout (by sid, and by sub).
+    for (sid, sub) in [(Some("sid-6"), None), (None, Some("u6"))] {
+        let key = new_key();
+        store
+            .save(key, session("u6", Some("sid-6"), "rt-a"))
+            .await
+            .unwrap();
+        let current = store.load_for_update(&key).await.unwrap().expect("saved");
+        store.delete_matching(sid, sub).await.unwrap();
+        let late = (store.replace(&key, &current, session("u6", Some("sid-6"), "rt-b"))).await;
+        assert_eq!(late.unwrap(), Replaced::Gone, "{sid:?} {sub:?}");
+        assert!(store.load(&key).await.unwrap().is_none(), "brought back");
+        assert!(store.load_for_update(&key).await.unwrap().is_none());
+    }
+    // Never an insert: an unknown key stays unknown.
+    let unknown = new_key();
+    let late = (store.replace(&unknown, &current, session("u7", None, "rt-x"))).await;
+    assert_ne!(late.unwrap(), Replaced::Done);
+    assert!(store.load_for_update(&unknown).await.unwrap().is_none());
+}
+
+/// Single-use ids (logout token `jti`s): remembered for the time asked, each on its own.
+async fn single_use_ids<S: SessionStore>(store: &S) {
+    let ttl = Duration::from_secs(1);
+    let (a, b) = ([1u8; 32], [2u8; 32]);
+    assert!(!store.is_remembered(&a).await.unwrap(), "unknown");
+    store.remember(&a, ttl).await.unwrap();
+    assert!(store.is_remembered(&a).await.unwrap(), "remembered");
+    assert!(!store.is_remembered(&b).await.unwrap(), "another id");
+    store.remember(&a, Duration::from_secs(3600)).await.unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            !store.is_remembered(&a).await.unwrap()
+        })
+        .await,
+        "forgotten after its time (a second remember keeps the first expiry)"
+    );
+}
+
 async fn token_of_authoritative<S: SessionStore>(store: &S, key: &SessionKey) -> Option<String> {
-    let s = store.load_authoritative(key).await.unwrap()?;
+    let s = store.load_for_update(key).await.unwrap()?.session;
     Some(String::from_utf8(s.tokens.access_token().to_vec()).unwrap())
 }
 
@@ -249,6 +324,43 @@ async fn redis_lease_is_exclusive_renewed_and_released() {
     assert_eq!(b.metrics().lease_waits(), 1);
     // Another key is independent.
     drop(a.refresh_lease(&new_key()).await.unwrap());
+}
+
+/// Two replicas: B signs the session out while A holds it in its local read cache and has a
+/// refresh in flight. A's write finds the record gone in Redis; A's cache never writes it
+/// back, and after A's cache lifetime nobody has it.
+#[tokio::test]
+async fn redis_replica_never_writes_a_deleted_session_back() {
+    let server = RedisServer::start();
+    let a = redis_store(&server, &[1], Duration::from_secs(5));
+    let b = redis_store(&server, &[1], Duration::from_secs(5));
+    let key = new_key();
+    a.save(key, session("heidi", Some("sid-h"), "at-0"))
+        .await
+        .unwrap();
+    assert!(a.load(&key).await.unwrap().is_some(), "cached on A");
+    let in_flight = a.load_for_update(&key).await.unwrap().expect("in Redis");
+    b.delete(&key).await.unwrap();
+    let late = a
+        .replace(&key, &in_flight, session("heidi", Some("sid-h"), "at-1"))
+        .await
+        .unwrap();
+    assert_eq!(late, Replaced::Gone);
+    assert!(
+        server
+            .dump()
+            .await
+            .iter()
+            .all(|(name, _)| !name.starts_with("test:s:"))
+    );
+    assert!(
+        eventually(Duration::from_secs(3), || async {
+            a.load(&key).await.unwrap().is_none()
+        })
+        .await,
+        "A's cached copy expires"
+    );
+    assert!(b.load(&key).await.unwrap().is_none());
 }
 
 /// Whoever reads Redis finds neither a token nor a session id, and a record that does not
@@ -322,7 +434,7 @@ async fn redis_secret_rotation_keeps_sessions() {
     assert_eq!(token_of(&rotated, &key).await.as_deref(), Some("at-bob"));
     // Back-channel logout finds it under the new secret's index.
     rotated.delete_matching(None, Some("bob")).await.unwrap();
-    assert!(rotated.load_authoritative(&key).await.unwrap().is_none());
+    assert!(rotated.load_for_update(&key).await.unwrap().is_none());
 }
 
 /// Redis unreachable: every call fails within the configured timeout with a `StoreError`,

@@ -83,7 +83,8 @@ pub struct OidcConfig {
     pub refresh_timeout: Duration,
     pub token_endpoint_auth: TokenEndpointAuth,
     pub post_logout_redirect_uri: Option<Url>,
-    /// Audiences accepted on bearer-passthrough routes. Default: `resource`, else `client_id`.
+    /// Audiences accepted on bearer-passthrough routes. No default: required when a route
+    /// uses passthrough (contract Details 29).
     pub bearer_audiences: Vec<String>,
 }
 

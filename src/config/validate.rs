@@ -19,6 +19,9 @@ pub(crate) fn validate(raw: &RawConfig, c: &mut Checker) -> Option<Config> {
     let headers = raw.headers.as_ref().and_then(|h| headers(h, c));
     let resources = raw.oidc.as_ref().map(|o| o.resource.as_slice());
     let routes = raw.routes.as_ref().and_then(|r| routes(r, resources, c));
+    if let (Some(oidc), Some(routes)) = (&oidc, &routes) {
+        passthrough_needs_audiences(oidc, routes, c);
+    }
     let config = Config {
         server: server?,
         upstream: upstream?,
@@ -169,7 +172,7 @@ fn oidc(raw: &RawOidc, c: &mut Checker) -> Option<OidcConfig> {
     let timeout = timeout?;
     Some(OidcConfig {
         issuer: issuer?,
-        bearer_audiences: bearer_audiences(raw, &client_id),
+        bearer_audiences: raw.bearer_audiences.clone(),
         client_id,
         client_secret: secret?.map(Secret::new),
         scopes: scopes?,
@@ -191,15 +194,22 @@ fn scopes(raw: &[String], c: &mut Checker) -> Option<Vec<String>> {
     Some(raw.to_vec())
 }
 
-/// Unset: the resource indicators when there are some (their tokens carry them as `aud`),
-/// else the client id (the audience of tokens issued to this client).
-fn bearer_audiences(raw: &RawOidc, client_id: &str) -> Vec<String> {
-    if !raw.bearer_audiences.is_empty() {
-        raw.bearer_audiences.clone()
-    } else if !raw.resource.is_empty() {
-        raw.resource.clone()
-    } else {
-        vec![client_id.to_owned()]
+/// Contract Details 29: bearer passthrough accepts the audiences the configuration names,
+/// never a default. The obvious default, the client id, is the audience of the ID tokens
+/// this client gets, so an ID token (which reaches the browser) would pass as a bearer token.
+fn passthrough_needs_audiences(oidc: &OidcConfig, routes: &[RouteConfig], c: &mut Checker) {
+    if !oidc.bearer_audiences.iter().all(|a| !a.trim().is_empty()) {
+        c.error("oidc.bearer_audiences", "must not hold an empty audience");
+    }
+    let passthrough = routes
+        .iter()
+        .position(|r| r.bearer == BearerMode::Passthrough);
+    if let (Some(i), true) = (passthrough, oidc.bearer_audiences.is_empty()) {
+        let m = format!(
+            "must be set when a route has bearer = \"passthrough\" (route[{i}]): the audiences \
+             of the access tokens that route accepts (the client id would also accept ID tokens)"
+        );
+        c.error("oidc.bearer_audiences", m);
     }
 }
 
@@ -414,15 +424,5 @@ mod tests {
             c.errors[0].to_string(),
             "oidc.scopes: must include \"openid\""
         );
-    }
-
-    #[test]
-    fn bearer_audiences_fall_back_to_resource_then_client_id() {
-        let mut raw = RawOidc::default();
-        assert_eq!(bearer_audiences(&raw, "cid"), ["cid"]);
-        raw.resource = vec!["https://api".into()];
-        assert_eq!(bearer_audiences(&raw, "cid"), ["https://api"]);
-        raw.bearer_audiences = vec!["x".into()];
-        assert_eq!(bearer_audiences(&raw, "cid"), ["x"]);
     }
 }

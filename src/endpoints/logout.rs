@@ -1,6 +1,7 @@
 //! `/oauth2/sign_out` (RP-initiated) and `/oauth2/backchannel_logout` (provider-initiated).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::header::SET_COOKIE;
 use http::{Request, Response, StatusCode};
@@ -23,6 +24,11 @@ const BACKCHANNEL_EVENT: &str = "http://schemas.openid.net/event/backchannel-log
 /// Largest back-channel request body read (a logout token is ~1 KB).
 const MAX_LOGOUT_BODY: usize = 64 * 1024;
 const LEEWAY_SECS: u64 = 60;
+/// A logout token is accepted only this long after its `iat` (plus leeway): Details 30.
+const MAX_AGE_SECS: u64 = 600;
+/// How long a used token is remembered: past this, its `iat` refuses it anyway (the oldest
+/// acceptable `iat` is now + leeway at first use; it stays acceptable for the age + leeway).
+const REPLAY_MEMORY: Duration = Duration::from_secs(MAX_AGE_SECS + 2 * LEEWAY_SECS);
 
 /// Delete the session, revoke its refresh token (RFC 7009: Logto's end-session does not revoke
 /// `offline_access` grants), then log out at the provider (contract Details 13).
@@ -64,21 +70,41 @@ pub async fn sign_out<B>(gateway: &Arc<Gateway>, req: &Request<B>) -> Response<B
 }
 
 /// Receive a `logout_token` and end the sessions of its `sid` (or of its `sub`).
+///
+/// A token is used once (contract Details 30): its issuer and `jti` are remembered for as
+/// long as its `iat` keeps it acceptable, in the session store (so, with Redis, by every
+/// replica). The sessions are ended first and the `jti` remembered after, so that a store
+/// failure in between answers 503 and the provider's retry is still honoured; a duplicate
+/// that races the first one only ends the same sessions again.
 pub async fn backchannel(gateway: &Arc<Gateway>, req: Request<Incoming>) -> Response<Body> {
     let Some(token) = read_logout_token(req).await else {
         return invalid_request("missing logout_token");
     };
-    let claims = match verify_logout_token(gateway, &token).await {
-        Ok(claims) => claims,
+    let logout = match verify_logout_token(gateway, &token).await {
+        Ok(logout) => logout,
         Err(reason) => {
             tracing::info!(reason = %log_safe(reason), "back-channel logout token rejected");
             return invalid_request(reason);
         }
     };
-    let sid = claims.get("sid").and_then(Value::as_str);
-    let sub = claims.get("sub").and_then(Value::as_str);
+    match gateway.store.is_remembered(&logout.once).await {
+        Ok(false) => {}
+        Ok(true) => {
+            tracing::info!("back-channel logout token replayed: rejected");
+            return invalid_request("logout token already used");
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "back-channel logout could not reach the store");
+            return response::unavailable(1);
+        }
+    }
+    let (sid, sub) = (logout.sid.as_deref(), logout.sub.as_deref());
     if let Err(e) = gateway.store.delete_matching(sid, sub).await {
         tracing::warn!(error = %log_safe(&e), "back-channel logout could not reach the store");
+        return response::unavailable(1);
+    }
+    if let Err(e) = gateway.store.remember(&logout.once, REPLAY_MEMORY).await {
+        tracing::warn!(error = %log_safe(&e), "back-channel logout token could not be remembered");
         return response::unavailable(1);
     }
     tracing::info!(
@@ -102,14 +128,20 @@ async fn read_logout_token(req: Request<Incoming>) -> Option<String> {
         .map(|(_, v)| v.into_owned())
 }
 
-/// Back-Channel Logout 1.0 section 2.6: signature, iss, aud, iat, the event, a sid or sub,
-/// and no nonce.
-async fn verify_logout_token(
-    gateway: &Gateway,
-    token: &str,
-) -> Result<Map<String, Value>, &'static str> {
+/// What a verified logout token asks for.
+struct Logout {
+    sid: Option<String>,
+    sub: Option<String>,
+    /// SHA-256 of its issuer and `jti`: its single-use id.
+    once: [u8; 32],
+}
+
+/// Back-Channel Logout 1.0 section 2.6, plus contract Details 30: signature (no `crit`),
+/// iss, aud, a recent `iat`, a `jti`, the back-channel event as a JSON object, a sid or sub
+/// (strings), and no nonce.
+async fn verify_logout_token(gateway: &Gateway, token: &str) -> Result<Logout, &'static str> {
     let provider = gateway.oidc.provider().ok_or("provider not available")?;
-    let claims = match jwt::verify_signature(token, provider.jwks(), &provider.algorithms) {
+    let verified = match jwt::verify_signature(token, provider.jwks(), &provider.algorithms) {
         Err(JwtError::UnknownKey) => {
             let refreshed = gateway
                 .oidc
@@ -119,9 +151,12 @@ async fn verify_logout_token(
             jwt::verify_signature(token, refreshed.jwks(), &refreshed.algorithms)
         }
         other => other,
-    }
-    .map_err(|_| "invalid signature")?;
-    let now = unix_now();
+    };
+    let claims = match verified {
+        Ok(verified) => verified.claims,
+        Err(JwtError::Critical) => return Err("unsupported critical header"),
+        Err(_) => return Err("invalid signature"),
+    };
     if claims.get("iss").and_then(Value::as_str) != Some(provider.issuer()) {
         return Err("wrong issuer");
     }
@@ -134,31 +169,73 @@ async fn verify_logout_token(
     if !aud_ok {
         return Err("wrong audience");
     }
-    let iat = claims.get("iat").and_then(Value::as_u64).ok_or("no iat")?;
-    if iat > now + LEEWAY_SECS {
-        return Err("issued in the future");
-    }
-    if claims
-        .get("exp")
-        .and_then(Value::as_u64)
-        .is_some_and(|exp| exp + LEEWAY_SECS < now)
-    {
-        return Err("expired");
-    }
-    let has_event = claims
+    check_times(&claims, unix_now())?;
+    let jti = match claims.get("jti") {
+        Some(Value::String(jti)) if !jti.is_empty() => jti,
+        _ => return Err("no jti"),
+    };
+    let event = claims
         .get("events")
         .and_then(Value::as_object)
-        .is_some_and(|events| events.contains_key(BACKCHANNEL_EVENT));
-    if !has_event {
-        return Err("not a back-channel logout event");
+        .ok_or("events is not a JSON object")?
+        .get(BACKCHANNEL_EVENT)
+        .ok_or("not a back-channel logout event")?;
+    if !event.is_object() {
+        return Err("the back-channel logout event is not a JSON object");
     }
     if claims.contains_key("nonce") {
         return Err("a logout token must not carry a nonce");
     }
-    if !claims.contains_key("sid") && !claims.contains_key("sub") {
+    let (sid, sub) = (text_claim(&claims, "sid")?, text_claim(&claims, "sub")?);
+    if sid.is_none() && sub.is_none() {
         return Err("neither sid nor sub");
     }
-    Ok(claims)
+    Ok(Logout {
+        sid,
+        sub,
+        once: single_use_id(provider.issuer(), jti),
+    })
+}
+
+/// `iat` within the last [`MAX_AGE_SECS`] (and not in the future), with leeway; an `exp`,
+/// when present, not past.
+fn check_times(claims: &Map<String, Value>, now: u64) -> Result<(), &'static str> {
+    let iat = claims.get("iat").and_then(Value::as_u64).ok_or("no iat")?;
+    if iat > now + LEEWAY_SECS {
+        return Err("issued in the future");
+    }
+    if iat + MAX_AGE_SECS + LEEWAY_SECS < now {
+        return Err("issued too long ago");
+    }
+    if claims
+        .get("exp")
+        .and_then(Value::as_u64)
+        .is_some_and(|exp| exp.saturating_add(LEEWAY_SECS) < now)
+    {
+        return Err("expired");
+    }
+    Ok(())
+}
+
+/// A claim that must be a string when present.
+fn text_claim(claims: &Map<String, Value>, name: &str) -> Result<Option<String>, &'static str> {
+    match claims.get(name) {
+        None => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err("sid and sub must be strings"),
+    }
+}
+
+/// The single-use id of a logout token: SHA-256 over its issuer and `jti`, each
+/// length-prefixed (so no two pairs hash alike), whatever their size.
+fn single_use_id(issuer: &str, jti: &str) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    for part in [issuer, jti] {
+        hash.update((part.len() as u64).to_be_bytes());
+        hash.update(part.as_bytes());
+    }
+    hash.finalize().into()
 }
 
 fn invalid_request(description: &str) -> Response<Body> {
@@ -166,4 +243,37 @@ fn invalid_request(description: &str) -> Response<Body> {
         StatusCode::BAD_REQUEST,
         &json!({"error": "invalid_request", "error_description": description}),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn times(iat: u64, exp: Option<u64>) -> Map<String, Value> {
+        let mut claims = json!({"iat": iat});
+        if let Some(exp) = exp {
+            claims["exp"] = json!(exp);
+        }
+        claims.as_object().cloned().unwrap_or_default()
+    }
+
+    #[test]
+    fn logout_tokens_are_recent() {
+        let now = 1_800_000_000;
+        assert_eq!(check_times(&times(now, None), now), Ok(()));
+        assert_eq!(check_times(&times(now - 660, None), now), Ok(()));
+        assert!(check_times(&times(now - 661, None), now).is_err());
+        assert!(check_times(&times(now - 365 * 86400, None), now).is_err());
+        assert_eq!(check_times(&times(now + 60, None), now), Ok(()));
+        assert!(check_times(&times(now + 61, None), now).is_err());
+        assert!(check_times(&times(now, Some(now - 61)), now).is_err());
+        assert!(check_times(&Map::new(), now).is_err());
+    }
+
+    #[test]
+    fn single_use_ids_separate_issuer_and_jti() {
+        assert_ne!(single_use_id("ab", "c"), single_use_id("a", "bc"));
+        assert_eq!(single_use_id("i", "j"), single_use_id("i", "j"));
+    }
 }

@@ -3,7 +3,10 @@
 //! provider advertises; the claim checks are the caller's.
 //!
 //! `alg=none` and every HMAC algorithm are refused outright: accepting `HS256` would let
-//! anyone sign with the provider's *public* key as the HMAC secret.
+//! anyone sign with the provider's *public* key as the HMAC secret. So is every token with a
+//! `crit` header (contract Details 30): RFC 7515 section 4.1.11 says a recipient MUST refuse
+//! a JWS naming a critical extension it does not understand, and this gateway understands
+//! none. (ID tokens are verified by openidconnect, which refuses any `crit` too.)
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -29,8 +32,17 @@ pub enum JwtError {
     Issuer,
     #[error("wrong audience")]
     Audience,
+    #[error("critical header parameter not understood")]
+    Critical,
     #[error("{0}")]
     Claim(&'static str),
+}
+
+/// A JWS whose signature verified: its header and its claims.
+#[derive(Debug, PartialEq)]
+pub struct Verified {
+    pub header: Map<String, Value>,
+    pub claims: Map<String, Value>,
 }
 
 /// The JSON payload of a compact JWT, WITHOUT verifying anything. Only for tokens already
@@ -49,19 +61,24 @@ pub fn header_kid(jwt: &str) -> Option<String> {
     header.get("kid")?.as_str().map(str::to_owned)
 }
 
-/// Check the signature and return the claims.
+/// Check the header and the signature; return the header and the claims.
 pub fn verify_signature(
     jwt: &str,
     jwks: &CoreJsonWebKeySet,
     allowed: &[CoreJwsSigningAlgorithm],
-) -> Result<Map<String, Value>, JwtError> {
+) -> Result<Verified, JwtError> {
     let mut parts = jwt.split('.');
     let (Some(header_b64), Some(payload_b64), Some(sig_b64), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
     else {
         return Err(JwtError::Malformed);
     };
-    let header: Value = decode_json(header_b64)?;
+    let Value::Object(header) = decode_json(header_b64)? else {
+        return Err(JwtError::Malformed);
+    };
+    if header.contains_key("crit") {
+        return Err(JwtError::Critical);
+    }
     let alg = header
         .get("alg")
         .and_then(Value::as_str)
@@ -72,19 +89,21 @@ pub fn verify_signature(
         .decode(sig_b64)
         .map_err(|_| JwtError::Malformed)?;
     let message = &jwt[..header_b64.len() + 1 + payload_b64.len()];
-    let mut candidates = candidate_keys(jwks, kid).peekable();
-    if candidates.peek().is_none() {
-        return Err(JwtError::UnknownKey);
-    }
-    let verified = candidates.any(|key| {
-        key.verify_signature(&alg, message.as_bytes(), &signature)
-            .is_ok()
-    });
+    let verified = {
+        let mut candidates = candidate_keys(jwks, kid).peekable();
+        if candidates.peek().is_none() {
+            return Err(JwtError::UnknownKey);
+        }
+        candidates.any(|key| {
+            key.verify_signature(&alg, message.as_bytes(), &signature)
+                .is_ok()
+        })
+    };
     if !verified {
         return Err(JwtError::Signature);
     }
     match decode_json(payload_b64)? {
-        Value::Object(claims) => Ok(claims),
+        Value::Object(claims) => Ok(Verified { header, claims }),
         _ => Err(JwtError::Malformed),
     }
 }
@@ -235,5 +254,25 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn any_crit_header_is_refused() {
+        let jwks = CoreJsonWebKeySet::new(vec![]);
+        let b64 = |v: Value| URL_SAFE_NO_PAD.encode(v.to_string());
+        let payload = b64(json!({"sub": "x"}));
+        for crit in [json!(["exp"]), json!([]), json!("b64"), json!(null)] {
+            let header = b64(json!({"alg": "RS256", "kid": "k", "crit": crit}));
+            assert_eq!(
+                verify_signature(&format!("{header}.{payload}.c2ln"), &jwks, &[]),
+                Err(JwtError::Critical),
+                "{crit}"
+            );
+        }
+        let not_an_object = b64(json!(["alg", "RS256"]));
+        assert_eq!(
+            verify_signature(&format!("{not_an_object}.{payload}.c2ln"), &jwks, &[]),
+            Err(JwtError::Malformed)
+        );
     }
 }

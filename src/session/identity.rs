@@ -167,7 +167,7 @@ enum Source {
     Sub,
     Email,
     PreferredUsername,
-    /// The groups comma-joined.
+    /// The groups comma-joined (see [`groups_header`]).
     Groups,
     /// `[headers.claims]`: the claim rendered by [`claim_text`].
     Claim(String),
@@ -240,22 +240,15 @@ impl IdentityRules {
         let groups = (group_names.iter())
             .map(|g| text.push(g))
             .collect::<Option<Vec<Span>>>()?;
-        // The joined value (`a,b`) is only needed, and only stored, with several groups.
-        let mut joined = None;
         let mut spans = Vec::with_capacity(self.sources.len() + groups.len());
         for source in &self.sources {
             let span = match source {
                 Source::Sub => sub,
                 Source::Email => email,
                 Source::PreferredUsername => preferred_username,
-                Source::Groups => match groups.as_slice() {
-                    [] => Span::ABSENT,
-                    [one] => *one,
-                    _ => match joined {
-                        Some(span) => span,
-                        None => *joined.insert(text.intern(&group_names.join(","))?),
-                    },
-                },
+                // Interned: one plain group is its name's span, nothing stored twice.
+                Source::Groups if groups.is_empty() => Span::ABSENT,
+                Source::Groups => text.intern(&groups_header(&group_names))?,
                 Source::Claim(claim) => match claims.get(claim).and_then(claim_text) {
                     Some(value) => text.intern(&value)?,
                     None => Span::ABSENT,
@@ -428,6 +421,26 @@ fn groups(value: Option<&Value>) -> Vec<Cow<'_, str>> {
     }
 }
 
+/// The `X-Forwarded-Groups` value: the names comma-joined, with a `,` or `%` inside a name
+/// percent-encoded (`%2C`, `%25`), so that one group never reads as two (contract Details
+/// 32) and the encoding itself stays unambiguous.
+fn groups_header(names: &[Cow<'_, str>]) -> String {
+    let mut out = String::new();
+    for (i, name) in names.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        for c in name.chars() {
+            match c {
+                ',' => out.push_str("%2C"),
+                '%' => out.push_str("%25"),
+                c => out.push(c),
+            }
+        }
+    }
+    out
+}
+
 /// A claim rendered for a header or a comparison: strings as they are, numbers and bools
 /// printed, lists comma-joined; objects and null are not rendered.
 pub fn claim_text(value: &Value) -> Option<String> {
@@ -529,14 +542,27 @@ mod tests {
 
     #[test]
     fn groups_containing_commas_survive() {
-        let id = identity(json!({"sub": "u", "groups": ["a,b", "c d"]})).unwrap();
-        assert!(id.groups().eq(["a,b", "c d"]));
+        let id = identity(json!({"sub": "u", "groups": ["a,b", "c d", "100%"]})).unwrap();
+        assert!(id.groups().eq(["a,b", "c d", "100%"]));
+        let groups = |id: &Identity| {
+            headers(id)
+                .into_iter()
+                .find(|(n, _)| n == "x-forwarded-groups")
+        };
+        assert_eq!(
+            groups(&id).unwrap().1,
+            "a%2Cb,c d,100%25",
+            "Details 32: one group never reads as two"
+        );
         let id = identity(json!({"sub": "u", "groups": ["x,y"]})).unwrap();
         assert!(id.groups().eq(["x,y"]));
         assert_eq!(
             headers(&id),
-            pairs(&[("x-forwarded-user", "u"), ("x-forwarded-groups", "x,y")])
+            pairs(&[("x-forwarded-user", "u"), ("x-forwarded-groups", "x%2Cy")])
         );
+        // Already-encoded text is encoded again: %2C in a name is not a comma.
+        let id = identity(json!({"sub": "u", "groups": ["a%2Cb"]})).unwrap();
+        assert_eq!(groups(&id).unwrap().1, "a%252Cb");
     }
 
     #[test]

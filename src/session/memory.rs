@@ -8,19 +8,48 @@
 //! used more often than the one it would evict, so on a full store a fresh login (inserted
 //! once) was refused: the user was logged in, then immediately unauthenticated, while idle
 //! old sessions stayed.
+//!
+//! moka keeps its LRU order lazily: a read or a write is queued in a buffer and applied to
+//! the order by the next maintenance pass (run by some later cache call once 64 operations
+//! are queued or 300 ms have passed). A pass applies the queued READS FIRST, then the
+//! writes, and a read of an entry whose insertion is still queued is dropped (the entry has
+//! no place in the order yet). So logins A and B, a request with A, and login C within one
+//! pass evicted A: A's read was dropped, and A, inserted first, looked least recent. A login
+//! therefore runs the pending maintenance right after its insert, before its cookie is sent:
+//! every later request of that session then reads an entry already in the order, and the
+//! eviction that a login causes sees every read made before it. Logins are rare (each one
+//! costs a round trip to the provider), and the hot path is untouched: a request still only
+//! queues its read. moka drops a read only when its read buffer (384) is full, which takes
+//! hundreds of reads queued while one pass runs (a pass starts at 64): under such a burst
+//! the recency of a session may miss that one request.
+//!
+//! An ended session stays ended (contract Details 28): updates go through `and_compute_with`
+//! (`replace`: only over the very record the flight read, never an insert), and so do
+//! deletions, so that moka serializes the two per key: a replace can no longer read the
+//! record, lose the race to a delete, and then write it back.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use moka::Expiry;
 use moka::future::Cache;
+use moka::ops::compute::{CompResult, Op};
 use moka::policy::EvictionPolicy;
 
-use super::{RefreshLease, Session, SessionKey, SessionStore, StoreError, unix_now};
+use super::{
+    RefreshLease, Replaced, Session, SessionKey, SessionStore, StoreError, Versioned, unix_now,
+};
+
+/// Bound on the single-use ids remembered (logout tokens' `jti`s). Only the provider can
+/// sign a logout token, so this many within the replay window is already far beyond any
+/// real logout rate; past it the least recently seen are forgotten first.
+const MAX_REMEMBERED_IDS: u64 = 100_000;
 
 pub struct MemoryStore {
     cache: Cache<SessionKey, Arc<Session>>,
     absolute_timeout: Duration,
+    /// Single-use ids: each entry lives for the duration it holds.
+    seen_ids: Cache<[u8; 32], Duration>,
 }
 
 impl MemoryStore {
@@ -31,9 +60,15 @@ impl MemoryStore {
             .time_to_idle(idle_timeout)
             .expire_after(AbsoluteExpiry { absolute_timeout })
             .build();
+        let seen_ids = Cache::builder()
+            .max_capacity(MAX_REMEMBERED_IDS)
+            .eviction_policy(EvictionPolicy::lru())
+            .expire_after(HeldDuration)
+            .build();
         MemoryStore {
             cache,
             absolute_timeout,
+            seen_ids,
         }
     }
 
@@ -57,11 +92,44 @@ impl SessionStore for MemoryStore {
 
     async fn save(&self, key: SessionKey, session: Arc<Session>) -> Result<(), StoreError> {
         self.cache.insert(key, session).await;
+        // Put the new session in the LRU order now (see the module doc), and let the
+        // eviction this insert causes see every read queued before it.
+        self.cache.run_pending_tasks().await;
         Ok(())
     }
 
+    async fn load_for_update(&self, key: &SessionKey) -> Result<Option<Versioned>, StoreError> {
+        Ok(self.load(key).await?.map(Versioned::local))
+    }
+
+    async fn replace(
+        &self,
+        key: &SessionKey,
+        expected: &Versioned,
+        session: Arc<Session>,
+    ) -> Result<Replaced, StoreError> {
+        let expected = &expected.session;
+        let result = (self.cache.entry(*key))
+            .and_compute_with(|current| {
+                let op = match current {
+                    Some(entry) if Arc::ptr_eq(entry.value(), expected) => Op::Put(session),
+                    _ => Op::Nop,
+                };
+                std::future::ready(op)
+            })
+            .await;
+        Ok(match result {
+            CompResult::ReplacedWith(_) | CompResult::Inserted(_) => Replaced::Done,
+            CompResult::Unchanged(_) => Replaced::Changed,
+            CompResult::StillNone(_) | CompResult::Removed(_) => Replaced::Gone,
+        })
+    }
+
     async fn delete(&self, key: &SessionKey) -> Result<(), StoreError> {
-        self.cache.invalidate(key).await;
+        // Through the per-key compute lock, like `replace` (see the module doc).
+        (self.cache.entry(*key))
+            .and_compute_with(|_| std::future::ready(Op::Remove))
+            .await;
         Ok(())
     }
 
@@ -78,7 +146,7 @@ impl SessionStore for MemoryStore {
             .map(|(k, _)| k)
             .collect();
         for key in doomed {
-            self.cache.invalidate(key.as_ref()).await;
+            self.delete(key.as_ref()).await?;
         }
         Ok(())
     }
@@ -88,11 +156,13 @@ impl SessionStore for MemoryStore {
         Ok(RefreshLease::local())
     }
 
-    async fn load_authoritative(
-        &self,
-        key: &SessionKey,
-    ) -> Result<Option<Arc<Session>>, StoreError> {
-        self.load(key).await
+    async fn is_remembered(&self, id: &[u8; 32]) -> Result<bool, StoreError> {
+        Ok(self.seen_ids.get(id).await.is_some())
+    }
+
+    async fn remember(&self, id: &[u8; 32], ttl: Duration) -> Result<(), StoreError> {
+        self.seen_ids.entry(*id).or_insert(ttl).await;
+        Ok(())
     }
 
     fn live(&self) -> u64 {
@@ -145,5 +215,14 @@ impl Expiry<SessionKey, Arc<Session>> for AbsoluteExpiry {
         _: Option<Duration>,
     ) -> Option<Duration> {
         Some(self.remaining(s))
+    }
+}
+
+/// A remembered id lives for the duration stored with it.
+struct HeldDuration;
+
+impl Expiry<[u8; 32], Duration> for HeldDuration {
+    fn expire_after_create(&self, _: &[u8; 32], ttl: &Duration, _: Instant) -> Option<Duration> {
+        Some(*ttl)
     }
 }

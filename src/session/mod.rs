@@ -12,6 +12,7 @@ pub mod redis;
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 pub use cookie::CookieCodec;
 pub use identity::Identity;
@@ -33,20 +34,88 @@ pub fn new_key() -> SessionKey {
 #[error("session store unavailable: {0}")]
 pub struct StoreError(pub String);
 
+/// A record read for a later [`SessionStore::replace`]: the session, and what identifies this
+/// version of it in its store.
+#[derive(Clone)]
+pub struct Versioned {
+    pub session: Arc<Session>,
+    version: Version,
+}
+
+/// What identifies one version of a record.
+#[derive(Clone)]
+enum Version {
+    /// The memory store: the record is `Versioned::session` itself (the same allocation).
+    Local,
+    /// The Redis store: the sealed value, under this key name. Every write seals with a fresh
+    /// random nonce, so equal bytes mean the very same write.
+    Sealed { name: String, value: Arc<[u8]> },
+}
+
+impl Versioned {
+    fn local(session: Arc<Session>) -> Self {
+        Versioned {
+            session,
+            version: Version::Local,
+        }
+    }
+
+    fn sealed(session: Arc<Session>, name: String, value: Arc<[u8]>) -> Self {
+        Versioned {
+            session,
+            version: Version::Sealed { name, value },
+        }
+    }
+}
+
+/// What a conditional [`SessionStore::replace`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Replaced {
+    /// The new record is stored.
+    Done,
+    /// The record is still there, but another write changed it since it was read: nothing
+    /// was written.
+    Changed,
+    /// The record is gone (sign-out, back-channel logout, rejected refresh, expiry): nothing
+    /// was written, and the record was not re-created.
+    Gone,
+}
+
 /// Where session records live. The request path only ever talks to this trait, through
 /// [`Store`], so a shared store drops in without touching it.
+///
+/// An ended session stays ended (contract Details 28): only a login creates a record
+/// ([`SessionStore::save`], under a fresh random id); everything that updates one (a refresh,
+/// a refresh backoff) goes through [`SessionStore::replace`], which writes only over the very
+/// version it read and never re-creates a deleted record.
 pub trait SessionStore: Send + Sync + 'static {
     /// The session, or `None` when unknown or expired. Resets the idle timer.
     fn load(
         &self,
         key: &SessionKey,
     ) -> impl Future<Output = Result<Option<Arc<Session>>, StoreError>> + Send;
-    /// Insert or replace.
+    /// Store a NEW session (a login, under a fresh id). Never used to update one.
     fn save(
         &self,
         key: SessionKey,
         session: Arc<Session>,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Like `load`, but never from a replica-local cache, and with the record's version for a
+    /// later [`SessionStore::replace`]. Called by a refresh flight under the refresh lease, so
+    /// a replica that arrives late sees the winner's new tokens instead of replaying the used
+    /// refresh token.
+    fn load_for_update(
+        &self,
+        key: &SessionKey,
+    ) -> impl Future<Output = Result<Option<Versioned>, StoreError>> + Send;
+    /// Replace the record of `key` with `session`, only while it is still the version
+    /// `expected` was read at. Never inserts: a session deleted meanwhile stays deleted.
+    fn replace(
+        &self,
+        key: &SessionKey,
+        expected: &Versioned,
+        session: Arc<Session>,
+    ) -> impl Future<Output = Result<Replaced, StoreError>> + Send;
     fn delete(&self, key: &SessionKey) -> impl Future<Output = Result<(), StoreError>> + Send;
     /// End every session of an OpenID `sid` (when given), else of a `sub` (back-channel logout).
     fn delete_matching(
@@ -61,13 +130,16 @@ pub trait SessionStore: Send + Sync + 'static {
         &self,
         key: &SessionKey,
     ) -> impl Future<Output = Result<RefreshLease, StoreError>> + Send;
-    /// Like `load`, but never from a replica-local cache: called under the refresh lease, so
-    /// a replica that arrives late sees the winner's new tokens instead of replaying the
-    /// used refresh token.
-    fn load_authoritative(
+    /// Whether a single-use id (a logout token's issuer and `jti`, hashed) was remembered and
+    /// has not expired yet. A shared store shares the memory between replicas.
+    fn is_remembered(&self, id: &[u8; 32])
+    -> impl Future<Output = Result<bool, StoreError>> + Send;
+    /// Remember a single-use id for at least `ttl` (a second call keeps the first expiry).
+    fn remember(
         &self,
-        key: &SessionKey,
-    ) -> impl Future<Output = Result<Option<Arc<Session>>, StoreError>> + Send;
+        id: &[u8; 32],
+        ttl: Duration,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
     /// Number of live sessions (approximate; for metrics).
     fn live(&self) -> u64;
     /// Whether the store answers (for `/readyz`).
@@ -130,6 +202,25 @@ impl SessionStore for Store {
         }
     }
 
+    async fn load_for_update(&self, key: &SessionKey) -> Result<Option<Versioned>, StoreError> {
+        match self {
+            Store::Memory(s) => s.load_for_update(key).await,
+            Store::Redis(s) => s.load_for_update(key).await,
+        }
+    }
+
+    async fn replace(
+        &self,
+        key: &SessionKey,
+        expected: &Versioned,
+        session: Arc<Session>,
+    ) -> Result<Replaced, StoreError> {
+        match self {
+            Store::Memory(s) => s.replace(key, expected, session).await,
+            Store::Redis(s) => s.replace(key, expected, session).await,
+        }
+    }
+
     async fn delete(&self, key: &SessionKey) -> Result<(), StoreError> {
         match self {
             Store::Memory(s) => s.delete(key).await,
@@ -155,13 +246,17 @@ impl SessionStore for Store {
         }
     }
 
-    async fn load_authoritative(
-        &self,
-        key: &SessionKey,
-    ) -> Result<Option<Arc<Session>>, StoreError> {
+    async fn is_remembered(&self, id: &[u8; 32]) -> Result<bool, StoreError> {
         match self {
-            Store::Memory(s) => s.load_authoritative(key).await,
-            Store::Redis(s) => s.load_authoritative(key).await,
+            Store::Memory(s) => s.is_remembered(id).await,
+            Store::Redis(s) => s.is_remembered(id).await,
+        }
+    }
+
+    async fn remember(&self, id: &[u8; 32], ttl: Duration) -> Result<(), StoreError> {
+        match self {
+            Store::Memory(s) => s.remember(id, ttl).await,
+            Store::Redis(s) => s.remember(id, ttl).await,
         }
     }
 

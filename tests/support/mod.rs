@@ -353,6 +353,37 @@ pub async fn userinfo_status(h: &Harness, client: &Client) -> StatusCode {
         .status()
 }
 
+/// A valid back-channel logout token of `idp` for the provider session `sid` (a fresh `jti`).
+pub fn logout_token(idp: &DevIdp, sid: &str) -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let now = authgate::session::unix_now();
+    idp.sign_jwt(&serde_json::json!({
+        "iss": idp.issuer(),
+        "aud": CLIENT_ID,
+        "iat": now,
+        "exp": now + 120,
+        "jti": format!("jti-{}-{now}", NEXT.fetch_add(1, Ordering::SeqCst)),
+        "events": { "http://schemas.openid.net/event/backchannel-logout": {} },
+        "sid": sid,
+    }))
+}
+
+/// POST `token` to the gateway's back-channel logout endpoint; the status.
+pub async fn post_logout_token(h: &Harness, token: &str) -> StatusCode {
+    let body: String = url::form_urlencoded::Serializer::new(String::new())
+        .append_pair("logout_token", token)
+        .finish();
+    bare_client()
+        .post(h.at("/oauth2/backchannel_logout"))
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+        .status()
+}
+
 /// Every query parameter of `url`, in order, by name.
 pub fn query_of(url: &str) -> std::collections::HashMap<String, Vec<String>> {
     let url = url::Url::parse(url).unwrap_or_else(|e| panic!("{url}: {e}"));

@@ -30,6 +30,9 @@ pub enum TokenFault {
     Hang,
     /// Wait this long, then answer normally.
     Delay(Duration),
+    /// Do the grant at once (a rotated refresh token is spent, a revocation that comes later
+    /// does not stop it), and send the answer this long after.
+    SlowAnswer(Duration),
     /// Answer 400 `{"error":"invalid_grant"}` (RFC 6749 §5.2).
     InvalidGrant,
 }
@@ -46,6 +49,8 @@ pub enum IdTokenTamper {
     WrongNonce,
     /// `exp` (and `iat`) an hour in the past.
     Expired,
+    /// A `crit` header naming an extension (RFC 7515 section 4.1.11) nobody understands.
+    CriticalHeader,
 }
 
 /// Which client authentication a token or revocation request used (RFC 6749 §2.3.1).

@@ -150,6 +150,13 @@ fn id_token(
             claims.insert("iat".into(), json!(unix(past)));
             claims.insert("exp".into(), json!(unix(past + ID_TOKEN_TTL / 2)));
         }
+        Some(IdTokenTamper::CriticalHeader) => {
+            let header = json!({ "crit": ["urn:example:unknown"], "urn:example:unknown": 1 });
+            return shared
+                .controls
+                .keys
+                .sign_with_header(&Value::Object(claims), &header);
+        }
     }
     shared.controls.keys.sign(&Value::Object(claims))
 }

@@ -69,6 +69,20 @@ impl KeyRing {
         }
     }
 
+    /// Like [`Self::sign`], with the members of `extra` added to the header (`alg`, `kid`
+    /// and `typ` included: they replace the usual ones).
+    pub(crate) fn sign_with_header(
+        &self,
+        claims: &serde_json::Value,
+        extra: &serde_json::Value,
+    ) -> Result<String, SigningError> {
+        if self.rotated.load(Ordering::SeqCst) {
+            sign_with_extra(&self.secondary, "dev-2", claims, extra)
+        } else {
+            sign_with_extra(&self.primary, "dev-1", claims, extra)
+        }
+    }
+
     /// A compact RS256 JWS of `claims` with the unpublished key, claiming `kid`.
     pub(crate) fn sign_foreign(
         &self,
@@ -94,7 +108,20 @@ fn sign_with(
     kid: &str,
     claims: &serde_json::Value,
 ) -> Result<String, SigningError> {
-    let header = serde_json::json!({ "alg": "RS256", "typ": "JWT", "kid": kid });
+    sign_with_extra(key, kid, claims, &serde_json::Value::Null)
+}
+
+/// [`sign_with`], the members of `extra` (an object) merged over the header.
+fn sign_with_extra(
+    key: &CoreRsaPrivateSigningKey,
+    kid: &str,
+    claims: &serde_json::Value,
+    extra: &serde_json::Value,
+) -> Result<String, SigningError> {
+    let mut header = serde_json::json!({ "alg": "RS256", "typ": "JWT", "kid": kid });
+    if let (Some(header), Some(extra)) = (header.as_object_mut(), extra.as_object()) {
+        header.extend(extra.clone());
+    }
     let signing_input = format!("{}.{}", b64_json(&header), b64_json(claims));
     let signature = key.sign(
         &CoreJwsSigningAlgorithm::RsaSsaPkcs1V15Sha256,

@@ -128,6 +128,23 @@ impl DevIdp {
         })
     }
 
+    /// Like [`Self::sign_jwt`], with the members of `header` added to the JWS header (`typ`,
+    /// `crit`, ...; `alg` and `kid` too, replacing the usual ones).
+    pub fn sign_jwt_with_header(
+        &self,
+        header: &serde_json::Value,
+        claims: &serde_json::Value,
+    ) -> String {
+        self.shared
+            .controls
+            .keys
+            .sign_with_header(claims, header)
+            .unwrap_or_else(|e| {
+                tracing::error!(error = %e, "signing failed");
+                String::new()
+            })
+    }
+
     /// Signs with a key the provider never publishes, claiming kid `kid`.
     pub fn sign_jwt_with_foreign_key(&self, claims: &serde_json::Value, kid: &str) -> String {
         self.shared

@@ -30,10 +30,24 @@ pub(crate) async fn token(shared: &Shared, req: Request<Incoming>) -> Response<B
         );
     };
     shared.controls.record_token_request(&form);
-    if let Some(response) = apply_fault(shared).await {
+    let fault = shared.controls.next_token_fault();
+    if let Some(TokenFault::SlowAnswer(delay)) = fault {
+        // The grant takes effect now (a rotated refresh token is spent); only the answer
+        // is late, as with a provider that is slow to respond.
+        let response = answer(shared, &parts.headers, &form);
+        return match delay_or_shutdown(shared, delay).await {
+            Some(shutting_down) => shutting_down,
+            None => response,
+        };
+    }
+    if let Some(response) = apply_fault(shared, fault).await {
         return response;
     }
-    match grant(shared, &parts.headers, &form) {
+    answer(shared, &parts.headers, &form)
+}
+
+fn answer(shared: &Shared, headers: &HeaderMap, form: &Params) -> Response<Body> {
+    match grant(shared, headers, form) {
         Ok(body) => web::json(StatusCode::OK, &body),
         Err(error) => error.into_response(),
     }
@@ -79,9 +93,9 @@ pub(crate) fn userinfo<B>(shared: &Shared, req: &Request<B>) -> Response<Body> {
     web::json(StatusCode::OK, &serde_json::Value::Object(claims))
 }
 
-/// Applies the next queued or sticky fault. `Some` is the response to send instead.
-async fn apply_fault(shared: &Shared) -> Option<Response<Body>> {
-    match shared.controls.next_token_fault()? {
+/// Applies the fault (the next queued or sticky one). `Some` is the response to send instead.
+async fn apply_fault(shared: &Shared, fault: Option<TokenFault>) -> Option<Response<Body>> {
+    match fault? {
         TokenFault::Status(status, body) => {
             let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
             let content_type = if body.trim_start().starts_with('{') {
@@ -95,7 +109,9 @@ async fn apply_fault(shared: &Shared) -> Option<Response<Body>> {
             shared.shutdown_requested().await;
             Some(web::text(StatusCode::SERVICE_UNAVAILABLE, "shutting down"))
         }
-        TokenFault::Delay(delay) => delay_or_shutdown(shared, delay).await,
+        TokenFault::Delay(delay) | TokenFault::SlowAnswer(delay) => {
+            delay_or_shutdown(shared, delay).await
+        }
         TokenFault::InvalidGrant => Some(web::oauth_error(
             StatusCode::BAD_REQUEST,
             "invalid_grant",

@@ -18,9 +18,16 @@
 //!     refused on every replica (`SET NX`, expiring after `login_timeout`). Pending logins
 //!     themselves live in the browser's sealed login cookies (`crate::login`): starting a
 //!     login writes nothing here.
+//!   - `<p>once:<sha256(issuer, jti)>`: a logout token already used (`SET NX` with expiry:
+//!     a replay is refused on every replica).
 //! - A replica-local read cache (moka) answers a session's requests for at most
 //!   [`CACHE_TTL`] (1 s) without a round trip. That bounds how long a session deleted on
-//!   another replica (sign-out, rejected refresh, back-channel logout) still works here.
+//!   another replica (sign-out, rejected refresh, back-channel logout) still works here; on
+//!   the replica that deleted it, it is dead at once (see [`Inner::deletions`]).
+//! - An ended session stays ended (contract Details 28): a refresh writes its result with the
+//!   `REPLACE` script, a compare-and-set on the exact sealed value it read, so a record
+//!   deleted (or rewritten) meanwhile is never written back, and nothing is ever written from
+//!   the local cache.
 //! - Multi-key scripts and pipelines assume one Redis (or a primary with replicas), not
 //!   Redis Cluster.
 
@@ -30,6 +37,7 @@ mod lease;
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use moka::future::Cache;
@@ -38,7 +46,10 @@ use redis::{Cmd, FromRedisValue, Pipeline, RedisResult, Script};
 
 use super::identity::IdentityRules;
 use super::memory::matches_logout;
-use super::{RefreshLease, Session, SessionKey, SessionStore, StoreError, unix_now};
+use super::{
+    RefreshLease, Replaced, Session, SessionKey, SessionStore, StoreError, Version, Versioned,
+    unix_now,
+};
 use crate::metrics::StoreMetrics;
 use crate::secret::Secret;
 use crypto::Keyring;
@@ -74,6 +85,23 @@ for i, key in ipairs(KEYS) do
 end
 return false";
 
+/// Compare-and-set of a record: write ARGV[2] under KEYS[2] (the current secret's name; TTL
+/// ARGV[3] ms) only while KEYS[1] (where it was read) still holds exactly ARGV[1]; a record
+/// read under an old secret's name is moved. KEYS[3..] are the index sets to add KEYS[2] to
+/// (their TTL ARGV[4] ms). Returns 1 written, 0 absent (ended: nothing is re-created), -1
+/// changed by another write.
+const REPLACE: &str = r"
+local current = redis.call('GET', KEYS[1])
+if not current then return 0 end
+if current ~= ARGV[1] then return -1 end
+redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
+if KEYS[1] ~= KEYS[2] then redis.call('DEL', KEYS[1]) end
+for i = 3, #KEYS do
+  redis.call('SADD', KEYS[i], KEYS[2])
+  redis.call('PEXPIRE', KEYS[i], ARGV[4])
+end
+return 1";
+
 pub struct RedisOptions {
     /// `redis://` or `rediss://`, with user and password when needed (a secret).
     pub url: Secret<String>,
@@ -105,6 +133,12 @@ struct Inner {
     cache: Cache<SessionKey, Arc<Session>>,
     metrics: Arc<StoreMetrics>,
     load: Script,
+    replace: Script,
+    /// Deletions run by this replica so far. A record read from (or written to) Redis goes
+    /// into the local cache only if no deletion ran here in between: one may have deleted
+    /// that very record just after the Redis call, and the cache would then serve it for up
+    /// to `CACHE_TTL`. Read only on a cache miss, never on the hot path.
+    deletions: AtomicU64,
 }
 
 impl RedisStore {
@@ -142,6 +176,8 @@ impl RedisStore {
                 cache,
                 metrics: Arc::new(StoreMetrics::default()),
                 load: Script::new(LOAD),
+                replace: Script::new(REPLACE),
+                deletions: AtomicU64::new(0),
             }),
         })
     }
@@ -203,8 +239,24 @@ impl RedisStore {
         self.run(what, pipe.query_async(&mut conn)).await
     }
 
-    async fn fetch(&self, key: &SessionKey) -> Result<Option<Arc<Session>>, StoreError> {
+    /// Read the record from Redis (never the local cache), with its version; resets its idle
+    /// TTL. A record found under an old secret's name is moved under the current one.
+    async fn fetch(&self, key: &SessionKey) -> Result<Option<Versioned>, StoreError> {
+        // A record another replica moved at the same moment is read again under its new name.
+        for _ in 0..2 {
+            if let Some(found) = self.fetch_once(key).await? {
+                return Ok(found);
+            }
+        }
+        Err(StoreError(
+            "a session record kept changing while read".into(),
+        ))
+    }
+
+    /// [`Self::fetch`]; `None` when the record changed under it (read it again).
+    async fn fetch_once(&self, key: &SessionKey) -> Result<Option<Option<Versioned>>, StoreError> {
         let inner = &self.inner;
+        let generation = inner.deletions.load(Ordering::SeqCst);
         let names: Vec<String> = inner.session_names(key);
         let mut conn = inner.conn.clone();
         let mut invocation = inner.load.prepare_invoke();
@@ -217,25 +269,124 @@ impl RedisStore {
         let call = invocation.invoke_async::<Option<(usize, Vec<u8>)>>(&mut conn);
         let found = self.run("load", call).await?;
         let Some((index, sealed)) = found else {
-            return Ok(None);
+            return Ok(Some(None));
         };
         let Some(session) = inner.open_session(key, &sealed) else {
             tracing::debug!("a session record failed to decrypt or decode: treated as absent");
-            return Ok(None);
+            return Ok(Some(None));
         };
         if unix_now() >= session.absolute_deadline(inner.opts.absolute_timeout) {
-            return Ok(None);
+            return Ok(Some(None));
         }
+        let Some(name) = names.get(index.wrapping_sub(1)) else {
+            return Ok(Some(None));
+        };
         let session = Arc::new(session);
-        if index > 1 {
-            // Found under a previous secret's name: move it under the current one.
-            if let Some(old) = names.get(index - 1) {
-                self.save(*key, session.clone()).await?;
-                self.query::<()>("DEL", redis::cmd("DEL").arg(old)).await?;
-            }
+        let read = Versioned::sealed(session.clone(), name.clone(), sealed.into());
+        if index == 1 {
+            self.cache_insert(*key, session, generation).await;
+            return Ok(Some(Some(read)));
         }
-        inner.cache.insert(*key, session.clone()).await;
-        Ok(Some(session))
+        // Found under a previous secret's name: move it under the current one, only while it
+        // is still the record just read (a sign-out meanwhile keeps it ended).
+        Ok(match self.write_over(key, &read, session).await? {
+            (Replaced::Done, moved) => Some(moved),
+            (Replaced::Gone, _) => Some(None),
+            (Replaced::Changed, _) => None,
+        })
+    }
+
+    /// Put a record just read from or written to Redis into the local cache, unless this
+    /// replica deleted something since `generation` (see [`Inner::deletions`]). Inserted
+    /// first and checked after, so a deletion racing with it either is seen here or removes
+    /// the entry itself.
+    async fn cache_insert(&self, key: SessionKey, session: Arc<Session>, generation: u64) {
+        let inner = &self.inner;
+        inner.cache.insert(key, session).await;
+        if inner.deletions.load(Ordering::SeqCst) != generation {
+            inner.cache.invalidate(&key).await;
+        }
+    }
+
+    /// The end of every local deletion: counted, then the local cache entries dropped.
+    async fn forget_locally(&self, keys: impl IntoIterator<Item = SessionKey>) {
+        let inner = &self.inner;
+        inner.deletions.fetch_add(1, Ordering::SeqCst);
+        for key in keys {
+            inner.cache.invalidate(&key).await;
+        }
+    }
+
+    /// Back-channel logout in Redis: the records the `SINTER`s of `find` name, and their
+    /// entries in the index `sets`.
+    async fn delete_indexed(&self, find: Pipeline, sets: Vec<&String>) -> Result<(), StoreError> {
+        let found: Vec<Vec<String>> = self.query_pipe("SINTER", &find).await?;
+        let doomed = found.concat();
+        if doomed.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        pipe.cmd("DEL").arg(&doomed).ignore();
+        for set in sets {
+            pipe.cmd("SREM").arg(set).arg(&doomed).ignore();
+        }
+        self.query_pipe::<()>("DEL (logout)", &pipe).await
+    }
+
+    /// The `REPLACE` script: `session` over the version `expected` read. On success, the new
+    /// version too.
+    async fn write_over(
+        &self,
+        key: &SessionKey,
+        expected: &Versioned,
+        session: Arc<Session>,
+    ) -> Result<(Replaced, Option<Versioned>), StoreError> {
+        let inner = &self.inner;
+        let Version::Sealed {
+            name: read_name,
+            value: read_value,
+        } = &expected.version
+        else {
+            // A version from another store: it cannot be this store's record.
+            return Ok((Replaced::Changed, None));
+        };
+        let generation = inner.deletions.load(Ordering::SeqCst);
+        let now = unix_now();
+        let deadline = session.absolute_deadline(inner.opts.absolute_timeout);
+        if deadline <= now {
+            return Ok((Replaced::Gone, None));
+        }
+        let ttl = millis(inner.opts.idle_timeout).min((deadline - now).saturating_mul(1000));
+        let sealed = codec::encode_session(&session)
+            .and_then(|plain| inner.keys.seal(&session_context(key), deadline, &plain))
+            .ok_or_else(|| StoreError("cannot seal a session record".into()))?;
+        let name = self.session_name(key);
+        let mut invocation = inner.replace.prepare_invoke();
+        invocation.key(read_name).key(&name);
+        for set in inner.index_sets(&session) {
+            invocation.key(set);
+        }
+        invocation
+            .arg(&read_value[..])
+            .arg(&sealed)
+            .arg(ttl)
+            .arg(millis(inner.opts.absolute_timeout));
+        let mut conn = inner.conn.clone();
+        let call = invocation.invoke_async::<i64>(&mut conn);
+        let replaced = match self.run("replace", call).await? {
+            1 => Replaced::Done,
+            0 => Replaced::Gone,
+            _ => Replaced::Changed,
+        };
+        if replaced != Replaced::Done {
+            inner.cache.invalidate(key).await;
+            return Ok((replaced, None));
+        }
+        self.cache_insert(*key, session.clone(), generation).await;
+        Ok((
+            replaced,
+            Some(Versioned::sealed(session, name, sealed.into())),
+        ))
     }
 
     /// Whether a login `state` was completed, on any replica (its used marker exists under
@@ -280,6 +431,26 @@ impl Inner {
             .collect()
     }
 
+    /// The key of a remembered single-use id. Not keyed by the cookie secrets (the id is
+    /// already a hash of public values), so a secret rotation forgets nothing.
+    fn once_name(&self, id: &[u8; 32]) -> String {
+        let hex: String = id.iter().map(|b| format!("{b:02x}")).collect();
+        format!("{}once:{hex}", self.opts.key_prefix)
+    }
+
+    /// The back-channel logout index sets a record belongs in (under the current secret).
+    fn index_sets(&self, session: &Session) -> Vec<String> {
+        let id = &session.identity;
+        [Some(("sub", id.sub())), id.sid().map(|s| ("sid", s))]
+            .into_iter()
+            .flatten()
+            .map(|(label, value)| {
+                let hash = self.keys.name(label, value.as_bytes());
+                format!("{}{label}:{hash}", self.opts.key_prefix)
+            })
+            .collect()
+    }
+
     fn index_names(&self, label: &str, value: &str) -> Vec<String> {
         let prefix = &self.opts.key_prefix;
         self.keys
@@ -306,7 +477,7 @@ impl SessionStore for RedisStore {
             inner.cache.invalidate(key).await;
         }
         inner.metrics.cache(false);
-        self.fetch(key).await
+        Ok(self.fetch(key).await?.map(|read| read.session))
     }
 
     async fn save(&self, key: SessionKey, session: Arc<Session>) -> Result<(), StoreError> {
@@ -330,28 +501,37 @@ impl SessionStore for RedisStore {
             .arg("PX")
             .arg(ttl)
             .ignore();
-        let id = &session.identity;
-        let indexes = [Some(("sub", id.sub())), id.sid().map(|s| ("sid", s))];
-        for (label, value) in indexes.into_iter().flatten() {
-            let set = format!(
-                "{}{label}:{}",
-                inner.opts.key_prefix,
-                inner.keys.name(label, value.as_bytes())
-            );
+        for set in inner.index_sets(&session) {
             pipe.cmd("SADD").arg(&set).arg(&name).ignore();
             pipe.cmd("PEXPIRE").arg(&set).arg(index_ttl).ignore();
         }
+        let generation = inner.deletions.load(Ordering::SeqCst);
         self.query_pipe::<()>("save", &pipe).await?;
-        inner.cache.insert(key, session).await;
+        self.cache_insert(key, session, generation).await;
         Ok(())
+    }
+
+    async fn load_for_update(&self, key: &SessionKey) -> Result<Option<Versioned>, StoreError> {
+        self.fetch(key).await
+    }
+
+    async fn replace(
+        &self,
+        key: &SessionKey,
+        expected: &Versioned,
+        session: Arc<Session>,
+    ) -> Result<Replaced, StoreError> {
+        Ok(self.write_over(key, expected, session).await?.0)
     }
 
     async fn delete(&self, key: &SessionKey) -> Result<(), StoreError> {
         let inner = &self.inner;
-        inner.cache.invalidate(key).await;
         let mut del = redis::cmd("DEL");
         del.arg(inner.session_names(key));
-        self.query("DEL", &del).await
+        let deleted = self.query("DEL", &del).await;
+        // Locally too, even when Redis failed: this replica stops serving it at once.
+        self.forget_locally([*key]).await;
+        deleted
     }
 
     async fn delete_matching(
@@ -376,36 +556,35 @@ impl SessionStore for RedisStore {
             pipe.cmd("SINTER").arg(&sets);
             fetched.extend(sets);
         }
-        let found: Vec<Vec<String>> = self.query_pipe("SINTER", &pipe).await?;
-        let doomed = found.concat();
-        if !doomed.is_empty() {
-            let mut pipe = redis::pipe();
-            pipe.cmd("DEL").arg(&doomed).ignore();
-            for set in fetched {
-                pipe.cmd("SREM").arg(set).arg(&doomed).ignore();
-            }
-            self.query_pipe::<()>("DEL (logout)", &pipe).await?;
-        }
-        // This replica's cache; the others' expire within CACHE_TTL.
-        let cached: Vec<Arc<SessionKey>> = (inner.cache.iter())
+        let deleted = self.delete_indexed(pipe, fetched).await;
+        // This replica's cache (even when Redis failed); the others' expire within CACHE_TTL.
+        let cached: Vec<SessionKey> = (inner.cache.iter())
             .filter(|(_, s)| matches_logout(s, sid, sub))
-            .map(|(k, _)| k)
+            .map(|(k, _)| *k)
             .collect();
-        for key in cached {
-            inner.cache.invalidate(key.as_ref()).await;
-        }
-        Ok(())
+        self.forget_locally(cached).await;
+        deleted
     }
 
     async fn refresh_lease(&self, key: &SessionKey) -> Result<RefreshLease, StoreError> {
         self.take_lease(key).await
     }
 
-    async fn load_authoritative(
-        &self,
-        key: &SessionKey,
-    ) -> Result<Option<Arc<Session>>, StoreError> {
-        self.fetch(key).await
+    async fn is_remembered(&self, id: &[u8; 32]) -> Result<bool, StoreError> {
+        let mut exists = redis::cmd("EXISTS");
+        exists.arg(self.inner.once_name(id));
+        Ok(self.query::<i64>("EXISTS (once)", &exists).await? > 0)
+    }
+
+    async fn remember(&self, id: &[u8; 32], ttl: Duration) -> Result<(), StoreError> {
+        let mut set = redis::cmd("SET");
+        set.arg(self.inner.once_name(id))
+            .arg(1)
+            .arg("NX")
+            .arg("PX")
+            .arg(millis(ttl));
+        self.query::<Option<String>>("SET NX (once)", &set).await?;
+        Ok(())
     }
 
     /// Sessions in this replica's read cache (Redis holds the shared count).
