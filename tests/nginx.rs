@@ -287,6 +287,60 @@ async fn raw_status(port: u16, target: &str) -> u16 {
     text.split(' ').nth(1).unwrap().parse().unwrap()
 }
 
+/// The cookie pairs the app received through nginx.
+async fn app_cookies(nginx: &Nginx, client: &Client, path: &str, cookie: &str) -> Vec<String> {
+    let r = client
+        .get(nginx.at(path))
+        .header(header::ACCEPT, "application/json")
+        .header(header::COOKIE, cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK, "{}", nginx.error_log());
+    let echo = Echo(r.json::<Value>().await.unwrap());
+    let cookies = echo.header_values("cookie").join(";");
+    (cookies.split(';').map(str::trim))
+        .filter(|p| !p.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test]
+async fn authgate_cookies_never_reach_the_app_through_nginx() {
+    let (h, nginx) = start().await;
+    let session = login_through_nginx(&h, &nginx, &h.client(), "alice").await;
+    let c = support::bare_client();
+    for (path, cookie, expected) in [
+        (
+            "/app",
+            format!("a=1; authgate_session={session}; authgate_session_login=l; b=2"),
+            &["a=1", "b=2"][..],
+        ),
+        (
+            "/app",
+            format!("authgate_session_login=l;authgate_session={session}"),
+            &[],
+        ),
+        (
+            "/public/x",
+            "authgate_session=s; a=1; authgate_session=t; authgate_session_login=l; b=2".into(),
+            &["a=1", "b=2"],
+        ),
+        // More of ours than the maps remove: the app gets no cookie rather than ours.
+        (
+            "/public/x",
+            "authgate_session=1; authgate_session=2; a=1; authgate_session=3; authgate_session_login=4"
+                .into(),
+            &[],
+        ),
+        // A cookie that only ends like ours is not ours.
+        ("/public/x", "xauthgate_session=1; b=2".into(), &["xauthgate_session=1", "b=2"]),
+    ] {
+        let got = app_cookies(&nginx, &c, path, &cookie).await;
+        assert_eq!(got, expected, "{cookie}");
+    }
+}
+
 /// nginx passes `$request_uri` raw in `X-Forwarded-Uri`: quotes, spaces and UTF-8 bytes that a
 /// URI may not hold. Each is judged on its path (contract Details 22), never as `GET /`.
 struct Hostile {
