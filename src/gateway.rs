@@ -400,9 +400,15 @@ impl Gateway {
         }
     }
 
-    /// Keep a client's `X-Request-Id`, or make one, so logs on both sides correlate.
+    /// Keep a client's `X-Request-Id`, or make one, so logs on both sides correlate. Kept
+    /// only when it is one value of at most 128 visible ASCII characters (what the log line
+    /// can show); anything else is replaced, every line of it.
     fn request_id(&self, req: &mut Request<Incoming>) -> HeaderValue {
-        if let Some(id) = req.headers().get(&X_REQUEST_ID).filter(|v| v.len() <= 128) {
+        let mut ids = req.headers().get_all(&X_REQUEST_ID).iter();
+        if let (Some(id), None) = (ids.next(), ids.next())
+            && (1..=128).contains(&id.len())
+            && id.to_str().is_ok()
+        {
             return id.clone();
         }
         let n = self.request_ids.fetch_add(1, Ordering::Relaxed);

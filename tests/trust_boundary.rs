@@ -538,3 +538,31 @@ async fn forward_auth_judges_preflights_like_the_gateway() {
     );
     assert_eq!(answers[1].header("authorization"), None);
 }
+
+// === other request values parsed strictly ===
+
+#[tokio::test]
+async fn a_request_id_the_logs_cannot_show_is_replaced() {
+    let (h, _) = start(false).await;
+    let ids = async |lines: &[(&[u8], &[u8])]| -> Vec<String> {
+        let answer = raw::send(h.addr, &raw::request(b"GET", b"/public/x", lines)).await;
+        let values = answer.echo()["headers"]["x-request-id"].clone();
+        (values.as_array().unwrap().iter())
+            .map(|v| v.as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(ids(&[(b"X-Request-Id", b"abc-123")]).await, ["abc-123"]);
+    for lines in [
+        &[(&b"X-Request-Id"[..], &b"\xc3\xa9t\xe9"[..])][..],
+        &[(b"X-Request-Id", b"one"), (b"X-Request-Id", b"two")],
+        &[(b"X-Request-Id", b"")],
+    ] {
+        let ids = ids(lines).await;
+        // One id, made by the gateway (a number).
+        assert_eq!(ids.len(), 1, "{lines:?}: {ids:?}");
+        assert!(
+            ids[0].bytes().all(|b| b.is_ascii_digit()),
+            "{lines:?}: {ids:?}"
+        );
+    }
+}
