@@ -73,22 +73,37 @@ impl InboundHeaders {
 
     /// Remove what no client may send (see the module docs). `trusted`: the peer is in
     /// `trusted_proxies`. `upgrade`: the request asks for a protocol upgrade (WebSocket), so
-    /// `Upgrade` stays and `Connection` becomes `upgrade`.
+    /// `Upgrade` stays and `Connection` becomes `upgrade`. Allocates only for a header that
+    /// is neither hop-by-hop nor fine: the usual `Connection: keep-alive` costs no allocation.
     pub fn sanitize(&self, headers: &mut HeaderMap, trusted: bool, upgrade: bool) {
-        let doomed = |name: &HeaderName| {
-            is_hop_by_hop(name, upgrade) || self.is_refused(name.as_str().as_bytes(), trusted)
-        };
-        if !headers.keys().any(doomed) {
-            return;
-        }
-        // `Connection` is hop-by-hop, so it is among the doomed whenever it is there.
-        let mut names = connection_listed(headers);
-        names.extend(headers.keys().filter(|name| doomed(name)).cloned());
-        for name in names {
-            if name != CONNECTION && name != UPGRADE && !HOP_BY_HOP.contains(&name) {
-                tracing::debug!(header = %name, "stripped a client request header");
+        let mut hop_by_hop = [false; HOP_BY_HOP.len()];
+        let mut refused = false;
+        for name in headers.keys() {
+            match HOP_BY_HOP.iter().position(|hop| hop == name) {
+                Some(i) => hop_by_hop[i] = !(upgrade && name == UPGRADE),
+                None => refused |= self.is_refused(name.as_str().as_bytes(), trusted),
             }
-            if !(upgrade && name == UPGRADE) {
+        }
+        if hop_by_hop[0] {
+            // `Connection` first: what it names goes before the gateway sets anything.
+            for name in connection_listed(headers) {
+                headers.remove(name);
+            }
+        }
+        for (name, _) in HOP_BY_HOP
+            .iter()
+            .zip(hop_by_hop)
+            .filter(|(_, there)| *there)
+        {
+            headers.remove(name);
+        }
+        if refused {
+            let names: Vec<HeaderName> = (headers.keys())
+                .filter(|name| self.is_refused(name.as_str().as_bytes(), trusted))
+                .cloned()
+                .collect();
+            for name in names {
+                tracing::debug!(header = %name, "stripped a client request header");
                 headers.remove(name);
             }
         }
@@ -106,10 +121,6 @@ impl InboundHeaders {
                     && folds_to(&name[..X_FORWARDED.len()], X_FORWARDED)
                     || listed(&self.untrusted)))
     }
-}
-
-fn is_hop_by_hop(name: &HeaderName, upgrade: bool) -> bool {
-    HOP_BY_HOP.contains(name) && !(upgrade && name == UPGRADE)
 }
 
 /// `name` lowercased, with every character but letters and digits turned into `-`.
