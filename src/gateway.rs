@@ -2,12 +2,15 @@
 //!
 //! 1. built-in endpoints (`/oauth2/*`, `/healthz`, `/readyz`, `/metrics`) are answered first;
 //! 2. the path is normalized once and the route is found (`policy`);
-//! 3. identity headers and `Authorization` sent by the client are stripped, always;
+//! 3. what no client may send is removed (`headers::InboundHeaders`): hop-by-hop and
+//!    `Connection`-listed headers, identity headers and `Authorization` (always), forwarding
+//!    headers such as `X-Original-URL` (from untrusted peers);
 //! 4. on an authenticated route: the session is loaded (`session`) and refreshed when near
 //!    expiry (`refresh`), or a bearer JWT is verified on passthrough routes; the route's
 //!    group/claim rules are applied;
 //! 5. headers are rewritten (`headers`): our cookies out, `Authorization` and identity in,
-//!    hop-by-hop out, `X-Forwarded-*` set;
+//!    `X-Forwarded-*` (and `X-Real-IP`) set. Nothing the client sent is looked at after
+//!    step 3 to decide what to remove, so `Connection` cannot remove what the gateway sets;
 //! 6. the request is forwarded upstream and the answer streamed back (`proxy`).
 //!
 //! Any step can stop the request with a `Halt` (a decision, answered by `response.rs`).
@@ -22,9 +25,9 @@ use http::{HeaderName, HeaderValue, Method, Request, Response};
 use hyper::body::Incoming;
 
 use crate::body::Body;
-use crate::config::{BearerMode, Config, Policy};
+use crate::config::{BearerMode, Config, Policy, Preflight};
 use crate::endpoints::{self, Builtin};
-use crate::headers::{self, IdentityHeaders, Peer};
+use crate::headers::{self, InboundHeaders, Peer};
 use crate::logging::log_safe;
 use crate::login::Logins;
 use crate::metrics::{Decision, Metrics, RouteId};
@@ -48,7 +51,7 @@ pub struct Gateway {
     pub oidc: Arc<Oidc>,
     pub refresher: Arc<Refresher>,
     pub rules: Arc<IdentityRules>,
-    pub identity_headers: IdentityHeaders,
+    pub inbound: InboundHeaders,
     pub upstream: Upstream,
     pub metrics: Arc<Metrics>,
     request_ids: AtomicU64,
@@ -118,7 +121,7 @@ impl Gateway {
             routes,
             cookies: CookieCodec::new(&cfg.session),
             logins: Logins::new(&cfg.session, &cfg.server.public_url, &store),
-            identity_headers: IdentityHeaders::new(&cfg.headers),
+            inbound: InboundHeaders::new(&cfg.headers, &cfg.server.strip_request_headers),
             store,
             oidc,
             refresher,
@@ -191,15 +194,19 @@ impl Gateway {
             BearerMode::Passthrough => headers::bearer_token(req.headers()),
             BearerMode::Off => None,
         };
-        self.identity_headers.strip(req.headers_mut());
+        let upgrade = wants_upgrade(&req);
+        self.inbound
+            .sanitize(req.headers_mut(), peer.trusted, upgrade);
         match route.rule.policy {
             Policy::Deny => {
                 self.metrics.decision(route.id, Decision::Deny);
                 return self.halted(route.id, Halt::Deny);
             }
             Policy::Public => {}
-            // CORS preflights carry no credentials: the app answers them (see README).
-            Policy::Authenticated if is_preflight(&req) => {}
+            // Browsers send no credentials on a preflight: a route may let the app answer
+            // CORS itself, without identity (contract Details 26).
+            Policy::Authenticated
+                if route.rule.preflight == Preflight::Forward && is_preflight(&req) => {}
             Policy::Authenticated => {
                 let auth = match self.authenticate(&req, route, offered_bearer, path).await {
                     Ok(auth) => auth,
@@ -226,8 +233,7 @@ impl Gateway {
         offered_bearer: Option<String>,
         path: &str,
     ) -> Result<Authenticated, Halt> {
-        let cookie = headers::find_cookie(req.headers(), self.cookies.name());
-        let key = cookie.and_then(|value| self.cookies.decode(value));
+        let key = self.cookies.session_key(req.headers());
         if let Some(key) = key {
             match self.store.load(&key).await {
                 Ok(Some(session)) => match self.refresher.ensure_fresh(key, session).await {
@@ -355,11 +361,6 @@ impl Gateway {
         headers::remove_cookies(req.headers_mut(), |name| {
             name == self.cookies.name() || self.logins.is_login_cookie(name)
         });
-        if wants_upgrade(&req) {
-            headers::strip_hop_by_hop_for_upgrade(req.headers_mut());
-        } else {
-            headers::strip_hop_by_hop(req.headers_mut());
-        }
         headers::set_forwarded(req.headers_mut(), peer, client.peer_address.as_ref());
         let started = Instant::now();
         let result = self.upstream.forward(req, path, &client.upstream).await;
@@ -399,9 +400,15 @@ impl Gateway {
         }
     }
 
-    /// Keep a client's `X-Request-Id`, or make one, so logs on both sides correlate.
+    /// Keep a client's `X-Request-Id`, or make one, so logs on both sides correlate. Kept
+    /// only when it is one value of at most 128 visible ASCII characters (what the log line
+    /// can show); anything else is replaced, every line of it.
     fn request_id(&self, req: &mut Request<Incoming>) -> HeaderValue {
-        if let Some(id) = req.headers().get(&X_REQUEST_ID).filter(|v| v.len() <= 128) {
+        let mut ids = req.headers().get_all(&X_REQUEST_ID).iter();
+        if let (Some(id), None) = (ids.next(), ids.next())
+            && (1..=128).contains(&id.len())
+            && id.to_str().is_ok()
+        {
             return id.clone();
         }
         let n = self.request_ids.fetch_add(1, Ordering::Relaxed);
@@ -481,8 +488,9 @@ pub fn is_browser_navigation<B>(req: &Request<B>) -> bool {
     method_ok && accepts_html && !xhr
 }
 
-/// A CORS preflight: `OPTIONS` with `Origin` and `Access-Control-Request-Method`.
-fn is_preflight<B>(req: &Request<B>) -> bool {
+/// A CORS preflight: `OPTIONS` (exactly: browsers send it uppercase, and anything else is
+/// judged like any request) with `Origin` and `Access-Control-Request-Method`.
+pub fn is_preflight<B>(req: &Request<B>) -> bool {
     req.method() == Method::OPTIONS
         && req.headers().contains_key(http::header::ORIGIN)
         && req

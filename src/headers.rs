@@ -1,9 +1,12 @@
 //! Header rewriting: pure functions on `HeaderMap`.
 //!
-//! Order matters and is fixed by the pipeline: strip everything a client could use to spoof
-//! identity (always, on every route), then set what the gateway vouches for. Stripping is
-//! done on normalized names, so `X_Forwarded_User` cannot slip past a check for
-//! `X-Forwarded-User` (servers such as PHP or CGI-style frameworks fold `_` into `-`).
+//! Order matters and is fixed by the pipeline: first remove everything a client may not send
+//! (`inbound`: hop-by-hop and `Connection`-listed headers, identity headers on every route,
+//! forwarding headers from untrusted peers), then set what the gateway vouches for. Header
+//! values are read as bytes: a value that is not visible ASCII is still parsed, never
+//! skipped (skipping one would let it hide what comes after it).
+
+mod inbound;
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -11,11 +14,12 @@ use http::header::{AUTHORIZATION, CONNECTION, COOKIE, HOST};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use ipnet::IpNet;
 
-use crate::config::HeadersConfig;
+pub use inbound::{InboundHeaders, fold_name};
+
 use crate::session::Identity;
 
 /// Hop-by-hop headers (RFC 9110 section 7.6.1, plus the legacy ones proxies still see), and
-/// `Upgrade` (`Connection` first: [`strip_hop_by_hop`] relies on it) (only an upgrade request keeps it, see [`strip_hop_by_hop_for_upgrade`]).
+/// `Upgrade` (only an upgrade request keeps it, see [`InboundHeaders::sanitize`]).
 /// `HeaderName`s, not strings: a `&str` would be parsed into a name at every lookup.
 static HOP_BY_HOP: [HeaderName; 9] = [
     CONNECTION,
@@ -32,11 +36,12 @@ static HOP_BY_HOP: [HeaderName; 9] = [
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
-/// Remove hop-by-hop headers, every header named in `Connection`, and `Upgrade`. One pass
-/// over the message's names finds which are there (most requests carry none; upstream
-/// responses typically `Connection: keep-alive`), and only those are looked up and removed.
+/// Remove hop-by-hop headers, every header named in `Connection`, and `Upgrade` from an
+/// upstream's response. One pass over the message's names finds which are there (upstream
+/// responses typically carry `Connection: keep-alive`), and only those are looked up and
+/// removed. (Requests go through [`InboundHeaders::sanitize`].)
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let mut present = [false; HOP_BY_HOP.len()];
     for name in headers.keys() {
@@ -45,159 +50,113 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         }
     }
     if present[0] {
-        remove_connection_listed(headers);
+        for name in connection_listed(headers) {
+            headers.remove(name);
+        }
     }
     for (name, _) in HOP_BY_HOP.iter().zip(present).filter(|(_, there)| *there) {
         headers.remove(name);
     }
 }
 
-/// Like [`strip_hop_by_hop`] for a request that asked to upgrade: keeps the upgrade handshake.
-pub fn strip_hop_by_hop_for_upgrade(headers: &mut HeaderMap) {
-    let upgrade = headers.remove(http::header::UPGRADE);
-    strip_hop_by_hop(headers);
-    if let Some(protocol) = upgrade {
-        headers.insert(http::header::UPGRADE, protocol);
-        headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
-    }
-}
-
-fn remove_connection_listed(headers: &mut HeaderMap) {
-    let listed: Vec<HeaderName> = headers
+/// The header names listed in `Connection`, read as bytes (a value with a non-ASCII byte
+/// still names its other headers). The usual tokens name no header of their own:
+/// `keep-alive` is removed anyway, `upgrade` is decided by the caller. A token that is no
+/// valid header name cannot name a header that is present, so it is skipped.
+fn connection_listed(headers: &HeaderMap) -> Vec<HeaderName> {
+    headers
         .get_all(CONNECTION)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        // The usual tokens name no header of their own (`keep-alive` is removed anyway).
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(trim_ows)
         .filter(|token| {
-            !["keep-alive", "close", "upgrade"]
+            ![&b"keep-alive"[..], b"close", b"upgrade"]
                 .iter()
                 .any(|t| token.eq_ignore_ascii_case(t))
         })
-        .filter_map(|token| HeaderName::from_bytes(token.as_bytes()).ok())
-        .collect();
-    for name in listed {
-        headers.remove(name);
+        .filter_map(|token| HeaderName::from_bytes(token).ok())
+        .collect()
+}
+
+/// Without leading and trailing spaces and tabs (RFC 9110 OWS).
+fn trim_ows(bytes: &[u8]) -> &[u8] {
+    let start = bytes.iter().position(|b| !matches!(b, b' ' | b'\t'));
+    let end = bytes.iter().rposition(|b| !matches!(b, b' ' | b'\t'));
+    match (start, end) {
+        (Some(start), Some(end)) => &bytes[start..=end],
+        _ => &[],
     }
 }
 
-/// The header names a client must never set: the identity headers and `Authorization`.
-#[derive(Debug, Clone)]
-pub struct IdentityHeaders {
-    /// Lowercase names with `-`; compared against incoming names with `_` folded to `-`.
-    protected: Vec<HeaderName>,
-}
+// === cookies (contract Details 25) ===
 
-// === impl IdentityHeaders ===
-
-impl IdentityHeaders {
-    pub fn new(cfg: &HeadersConfig) -> Self {
-        let mut protected = vec![AUTHORIZATION];
-        let configured = [&cfg.user, &cfg.email, &cfg.preferred_username, &cfg.groups];
-        protected.extend(configured.into_iter().flatten().cloned());
-        protected.extend(cfg.claims.iter().map(|(name, _)| name.clone()));
-        IdentityHeaders { protected }
-    }
-
-    /// Remove every protected header, whatever its spelling. Allocates only when a client
-    /// actually sent one.
-    pub fn strip(&self, headers: &mut HeaderMap) {
-        if !headers.keys().any(|name| self.is_protected(name)) {
-            return;
-        }
-        let spoofed: Vec<HeaderName> = headers
-            .keys()
-            .filter(|name| self.is_protected(name))
-            .cloned()
-            .collect();
-        for name in spoofed {
-            tracing::debug!(header = %name, "stripped client-supplied identity header");
-            headers.remove(name);
-        }
-    }
-
-    fn is_protected(&self, name: &HeaderName) -> bool {
-        self.protected
-            .iter()
-            .any(|p| same_after_folding(name.as_str(), p.as_str()))
-    }
-}
-
-/// `x_forwarded_user` equals `x-forwarded-user`. Header names are already lowercase.
-fn same_after_folding(incoming: &str, protected: &str) -> bool {
-    incoming.len() == protected.len()
-        && incoming
-            .bytes()
-            .zip(protected.bytes())
-            .all(|(a, b)| a == b || (a == b'_' && b == b'-'))
-}
-
-/// The value of our session cookie, from any `Cookie` header (HTTP/2 may split them).
-pub fn find_cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
-    headers
-        .get_all(COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .find_map(|pair| {
-            let (k, v) = pair.trim().split_once('=')?;
-            (k == name).then_some(v)
-        })
-}
-
-/// Every `name=value` pair of every `Cookie` header, as bytes: a pair that is not ASCII
-/// neither hides nor is hidden by the others.
+/// Every `name=value` pair of every `Cookie` header (HTTP/2 may split them), parsed as
+/// bytes: one cookie holding `José` must not hide the ones beside it. A pair without `=`
+/// has an empty name (RFC 6265bis section 5.7) and matches none of ours.
 pub fn cookie_pairs(headers: &HeaderMap) -> impl Iterator<Item = (&[u8], &[u8])> {
     headers
         .get_all(COOKIE)
         .iter()
-        .flat_map(|v| v.as_bytes().split(|b| *b == b';'))
-        .filter_map(|pair| {
-            let pair = pair.trim_ascii();
-            let eq = pair.iter().position(|b| *b == b'=')?;
-            Some((pair[..eq].trim_ascii(), pair[eq + 1..].trim_ascii()))
+        .flat_map(|v| v.as_bytes().split(|&b| b == b';'))
+        .map(trim_ows)
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| match pair.iter().position(|&b| b == b'=') {
+            Some(eq) => (trim_ows(&pair[..eq]), trim_ows(&pair[eq + 1..])),
+            None => (&[][..], pair),
         })
 }
 
-/// Remove our cookies (those whose name `ours` accepts) from the `Cookie` headers; other
-/// cookies pass untouched. Allocates only when our cookies share a header with other cookies.
+/// Every value of cookie `name`, in order (a browser sends the most specific first; another
+/// app on the domain may have set one of the same name). Values that are not ASCII are
+/// skipped: none of our cookies holds such a value.
+pub fn cookie_values<'h>(headers: &'h HeaderMap, name: &'h str) -> impl Iterator<Item = &'h str> {
+    cookie_pairs(headers)
+        .filter(move |(n, _)| *n == name.as_bytes())
+        .filter_map(|(_, v)| std::str::from_utf8(v).ok().filter(|v| v.is_ascii()))
+}
+
+/// The first value of cookie `name`.
+pub fn find_cookie<'h>(headers: &'h HeaderMap, name: &'h str) -> Option<&'h str> {
+    cookie_values(headers, name).next()
+}
+
+/// Remove our cookies (those whose name `ours` accepts: an exact name, a name prefix...) from
+/// the `Cookie` headers, whatever bytes the others hold; other cookies pass untouched, joined
+/// into one header. A name that is not UTF-8 is never ours. Allocates only when our cookies
+/// share a header with other cookies.
 pub fn remove_cookies(headers: &mut HeaderMap, ours: impl Fn(&str) -> bool) {
-    let pairs = || {
-        headers
-            .get_all(COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(';'))
-            .filter(|pair| !pair.trim().is_empty())
-    };
-    let ours = |pair: &str| ours(cookie_name(pair));
+    let ours = |name: &[u8]| std::str::from_utf8(name).is_ok_and(&ours);
     let (mut any_ours, mut all_ours) = (false, true);
-    for pair in pairs() {
-        let mine = ours(pair);
+    for (name, _) in cookie_pairs(headers) {
+        let mine = ours(name);
         any_ours |= mine;
         all_ours &= mine;
     }
     if !any_ours {
         return;
     }
-    if all_ours {
-        headers.remove(COOKIE);
-        return;
-    }
-    let rebuilt = pairs()
-        .map(str::trim)
-        .filter(|pair| !ours(pair))
-        .collect::<Vec<_>>()
-        .join("; ");
+    let rebuilt = (!all_ours).then(|| {
+        let mut kept = Vec::new();
+        for (name, value) in cookie_pairs(headers).filter(|(name, _)| !ours(name)) {
+            if !kept.is_empty() {
+                kept.extend_from_slice(b"; ");
+            }
+            if !name.is_empty() {
+                kept.extend_from_slice(name);
+                kept.push(b'=');
+            }
+            kept.extend_from_slice(value);
+        }
+        kept
+    });
     headers.remove(COOKIE);
-    if let Ok(value) = HeaderValue::from_str(&rebuilt) {
+    // Every byte kept came from a valid header value: this cannot fail, and if it did the
+    // other cookies would be lost, never ours kept.
+    if let Some(Ok(value)) =
+        rebuilt.map(|kept| HeaderValue::from_maybe_shared(bytes::Bytes::from(kept)))
+    {
         headers.insert(COOKIE, value);
     }
-}
-
-fn cookie_name(pair: &str) -> &str {
-    pair.trim().split('=').next().unwrap_or("").trim()
 }
 
 /// The token of `Authorization: Bearer <token>`, if that is what the client sent.
@@ -233,15 +192,15 @@ pub fn peer_address_value(peer: &Peer) -> Option<HeaderValue> {
     HeaderValue::from_str(&canonical(peer.addr.ip()).to_string()).ok()
 }
 
-/// Set `X-Forwarded-For/Proto/Host`. A trusted proxy's values are kept and extended; anyone
-/// else's are replaced, so the upstream can believe them. `peer_value`: from
-/// [`peer_address_value`].
+/// Set `X-Forwarded-For/Proto/Host`, and `X-Real-IP` for an untrusted peer (nginx's
+/// convention: the address the gateway took the request from). A trusted proxy's values are
+/// kept (`X-Forwarded-For` extended with its address); anyone else's are replaced (their other
+/// spellings are gone already, [`InboundHeaders::sanitize`]), so the upstream can believe
+/// them. `peer_value`: from [`peer_address_value`].
 pub fn set_forwarded(headers: &mut HeaderMap, peer: Peer, peer_value: Option<&HeaderValue>) {
-    let prior = headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok());
-    let xff = match prior {
-        Some(prior) if peer.trusted => {
-            let ip = canonical(peer.addr.ip());
-            HeaderValue::from_str(&format!("{prior}, {ip}")).ok()
+    let xff = match peer.trusted {
+        true if headers.contains_key(&X_FORWARDED_FOR) => {
+            extended_xff(headers, peer).or_else(|| peer_value.cloned())
         }
         _ => peer_value.cloned(),
     };
@@ -249,6 +208,12 @@ pub fn set_forwarded(headers: &mut HeaderMap, peer: Peer, peer_value: Option<&He
         Some(xff) => headers.insert(X_FORWARDED_FOR.clone(), xff),
         None => headers.remove(&X_FORWARDED_FOR),
     };
+    if !peer.trusted {
+        match peer_value {
+            Some(ip) => headers.insert(X_REAL_IP.clone(), ip.clone()),
+            None => headers.remove(&X_REAL_IP),
+        };
+    }
     if !peer.trusted || !headers.contains_key(&X_FORWARDED_PROTO) {
         let proto = if peer.tls { "https" } else { "http" };
         headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
@@ -259,9 +224,17 @@ pub fn set_forwarded(headers: &mut HeaderMap, peer: Peer, peer_value: Option<&He
             None => headers.remove(&X_FORWARDED_HOST),
         };
     }
-    if !peer.trusted {
-        headers.remove(&FORWARDED);
+}
+
+/// A trusted proxy's `X-Forwarded-For` (every line of it, as bytes) plus its own address.
+fn extended_xff(headers: &HeaderMap, peer: Peer) -> Option<HeaderValue> {
+    let mut joined = Vec::new();
+    for value in headers.get_all(&X_FORWARDED_FOR) {
+        joined.extend_from_slice(value.as_bytes());
+        joined.extend_from_slice(b", ");
     }
+    joined.extend_from_slice(canonical(peer.addr.ip()).to_string().as_bytes());
+    HeaderValue::from_bytes(&joined).ok()
 }
 
 /// Whether `ip` is inside one of the `trusted_proxies` CIDRs.
@@ -293,18 +266,6 @@ mod tests {
         h
     }
 
-    fn headers_cfg() -> HeadersConfig {
-        HeadersConfig {
-            authorization_bearer: true,
-            user: Some(HeaderName::from_static("x-forwarded-user")),
-            email: Some(HeaderName::from_static("x-forwarded-email")),
-            preferred_username: None,
-            groups: Some(HeaderName::from_static("x-forwarded-groups")),
-            groups_claim: "groups".into(),
-            claims: vec![(HeaderName::from_static("x-tenant"), "tenant".into())],
-        }
-    }
-
     #[test]
     fn hop_by_hop_found_in_any_position_and_upgrade_stripped() {
         let mut h = map(&[("x-a", "1"), ("x-b", "2"), ("upgrade", "websocket")]);
@@ -333,20 +294,40 @@ mod tests {
         assert_eq!(h["x-kept"], "yes");
     }
 
+    /// A map with one `Cookie` header holding exactly these bytes.
+    fn cookie_bytes(bytes: &[u8]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(COOKIE, HeaderValue::from_bytes(bytes).unwrap());
+        h
+    }
+
     #[test]
-    fn strips_identity_headers_in_every_spelling() {
-        let rules = IdentityHeaders::new(&headers_cfg());
-        let mut h = map(&[
-            ("authorization", "Bearer forged"),
-            ("x-forwarded-user", "admin"),
-            ("x_forwarded_user", "admin"),
-            ("X_Forwarded_Email", "a@b"),
-            ("x_tenant", "other"),
-            ("x-other", "kept"),
-        ]);
-        rules.strip(&mut h);
-        assert_eq!(h.len(), 1, "{h:?}");
-        assert!(h.contains_key("x-other"));
+    fn cookies_are_parsed_as_bytes() {
+        let h = cookie_bytes(b"name=Jos\xc3\xa9; authgate_session=s.1; q=\"a b\"");
+        assert_eq!(find_cookie(&h, "authgate_session"), Some("s.1"));
+        let mut h = h;
+        remove_cookies(&mut h, |name| name == "authgate_session");
+        assert_eq!(h[COOKIE].as_bytes(), b"name=Jos\xc3\xa9; q=\"a b\"");
+        // Our cookie with a non-ASCII value is not ours to read, but still never forwarded.
+        let mut h = cookie_bytes(b"authgate_session=\xff; authgate_session=ok; x=\xfe");
+        assert_eq!(
+            cookie_values(&h, "authgate_session").collect::<Vec<_>>(),
+            ["ok"]
+        );
+        remove_cookies(&mut h, |name| name == "authgate_session");
+        assert_eq!(h[COOKIE].as_bytes(), b"x=\xfe");
+        // Spacing, tabs and nameless pairs.
+        let mut h = cookie_bytes(b"\tauthgate_session = v ;;noequals; a=1");
+        assert_eq!(find_cookie(&h, "authgate_session"), Some("v"));
+        remove_cookies(&mut h, |name| name == "authgate_session");
+        assert_eq!(h[COOKIE], "noequals; a=1");
+    }
+
+    #[test]
+    fn cookies_removed_by_any_rule() {
+        let mut h = cookie_bytes(b"authgate_session_login_1=a; keep=1; authgate_session_login_2=b");
+        remove_cookies(&mut h, |name| name.starts_with("authgate_session_login"));
+        assert_eq!(h[COOKIE], "keep=1");
     }
 
     #[test]
@@ -393,15 +374,19 @@ mod tests {
         assert_eq!(h["x-forwarded-for"], "10.0.0.9");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "app.example.com");
+        assert_eq!(h["x-real-ip"], "10.0.0.9");
         let trusted = Peer {
             trusted: true,
             ..untrusted
         };
         let mut h = map(&incoming);
+        h.append("x-forwarded-for", HeaderValue::from_static("5.6.7.8"));
+        h.insert("x-real-ip", HeaderValue::from_static("1.2.3.4"));
         set_forwarded(&mut h, trusted, value.as_ref());
-        assert_eq!(h["x-forwarded-for"], "1.2.3.4, 10.0.0.9");
+        assert_eq!(h["x-forwarded-for"], "1.2.3.4, 5.6.7.8, 10.0.0.9");
         assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(h["x-forwarded-host"], "evil.example");
+        assert_eq!(h["x-real-ip"], "1.2.3.4");
     }
 
     #[test]

@@ -9,8 +9,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use authgate::config::{
-    BearerMode, Config, ConfigErrors, EnvOverrides, LogFormat, PathMatch, Policy, SameSite,
-    StoreConfig, TokenEndpointAuth,
+    BearerMode, Config, ConfigErrors, EnvOverrides, LogFormat, PathMatch, Policy, Preflight,
+    SameSite, StoreConfig, TokenEndpointAuth,
 };
 use figment::providers::{Format, Toml};
 use figment::{Figment, Jail};
@@ -95,6 +95,7 @@ fn minimal_config_gets_the_contract_defaults() {
     assert_eq!(c.server.tls_handshake_timeout, Duration::from_secs(10));
     assert_eq!(c.server.max_header_bytes, 65536);
     assert_eq!(c.server.max_headers, 100);
+    assert!(c.server.strip_request_headers.is_empty());
 
     assert_eq!(c.upstream.timeout, Duration::from_secs(60));
     assert!(c.upstream.ca_file.is_none());
@@ -172,6 +173,7 @@ header_read_timeout = "3s"
 tls_handshake_timeout = "4s"
 max_header_bytes = 32768
 max_headers = 50
+strip_request_headers = ["X-Legacy-User", "X_Debug"]
 
 [upstream]
 url = "https://backend.internal:9000/app"
@@ -232,6 +234,7 @@ require_groups = ["admins"]
 require_claims = {{ tier = "gold", region = ["eu", "us"] }}
 bearer = "passthrough"
 bearer_resource = "https://other.example.com"
+preflight = "forward"
 
 [[route]]
 path = "/files/[0-9]+"
@@ -261,6 +264,10 @@ policy = "deny"
             "127.0.0.1:9090"
         );
         assert_eq!(c.server.max_headers, 50);
+        let strip: Vec<&str> = (c.server.strip_request_headers.iter())
+            .map(|h| h.as_str())
+            .collect();
+        assert_eq!(strip, ["x-legacy-user", "x_debug"]);
         assert_eq!(c.upstream.url.as_str(), "https://backend.internal:9000/app");
         assert_eq!(c.upstream.timeout, Duration::from_secs(120));
         assert!(c.upstream.ca_file.is_some());
@@ -321,6 +328,8 @@ policy = "deny"
                 .contains(&("region".into(), vec!["eu".into(), "us".into()]))
         );
         assert_eq!(admin.bearer, BearerMode::Passthrough);
+        assert_eq!(admin.preflight, Preflight::Forward);
+        assert_eq!(c.routes[0].preflight, Preflight::Authenticate);
         assert_eq!(
             admin.bearer_resource.as_deref(),
             Some("https://other.example.com")
@@ -540,6 +549,25 @@ fn header_names() {
 }
 
 #[test]
+fn strip_request_headers_are_header_names_the_gateway_can_spare() {
+    let errors = load_err(&with(
+        "server",
+        r#"strip_request_headers = ["X Bad", "Host", "cookie", "Content_Length", "transfer.encoding", "X-Fine"]"#,
+    ));
+    assert_error(
+        &errors,
+        "server.strip_request_headers[0]",
+        "invalid header name",
+    );
+    for i in 1..=4 {
+        let key = format!("server.strip_request_headers[{i}]");
+        assert_error(&errors, &key, "the gateway needs it to read the request");
+    }
+    let message = errors.to_string();
+    assert!(!message.contains("strip_request_headers[5]"), "{message}");
+}
+
+#[test]
 fn enumerations() {
     let errors = load_err(
         &with("server", "log_format = \"xml\"")
@@ -593,6 +621,7 @@ path = "/a"
 match = "glob"
 policy = "allow"
 bearer = "on"
+preflight = "allow"
 [[route]]
 path = "/(unclosed"
 match = "regex"
@@ -609,6 +638,7 @@ require_claims = {{ tier = [] }}
     assert_error(&errors, "route[1].match", "prefix, exact, regex");
     assert_error(&errors, "route[1].policy", "public, authenticated, deny");
     assert_error(&errors, "route[1].bearer", "off, passthrough");
+    assert_error(&errors, "route[1].preflight", "authenticate, forward");
     assert_error(&errors, "route[2].path", "invalid regex");
     assert_error(&errors, "route[2].methods[1]", "invalid method");
     assert_error(
@@ -984,8 +1014,11 @@ fn debug_output_hides_every_secret() {
 #[test]
 fn redacted_toml_loads_again_once_secrets_are_supplied() {
     let toml = format!(
-        "{}\n[[route]]\npath = \"/files/[0-9]+\"\nmatch = \"regex\"\nmethods = [\"get\"]\nrequire_claims = {{ tier = [\"a\", \"b\"] }}\n",
-        with("headers", "email = \"\"")
+        "{}\n[[route]]\npath = \"/files/[0-9]+\"\nmatch = \"regex\"\nmethods = [\"get\"]\nrequire_claims = {{ tier = [\"a\", \"b\"] }}\npreflight = \"forward\"\n",
+        with("headers", "email = \"\"").replace(
+            "[server]\n",
+            "[server]\nstrip_request_headers = [\"X-A\"]\n"
+        )
     );
     let first = load_ok(&toml);
     let out = first.redacted_toml();

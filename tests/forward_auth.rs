@@ -39,8 +39,21 @@ async fn trusted() -> Harness {
     Harness::builder().config(ROUTES).start().await
 }
 
-/// Asks `/oauth2/auth` about `headers` (the proxy's view of the original request).
+/// Asks `/oauth2/auth` about `headers` (the proxy's view of the original request), with
+/// `X-Forwarded-Method: GET` unless `headers` name a method (every proxy sends one).
 async fn check(h: &Harness, client: &Client, headers: &[(&str, &str)]) -> reqwest::Response {
+    let mut headers = headers.to_vec();
+    if !headers
+        .iter()
+        .any(|(name, _)| *name == "X-Forwarded-Method")
+    {
+        headers.push(("X-Forwarded-Method", "GET"));
+    }
+    check_exact(h, client, &headers).await
+}
+
+/// Asks `/oauth2/auth` with exactly these headers.
+async fn check_exact(h: &Harness, client: &Client, headers: &[(&str, &str)]) -> reqwest::Response {
     let mut request = client
         .get(h.at("/oauth2/auth"))
         .header(header::ACCEPT, "text/html,application/xhtml+xml");
@@ -96,9 +109,12 @@ async fn without_a_session_401_json_with_login_url_never_a_redirect() {
     )
     .await;
     assert_401_json(r, &h, "%2Fapp%2Fpage%3Fx%3D1").await;
-    // Without any original request: `/`.
-    let r = check(&h, &c, &[]).await;
-    assert_401_json(r, &h, "%2F").await;
+    // Without an original request, a trusted proxy's question cannot be answered: never
+    // judged as `GET /` (contract Details 22).
+    let r = check_exact(&h, &c, &[]).await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let r = check_exact(&h, &c, &[("X-Forwarded-Uri", "/app")]).await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
 }
 
 #[tokio::test]
@@ -227,7 +243,8 @@ async fn route_rules_apply_to_the_original_request() {
 
 #[tokio::test]
 async fn original_request_headers_from_an_untrusted_peer_are_ignored() {
-    // No trusted_proxies: whatever the headers say, the question is "GET /".
+    // No trusted_proxies: whatever the headers say, the question is "is there a valid
+    // session" (login lands on `/`).
     let h = Harness::builder()
         .config(
             r#"

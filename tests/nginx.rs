@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use reqwest::{Client, StatusCode, header};
 use serde_json::Value;
+use support::raw;
 use support::{Echo, Harness, location, set_cookie};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -164,8 +165,9 @@ async fn api_get(client: &Client, url: &str) -> reqwest::Response {
         .unwrap()
 }
 
-/// The whole code flow through nginx, starting from a protected page.
-async fn login_through_nginx(h: &Harness, nginx: &Nginx, client: &Client, user: &str) {
+/// The whole code flow through nginx, starting from a protected page; returns the session
+/// cookie's value.
+async fn login_through_nginx(h: &Harness, nginx: &Nginx, client: &Client, user: &str) -> String {
     h.idp.controls().set_auto_login(Some(user.to_owned()));
     let r = browse(client, &nginx.at("/app/page?x=1")).await;
     assert_eq!(r.status(), StatusCode::FOUND, "{}", nginx.error_log());
@@ -183,9 +185,9 @@ async fn login_through_nginx(h: &Harness, nginx: &Nginx, client: &Client, user: 
         "the provider must send the browser back through nginx: {callback}"
     );
     let r = browse(client, &callback).await;
-    assert_eq!(r.status(), StatusCode::FOUND, "{:?}", r.text().await);
-    assert!(set_cookie(&r, "authgate_session").is_some());
+    assert_eq!(r.status(), StatusCode::FOUND);
     assert_eq!(relative(nginx, &location(&r)), "/app/page?x=1");
+    set_cookie(&r, "authgate_session").expect("a session cookie")
 }
 
 /// nginx makes its own redirects absolute (`absolute_redirect on`): compare paths.
@@ -283,4 +285,135 @@ async fn raw_status(port: u16, target: &str) -> u16 {
         .unwrap();
     let text = String::from_utf8_lossy(&bytes);
     text.split(' ').nth(1).unwrap().parse().unwrap()
+}
+
+/// The cookie pairs the app received through nginx.
+async fn app_cookies(nginx: &Nginx, client: &Client, path: &str, cookie: &str) -> Vec<String> {
+    let r = client
+        .get(nginx.at(path))
+        .header(header::ACCEPT, "application/json")
+        .header(header::COOKIE, cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK, "{}", nginx.error_log());
+    let echo = Echo(r.json::<Value>().await.unwrap());
+    let cookies = echo.header_values("cookie").join(";");
+    (cookies.split(';').map(str::trim))
+        .filter(|p| !p.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test]
+async fn authgate_cookies_never_reach_the_app_through_nginx() {
+    let (h, nginx) = start().await;
+    let session = login_through_nginx(&h, &nginx, &h.client(), "alice").await;
+    let c = support::bare_client();
+    for (path, cookie, expected) in [
+        (
+            "/app",
+            format!("a=1; authgate_session={session}; authgate_session_login=l; b=2"),
+            &["a=1", "b=2"][..],
+        ),
+        (
+            "/app",
+            format!("authgate_session_login=l;authgate_session={session}"),
+            &[],
+        ),
+        (
+            "/public/x",
+            "authgate_session=s; a=1; authgate_session=t; authgate_session_login=l; b=2".into(),
+            &["a=1", "b=2"],
+        ),
+        // More of ours than the maps remove: the app gets no cookie rather than ours.
+        (
+            "/public/x",
+            "authgate_session=1; authgate_session=2; a=1; authgate_session=3; authgate_session_login=4"
+                .into(),
+            &[],
+        ),
+        // A cookie that only ends like ours is not ours.
+        ("/public/x", "xauthgate_session=1; b=2".into(), &["xauthgate_session=1", "b=2"]),
+    ] {
+        let got = app_cookies(&nginx, &c, path, &cookie).await;
+        assert_eq!(got, expected, "{cookie}");
+    }
+}
+
+/// nginx passes `$request_uri` raw in `X-Forwarded-Uri`: quotes, spaces and UTF-8 bytes that a
+/// URI may not hold. Each is judged on its path (contract Details 22), never as `GET /`.
+struct Hostile {
+    attack: &'static str,
+    target: &'static [u8],
+    /// With alice's session cookie.
+    session: bool,
+    /// Whether authgate lets nginx pass the request on (its 202).
+    allowed: bool,
+    /// What the client gets from nginx.
+    status: u16,
+    /// Requests the app's handler receives. The echo app (hyper) itself answers 400 to a
+    /// request target holding a quote, before its handler runs: an allowed request may still
+    /// count 0 here, which is why `allowed` is checked on its own.
+    hits: usize,
+}
+
+#[rustfmt::skip]
+const HOSTILE: &[Hostile] = &[
+    Hostile { attack: "quote in the query of a denied path", target: b"/admin/x?q=\"", session: true, allowed: false, status: 403, hits: 0 },
+    Hostile { attack: "quote in a denied path", target: b"/admin/a\"b", session: true, allowed: false, status: 403, hits: 0 },
+    Hostile { attack: "raw UTF-8 in a denied path", target: b"/admin/\xc3\xa9", session: true, allowed: false, status: 403, hits: 0 },
+    Hostile { attack: "raw Latin-1 byte in a denied path", target: b"/admin/\xe9", session: true, allowed: false, status: 403, hits: 0 },
+    Hostile { attack: "angle brackets in a denied path", target: b"/admin/<x>", session: true, allowed: false, status: 403, hits: 0 },
+    Hostile { attack: "raw UTF-8 in a denied path, anonymous", target: b"/admin/\xc3\xa9", session: false, allowed: false, status: 403, hits: 0 },
+    Hostile { attack: "quotes on an authenticated path, anonymous: to login", target: b"/app/\"x\"?q=\"", session: false, allowed: false, status: 302, hits: 0 },
+    Hostile { attack: "raw UTF-8 on an authenticated path, anonymous: to login", target: b"/app/\xc3\xa9", session: false, allowed: false, status: 302, hits: 0 },
+    Hostile { attack: "quotes on an authenticated path with a session", target: b"/app/\"x\"?q=\"", session: true, allowed: true, status: 400, hits: 0 },
+    Hostile { attack: "raw UTF-8 on a public path", target: b"/public/\xc3\xa9", session: false, allowed: true, status: 200, hits: 1 },
+    Hostile { attack: "quote in the query of a public path", target: b"/public/x?q=\"", session: false, allowed: true, status: 400, hits: 0 },
+    Hostile { attack: "raw UTF-8 on an authenticated path with a session", target: b"/app/\xc3\xa9", session: true, allowed: true, status: 200, hits: 1 },
+    Hostile { attack: "encoded backslash", target: b"/public/..%5Cadmin", session: true, allowed: false, status: 400, hits: 0 },
+    Hostile { attack: "encoded slash", target: b"/public/..%2Fadmin", session: true, allowed: false, status: 400, hits: 0 },
+];
+
+/// Forward-auth checks the gateway has allowed so far (its `/metrics`, every route).
+async fn allowed_checks(h: &Harness) -> f64 {
+    let text = h.metrics().await;
+    (text.lines())
+        .filter(|l| {
+            l.starts_with("authgate_decisions_total{") && l.contains("decision=\"allowed\"")
+        })
+        .filter_map(|l| l.rsplit_once(' ')?.1.trim().parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test]
+async fn hostile_uris_through_nginx_are_judged_on_their_path() {
+    let (h, nginx) = start().await;
+    let session = login_through_nginx(&h, &nginx, &h.client(), "alice").await;
+    let cookie = format!("authgate_session={session}");
+    let addr = ([127, 0, 0, 1], nginx.port).into();
+    let mut wrong = Vec::new();
+    for case in HOSTILE {
+        let mut headers: Vec<(&[u8], &[u8])> = Vec::new();
+        if case.session {
+            headers.push((b"Cookie", cookie.as_bytes()));
+        }
+        let (before, allowed_before) = (h.upstream_hits(), allowed_checks(&h).await);
+        let answer = raw::send(addr, &raw::request(b"GET", case.target, &headers)).await;
+        let hits = h.upstream_hits() - before;
+        let allowed = allowed_checks(&h).await > allowed_before;
+        if (allowed, answer.status, hits) != (case.allowed, case.status, case.hits) {
+            wrong.push(format!(
+                "{}: allowed {allowed} (want {}), status {} (want {}), app hits {hits} (want {})",
+                case.attack, case.allowed, answer.status, case.status, case.hits
+            ));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "\n{}\n{}",
+        wrong.join("\n"),
+        nginx.error_log()
+    );
 }

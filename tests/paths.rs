@@ -9,12 +9,9 @@
 
 mod support;
 
-use std::net::SocketAddr;
-
 use serde_json::Value;
 use support::Harness;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use support::raw::get as raw_get;
 
 const ROUTES: &str = r#"
 [[route]]
@@ -30,92 +27,6 @@ policy = "deny"
 path = "/public/"
 policy = "public"
 "#;
-
-/// A raw answer: status, lowercase header lines, body (de-chunked).
-struct Raw {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: String,
-}
-
-impl Raw {
-    /// What the echo upstream saw (asserts 200).
-    fn echo(&self) -> Value {
-        assert_eq!(self.status, 200, "{}", self.body);
-        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.body))
-    }
-
-    fn upstream_path(&self) -> String {
-        self.echo()["path"].as_str().unwrap().to_owned()
-    }
-}
-
-/// `GET <target> HTTP/1.1` exactly as given, with `extra` header lines.
-async fn raw_get(addr: SocketAddr, target: &[u8], extra: &[(&str, &str)]) -> Raw {
-    let mut request = Vec::new();
-    request.extend_from_slice(b"GET ");
-    request.extend_from_slice(target);
-    request.extend_from_slice(b" HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: application/json\r\n");
-    for (name, value) in extra {
-        request.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
-    }
-    request.extend_from_slice(b"Connection: close\r\n\r\n");
-    let mut stream = TcpStream::connect(addr).await.unwrap();
-    stream.write_all(&request).await.unwrap();
-    let mut bytes = Vec::new();
-    tokio::time::timeout(
-        std::time::Duration::from_secs(20),
-        stream.read_to_end(&mut bytes),
-    )
-    .await
-    .expect("the gateway answers and closes")
-    .unwrap();
-    parse(&bytes)
-}
-
-fn parse(bytes: &[u8]) -> Raw {
-    let text = String::from_utf8_lossy(bytes);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .unwrap_or_else(|| panic!("no header end in {text:?}"));
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().unwrap();
-    let status = status_line
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("bad status line {status_line:?}"));
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    let chunked = headers
-        .iter()
-        .any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"));
-    let body = if chunked {
-        dechunk(body)
-    } else {
-        body.to_owned()
-    };
-    Raw {
-        status,
-        headers,
-        body,
-    }
-}
-
-fn dechunk(mut rest: &str) -> String {
-    let mut out = String::new();
-    loop {
-        let (size, after) = rest.split_once("\r\n").unwrap();
-        let size = usize::from_str_radix(size.split(';').next().unwrap().trim(), 16).unwrap();
-        if size == 0 {
-            return out;
-        }
-        out.push_str(&after[..size]);
-        rest = &after[size + 2..];
-    }
-}
 
 /// A harness, and the `Cookie` header of a logged-in session.
 async fn start() -> (Harness, String) {

@@ -923,6 +923,7 @@ async fn forward_auth_refreshes_too() {
 
     let response = client
         .get(h.at("/oauth2/auth"))
+        .header("x-forwarded-method", "GET")
         .header("x-forwarded-uri", "/x")
         .send()
         .await

@@ -1,7 +1,8 @@
 //! Per-route policies through the real gateway: matching (prefix on segment boundaries, exact,
 //! anchored regex that never sees the query, methods), first match wins, `public`, `deny`,
-//! `require_groups`, `require_claims`, `api = true`, CORS preflights, built-in endpoints before
-//! routes, and the decision metrics (CONTRACT `[[route]]`, Details 9, 10, 16, 17).
+//! `require_groups`, `require_claims`, `api = true`, CORS preflights (`preflight`), built-in
+//! endpoints before routes, and the decision metrics (CONTRACT `[[route]]`, Details 9, 10, 16,
+//! 17, 26).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod support;
@@ -76,6 +77,10 @@ require_claims = { tier = ["gold", "platinum"], region = "eu" }
 [[route]]
 path = "/api/"
 api = true
+
+[[route]]
+path = "/cors/"
+preflight = "forward"
 "#;
 
 async fn start() -> Harness {
@@ -522,31 +527,37 @@ async fn public_routes_strip_identity_and_never_touch_the_session() {
 }
 
 #[tokio::test]
-async fn cors_preflight_is_forwarded_unauthenticated() {
+async fn cors_preflight_is_authenticated_unless_the_route_forwards_it() {
     let h = start().await;
     let preflight = |c: &Client, path: &str| {
         c.request(Method::OPTIONS, h.at(path))
             .header(header::ORIGIN, "https://other.example")
             .header(header::ACCESS_CONTROL_REQUEST_METHOD, "PUT")
             .header(header::ACCESS_CONTROL_REQUEST_HEADERS, "content-type")
+            .header(header::ACCEPT, "application/json")
     };
-    // No session: the app answers the preflight.
+    // By default a preflight is a request like any other: no session, 401 (contract
+    // Details 26), never the app's answer.
     let anonymous = h.client();
     let r = preflight(&anonymous, "/private/thing")
-        .header(header::ACCEPT, "application/json")
         .send()
         .await
         .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let r = preflight(&anonymous, "/ops/thing").send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+
+    // `preflight = "forward"`: the app answers it, without a session.
+    let r = preflight(&anonymous, "/cors/thing").send().await.unwrap();
     let echo = echo_of(r).await;
     assert_eq!(echo.method(), "OPTIONS");
-    assert_eq!(echo.path(), "/private/thing");
+    assert_eq!(echo.path(), "/cors/thing");
     assert_eq!(echo.header("authorization"), None);
 
-    // With a session and spoofed identity: still unauthenticated upstream, identity stripped.
+    // With a session and spoofed identity: still no identity upstream.
     let alice = h.client();
     h.login(&alice, "alice").await;
-    let r = preflight(&alice, "/api/thing")
-        .header(header::ACCEPT, "application/json")
+    let r = preflight(&alice, "/cors/thing")
         .header(header::AUTHORIZATION, "Bearer forged")
         .header("X-Forwarded-User", "mallory")
         .send()
@@ -558,10 +569,14 @@ async fn cors_preflight_is_forwarded_unauthenticated() {
     assert_eq!(echo.header("x-forwarded-email"), None);
     let cookies = echo.header_values("cookie").join("; ");
     assert!(!cookies.contains("authgate_session"), "{cookies}");
+    // On an authenticated route, alice's preflight is forwarded as she is.
+    let r = preflight(&alice, "/private/thing").send().await.unwrap();
+    let echo = echo_of(r).await;
+    assert!(echo.bearer().is_some());
 
     // Not a preflight (no Access-Control-Request-Method): authenticated as usual.
     let r = anonymous
-        .request(Method::OPTIONS, h.at("/private/thing"))
+        .request(Method::OPTIONS, h.at("/cors/thing"))
         .header(header::ORIGIN, "https://other.example")
         .header(header::ACCEPT, "application/json")
         .send()

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine too: installs what the suite needs when it is
-# missing (Debian's nginx for the forward-auth test, redis-server for the Redis store, Node.js
-# and the pinned npm packages of the interop provider), then runs every cargo test. Nothing is
-# skipped silently: a test whose tool is missing fails and says how to install it.
+# missing (Debian's nginx and caddy for the forward-auth tests, redis-server for the Redis
+# store, Node.js and the pinned npm packages of the interop provider), then runs every cargo
+# test. Nothing is skipped silently: a test whose tool is missing fails and says how to
+# install it.
 #
 #   tests/run.sh                 # everything
 #   tests/run.sh --test refresh  # extra arguments go to `cargo test`
@@ -15,6 +16,7 @@ as_root() {
 
 missing=()
 [ -x /usr/sbin/nginx ] || command -v nginx >/dev/null 2>&1 || missing+=(nginx)
+[ -x /usr/bin/caddy ] || missing+=(caddy)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v node >/dev/null 2>&1 || missing+=(nodejs npm)
 if [ ${#missing[@]} -gt 0 ]; then

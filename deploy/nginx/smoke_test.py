@@ -238,6 +238,7 @@ def run_checks(c, auth_server):
         ("authgate_session=x; ok=1", "ok=1"),           # first
         ("ok=1; authgate_session=x", "ok=1"),           # last
         ("ok=1; xauthgate_session=y", "ok=1; xauthgate_session=y"),  # another cookie
+        ("ok=1; authgate_session_login=l; authgate_session=x", "ok=1"),  # the login's too
     ]:
         status, _, body = c.request("GET", "/cookies", {"Cookie": sent})
         got = lower_keys(json.loads(body).get("headers", {})).get("cookie") if status == 200 else status

@@ -61,6 +61,7 @@ pub(crate) const STRING_TABLES: &[&str] = &["oidc.extra_auth_params", "headers.c
 /// Keys holding a list of strings: split by the environment provider without parsing items.
 pub(crate) const STRING_LIST_KEYS: &[&str] = &[
     "server.trusted_proxies",
+    "server.strip_request_headers",
     "oidc.scopes",
     "oidc.resource",
     "oidc.bearer_audiences",
@@ -96,6 +97,8 @@ pub(crate) struct RawServer {
     pub tls_handshake_timeout: String,
     pub max_header_bytes: usize,
     pub max_headers: usize,
+    #[serde(deserialize_with = "lenient::string_list")]
+    pub strip_request_headers: Vec<String>,
 }
 
 impl Default for RawServer {
@@ -113,6 +116,7 @@ impl Default for RawServer {
             tls_handshake_timeout: "10s".into(),
             max_header_bytes: 65536,
             max_headers: 100,
+            strip_request_headers: Vec::new(),
         }
     }
 }
@@ -277,6 +281,7 @@ pub(crate) struct RawRoute {
     pub require_claims: Vec<(String, Vec<String>)>,
     pub bearer: String,
     pub bearer_resource: Option<String>,
+    pub preflight: String,
 }
 
 impl Default for RawRoute {
@@ -291,6 +296,7 @@ impl Default for RawRoute {
             require_claims: Vec::new(),
             bearer: "off".into(),
             bearer_resource: None,
+            preflight: "authenticate".into(),
         }
     }
 }

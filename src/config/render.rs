@@ -74,6 +74,10 @@ fn server(s: &ServerConfig) -> Table {
     );
     t.insert("max_header_bytes".into(), count(s.max_header_bytes as u64));
     t.insert("max_headers".into(), count(s.max_headers as u64));
+    t.insert(
+        "strip_request_headers".into(),
+        strings(s.strip_request_headers.iter().map(http::HeaderName::as_str)),
+    );
     t
 }
 
@@ -208,6 +212,11 @@ fn route(r: &RouteConfig) -> Value {
     if let Some(res) = &r.bearer_resource {
         t.insert("bearer_resource".into(), res.clone().into());
     }
+    let preflight = match r.preflight {
+        Preflight::Authenticate => "authenticate",
+        Preflight::Forward => "forward",
+    };
+    t.insert("preflight".into(), preflight.into());
     Value::Table(t)
 }
 

@@ -8,7 +8,7 @@ use regex::Regex;
 
 use super::check::{Checker, non_empty};
 use super::raw::RawRoute;
-use super::types::{BearerMode, PathMatch, Policy, RouteConfig};
+use super::types::{BearerMode, PathMatch, Policy, Preflight, RouteConfig};
 
 pub(crate) fn routes(
     raw: &[Option<RawRoute>],
@@ -51,6 +51,14 @@ fn route(
         ],
     );
     let bearer_resource = bearer_resource(raw, resources, &key("bearer_resource"), c);
+    let preflight = c.choice(
+        &key("preflight"),
+        &raw.preflight,
+        &[
+            ("authenticate", Preflight::Authenticate),
+            ("forward", Preflight::Forward),
+        ],
+    );
     Some(RouteConfig {
         matcher: matcher?,
         methods: methods.into_iter().collect::<Option<_>>()?,
@@ -60,6 +68,7 @@ fn route(
         require_claims: claims?,
         bearer: bearer?,
         bearer_resource: bearer_resource?,
+        preflight: preflight?,
     })
 }
 
@@ -184,6 +193,7 @@ mod tests {
         assert!(matches!(route.matcher, PathMatch::Prefix(ref p) if p == "/x"));
         assert_eq!(route.policy, Policy::Authenticated);
         assert_eq!(route.bearer, BearerMode::Off);
+        assert_eq!(route.preflight, Preflight::Authenticate);
         assert!(route.methods.is_empty());
     }
 }

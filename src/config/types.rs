@@ -44,6 +44,9 @@ pub struct ServerConfig {
     pub max_header_bytes: usize,
     /// Most header fields accepted in one request. Default 100.
     pub max_headers: usize,
+    /// More request headers removed from every request of an untrusted peer (contract
+    /// Details 23), compared in any spelling like the built-in list.
+    pub strip_request_headers: Vec<HeaderName>,
 }
 
 #[derive(Debug, Clone)]
@@ -165,6 +168,8 @@ pub struct RouteConfig {
     pub bearer: BearerMode,
     /// Which configured `oidc.resource` token goes upstream on this route (default: the first).
     pub bearer_resource: Option<String>,
+    /// What a CORS preflight without credentials gets on an `authenticated` route.
+    pub preflight: Preflight,
 }
 
 #[derive(Debug, Clone)]
@@ -180,6 +185,16 @@ pub enum Policy {
     Public,
     Authenticated,
     Deny,
+}
+
+/// CORS preflights (`OPTIONS` with `Origin` and `Access-Control-Request-Method`) on an
+/// `authenticated` route (contract Details 26).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Preflight {
+    /// Like any request: without a session, 401 (default).
+    Authenticate,
+    /// Forwarded upstream without identity, for the app to answer CORS itself.
+    Forward,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

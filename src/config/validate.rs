@@ -62,6 +62,9 @@ fn server(raw: &RawServer, c: &mut Checker) -> Option<ServerConfig> {
     );
     let max_header_bytes = c.positive("server.max_header_bytes", raw.max_header_bytes);
     let max_headers = c.positive("server.max_headers", raw.max_headers);
+    let strip: Vec<_> = (raw.strip_request_headers.iter().enumerate())
+        .map(|(i, h)| strip_request_header(&format!("server.strip_request_headers[{i}]"), h, c))
+        .collect();
     Some(ServerConfig {
         listen: listen?,
         public_url: public_url?,
@@ -74,7 +77,24 @@ fn server(raw: &RawServer, c: &mut Checker) -> Option<ServerConfig> {
         tls_handshake_timeout: handshake?,
         max_header_bytes: max_header_bytes?,
         max_headers: max_headers?,
+        strip_request_headers: strip.into_iter().collect::<Option<_>>()?,
     })
+}
+
+/// A header name to strip from untrusted requests; never one the gateway itself needs to
+/// read the request (its `Host`, its framing, the session cookie), in any spelling (names are
+/// compared after folding, see `headers::inbound`).
+fn strip_request_header(key: &str, raw: &str, c: &mut Checker) -> Option<http::HeaderName> {
+    let name = c.header_name(key, raw)?;
+    let folded = crate::headers::fold_name(name.as_str());
+    if ["host", "cookie", "content-length", "transfer-encoding"].contains(&folded.as_str()) {
+        c.error(
+            key,
+            format!("{raw:?} cannot be stripped: the gateway needs it to read the request"),
+        );
+        return None;
+    }
+    Some(name)
 }
 
 /// The external origin (plus an optional base path), stored without a trailing slash.

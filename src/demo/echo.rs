@@ -4,6 +4,8 @@
 //! JSON shows everything, because tests need to see the token.
 
 use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -21,10 +23,16 @@ use crate::logging::log_safe;
 
 /// Serves the echo page on `listener` forever (until the task is dropped).
 pub async fn serve_echo(listener: TcpListener) {
+    serve_echo_counting(listener, Arc::default()).await
+}
+
+/// Like [`serve_echo`], counting every request received in `hits` (tests assert that a
+/// refused request never reached the upstream).
+pub async fn serve_echo_counting(listener: TcpListener, hits: Arc<AtomicUsize>) {
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
-                tokio::spawn(serve_connection(stream));
+                tokio::spawn(serve_connection(stream, hits.clone()));
             }
             Err(e) => {
                 tracing::warn!(error = %log_safe(&e), "echo upstream: accept failed");
@@ -34,9 +42,12 @@ pub async fn serve_echo(listener: TcpListener) {
     }
 }
 
-async fn serve_connection(stream: TcpStream) {
+async fn serve_connection(stream: TcpStream, hits: Arc<AtomicUsize>) {
     let builder = auto::Builder::new(TokioExecutor::new());
-    let service = service_fn(|req| async move { Ok::<_, Infallible>(echo(&req)) });
+    let service = service_fn(|req| {
+        hits.fetch_add(1, Ordering::SeqCst);
+        async move { Ok::<_, Infallible>(echo(&req)) }
+    });
     if let Err(e) = builder
         .serve_connection_with_upgrades(TokioIo::new(stream), service)
         .await

@@ -1,45 +1,90 @@
-//! `/oauth2/auth`: forward auth for nginx `auth_request`, Traefik `forwardAuth` and Envoy
-//! `ext_authz` (contract Details 12).
+//! `/oauth2/auth`: forward auth for nginx `auth_request`, Traefik `forwardAuth`, Caddy
+//! `forward_auth` and Envoy `ext_authz` (contract Details 12 and 22).
 //!
-//! The original request is taken from `X-Forwarded-Method` + `X-Forwarded-Uri`, or
-//! `X-Original-URI`, believed only from `trusted_proxies`; from anyone else those headers are
-//! ignored and the check is a plain "is there a valid session". The same route policies
-//! apply, the session is refreshed the same way, and the answer never needs a cookie: 202
-//! with the headers the upstream would get, 401 (JSON with `login_url`) or 403. The access
-//! token (`Authorization`) is only ever handed to a trusted proxy.
+//! From a peer in `trusted_proxies`, the original request is taken from `X-Forwarded-Method`
+//! and `X-Forwarded-Uri` (or `X-Original-URI`), and judged by the same route rules as a
+//! proxied request. The check fails closed: a missing or unusable method or URI is answered 400,
+//! never judged as some other request. From anyone else those headers are ignored and the
+//! check is a plain "is there a valid session", judged as the route of no configured path
+//! (`authenticated`, no requirements): neither a `public` route nor a `deny` one can be picked
+//! by an untrusted caller. The session is refreshed the same way, and the answer never needs
+//! a cookie: 202 with the headers the upstream would get, 401 (JSON with `login_url`) or 403.
+//! The access token (`Authorization`) is only ever handed to a trusted proxy.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use http::header::{AUTHORIZATION, SET_COOKIE};
-use http::{HeaderMap, Method, Request, Response, StatusCode, Uri};
+use http::uri::PathAndQuery;
+use http::{HeaderMap, HeaderName, Method, Request, Response, StatusCode, Uri};
+use percent_encoding::{AsciiSet, CONTROLS, percent_encode};
 
 use crate::body::Body;
-use crate::config::{BearerMode, Policy};
-use crate::gateway::Gateway;
+use crate::config::{BearerMode, Policy, Preflight};
+use crate::gateway::{Gateway, is_preflight};
 use crate::headers::{self, Peer};
 use crate::metrics::Decision;
 use crate::policy::path::normalize_path;
 use crate::response::{self, Halt};
 
+static X_FORWARDED_METHOD: HeaderName = HeaderName::from_static("x-forwarded-method");
+static X_FORWARDED_URI: HeaderName = HeaderName::from_static("x-forwarded-uri");
+static X_ORIGINAL_URI: HeaderName = HeaderName::from_static("x-original-uri");
+
+/// Bytes a request-target may not hold (RFC 3986 `pchar`, `/` and `?` are kept, and `%`,
+/// whose escapes `normalize_path` checks): controls, space, non-ASCII and `"<>[\]^`{|}`.
+/// nginx passes `$request_uri` as the client sent it, raw bytes included.
+const NOT_IN_URI: &AsciiSet = &CONTROLS
+    .add(b' ')
+    .add(b'"')
+    .add(b'<')
+    .add(b'>')
+    .add(b'[')
+    .add(b'\\')
+    .add(b']')
+    .add(b'^')
+    .add(b'`')
+    .add(b'{')
+    .add(b'|')
+    .add(b'}');
+
 pub async fn check<B>(gateway: &Arc<Gateway>, req: Request<B>, peer: Peer) -> Response<Body> {
     let trusted = peer.trusted;
-    let (method, uri) = original_request(req.headers(), trusted);
     // Judge the original request: its method and URI, with this request's credentials
     // (its headers are reused as they are, not copied).
     let (mut parts, _) = req.into_parts();
-    parts.method = method;
-    parts.uri = uri;
-    let original = Request::from_parts(parts, ());
-    let Ok(path) = normalize_path(original.uri().path()) else {
-        return Halt::BadRequest("Bad request: path not accepted").into_response();
+    let (route, path) = if trusted {
+        let (method, uri) = match original_request(&parts.headers) {
+            Ok(original) => original,
+            Err(reason) => {
+                tracing::debug!(reason, "forward auth: original request refused");
+                return Halt::BadRequest(reason).into_response();
+            }
+        };
+        let Ok(path) = normalize_path(uri.path()) else {
+            return Halt::BadRequest("Bad request: path not accepted").into_response();
+        };
+        let path = path.into_owned();
+        (parts.method, parts.uri) = (method, uri);
+        (gateway.routes.find(&parts.method, &path), path)
+    } else {
+        (parts.method, parts.uri) = (Method::GET, Uri::from_static("/"));
+        (gateway.routes.fallback(), "/".to_owned())
     };
-    let route = gateway.routes.find(original.method(), &path);
+    let original = Request::from_parts(parts, ());
     match route.rule.policy {
         Policy::Deny => {
             gateway.metrics.decision(route.id, Decision::Deny);
             return Halt::Deny.into_response();
         }
         Policy::Public => {
+            gateway.metrics.decision(route.id, Decision::Allow);
+            return accepted(HeaderMap::new());
+        }
+        // As the gateway would forward it: without identity (contract Details 26).
+        Policy::Authenticated
+            if route.rule.preflight == Preflight::Forward && is_preflight(&original) =>
+        {
             gateway.metrics.decision(route.id, Decision::Allow);
             return accepted(HeaderMap::new());
         }
@@ -84,24 +129,126 @@ fn accepted(headers: HeaderMap) -> Response<Body> {
     response
 }
 
-/// The request the proxy is asking about.
-fn original_request(headers: &HeaderMap, trusted: bool) -> (Method, Uri) {
-    let fallback = (Method::GET, Uri::from_static("/"));
-    if !trusted {
-        return fallback;
+/// The request a trusted proxy asks about, or why it cannot be judged (the 400 body).
+/// Nothing is guessed: no method, no URI, two of either, or one that is not an origin-form
+/// path (`/...`) is refused.
+fn original_request(headers: &HeaderMap) -> Result<(Method, Uri), &'static str> {
+    let method = single(headers, &X_FORWARDED_METHOD)
+        .ok_or("Bad request: X-Forwarded-Method must be sent exactly once")?;
+    // A token (RFC 9110 section 9.1), kept as sent: route methods compare case-insensitively.
+    let method =
+        Method::from_bytes(method).map_err(|_| "Bad request: invalid X-Forwarded-Method")?;
+    let uri = if headers.contains_key(&X_FORWARDED_URI) {
+        single(headers, &X_FORWARDED_URI)
+    } else {
+        single(headers, &X_ORIGINAL_URI)
+    };
+    let uri =
+        uri.ok_or("Bad request: X-Forwarded-Uri or X-Original-URI must be sent exactly once")?;
+    Ok((method, original_uri(uri)?))
+}
+
+/// The value of a header sent exactly once.
+fn single<'h>(headers: &'h HeaderMap, name: &HeaderName) -> Option<&'h [u8]> {
+    let mut values = headers.get_all(name).iter();
+    match (values.next(), values.next()) {
+        (Some(value), None) => Some(value.as_bytes()),
+        _ => None,
     }
-    let method = headers
-        .get("x-forwarded-method")
-        .and_then(|v| Method::from_bytes(v.as_bytes()).ok())
-        .unwrap_or(Method::GET);
-    let uri = headers
-        .get("x-forwarded-uri")
-        .or_else(|| headers.get("x-original-uri"))
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<Uri>().ok())
-        .filter(|uri| uri.path().starts_with('/'));
-    match uri {
-        Some(uri) => (method, uri),
-        None => fallback,
+}
+
+/// The forwarded URI as an origin-form request target: bytes a URI may not hold are
+/// percent-encoded (nginx forwards `$request_uri` raw: `"`, spaces, UTF-8), so the path is
+/// judged on what the app receives, `/denied/x?q="` as `/denied/x`. A `#` is refused: no
+/// request target holds one, and an app may read it as the end of the path or as part of it.
+fn original_uri(raw: &[u8]) -> Result<Uri, &'static str> {
+    if raw.first() != Some(&b'/') || raw.contains(&b'#') {
+        return Err("Bad request: the forwarded URI is not a path");
+    }
+    let encoded: Cow<'_, str> = percent_encode(raw, NOT_IN_URI).into();
+    let path_and_query = PathAndQuery::try_from(encoded.as_ref())
+        .map_err(|_| "Bad request: the forwarded URI is not a path")?;
+    Ok(Uri::from(path_and_query))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn uri(raw: &[u8]) -> Result<String, &'static str> {
+        original_uri(raw).map(|u| u.to_string())
+    }
+
+    #[test]
+    fn raw_bytes_are_encoded_before_the_path_is_judged() {
+        assert_eq!(uri(b"/denied/x?q=\"").unwrap(), "/denied/x?q=%22");
+        assert_eq!(uri(b"/admin/\xc3\xa9").unwrap(), "/admin/%C3%A9");
+        assert_eq!(uri(b"/a b/{x}|^`").unwrap(), "/a%20b/%7Bx%7D%7C%5E%60");
+        assert_eq!(uri(b"/a\\b").unwrap(), "/a%5Cb");
+        assert_eq!(uri(b"/plain?x=1&y=/z").unwrap(), "/plain?x=1&y=/z");
+    }
+
+    #[test]
+    fn what_is_not_a_path_is_refused() {
+        for raw in [
+            &b""[..],
+            b"*",
+            b"admin",
+            b"http://evil.example/admin",
+            b"/public#/../admin",
+        ] {
+            assert!(uri(raw).is_err(), "{raw:?}");
+        }
+    }
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn method_and_uri_are_required_exactly_once() {
+        let ok = original_request(&map(&[
+            ("x-forwarded-method", "delete"),
+            ("x-original-uri", "/x"),
+        ]))
+        .unwrap();
+        assert_eq!((ok.0.as_str(), ok.1.path()), ("delete", "/x"));
+        // X-Forwarded-Uri wins over X-Original-URI.
+        let ok = original_request(&map(&[
+            ("x-forwarded-method", "GET"),
+            ("x-forwarded-uri", "/a"),
+            ("x-original-uri", "/b"),
+        ]))
+        .unwrap();
+        assert_eq!(ok.1.path(), "/a");
+        for refused in [
+            &[("x-forwarded-uri", "/x")][..],
+            &[("x-forwarded-method", "GET")],
+            &[("x-forwarded-method", ""), ("x-forwarded-uri", "/x")],
+            &[("x-forwarded-method", "G T"), ("x-forwarded-uri", "/x")],
+            &[
+                ("x-forwarded-method", "GET,POST"),
+                ("x-forwarded-uri", "/x"),
+            ],
+            &[
+                ("x-forwarded-method", "GET"),
+                ("x-forwarded-method", "POST"),
+                ("x-forwarded-uri", "/x"),
+            ],
+            &[
+                ("x-forwarded-method", "GET"),
+                ("x-forwarded-uri", "/x"),
+                ("x-forwarded-uri", "/y"),
+            ],
+        ] {
+            assert!(original_request(&map(refused)).is_err(), "{refused:?}");
+        }
     }
 }

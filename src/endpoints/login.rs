@@ -12,7 +12,6 @@ use http::{Request, Response, StatusCode};
 use super::query_param;
 use crate::body::Body;
 use crate::gateway::Gateway;
-use crate::headers::find_cookie;
 use crate::logging::log_safe;
 use crate::login::{Logins, PendingLogin};
 use crate::redirect::SafeRedirect;
@@ -156,8 +155,7 @@ async fn create_session<B>(
         tracing::error!(error = %log_safe(&e), "could not store the new session");
         return response::unavailable(2);
     }
-    let previous =
-        find_cookie(req.headers(), gateway.cookies.name()).and_then(|v| gateway.cookies.decode(v));
+    let previous = gateway.cookies.session_key(req.headers());
     if let Some(previous) = previous {
         let _ = gateway.store.delete(&previous).await;
     }

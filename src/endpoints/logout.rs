@@ -12,7 +12,6 @@ use serde_json::{Map, Value, json};
 use super::query_param;
 use crate::body::Body;
 use crate::gateway::Gateway;
-use crate::headers::find_cookie;
 use crate::logging::log_safe;
 use crate::oidc::jwt::{self, JwtError};
 use crate::redirect::SafeRedirect;
@@ -33,8 +32,7 @@ const REPLAY_MEMORY: Duration = Duration::from_secs(MAX_AGE_SECS + 2 * LEEWAY_SE
 /// Delete the session, revoke its refresh token (RFC 7009: Logto's end-session does not revoke
 /// `offline_access` grants), then log out at the provider (contract Details 13).
 pub async fn sign_out<B>(gateway: &Arc<Gateway>, req: &Request<B>) -> Response<Body> {
-    let key =
-        find_cookie(req.headers(), gateway.cookies.name()).and_then(|v| gateway.cookies.decode(v));
+    let key = gateway.cookies.session_key(req.headers());
     let session = match key {
         Some(key) => {
             let session = gateway.store.load(&key).await.ok().flatten();

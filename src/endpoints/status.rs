@@ -9,7 +9,6 @@ use serde_json::json;
 
 use crate::body::Body;
 use crate::gateway::Gateway;
-use crate::headers::find_cookie;
 use crate::response;
 use crate::session::{SessionStore, unix_now};
 
@@ -57,8 +56,7 @@ pub fn metrics(gateway: &Gateway) -> Response<Body> {
 
 /// The session's identity and expiries (contract Details 11). Never a token.
 pub async fn userinfo<B>(gateway: &Arc<Gateway>, req: &Request<B>) -> Response<Body> {
-    let key =
-        find_cookie(req.headers(), gateway.cookies.name()).and_then(|v| gateway.cookies.decode(v));
+    let key = gateway.cookies.session_key(req.headers());
     let session = match key {
         Some(key) => gateway.store.load(&key).await,
         None => Ok(None),

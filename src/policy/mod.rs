@@ -8,7 +8,7 @@ pub mod path;
 
 use http::Method;
 
-use crate::config::{BearerMode, PathMatch, Policy, RouteConfig};
+use crate::config::{BearerMode, PathMatch, Policy, Preflight, RouteConfig};
 use crate::metrics::RouteId;
 use crate::session::Identity;
 use crate::session::identity::claim_text;
@@ -71,6 +71,7 @@ impl RouteTable {
                 require_claims: Vec::new(),
                 bearer: BearerMode::Off,
                 bearer_resource: None,
+                preflight: Preflight::Authenticate,
             },
             bearer_index: 0,
         };
@@ -83,6 +84,12 @@ impl RouteTable {
             .iter()
             .find(|r| r.matches(method, path))
             .unwrap_or(&self.fallback)
+    }
+
+    /// The route of a request no route matches: `authenticated`, no requirements. Forward
+    /// auth judges an untrusted caller's request by it (a plain "valid session" check).
+    pub fn fallback(&self) -> &Route {
+        &self.fallback
     }
 
     /// Metrics labels in `RouteId` order (routes, then the fallback).
@@ -126,7 +133,7 @@ impl Route {
     /// while asking for a login there costs a Tomcat user nothing.
     fn matches(&self, method: &Method, path: &str) -> bool {
         let rule = &self.rule;
-        if !rule.methods.is_empty() && !rule.methods.contains(method) {
+        if !rule.methods.is_empty() && !rule.methods.iter().any(|m| same_method(m, method)) {
             return false;
         }
         let matcher = &rule.matcher;
@@ -158,6 +165,14 @@ impl Route {
             Err(Refusal::MissingClaim)
         }
     }
+}
+
+/// Methods compare case-insensitively (contract Details 26): `http::Method` keeps a client's
+/// `delete` as an extension method distinct from `DELETE`, but servers and frameworks that
+/// uppercase the method would run it as `DELETE`, so a `methods = ["GET"]` route must not
+/// match it and a rule for `DELETE` must. Configured methods are uppercase already.
+fn same_method(configured: &Method, request: &Method) -> bool {
+    configured == request || configured.as_str().eq_ignore_ascii_case(request.as_str())
 }
 
 /// A prefix matches on segment boundaries: `/public` matches `/public` and `/public/x`, not
@@ -220,6 +235,7 @@ mod tests {
             require_claims: vec![],
             bearer: BearerMode::Off,
             bearer_resource: None,
+            preflight: Preflight::Authenticate,
         }
     }
 
@@ -266,6 +282,34 @@ mod tests {
             table.labels().collect::<Vec<_>>(),
             ["/a", "/a", "^(?:/r/[0-9]+)$", "default"]
         );
+    }
+
+    #[test]
+    fn methods_compare_case_insensitively() {
+        let mut get_only = route(PathMatch::Prefix("/a".into()), Policy::Public);
+        get_only.methods = vec![Method::GET];
+        let mut delete = route(PathMatch::Prefix("/b".into()), Policy::Deny);
+        delete.methods = vec![Method::DELETE];
+        let table = RouteTable::new(&[get_only, delete], &[]);
+        let method = |m: &str| Method::from_bytes(m.as_bytes()).unwrap();
+        for m in ["delete", "Delete", "post", "gEt2", "GETX"] {
+            let r = table.find(&method(m), "/a");
+            assert_eq!(r.rule.policy, Policy::Authenticated, "{m} /a");
+        }
+        for m in ["get", "Get", "GET"] {
+            assert_eq!(
+                table.find(&method(m), "/a").rule.policy,
+                Policy::Public,
+                "{m}"
+            );
+        }
+        for m in ["delete", "Delete", "DELETE"] {
+            assert_eq!(
+                table.find(&method(m), "/b").rule.policy,
+                Policy::Deny,
+                "{m}"
+            );
+        }
     }
 
     #[test]

@@ -7,7 +7,7 @@
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hmac::{Hmac, Mac};
-use http::HeaderValue;
+use http::{HeaderMap, HeaderValue};
 use sha2::Sha256;
 
 use super::SessionKey;
@@ -19,6 +19,8 @@ type HmacSha256 = Hmac<Sha256>;
 const SESSION_CONTEXT: &[u8] = b"authgate session v1\0";
 const ID_LEN: usize = 22; // base64url of 16 bytes, unpadded
 const MAC_LEN: usize = 43; // base64url of 32 bytes, unpadded
+/// Cookies named like ours checked per request at most (each well-formed one costs a MAC).
+const MAX_CANDIDATES: usize = 4;
 
 #[derive(Clone)]
 pub struct CookieCodec {
@@ -78,6 +80,15 @@ impl CookieCodec {
             mac.verify_slice(&sig).is_ok() | ok
         });
         valid.then_some(key)
+    }
+
+    /// The session id of the request: the first cookie named ours whose signature verifies.
+    /// A stale or foreign cookie of the same name (another app on the domain, an older path)
+    /// never hides ours; at most [`MAX_CANDIDATES`] are checked.
+    pub fn session_key(&self, headers: &HeaderMap) -> Option<SessionKey> {
+        crate::headers::cookie_values(headers, &self.name)
+            .take(MAX_CANDIDATES)
+            .find_map(|value| self.decode(value))
     }
 
     /// `Set-Cookie` that installs the session cookie.

@@ -13,10 +13,12 @@
 //! ```
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod raw;
 pub mod redis;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use authgate::config::Config;
@@ -43,6 +45,8 @@ pub struct Harness {
     pub url: String,
     pub addr: SocketAddr,
     pub upstream_addr: SocketAddr,
+    /// Requests the echo upstream received (0 with [`Builder::upstream`]).
+    upstream_hits: Arc<AtomicUsize>,
     shutdown: Option<oneshot::Sender<()>>,
     pub server: Option<JoinHandle<()>>,
     upstream: Option<JoinHandle<()>>,
@@ -154,6 +158,11 @@ impl Harness {
         Echo(serde_json::from_str(&body).unwrap())
     }
 
+    /// How many requests the echo upstream has received so far.
+    pub fn upstream_hits(&self) -> usize {
+        self.upstream_hits.load(Ordering::SeqCst)
+    }
+
     /// Stop accepting, drain, and wait for the server task.
     pub async fn stop(&mut self) {
         if let Some(tx) = self.shutdown.take() {
@@ -230,13 +239,15 @@ impl Builder {
                 .await
                 .unwrap(),
         };
+        let upstream_hits = Arc::new(AtomicUsize::new(0));
         let (upstream_addr, upstream) = match self.upstream {
             Some(addr) => (addr, None),
             None => {
                 let listener = bind().await;
                 let addr = listener.local_addr().unwrap();
-                let task = tokio::spawn(authgate::demo::echo::serve_echo(listener));
-                (addr, Some(task))
+                let echo =
+                    authgate::demo::echo::serve_echo_counting(listener, upstream_hits.clone());
+                (addr, Some(tokio::spawn(echo)))
             }
         };
         let listener = match self.listener {
@@ -264,6 +275,7 @@ impl Builder {
             url,
             addr,
             upstream_addr,
+            upstream_hits,
             shutdown: Some(tx),
             server: Some(server),
             upstream,
