@@ -570,3 +570,47 @@ fn process_cpu() -> Duration {
         .sum();
     Duration::from_millis(ticks * 10)
 }
+
+/// Sign-out while Redis is down: 503 with `Retry-After`, the cookie is not cleared, and the
+/// session is still there once Redis is back (the user is never told "signed out" while the
+/// session lives on); a sign-out then ends it.
+#[tokio::test]
+async fn sign_out_while_redis_is_down_is_503_not_a_false_success() {
+    let mut redis = RedisServer::start_persistent();
+    let idp = start_idp().await;
+    let h = replica(&redis, &idp).await;
+    let cookie = h.login(&h.client(), "heidi").await;
+    echo(&h, &cookie, "/hello").await;
+    redis.kill();
+    // Past the 1 s local read cache, so the store itself is asked.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let out = bare_client()
+        .get(h.at("/oauth2/sign_out"))
+        .header(header::COOKIE, format!("authgate_session={cookie}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(out.headers().contains_key(header::RETRY_AFTER));
+    assert!(
+        out.headers().get(header::SET_COOKIE).is_none(),
+        "the cookie is kept: the session was not ended"
+    );
+    redis.restart();
+    let back = eventually(Duration::from_secs(15), || async {
+        get(&h, &cookie, "/hello").await.status() == StatusCode::OK
+    })
+    .await;
+    assert!(back, "the session survived the failed sign-out");
+    let out = bare_client()
+        .get(h.at("/oauth2/sign_out"))
+        .header(header::COOKIE, format!("authgate_session={cookie}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.status(), StatusCode::FOUND);
+    assert_eq!(
+        get(&h, &cookie, "/hello").await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+}

@@ -33,13 +33,20 @@ const REPLAY_MEMORY: Duration = Duration::from_secs(MAX_AGE_SECS + 2 * LEEWAY_SE
 /// `offline_access` grants), then log out at the provider (contract Details 13).
 pub async fn sign_out<B>(gateway: &Arc<Gateway>, req: &Request<B>) -> Response<Body> {
     let key = gateway.cookies.session_key(req.headers());
+    // A store that cannot be read or written is answered 503: telling the user "signed out"
+    // (and clearing the cookie) while the session lives on would be a lie, and the session
+    // could still be used with a copy of the cookie. The user can simply try again.
     let session = match key {
         Some(key) => {
-            let session = gateway.store.load(&key).await.ok().flatten();
-            if let Err(e) = gateway.store.delete(&key).await {
-                tracing::warn!(error = %log_safe(&e), "could not delete session at sign-out");
+            let loaded = gateway.store.load(&key).await;
+            let deleted = gateway.store.delete(&key).await;
+            match (loaded, deleted) {
+                (Ok(session), Ok(())) => session,
+                (Err(e), _) | (_, Err(e)) => {
+                    tracing::warn!(error = %log_safe(&e), "could not end the session at sign-out");
+                    return response::unavailable(1);
+                }
             }
-            session
         }
         None => None,
     };
