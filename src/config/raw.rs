@@ -23,9 +23,11 @@ pub(crate) const STRING_KEYS: &[&str] = &[
     "server.metrics_listen",
     "server.header_read_timeout",
     "server.tls_handshake_timeout",
+    "server.idle_timeout",
     "upstream.url",
     "upstream.timeout",
     "upstream.ca_file",
+    "upstream.idle_timeout",
     "oidc.issuer",
     "oidc.client_id",
     "oidc.client_secret",
@@ -96,6 +98,8 @@ pub(crate) struct RawServer {
     pub tls_handshake_timeout: String,
     pub max_header_bytes: usize,
     pub max_headers: usize,
+    pub idle_timeout: String,
+    pub max_connections: usize,
 }
 
 impl Default for RawServer {
@@ -113,6 +117,8 @@ impl Default for RawServer {
             tls_handshake_timeout: "10s".into(),
             max_header_bytes: 65536,
             max_headers: 100,
+            idle_timeout: "60s".into(),
+            max_connections: 10_000,
         }
     }
 }
@@ -123,6 +129,8 @@ pub(crate) struct RawUpstream {
     pub url: Option<String>,
     pub timeout: String,
     pub ca_file: Option<String>,
+    pub max_connections: usize,
+    pub idle_timeout: String,
 }
 
 impl Default for RawUpstream {
@@ -131,6 +139,8 @@ impl Default for RawUpstream {
             url: None,
             timeout: "60s".into(),
             ca_file: None,
+            max_connections: 256,
+            idle_timeout: "60s".into(),
         }
     }
 }

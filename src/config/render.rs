@@ -74,6 +74,8 @@ fn server(s: &ServerConfig) -> Table {
     );
     t.insert("max_header_bytes".into(), count(s.max_header_bytes as u64));
     t.insert("max_headers".into(), count(s.max_headers as u64));
+    t.insert("idle_timeout".into(), duration(s.idle_timeout));
+    t.insert("max_connections".into(), count(s.max_connections as u64));
     t
 }
 
@@ -84,6 +86,8 @@ fn upstream(u: &UpstreamConfig) -> Table {
     if let Some(ca) = &u.ca_file {
         t.insert("ca_file".into(), ca.display().to_string().into());
     }
+    t.insert("max_connections".into(), count(u.max_connections as u64));
+    t.insert("idle_timeout".into(), duration(u.idle_timeout));
     t
 }
 

@@ -59,6 +59,8 @@ fn server(raw: &RawServer, c: &mut Checker) -> Option<ServerConfig> {
     );
     let max_header_bytes = c.positive("server.max_header_bytes", raw.max_header_bytes);
     let max_headers = c.positive("server.max_headers", raw.max_headers);
+    let idle_timeout = c.duration("server.idle_timeout", &raw.idle_timeout, true);
+    let max_connections = c.connection_count("server.max_connections", raw.max_connections);
     Some(ServerConfig {
         listen: listen?,
         public_url: public_url?,
@@ -71,6 +73,8 @@ fn server(raw: &RawServer, c: &mut Checker) -> Option<ServerConfig> {
         tls_handshake_timeout: handshake?,
         max_header_bytes: max_header_bytes?,
         max_headers: max_headers?,
+        idle_timeout: idle_timeout?,
+        max_connections: max_connections?,
     })
 }
 
@@ -125,10 +129,14 @@ fn upstream(raw: &RawUpstream, c: &mut Checker) -> Option<UpstreamConfig> {
         Some(path) => c.readable_file("upstream.ca_file", path).map(Some),
         None => Some(None),
     };
+    let max_connections = c.connection_count("upstream.max_connections", raw.max_connections);
+    let idle_timeout = c.duration("upstream.idle_timeout", &raw.idle_timeout, true);
     Some(UpstreamConfig {
         url: url?,
         timeout: timeout?,
         ca_file: ca_file?,
+        max_connections: max_connections?,
+        idle_timeout: idle_timeout?,
     })
 }
 
