@@ -32,6 +32,7 @@ use crate::policy::{Route, RouteTable, path::normalize_path};
 use crate::proxy::{ProxyError, Upstream, UpstreamConns, wants_upgrade};
 use crate::refresh::{Fresh, Refresher};
 use crate::response::{self, Halt};
+use crate::server::ConnectionStats;
 use crate::session::identity::IdentityRules;
 use crate::session::{CookieCodec, Identity, Session, SessionKey, SessionStore, Store};
 
@@ -50,6 +51,8 @@ pub struct Gateway {
     pub identity_headers: IdentityHeaders,
     pub upstream: Upstream,
     pub metrics: Arc<Metrics>,
+    /// Client connections of the main listener.
+    pub connections: Arc<ConnectionStats>,
     request_ids: AtomicU64,
 }
 
@@ -124,6 +127,7 @@ impl Gateway {
             rules,
             upstream,
             metrics,
+            connections: Arc::default(),
             request_ids: AtomicU64::new(rand::random::<u32>() as u64 * 1_000_000),
             cfg,
         })
