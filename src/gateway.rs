@@ -29,7 +29,7 @@ use crate::login::Logins;
 use crate::metrics::{Decision, Metrics, RouteId};
 use crate::oidc::Oidc;
 use crate::policy::{Route, RouteTable, path::normalize_path};
-use crate::proxy::{ProxyError, Upstream, UpstreamConns, wants_upgrade};
+use crate::proxy::{ProxyError, Upstream, wants_upgrade};
 use crate::refresh::{Fresh, Refresher};
 use crate::response::{self, Halt};
 use crate::server::ConnectionStats;
@@ -363,7 +363,7 @@ impl Gateway {
         }
         headers::set_forwarded(req.headers_mut(), peer, client.peer_address.as_ref());
         let started = Instant::now();
-        let result = self.upstream.forward(req, path, &client.upstream).await;
+        let result = self.upstream.forward(req, path).await;
         let upstream_time = Some(started.elapsed());
         let (response, upstream_error) = match result {
             Ok(response) => (response, None),
@@ -383,6 +383,8 @@ impl Gateway {
                 self.metrics.upstream_timeout();
                 response::gateway_timeout()
             }
+            // Counted by the upstream's own connection metrics.
+            ProxyError::Busy(_) => response::unavailable(1),
             ProxyError::Unreachable(_) | ProxyError::Failed(_) | ProxyError::BadUri(_) => {
                 self.metrics.upstream_unreachable();
                 response::bad_gateway()
@@ -416,8 +418,6 @@ impl Gateway {
 pub struct ClientConnection {
     /// `X-Forwarded-For` for an untrusted peer, formatted once.
     peer_address: Option<HeaderValue>,
-    /// The upstream connections this client connection's requests go over.
-    upstream: Arc<UpstreamConns>,
 }
 
 impl crate::server::Handler for Gateway {
@@ -426,7 +426,6 @@ impl crate::server::Handler for Gateway {
     fn connection(&self, peer: &Peer) -> ClientConnection {
         ClientConnection {
             peer_address: headers::peer_address_value(peer),
-            upstream: Arc::default(),
         }
     }
 
