@@ -125,11 +125,8 @@ impl Pool {
         let permit = tokio::select! {
             handed = &mut handed => match handed {
                 Ok(sender) => return Ok(Checkout::Idle(sender)),
-                // Never: the pool outlives the queue. Wait for a permit then.
-                Err(_) => tokio::time::timeout_at(deadline, self.permits.clone().acquire_owned())
-                    .await
-                    .ok()
-                    .and_then(Result::ok),
+                // Not reached: a waiter's sender leaves the queue only to send.
+                Err(_) => None,
             },
             permit = self.permits.clone().acquire_owned() => permit.ok(),
             () = tokio::time::sleep_until(deadline) => None,
@@ -155,6 +152,7 @@ impl Pool {
         if sender.is_closed() {
             return;
         }
+        let now = Instant::now();
         let start_reaper = {
             let mut shared = self.lock();
             while let Some(waiter) = shared.waiters.pop_front() {
@@ -168,10 +166,7 @@ impl Pool {
                 // Only closed entries can be in excess: each open one holds a permit.
                 shared.idle.retain(|idle| !idle.sender.is_closed());
             }
-            shared.idle.push_back(Idle {
-                sender,
-                since: Instant::now(),
-            });
+            shared.idle.push_back(Idle { sender, since: now });
             !std::mem::replace(&mut shared.reaper_started, true)
         };
         if start_reaper {
