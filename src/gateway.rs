@@ -33,9 +33,10 @@ use crate::login::Logins;
 use crate::metrics::{Decision, Metrics, RouteId};
 use crate::oidc::Oidc;
 use crate::policy::{Route, RouteTable, path::normalize_path};
-use crate::proxy::{ProxyError, Upstream, UpstreamConns, wants_upgrade};
+use crate::proxy::{ProxyError, Upstream, wants_upgrade};
 use crate::refresh::{Fresh, Refresher};
 use crate::response::{self, Halt};
+use crate::server::ConnectionStats;
 use crate::session::identity::IdentityRules;
 use crate::session::{CookieCodec, Identity, Session, SessionKey, SessionStore, Store};
 
@@ -54,6 +55,8 @@ pub struct Gateway {
     pub inbound: InboundHeaders,
     pub upstream: Upstream,
     pub metrics: Arc<Metrics>,
+    /// Client connections of the main listener.
+    pub connections: Arc<ConnectionStats>,
     request_ids: AtomicU64,
 }
 
@@ -128,6 +131,7 @@ impl Gateway {
             rules,
             upstream,
             metrics,
+            connections: Arc::default(),
             request_ids: AtomicU64::new(rand::random::<u32>() as u64 * 1_000_000),
             cfg,
         })
@@ -363,7 +367,7 @@ impl Gateway {
         });
         headers::set_forwarded(req.headers_mut(), peer, client.peer_address.as_ref());
         let started = Instant::now();
-        let result = self.upstream.forward(req, path, &client.upstream).await;
+        let result = self.upstream.forward(req, path).await;
         let upstream_time = Some(started.elapsed());
         let (response, upstream_error) = match result {
             Ok(response) => (response, None),
@@ -383,6 +387,8 @@ impl Gateway {
                 self.metrics.upstream_timeout();
                 response::gateway_timeout()
             }
+            // Counted by the upstream's own connection metrics.
+            ProxyError::Busy(_) => response::unavailable(1),
             ProxyError::Unreachable(_) | ProxyError::Failed(_) | ProxyError::BadUri(_) => {
                 self.metrics.upstream_unreachable();
                 response::bad_gateway()
@@ -422,8 +428,6 @@ impl Gateway {
 pub struct ClientConnection {
     /// `X-Forwarded-For` for an untrusted peer, formatted once.
     peer_address: Option<HeaderValue>,
-    /// The upstream connections this client connection's requests go over.
-    upstream: Arc<UpstreamConns>,
 }
 
 impl crate::server::Handler for Gateway {
@@ -432,7 +436,6 @@ impl crate::server::Handler for Gateway {
     fn connection(&self, peer: &Peer) -> ClientConnection {
         ClientConnection {
             peer_address: headers::peer_address_value(peer),
-            upstream: Arc::default(),
         }
     }
 

@@ -140,10 +140,11 @@ pub async fn serve_gateway(
             let stopped = async move {
                 let _ = stop.wait_for(|s| *s).await;
             };
-            server::run(handler, listener, None, &cfg, stopped).await;
+            server::run(handler, listener, None, &cfg, Arc::default(), stopped).await;
         })
     });
-    server::run(gateway, listener, tls, &server_cfg, shutdown).await;
+    let stats = gateway.connections.clone();
+    server::run(gateway, listener, tls, &server_cfg, stats, shutdown).await;
     let _ = stop_tx.send(true);
     if let Some(task) = metrics_task {
         let _ = task.await;

@@ -96,9 +96,13 @@ fn minimal_config_gets_the_contract_defaults() {
     assert_eq!(c.server.max_header_bytes, 65536);
     assert_eq!(c.server.max_headers, 100);
     assert!(c.server.strip_request_headers.is_empty());
+    assert_eq!(c.server.idle_timeout, Duration::from_secs(60));
+    assert_eq!(c.server.max_connections, 10_000);
 
     assert_eq!(c.upstream.timeout, Duration::from_secs(60));
     assert!(c.upstream.ca_file.is_none());
+    assert_eq!(c.upstream.max_connections, 256);
+    assert_eq!(c.upstream.idle_timeout, Duration::from_secs(60));
 
     assert_eq!(
         c.oidc.scopes,
@@ -174,11 +178,15 @@ tls_handshake_timeout = "4s"
 max_header_bytes = 32768
 max_headers = 50
 strip_request_headers = ["X-Legacy-User", "X_Debug"]
+idle_timeout = "90s"
+max_connections = 500
 
 [upstream]
 url = "https://backend.internal:9000/app"
 timeout = "2m"
 ca_file = "ca.pem"
+max_connections = 32
+idle_timeout = "5s"
 
 [oidc]
 issuer = "https://tenant.logto.app/oidc"
@@ -268,9 +276,13 @@ policy = "deny"
             .map(|h| h.as_str())
             .collect();
         assert_eq!(strip, ["x-legacy-user", "x_debug"]);
+        assert_eq!(c.server.idle_timeout, Duration::from_secs(90));
+        assert_eq!(c.server.max_connections, 500);
         assert_eq!(c.upstream.url.as_str(), "https://backend.internal:9000/app");
         assert_eq!(c.upstream.timeout, Duration::from_secs(120));
         assert!(c.upstream.ca_file.is_some());
+        assert_eq!(c.upstream.max_connections, 32);
+        assert_eq!(c.upstream.idle_timeout, Duration::from_secs(5));
         assert_eq!(
             c.oidc.client_secret.as_ref().unwrap().expose(),
             CLIENT_SECRET
@@ -611,6 +623,19 @@ fn durations_must_parse_and_be_positive() {
 }
 
 #[test]
+fn connection_limits_must_be_in_range() {
+    let toml = with("server", "max_connections = 0\nidle_timeout = \"0s\"").replace(
+        "[upstream]\n",
+        "[upstream]\nmax_connections = 2000000\nidle_timeout = \"soon\"\n",
+    );
+    let errors = load_err(&toml);
+    assert_error(&errors, "server.max_connections", "between 1 and 1000000");
+    assert_error(&errors, "server.idle_timeout", "must be greater than 0");
+    assert_error(&errors, "upstream.max_connections", "between 1 and 1000000");
+    assert_error(&errors, "upstream.idle_timeout", "invalid duration");
+}
+
+#[test]
 fn route_errors() {
     let toml = format!(
         r#"{}
@@ -818,7 +843,13 @@ fn env_parses_lists_numbers_and_booleans() {
         jail.set_env("AUTHGATE_SESSION__MAX_SESSIONS", "42");
         jail.set_env("AUTHGATE_SESSION__COOKIE_SECURE", "false");
         jail.set_env("authgate_server__log_format", "json");
+        jail.set_env("AUTHGATE_SERVER__MAX_CONNECTIONS", "500");
+        jail.set_env("AUTHGATE_UPSTREAM__MAX_CONNECTIONS", "16");
+        jail.set_env("AUTHGATE_UPSTREAM__IDLE_TIMEOUT", "5s");
         let c = Config::load(Path::new("gateway.toml")).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.server.max_connections, 500);
+        assert_eq!(c.upstream.max_connections, 16);
+        assert_eq!(c.upstream.idle_timeout, Duration::from_secs(5));
         assert_eq!(c.oidc.scopes, ["openid", "email"]);
         assert_eq!(c.session.cookie_secrets.len(), 2);
         assert_eq!(c.session.max_sessions, 42);

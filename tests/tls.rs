@@ -1,14 +1,16 @@
-//! HTTPS on the listener: HTTP/1.1 and HTTP/2 by ALPN, plain HTTP refused, and the TLS
-//! handshake timeout.
+//! HTTPS on the listener: HTTP/1.1 and HTTP/2 by ALPN, plain HTTP refused, the TLS
+//! handshake timeout, and the first-request deadline (`header_read_timeout` from accept, the
+//! handshake included).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod support;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::{Client, StatusCode, Version, header};
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use support::{Echo, Harness, eventually};
@@ -16,6 +18,7 @@ use support::{Echo, Harness, eventually};
 struct Tls {
     h: Harness,
     cert_pem: String,
+    cert_der: rustls_pki_types::CertificateDer<'static>,
     dir: PathBuf,
 }
 
@@ -47,6 +50,7 @@ impl Tls {
 async fn start(extra: &str) -> Tls {
     let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
     let cert_pem = certified.cert.pem();
+    let cert_der = certified.cert.der().clone();
     let dir = std::env::temp_dir().join(format!(
         "authgate-tls-test-{}-{}",
         std::process::id(),
@@ -68,7 +72,12 @@ async fn start(extra: &str) -> Tls {
         .no_wait_ready()
         .start()
         .await;
-    let tls = Tls { h, cert_pem, dir };
+    let tls = Tls {
+        h,
+        cert_pem,
+        cert_der,
+        dir,
+    };
     let client = tls.client(true);
     let ready = eventually(Duration::from_secs(10), || {
         let request = client.get(tls.at("/readyz")).send();
@@ -159,4 +168,60 @@ async fn silent_client_is_dropped_after_the_handshake_timeout() {
         Ok(0) | Err(_) => {}
         Ok(n) => panic!("server sent {n} bytes to a client that never said hello"),
     }
+}
+
+/// Time until the gateway closes `stream` (reading and discarding), `None` if still open
+/// after `limit`.
+async fn closed_within<S: tokio::io::AsyncRead + Unpin>(
+    stream: &mut S,
+    limit: Duration,
+) -> Option<Duration> {
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 1024];
+    loop {
+        let left = limit.checked_sub(started.elapsed())?;
+        match tokio::time::timeout(left, stream.read(&mut buf)).await {
+            Err(_) => return None,
+            Ok(Ok(0) | Err(_)) => return Some(started.elapsed()),
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_slow_handshake_is_closed_at_header_read_timeout() {
+    // The handshake alone may take 30 s, but the first request head is due within 1 s of
+    // accept: the handshake is part of that.
+    let tls = start("tls_handshake_timeout = \"30s\"\nheader_read_timeout = \"1s\"").await;
+    let mut slow = TcpStream::connect(tls.h.addr).await.unwrap();
+    // The start of a TLS record (a ClientHello on its way), then nothing.
+    slow.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01])
+        .await
+        .unwrap();
+    let closed = closed_within(&mut slow, Duration::from_secs(10)).await;
+    assert!(
+        closed.is_some(),
+        "a handshake still unfinished after header_read_timeout was kept open"
+    );
+}
+
+#[tokio::test]
+async fn a_tls_connection_without_a_request_is_closed_at_header_read_timeout() {
+    let tls = start("header_read_timeout = \"1s\"").await;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(tls.cert_der.clone()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = TcpStream::connect(tls.h.addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let mut stream = connector.connect(name, tcp).await.unwrap();
+    // Handshake done; no request follows.
+    let closed = closed_within(&mut stream, Duration::from_secs(10)).await;
+    let closed = closed.expect("a TLS connection that sent no request was kept open");
+    assert!(closed < Duration::from_secs(5), "closed late: {closed:?}");
 }

@@ -23,6 +23,10 @@ use crate::secret::Secret;
 /// Smallest decoded cookie secret (HMAC-SHA256 key: a full block of entropy).
 pub(crate) const MIN_COOKIE_SECRET_BYTES: usize = 32;
 
+/// Largest `max_connections` accepted (a listener or an upstream): far above what one
+/// process can hold open, and within what tokio's semaphore counts.
+pub(crate) const MAX_CONNECTIONS: usize = 1_000_000;
+
 /// Collects every error of one validation run.
 #[derive(Debug, Default)]
 pub(crate) struct Checker {
@@ -72,6 +76,15 @@ impl Checker {
     pub fn positive<T: PartialEq + Default + Copy>(&mut self, key: &str, n: T) -> Option<T> {
         if n == T::default() {
             self.error(key, "must be greater than 0");
+            return None;
+        }
+        Some(n)
+    }
+
+    /// A bound on open connections: from 1 to [`MAX_CONNECTIONS`].
+    pub fn connection_count(&mut self, key: &str, n: usize) -> Option<usize> {
+        if !(1..=MAX_CONNECTIONS).contains(&n) {
+            self.error(key, format!("must be between 1 and {MAX_CONNECTIONS}"));
             return None;
         }
         Some(n)

@@ -23,9 +23,11 @@ pub(crate) const STRING_KEYS: &[&str] = &[
     "server.metrics_listen",
     "server.header_read_timeout",
     "server.tls_handshake_timeout",
+    "server.idle_timeout",
     "upstream.url",
     "upstream.timeout",
     "upstream.ca_file",
+    "upstream.idle_timeout",
     "oidc.issuer",
     "oidc.client_id",
     "oidc.client_secret",
@@ -99,6 +101,8 @@ pub(crate) struct RawServer {
     pub max_headers: usize,
     #[serde(deserialize_with = "lenient::string_list")]
     pub strip_request_headers: Vec<String>,
+    pub idle_timeout: String,
+    pub max_connections: usize,
 }
 
 impl Default for RawServer {
@@ -117,6 +121,8 @@ impl Default for RawServer {
             max_header_bytes: 65536,
             max_headers: 100,
             strip_request_headers: Vec::new(),
+            idle_timeout: "60s".into(),
+            max_connections: 10_000,
         }
     }
 }
@@ -127,6 +133,8 @@ pub(crate) struct RawUpstream {
     pub url: Option<String>,
     pub timeout: String,
     pub ca_file: Option<String>,
+    pub max_connections: usize,
+    pub idle_timeout: String,
 }
 
 impl Default for RawUpstream {
@@ -135,6 +143,8 @@ impl Default for RawUpstream {
             url: None,
             timeout: "60s".into(),
             ca_file: None,
+            max_connections: 256,
+            idle_timeout: "60s".into(),
         }
     }
 }

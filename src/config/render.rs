@@ -78,6 +78,8 @@ fn server(s: &ServerConfig) -> Table {
         "strip_request_headers".into(),
         strings(s.strip_request_headers.iter().map(http::HeaderName::as_str)),
     );
+    t.insert("idle_timeout".into(), duration(s.idle_timeout));
+    t.insert("max_connections".into(), count(s.max_connections as u64));
     t
 }
 
@@ -88,6 +90,8 @@ fn upstream(u: &UpstreamConfig) -> Table {
     if let Some(ca) = &u.ca_file {
         t.insert("ca_file".into(), ca.display().to_string().into());
     }
+    t.insert("max_connections".into(), count(u.max_connections as u64));
+    t.insert("idle_timeout".into(), duration(u.idle_timeout));
     t
 }
 

@@ -47,6 +47,12 @@ pub struct ServerConfig {
     /// More request headers removed from every request of an untrusted peer (contract
     /// Details 23), compared in any spelling like the built-in list.
     pub strip_request_headers: Vec<HeaderName>,
+    /// A keep-alive connection with no request in flight for this long is closed (HTTP/2:
+    /// GOAWAY). Default 60s.
+    pub idle_timeout: Duration,
+    /// Client connections open at once; beyond it the listener stops accepting until one
+    /// closes. Default 10 000.
+    pub max_connections: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -69,6 +75,10 @@ pub struct UpstreamConfig {
     pub timeout: Duration,
     /// Extra CA bundle (PEM) trusted for an `https://` upstream, besides the webpki roots.
     pub ca_file: Option<PathBuf>,
+    /// Connections open to the upstream at once, idle ones included. Default 256.
+    pub max_connections: usize,
+    /// An idle upstream connection is closed after this long. Default 60s.
+    pub idle_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]

@@ -65,6 +65,8 @@ fn server(raw: &RawServer, c: &mut Checker) -> Option<ServerConfig> {
     let strip: Vec<_> = (raw.strip_request_headers.iter().enumerate())
         .map(|(i, h)| strip_request_header(&format!("server.strip_request_headers[{i}]"), h, c))
         .collect();
+    let idle_timeout = c.duration("server.idle_timeout", &raw.idle_timeout, true);
+    let max_connections = c.connection_count("server.max_connections", raw.max_connections);
     Some(ServerConfig {
         listen: listen?,
         public_url: public_url?,
@@ -78,6 +80,8 @@ fn server(raw: &RawServer, c: &mut Checker) -> Option<ServerConfig> {
         max_header_bytes: max_header_bytes?,
         max_headers: max_headers?,
         strip_request_headers: strip.into_iter().collect::<Option<_>>()?,
+        idle_timeout: idle_timeout?,
+        max_connections: max_connections?,
     })
 }
 
@@ -148,10 +152,14 @@ fn upstream(raw: &RawUpstream, c: &mut Checker) -> Option<UpstreamConfig> {
         Some(path) => c.readable_file("upstream.ca_file", path).map(Some),
         None => Some(None),
     };
+    let max_connections = c.connection_count("upstream.max_connections", raw.max_connections);
+    let idle_timeout = c.duration("upstream.idle_timeout", &raw.idle_timeout, true);
     Some(UpstreamConfig {
         url: url?,
         timeout: timeout?,
         ca_file: ca_file?,
+        max_connections: max_connections?,
+        idle_timeout: idle_timeout?,
     })
 }
 

@@ -36,12 +36,57 @@ pub async fn readyz(gateway: &Gateway) -> Response<Body> {
 
 pub fn metrics(gateway: &Gateway) -> Response<Body> {
     let mut text = gateway.metrics.render(gateway.store.live());
+    let upstream = &gateway.upstream;
     let _ = writeln!(
         text,
         "# HELP authgate_upstream_connections_opened_total Upstream connections opened.\n\
          # TYPE authgate_upstream_connections_opened_total counter\n\
-         authgate_upstream_connections_opened_total {}",
-        gateway.upstream.connections_opened()
+         authgate_upstream_connections_opened_total {}\n\
+         # HELP authgate_upstream_connections Upstream connections open (or being opened), idle ones included.\n\
+         # TYPE authgate_upstream_connections gauge\n\
+         authgate_upstream_connections {}\n\
+         # HELP authgate_upstream_connections_idle Idle upstream connections kept for the next requests.\n\
+         # TYPE authgate_upstream_connections_idle gauge\n\
+         authgate_upstream_connections_idle {}\n\
+         # HELP authgate_upstream_connection_waits_total Requests that found upstream max_connections reached and waited.\n\
+         # TYPE authgate_upstream_connection_waits_total counter\n\
+         authgate_upstream_connection_waits_total {}\n\
+         # HELP authgate_upstream_connection_wait_timeouts_total Requests that waited upstream timeout for a connection in vain (503).\n\
+         # TYPE authgate_upstream_connection_wait_timeouts_total counter\n\
+         authgate_upstream_connection_wait_timeouts_total {}",
+        upstream.connections_opened(),
+        upstream.connections_open(),
+        upstream.connections_idle(),
+        upstream.connection_waits(),
+        upstream.connection_wait_timeouts(),
+    );
+    let connections = &gateway.connections;
+    let _ = writeln!(
+        text,
+        "# HELP authgate_client_connections Client connections open on the main listener.\n\
+         # TYPE authgate_client_connections gauge\n\
+         authgate_client_connections {}\n\
+         # HELP authgate_client_connections_closed_total Client connections closed by the gateway, by reason.\n\
+         # TYPE authgate_client_connections_closed_total counter\n\
+         authgate_client_connections_closed_total{{reason=\"no_request\"}} {}\n\
+         authgate_client_connections_closed_total{{reason=\"idle\"}} {}",
+        connections.open(),
+        connections.closed_without_request(),
+        connections.closed_idle(),
+    );
+    let connections = &gateway.connections;
+    let _ = writeln!(
+        text,
+        "# HELP authgate_client_connections Client connections open on the main listener.\n\
+         # TYPE authgate_client_connections gauge\n\
+         authgate_client_connections {}\n\
+         # HELP authgate_client_connections_closed_total Client connections closed by the gateway, by reason.\n\
+         # TYPE authgate_client_connections_closed_total counter\n\
+         authgate_client_connections_closed_total{{reason=\"no_request\"}} {}\n\
+         authgate_client_connections_closed_total{{reason=\"idle\"}} {}",
+        connections.open(),
+        connections.closed_without_request(),
+        connections.closed_idle(),
     );
     if let Some(store) = gateway.store.metrics() {
         store.render(&mut text);

@@ -1,19 +1,28 @@
-//! Upstream connections, kept with the downstream connection that uses them.
+//! Upstream connections: a bounded pool per upstream, shared by every client connection.
 //!
-//! Why not a shared pool: hyper-util's pooled client takes a process-wide lock on every
-//! checkout and check-in, and spawns a task per response to put the connection back once its
-//! body is read. A downstream HTTP/1.1 connection sends one request at a time, so the upstream
-//! connection it used last is exactly the one it needs next: keeping it with the downstream
-//! connection shares no lock between connections and costs no extra task. A downstream
-//! HTTP/2 connection carries concurrent streams: it opens more upstream connections and keeps
-//! up to [`MAX_IDLE`] of them. When the downstream connection closes, its upstream connections
-//! close with it.
+//! At most `max_connections` connections to the upstream are open at once, idle ones
+//! included (contract Details 27): each holds a permit of the pool's semaphore for as long as
+//! its connection task runs. A request takes the most recently used idle connection; when
+//! there is none it opens one if a permit is free, and otherwise waits, first in line, for
+//! whichever comes first: a connection handed back (given straight to the oldest waiter, so
+//! newcomers cannot overtake it) or a permit freed by a connection that closed. Idle
+//! connections are closed after `idle_timeout` by one reaper task per pool.
+//!
+//! What keeps the hot path cheap: the pool's mutex is held only to pop or push one entry (never
+//! across an await), no task is spawned per request, and a connection is handed back only
+//! once its response body has been read to the end ([`ReturnOnEnd`]), so a request never waits
+//! behind another one's download and a connection with unread bytes is never reused.
+//!
+//! A connection that becomes a WebSocket tunnel leaves the pool and frees its permit: tunnels
+//! are bounded by the client connections they belong to (`server.max_connections`), and
+//! counting them here would let a few hundred open WebSockets stall every other request.
 
+use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -27,46 +36,207 @@ use pin_project_lite::pin_project;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
+use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 
 use crate::error::StartupError;
 use crate::logging::log_safe;
 
-/// Idle upstream connections kept per downstream connection (only HTTP/2 ever has more than
-/// one: its concurrent streams each need their own HTTP/1.1 upstream connection).
-const MAX_IDLE: usize = 16;
-
 pub type Sender = SendRequest<Incoming>;
 
-/// The idle upstream connections of one downstream connection. The lock is per downstream
-/// connection, so it is uncontended for HTTP/1.1 and shared by one connection's streams only.
-#[derive(Default)]
-pub struct UpstreamConns {
-    idle: Mutex<Vec<Sender>>,
+/// The upstream connections of one upstream.
+pub struct Pool {
+    /// One permit per open connection (or one being opened).
+    permits: Arc<Semaphore>,
+    max: usize,
+    idle_timeout: Duration,
+    shared: Mutex<Shared>,
+    /// Requests that found no connection free and had to wait.
+    waited: AtomicU64,
+    /// Of those, the ones that got none within the wait (answered 503).
+    wait_timeouts: AtomicU64,
 }
 
-impl UpstreamConns {
-    /// The most recently used idle connection that is still open.
-    pub(super) fn take(&self) -> Option<Sender> {
-        let mut idle = self.idle.lock().ok()?;
-        while let Some(sender) = idle.pop() {
-            if !sender.is_closed() {
-                return Some(sender);
-            }
+#[derive(Default)]
+struct Shared {
+    /// Oldest first: the reaper pops expired ones at the front, requests take the most
+    /// recently used at the back (so the ones not needed age out).
+    idle: VecDeque<Idle>,
+    /// Requests waiting for a connection, oldest first.
+    waiters: VecDeque<oneshot::Sender<Sender>>,
+    reaper_started: bool,
+}
+
+struct Idle {
+    sender: Sender,
+    since: Instant,
+}
+
+/// What a request got from the pool.
+pub(super) enum Checkout {
+    /// An idle connection, still open when taken.
+    Idle(Sender),
+    /// Room for a new connection: the permit goes to its connection task.
+    New(OwnedSemaphorePermit),
+}
+
+/// No connection came free within the wait.
+#[derive(Debug, thiserror::Error)]
+#[error("all {0} upstream connections busy")]
+pub struct PoolBusy(pub usize);
+
+impl Pool {
+    pub(super) fn new(max: usize, idle_timeout: Duration) -> Self {
+        Pool {
+            permits: Arc::new(Semaphore::new(max)),
+            max,
+            idle_timeout,
+            shared: Mutex::default(),
+            waited: AtomicU64::new(0),
+            wait_timeouts: AtomicU64::new(0),
         }
-        None
     }
 
-    /// Keep `sender` for the next request, unless it is closed or enough are kept already.
-    pub(super) fn put_back(&self, sender: Sender) {
+    fn lock(&self) -> MutexGuard<'_, Shared> {
+        // Every critical section leaves `Shared` consistent (a push or a pop): a panic
+        // elsewhere while it was held poisons nothing worth refusing service over.
+        self.shared
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// An idle connection, else a permit to open one, else wait until `deadline` for either.
+    pub(super) async fn checkout(&self, deadline: Instant) -> Result<Checkout, PoolBusy> {
+        let mut handed = {
+            let mut shared = self.lock();
+            while let Some(idle) = shared.idle.pop_back() {
+                if !idle.sender.is_closed() {
+                    return Ok(Checkout::Idle(idle.sender));
+                }
+            }
+            if let Ok(permit) = self.permits.clone().try_acquire_owned() {
+                return Ok(Checkout::New(permit));
+            }
+            let (tx, rx) = oneshot::channel();
+            shared.add_waiter(tx);
+            rx
+        };
+        self.waited.fetch_add(1, Ordering::Relaxed);
+        let permit = tokio::select! {
+            handed = &mut handed => match handed {
+                Ok(sender) => return Ok(Checkout::Idle(sender)),
+                // Not reached: a waiter's sender leaves the queue only to send.
+                Err(_) => None,
+            },
+            permit = self.permits.clone().acquire_owned() => permit.ok(),
+            () = tokio::time::sleep_until(deadline) => None,
+        };
+        // A connection handed over while the permit (or the deadline) won the race is
+        // used, not dropped; none can come after `close`.
+        handed.close();
+        if let Ok(sender) = handed.try_recv() {
+            return Ok(Checkout::Idle(sender));
+        }
+        match permit {
+            Some(permit) => Ok(Checkout::New(permit)),
+            None => {
+                self.wait_timeouts.fetch_add(1, Ordering::Relaxed);
+                Err(PoolBusy(self.max))
+            }
+        }
+    }
+
+    /// Hand `sender` to the oldest waiting request, else keep it idle; closed ones are
+    /// dropped (their task has freed their permit).
+    pub(super) fn put_back(self: &Arc<Self>, mut sender: Sender) {
         if sender.is_closed() {
             return;
         }
-        if let Ok(mut idle) = self.idle.lock()
-            && idle.len() < MAX_IDLE
-        {
-            idle.push(sender);
+        let now = Instant::now();
+        let start_reaper = {
+            let mut shared = self.lock();
+            while let Some(waiter) = shared.waiters.pop_front() {
+                match waiter.send(sender) {
+                    Ok(()) => return,
+                    // That request gave up (timed out or its client went away).
+                    Err(back) => sender = back,
+                }
+            }
+            if shared.idle.len() >= self.max {
+                // Only closed entries can be in excess: each open one holds a permit.
+                shared.idle.retain(|idle| !idle.sender.is_closed());
+            }
+            shared.idle.push_back(Idle { sender, since: now });
+            !std::mem::replace(&mut shared.reaper_started, true)
+        };
+        if start_reaper {
+            tokio::spawn(reap(Arc::downgrade(self), self.idle_timeout));
         }
+    }
+
+    /// Take the connections idle for `idle_timeout` (and closed ones) off the front; returns
+    /// them, to be dropped outside the lock, and when to look again.
+    fn expire(&self, now: Instant) -> (Vec<Sender>, Instant) {
+        let mut expired = Vec::new();
+        let mut shared = self.lock();
+        while let Some(oldest) = shared.idle.front() {
+            let stale = now.saturating_duration_since(oldest.since) >= self.idle_timeout;
+            if !stale && !oldest.sender.is_closed() {
+                break;
+            }
+            if let Some(idle) = shared.idle.pop_front() {
+                expired.push(idle.sender);
+            }
+        }
+        let next = match shared.idle.front() {
+            Some(oldest) => oldest.since + self.idle_timeout,
+            None => now + self.idle_timeout,
+        };
+        (expired, next)
+    }
+
+    /// Connections open or being opened.
+    pub(super) fn open(&self) -> usize {
+        self.max.saturating_sub(self.permits.available_permits())
+    }
+
+    pub(super) fn idle(&self) -> usize {
+        self.lock().idle.len()
+    }
+
+    pub(super) fn waited(&self) -> u64 {
+        self.waited.load(Ordering::Relaxed)
+    }
+
+    pub(super) fn wait_timeouts(&self) -> u64 {
+        self.wait_timeouts.load(Ordering::Relaxed)
+    }
+}
+
+impl Shared {
+    fn add_waiter(&mut self, waiter: oneshot::Sender<Sender>) {
+        // Requests that gave up leave their entry behind; drop those before the queue
+        // grows its allocation, so it stays within twice the live waiters.
+        if self.waiters.len() == self.waiters.capacity() {
+            self.waiters.retain(|w| !w.is_closed());
+        }
+        self.waiters.push_back(waiter);
+    }
+}
+
+/// Closes idle connections once they have been idle for `idle_timeout`; ends with the pool.
+async fn reap(pool: Weak<Pool>, idle_timeout: Duration) {
+    let mut next = Instant::now() + idle_timeout;
+    loop {
+        tokio::time::sleep_until(next).await;
+        let Some(pool) = pool.upgrade() else {
+            return;
+        };
+        let (expired, then) = pool.expire(Instant::now());
+        // Dropping the last handle of a connection lets its task close it and free the permit.
+        drop(expired);
+        next = then;
     }
 }
 
@@ -140,11 +310,15 @@ impl Connector {
         self.opened.load(Ordering::Relaxed)
     }
 
-    /// A new connection, its HTTP/1.1 state driven by a task of its own.
-    pub(super) async fn connect(&self) -> Result<Sender, ConnectError> {
+    /// A new connection, its HTTP/1.1 state driven by a task of its own, which holds
+    /// `permit` until the connection closes (or becomes a tunnel).
+    pub(super) async fn connect(
+        &self,
+        permit: OwnedSemaphorePermit,
+    ) -> Result<Sender, ConnectError> {
         let tcp = self.tcp().await?;
         let sender = match &self.tls {
-            None => handshake(tcp).await,
+            None => handshake(tcp, permit).await,
             Some((connector, name)) => {
                 let tls = tokio::time::timeout(
                     self.connect_timeout,
@@ -156,7 +330,7 @@ impl Connector {
                     host: self.host.clone(),
                     source,
                 })?;
-                handshake(tls).await
+                handshake(tls, permit).await
             }
         }?;
         self.opened.fetch_add(1, Ordering::Relaxed);
@@ -194,7 +368,7 @@ impl Connector {
     }
 }
 
-async fn handshake<T>(io: T) -> Result<Sender, ConnectError>
+async fn handshake<T>(io: T, permit: OwnedSemaphorePermit) -> Result<Sender, ConnectError>
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -203,10 +377,12 @@ where
         .await
         .map_err(ConnectError::Http)?;
     tokio::spawn(async move {
-        // With upgrades: a WebSocket tunnel takes the connection over after a 101.
+        // With upgrades: a WebSocket tunnel takes the connection over after a 101, and this
+        // future ends then.
         if let Err(e) = conn.with_upgrades().await {
             tracing::debug!(error = %log_safe(&e), "upstream connection ended with an error");
         }
+        drop(permit);
     });
     Ok(sender)
 }
@@ -219,31 +395,27 @@ pin_project! {
         #[pin]
         inner: B,
         sender: Option<Sender>,
-        conns: Weak<UpstreamConns>,
+        pool: Arc<Pool>,
     }
 }
 
 impl<B: HttpBody> ReturnOnEnd<B> {
-    pub(super) fn new(inner: B, sender: Sender, conns: &Arc<UpstreamConns>) -> Self {
+    pub(super) fn new(inner: B, sender: Sender, pool: &Arc<Pool>) -> Self {
         let mut body = ReturnOnEnd {
             inner,
             sender: Some(sender),
-            conns: Arc::downgrade(conns),
+            pool: pool.clone(),
         };
         if body.inner.is_end_stream() {
-            body.give_back();
+            give_back(&mut body.sender, &body.pool);
         }
         body
     }
-
-    fn give_back(&mut self) {
-        give_back(&mut self.sender, &self.conns);
-    }
 }
 
-fn give_back(sender: &mut Option<Sender>, conns: &Weak<UpstreamConns>) {
-    if let (Some(sender), Some(conns)) = (sender.take(), conns.upgrade()) {
-        conns.put_back(sender);
+fn give_back(sender: &mut Option<Sender>, pool: &Arc<Pool>) {
+    if let Some(sender) = sender.take() {
+        pool.put_back(sender);
     }
 }
 
@@ -258,10 +430,10 @@ impl<B: HttpBody<Data = Bytes>> HttpBody for ReturnOnEnd<B> {
         let mut this = self.project();
         let frame = this.inner.as_mut().poll_frame(cx);
         match &frame {
-            Poll::Ready(None) => give_back(this.sender, this.conns),
+            Poll::Ready(None) => give_back(this.sender, this.pool),
             // The last frame: hyper may not poll again after it, so give back now.
             Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => {
-                give_back(this.sender, this.conns);
+                give_back(this.sender, this.pool);
             }
             // An error: the connection is in an unknown state, never reuse it.
             Poll::Ready(Some(Err(_))) => drop(this.sender.take()),

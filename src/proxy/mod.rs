@@ -29,8 +29,8 @@ use crate::config::UpstreamConfig;
 use crate::logging::log_safe;
 use crate::tls;
 
-pub use conn::{ConnectError, ReturnOnEnd, UpstreamConns};
-use conn::{Connector, Sender};
+use conn::{Checkout, Connector, Pool, Sender};
+pub use conn::{ConnectError, PoolBusy, ReturnOnEnd};
 
 /// The body of a response streamed back from the upstream.
 pub type UpstreamBody = IdleTimeoutBody<ReturnOnEnd<Incoming>>;
@@ -40,6 +40,9 @@ pub type UpstreamBody = IdleTimeoutBody<ReturnOnEnd<Incoming>>;
 pub enum ProxyError {
     #[error("upstream did not answer within {0:?}")]
     Timeout(Duration),
+    /// `max_connections` reached and none came free within `timeout`: 503.
+    #[error(transparent)]
+    Busy(#[from] PoolBusy),
     #[error("upstream unreachable: {0}")]
     Unreachable(#[from] ConnectError),
     #[error("upstream connection failed: {0}")]
@@ -48,9 +51,10 @@ pub enum ProxyError {
     BadUri(#[from] http::Error),
 }
 
-/// The one upstream app: where it is and how long it may take.
+/// The one upstream app: where it is, how long it may take, and its connections.
 pub struct Upstream {
     connector: Connector,
+    pool: Arc<Pool>,
     authority: Authority,
     /// Path prefix of `[upstream] url` without a trailing slash ("" for none).
     path_prefix: Arc<str>,
@@ -78,6 +82,7 @@ impl Upstream {
         let connect_timeout = cfg.timeout.min(Duration::from_secs(10));
         Ok(Upstream {
             connector: Connector::new(&scheme, &authority, tls, connect_timeout)?,
+            pool: Arc::new(Pool::new(cfg.max_connections, cfg.idle_timeout)),
             authority,
             path_prefix: cfg.url.path().trim_end_matches('/').into(),
             timeout: cfg.timeout,
@@ -89,55 +94,91 @@ impl Upstream {
         self.connector.opened()
     }
 
-    /// Forward `req` (headers already rewritten by the pipeline) over one of `conns` (the
-    /// downstream connection's upstream connections) and stream the answer back. `path` is
-    /// the normalized path the policy matched on: the upstream sees exactly it.
+    /// Connections open to the upstream now (or being opened), idle ones included.
+    pub fn connections_open(&self) -> usize {
+        self.pool.open()
+    }
+
+    /// Idle connections kept for the next requests.
+    pub fn connections_idle(&self) -> usize {
+        self.pool.idle()
+    }
+
+    /// Requests that found every connection busy and `max_connections` reached, and waited.
+    pub fn connection_waits(&self) -> u64 {
+        self.pool.waited()
+    }
+
+    /// Requests that waited `timeout` for a connection in vain (answered 503).
+    pub fn connection_wait_timeouts(&self) -> u64 {
+        self.pool.wait_timeouts()
+    }
+
+    /// Forward `req` (headers already rewritten by the pipeline) over a connection of the
+    /// pool and stream the answer back. `path` is the normalized path the policy matched
+    /// on: the upstream sees exactly it.
     pub async fn forward(
         &self,
         mut req: Request<Incoming>,
         path: &str,
-        conns: &Arc<UpstreamConns>,
     ) -> Result<Response<Body>, ProxyError> {
         let upgrade = wants_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
         self.prepare(&mut req, path)?;
-        let exchange = self.exchange(req, conns);
-        let (response, sender) = match tokio::time::timeout(self.timeout, exchange).await {
-            Err(_) => return Err(ProxyError::Timeout(self.timeout)),
-            Ok(result) => result?,
-        };
+        let (response, sender) = self.exchange(req).await?;
         match upgrade {
             // The upgraded connection is the tunnel's now: `sender` is not reused.
             Some(client_side) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
                 Ok(tunnel(client_side, response))
             }
-            _ => Ok(self.stream_back(response, sender, conns)),
+            _ => Ok(self.stream_back(response, sender)),
         }
     }
 
-    /// Send the request and wait for the response head. An idle connection may have been
-    /// closed by the upstream just as we picked it: if the request was not sent, it is sent
-    /// again on a new connection (what hyper-util's pool does too); if it was, it is not
-    /// retried (it may not be idempotent).
+    /// Get a connection (waiting up to `timeout` for one: 503 after), send the request and
+    /// wait up to `timeout` for the response head (504 after). An idle connection may have
+    /// been closed by the upstream just as we picked it: if the request was not sent, it is
+    /// sent again on another connection (what hyper-util's pool does too); if it was, it is
+    /// not retried (it may not be idempotent).
     async fn exchange(
         &self,
         mut req: Request<Incoming>,
-        conns: &UpstreamConns,
     ) -> Result<(Response<Incoming>, Sender), ProxyError> {
-        while let Some(mut sender) = conns.take() {
-            if sender.ready().await.is_err() {
-                continue;
-            }
-            match sender.try_send_request(req).await {
-                Ok(response) => return Ok((response, sender)),
-                Err(mut e) => match e.take_message() {
-                    Some(unsent) => req = unsent,
-                    None => return Err(ProxyError::Failed(e.into_error())),
-                },
+        let wait_until = Instant::now() + self.timeout;
+        loop {
+            let checkout = self.pool.checkout(wait_until).await?;
+            let sent = tokio::time::timeout(self.timeout, self.send(checkout, req)).await;
+            match sent.map_err(|_| ProxyError::Timeout(self.timeout))? {
+                Sent::Answered(response, sender) => return Ok((response, sender)),
+                Sent::Unsent(unsent) => req = unsent,
+                Sent::Failed(e) => return Err(e),
             }
         }
-        let mut sender = self.connector.connect().await?;
-        let response = sender.send_request(req).await.map_err(ProxyError::Failed)?;
-        Ok((response, sender))
+    }
+
+    async fn send(&self, checkout: Checkout, req: Request<Incoming>) -> Sent {
+        let mut sender = match checkout {
+            Checkout::Idle(sender) => sender,
+            Checkout::New(permit) => {
+                let mut sender = match self.connector.connect(permit).await {
+                    Ok(sender) => sender,
+                    Err(e) => return Sent::Failed(e.into()),
+                };
+                return match sender.send_request(req).await {
+                    Ok(response) => Sent::Answered(response, sender),
+                    Err(e) => Sent::Failed(ProxyError::Failed(e)),
+                };
+            }
+        };
+        if sender.ready().await.is_err() {
+            return Sent::Unsent(req);
+        }
+        match sender.try_send_request(req).await {
+            Ok(response) => Sent::Answered(response, sender),
+            Err(mut e) => match e.take_message() {
+                Some(unsent) => Sent::Unsent(unsent),
+                None => Sent::Failed(ProxyError::Failed(e.into_error())),
+            },
+        }
     }
 
     /// Point the request at the upstream: origin-form URI, HTTP/1.1, Host kept from the
@@ -166,17 +207,20 @@ impl Upstream {
         Ok(PathAndQuery::try_from(pq).map_err(http::Error::from)?)
     }
 
-    fn stream_back(
-        &self,
-        response: Response<Incoming>,
-        sender: Sender,
-        conns: &Arc<UpstreamConns>,
-    ) -> Response<Body> {
+    fn stream_back(&self, response: Response<Incoming>, sender: Sender) -> Response<Body> {
         let (mut parts, body) = response.into_parts();
         crate::headers::strip_hop_by_hop(&mut parts.headers);
-        let body = IdleTimeoutBody::new(ReturnOnEnd::new(body, sender, conns), self.timeout);
+        let body = IdleTimeoutBody::new(ReturnOnEnd::new(body, sender, &self.pool), self.timeout);
         Response::from_parts(parts, Body::Upstream { body })
     }
+}
+
+/// How one attempt ended.
+enum Sent {
+    Answered(Response<Incoming>, Sender),
+    /// The reused connection was closed before the request left: try another.
+    Unsent(Request<Incoming>),
+    Failed(ProxyError),
 }
 
 /// An `Upgrade` request (RFC 9110 section 7.8): `Connection: upgrade` plus an `Upgrade` header.
