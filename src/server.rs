@@ -225,7 +225,9 @@ impl<H: Handler> Connection<H> {
                         self.serve_io(TokioIo::new(stream), peer, first_request_by)
                             .await;
                     }
-                    Ok(Err(e)) => tracing::debug!(%addr, error = %log_safe(&e), "TLS handshake failed"),
+                    Ok(Err(e)) => {
+                        tracing::debug!(%addr, error = %log_safe(&e), "TLS handshake failed")
+                    }
                     Err(_) => {
                         self.stats.no_request.fetch_add(1, Ordering::Relaxed);
                         tracing::debug!(%addr, "TLS handshake timed out");
