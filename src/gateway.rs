@@ -24,7 +24,6 @@ use http::header::{ACCEPT, AUTHORIZATION};
 use http::{HeaderName, HeaderValue, Method, Request, Response};
 use hyper::body::Incoming;
 
-use crate::body::Body;
 use crate::config::{BearerMode, Config, Policy, Preflight};
 use crate::endpoints::{self, Builtin};
 use crate::headers::{self, InboundHeaders, Peer};
@@ -33,6 +32,7 @@ use crate::login::Logins;
 use crate::metrics::{Decision, Metrics, RouteId};
 use crate::oidc::Oidc;
 use crate::policy::{Route, RouteTable, path::normalize_path};
+use crate::proxy::Body;
 use crate::proxy::{ProxyError, Upstream, wants_upgrade};
 use crate::refresh::{Fresh, Refresher};
 use crate::response::{self, Halt};
@@ -432,6 +432,7 @@ pub struct ClientConnection {
 
 impl crate::server::Handler for Gateway {
     type PerConnection = ClientConnection;
+    type Body = Body;
 
     fn connection(&self, peer: &Peer) -> ClientConnection {
         ClientConnection {

@@ -10,7 +10,6 @@
 //! in-process.
 
 pub mod bearer;
-pub mod body;
 pub mod config;
 pub mod demo;
 pub mod endpoints;

@@ -9,7 +9,7 @@ use http::header::{
 };
 use http::{HeaderValue, Response, StatusCode};
 
-use crate::body::Body;
+use crate::proxy::Body;
 
 /// A final answer decided by the pipeline instead of forwarding. Not an error: logged at debug.
 #[derive(Debug)]

@@ -19,12 +19,12 @@ use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderName, Method, Request, Response, StatusCode, Uri};
 use percent_encoding::{AsciiSet, CONTROLS, percent_encode};
 
-use crate::body::Body;
 use crate::config::{BearerMode, Policy, Preflight};
 use crate::gateway::{Gateway, is_preflight};
 use crate::headers::{self, Peer};
 use crate::metrics::Decision;
 use crate::policy::path::normalize_path;
+use crate::proxy::Body;
 use crate::response::{self, Halt};
 
 static X_FORWARDED_METHOD: HeaderName = HeaderName::from_static("x-forwarded-method");

@@ -10,10 +10,10 @@ use http::header::SET_COOKIE;
 use http::{Request, Response, StatusCode};
 
 use super::query_param;
-use crate::body::Body;
 use crate::gateway::Gateway;
 use crate::logging::log_safe;
 use crate::login::{Logins, PendingLogin};
+use crate::proxy::Body;
 use crate::redirect::SafeRedirect;
 use crate::response::{self, html_page};
 use crate::session::{ResourceToken, Session, SessionStore, Tokens, new_key, unix_now};

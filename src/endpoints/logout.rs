@@ -10,10 +10,10 @@ use hyper::body::Incoming;
 use serde_json::{Map, Value, json};
 
 use super::query_param;
-use crate::body::Body;
 use crate::gateway::Gateway;
 use crate::logging::log_safe;
 use crate::oidc::jwt::{self, JwtError};
+use crate::proxy::Body;
 use crate::redirect::SafeRedirect;
 use crate::response;
 use crate::session::{SessionStore, unix_now};

@@ -10,9 +10,9 @@ use std::sync::Arc;
 use http::{Method, Request, Response};
 use hyper::body::Incoming;
 
-use crate::body::Body;
 use crate::gateway::Gateway;
 use crate::headers::Peer;
+use crate::proxy::Body;
 use crate::response;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,6 +111,7 @@ pub struct MetricsOnly(pub Arc<Gateway>);
 
 impl crate::server::Handler for MetricsOnly {
     type PerConnection = ();
+    type Body = Body;
 
     fn connection(&self, _peer: &Peer) {}
 

@@ -7,8 +7,8 @@ use http::header::CONTENT_TYPE;
 use http::{HeaderValue, Request, Response, StatusCode};
 use serde_json::json;
 
-use crate::body::Body;
 use crate::gateway::Gateway;
+use crate::proxy::Body;
 use crate::response;
 use crate::session::{SessionStore, unix_now};
 

@@ -6,6 +6,7 @@
 //! whole-response deadline). Connect errors and resets become 502. `Upgrade` requests
 //! (WebSocket) are tunnelled both ways once the upstream answers 101.
 
+mod body;
 mod conn;
 
 use std::future::Future;
@@ -24,11 +25,11 @@ use hyper_util::rt::TokioIo;
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 
-use crate::body::{Body, BodyError};
 use crate::config::UpstreamConfig;
 use crate::logging::log_safe;
 use crate::tls;
 
+pub use body::{Body, BodyError};
 use conn::{Checkout, Connector, Pool, Sender};
 pub use conn::{ConnectError, PoolBusy, ReturnOnEnd};
 
