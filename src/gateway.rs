@@ -216,7 +216,9 @@ impl Gateway {
                     Ok(auth) => auth,
                     Err(halt) => return self.halted(route.id, halt),
                 };
-                if let Err(refusal) = route.authorize(auth.identity()) {
+                if let Err(refusal) =
+                    route.authorize(auth.identity().groups(), auth.identity().claims())
+                {
                     self.metrics.decision(route.id, Decision::Forbid);
                     return self.halted(route.id, Halt::Forbidden(refusal.message()));
                 }

@@ -10,6 +10,7 @@
 //! in-process.
 
 pub mod bearer;
+pub mod claims;
 pub mod config;
 pub mod demo;
 pub mod endpoints;

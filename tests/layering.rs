@@ -61,7 +61,6 @@ const TOLERATED: &[(&str, &str)] = &[
     ("endpoints", "gateway"),
     ("headers", "session"),
     ("oidc", "session"),
-    ("policy", "session"),
 ];
 
 #[test]

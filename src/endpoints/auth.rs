@@ -104,7 +104,7 @@ pub async fn check<B>(gateway: &Arc<Gateway>, req: Request<B>, peer: Peer) -> Re
             return halt.into_response();
         }
     };
-    if let Err(refusal) = route.authorize(auth.identity()) {
+    if let Err(refusal) = route.authorize(auth.identity().groups(), auth.identity().claims()) {
         gateway.metrics.decision(route.id, Decision::Forbid);
         return response::text(StatusCode::FORBIDDEN, refusal.message());
     }

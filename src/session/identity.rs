@@ -17,6 +17,7 @@ use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
 use serde_json::{Map, Value};
 
+use crate::claims::{claim_text, groups, str_claim};
 use crate::config::{Config, HeadersConfig};
 
 /// A range of an identity's text. Two `u32`s: half a `Range<usize>` (a text is refused at
@@ -398,29 +399,6 @@ impl TextBuilder {
     }
 }
 
-fn str_claim<'c>(claims: &'c Map<String, Value>, name: &str) -> Option<&'c str> {
-    claims.get(name).and_then(Value::as_str)
-}
-
-/// Groups as a list, or as one string separated by commas or spaces. The names of a list
-/// are kept as they are (commas included).
-fn groups(value: Option<&Value>) -> Vec<Cow<'_, str>> {
-    match value {
-        Some(Value::Array(items)) => items
-            .iter()
-            .filter_map(claim_text)
-            .filter(|s| !s.is_empty())
-            .map(Cow::Owned)
-            .collect(),
-        Some(Value::String(s)) => s
-            .split([',', ' '])
-            .filter(|g| !g.is_empty())
-            .map(Cow::Borrowed)
-            .collect(),
-        _ => Vec::new(),
-    }
-}
-
 /// The `X-Forwarded-Groups` value: the names comma-joined, with a `,` or `%` inside a name
 /// percent-encoded (`%2C`, `%25`), so that one group never reads as two (contract Details
 /// 32) and the encoding itself stays unambiguous.
@@ -439,24 +417,6 @@ fn groups_header(names: &[Cow<'_, str>]) -> String {
         }
     }
     out
-}
-
-/// A claim rendered for a header or a comparison: strings as they are, numbers and bools
-/// printed, lists comma-joined; objects and null are not rendered.
-pub fn claim_text(value: &Value) -> Option<String> {
-    match value {
-        Value::String(s) => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        Value::Bool(b) => Some(b.to_string()),
-        Value::Array(items) => Some(
-            items
-                .iter()
-                .filter_map(claim_text)
-                .collect::<Vec<_>>()
-                .join(","),
-        ),
-        Value::Object(_) | Value::Null => None,
-    }
 }
 
 #[cfg(test)]
@@ -531,13 +491,6 @@ mod tests {
         assert!(id.claims().get("tenant_id").is_some_and(Value::is_null));
         assert!(identity(json!({"email": "x"})).is_none());
         assert!(identity(json!({"sub": ""})).is_none());
-    }
-
-    #[test]
-    fn groups_from_string_or_list() {
-        assert_eq!(groups(Some(&json!("a, b c"))), ["a", "b", "c"]);
-        assert_eq!(groups(Some(&json!(["a", 1]))), ["a", "1"]);
-        assert!(groups(None).is_empty());
     }
 
     #[test]
