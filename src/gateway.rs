@@ -124,7 +124,7 @@ impl Gateway {
             routes,
             cookies: CookieCodec::new(&cfg.session),
             logins: Logins::new(&cfg.session, &cfg.server.public_url, &store),
-            inbound: InboundHeaders::new(&cfg.headers, &cfg.server.strip_request_headers),
+            inbound: InboundHeaders::new(rules.claim_headers(), &cfg.server.strip_request_headers),
             store,
             oidc,
             refresher,
@@ -348,7 +348,7 @@ impl Gateway {
             };
             headers.insert(AUTHORIZATION, bearer.clone());
         }
-        headers::set_identity(headers, auth.identity());
+        headers::set_identity(headers, auth.identity().upstream_headers());
         Ok(())
     }
 

@@ -43,7 +43,6 @@ const LAYERS: &[&[&str]] = &[
 const FORBIDDEN: &[(&str, &str)] = &[
     ("policy", "session"),
     ("policy", "oidc"),
-    ("headers", "session"),
     ("headers", "oidc"),
     ("proxy", "session"),
     ("proxy", "oidc"),
@@ -59,7 +58,6 @@ const TOLERATED: &[(&str, &str)] = &[
     ("bearer", "gateway"),
     ("config", "headers"),
     ("endpoints", "gateway"),
-    ("headers", "session"),
     ("oidc", "session"),
 ];
 
