@@ -123,7 +123,7 @@ impl Gateway {
         Arc::new(Gateway {
             routes,
             cookies: CookieCodec::new(&cfg.session),
-            logins: Logins::new(&cfg.session, &cfg.server.public_url, &store),
+            logins: Logins::new(&cfg.session, &cfg.server.public_url, store.clone()),
             inbound: InboundHeaders::new(rules.claim_headers(), &cfg.server.strip_request_headers),
             store,
             oidc,

@@ -45,7 +45,7 @@ use crate::oidc::Oidc;
 use crate::proxy::Upstream;
 use crate::session::Store;
 use crate::session::identity::IdentityRules;
-use crate::session::memory::MemoryStore;
+use crate::session::memory::{MAX_LOGOUT_MARKERS, MemoryOptions, MemoryStore};
 use crate::session::redis::{RedisOptions, RedisStore};
 
 /// Build the gateway's state from a validated configuration. Starts nothing.
@@ -53,11 +53,12 @@ pub fn build(config: Config) -> Result<Arc<Gateway>, StartupError> {
     let config = Arc::new(config);
     let rules = Arc::new(IdentityRules::for_config(&config));
     let store = match &config.session.store {
-        StoreConfig::Memory => Store::Memory(MemoryStore::new(
-            config.session.max_sessions,
-            config.session.idle_timeout,
-            config.session.absolute_timeout,
-        )),
+        StoreConfig::Memory => Store::Memory(MemoryStore::with_options(MemoryOptions {
+            max_sessions: config.session.max_sessions,
+            idle_timeout: config.session.idle_timeout,
+            absolute_timeout: config.session.absolute_timeout,
+            max_markers: (config.session.max_pending_logins).saturating_add(MAX_LOGOUT_MARKERS),
+        })),
         StoreConfig::Redis {
             url,
             key_prefix,

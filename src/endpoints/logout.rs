@@ -16,7 +16,7 @@ use crate::oidc::jwt::{self, JwtError};
 use crate::proxy::Body;
 use crate::redirect::SafeRedirect;
 use crate::response;
-use crate::session::{SessionStore, unix_now};
+use crate::session::{Marker, SessionStore, unix_now};
 
 /// The OpenID Back-Channel Logout event (section 2.4).
 const BACKCHANNEL_EVENT: &str = "http://schemas.openid.net/event/backchannel-logout";
@@ -92,7 +92,7 @@ pub async fn backchannel(gateway: &Arc<Gateway>, req: Request<Incoming>) -> Resp
             return invalid_request(reason);
         }
     };
-    match gateway.store.is_remembered(&logout.once).await {
+    match gateway.store.is_claimed(&logout.once).await {
         Ok(false) => {}
         Ok(true) => {
             tracing::info!("back-channel logout token replayed: rejected");
@@ -108,7 +108,7 @@ pub async fn backchannel(gateway: &Arc<Gateway>, req: Request<Incoming>) -> Resp
         tracing::warn!(error = %log_safe(&e), "back-channel logout could not reach the store");
         return response::unavailable(1);
     }
-    if let Err(e) = gateway.store.remember(&logout.once, REPLAY_MEMORY).await {
+    if let Err(e) = gateway.store.claim_once(&logout.once, REPLAY_MEMORY).await {
         tracing::warn!(error = %log_safe(&e), "back-channel logout token could not be remembered");
         return response::unavailable(1);
     }
@@ -137,8 +137,8 @@ async fn read_logout_token(req: Request<Incoming>) -> Option<String> {
 struct Logout {
     sid: Option<String>,
     sub: Option<String>,
-    /// SHA-256 of its issuer and `jti`: its single-use id.
-    once: [u8; 32],
+    /// Its single-use marker: SHA-256 of its issuer and `jti`.
+    once: Marker,
 }
 
 /// Back-Channel Logout 1.0 section 2.6, plus contract Details 30: signature (no `crit`),
@@ -198,7 +198,10 @@ async fn verify_logout_token(gateway: &Gateway, token: &str) -> Result<Logout, &
     Ok(Logout {
         sid,
         sub,
-        once: single_use_id(provider.issuer(), jti),
+        once: Marker {
+            kind: "once",
+            id: single_use_id(provider.issuer(), jti),
+        },
     })
 }
 

@@ -37,38 +37,64 @@ use moka::ops::compute::{CompResult, Op};
 use moka::policy::EvictionPolicy;
 
 use super::{
-    RefreshLease, Replaced, Session, SessionKey, SessionStore, StoreError, Versioned, unix_now,
+    Marker, RefreshLease, Replaced, Session, SessionKey, SessionStore, StoreError, Versioned,
+    unix_now,
 };
 
-/// Bound on the single-use ids remembered (logout tokens' `jti`s). Only the provider can
-/// sign a logout token, so this many within the replay window is already far beyond any
-/// real logout rate; past it the least recently seen are forgotten first.
-const MAX_REMEMBERED_IDS: u64 = 100_000;
+/// Bound on the single-use markers of used logout tokens. Only the provider can sign a
+/// logout token, so this many within the replay window is already far beyond any real
+/// logout rate.
+pub const MAX_LOGOUT_MARKERS: u64 = 100_000;
 
 pub struct MemoryStore {
     cache: Cache<SessionKey, Arc<Session>>,
     absolute_timeout: Duration,
-    /// Single-use ids: each entry lives for the duration it holds.
-    seen_ids: Cache<[u8; 32], Duration>,
+    /// Single-use markers: each entry lives for the duration it holds. Only completed logins
+    /// and provider-signed logout tokens set one, so no anonymous flood grows it; past its
+    /// bound the least recently seen are forgotten first.
+    markers: Cache<Marker, Duration>,
+}
+
+/// What a [`MemoryStore`] holds at most, and for how long.
+#[derive(Debug, Clone)]
+pub struct MemoryOptions {
+    pub max_sessions: u64,
+    pub idle_timeout: Duration,
+    pub absolute_timeout: Duration,
+    /// Single-use markers kept at most: `session.max_pending_logins` used login states plus
+    /// [`MAX_LOGOUT_MARKERS`] logout tokens.
+    pub max_markers: u64,
 }
 
 impl MemoryStore {
     pub fn new(max_sessions: u64, idle_timeout: Duration, absolute_timeout: Duration) -> Self {
+        MemoryStore::with_options(MemoryOptions {
+            max_sessions,
+            idle_timeout,
+            absolute_timeout,
+            max_markers: MAX_LOGOUT_MARKERS,
+        })
+    }
+
+    pub fn with_options(opts: MemoryOptions) -> Self {
+        let absolute_timeout = opts.absolute_timeout;
         let cache = Cache::builder()
-            .max_capacity(max_sessions)
+            .max_capacity(opts.max_sessions)
             .eviction_policy(EvictionPolicy::lru())
-            .time_to_idle(idle_timeout)
+            .time_to_idle(opts.idle_timeout)
             .expire_after(AbsoluteExpiry { absolute_timeout })
             .build();
-        let seen_ids = Cache::builder()
-            .max_capacity(MAX_REMEMBERED_IDS)
+        let markers = Cache::builder()
+            .max_capacity(opts.max_markers)
+            // A new marker always gets in, the oldest goes (moka's default admission could
+            // refuse it).
             .eviction_policy(EvictionPolicy::lru())
             .expire_after(HeldDuration)
             .build();
         MemoryStore {
             cache,
             absolute_timeout,
-            seen_ids,
+            markers,
         }
     }
 
@@ -156,13 +182,12 @@ impl SessionStore for MemoryStore {
         Ok(RefreshLease::local())
     }
 
-    async fn is_remembered(&self, id: &[u8; 32]) -> Result<bool, StoreError> {
-        Ok(self.seen_ids.get(id).await.is_some())
+    async fn is_claimed(&self, marker: &Marker) -> Result<bool, StoreError> {
+        Ok(self.markers.get(marker).await.is_some())
     }
 
-    async fn remember(&self, id: &[u8; 32], ttl: Duration) -> Result<(), StoreError> {
-        self.seen_ids.entry(*id).or_insert(ttl).await;
-        Ok(())
+    async fn claim_once(&self, marker: &Marker, ttl: Duration) -> Result<bool, StoreError> {
+        Ok(self.markers.entry(*marker).or_insert(ttl).await.is_fresh())
     }
 
     fn live(&self) -> u64 {
@@ -218,11 +243,11 @@ impl Expiry<SessionKey, Arc<Session>> for AbsoluteExpiry {
     }
 }
 
-/// A remembered id lives for the duration stored with it.
+/// A marker lives for the duration stored with it.
 struct HeldDuration;
 
-impl Expiry<[u8; 32], Duration> for HeldDuration {
-    fn expire_after_create(&self, _: &[u8; 32], ttl: &Duration, _: Instant) -> Option<Duration> {
+impl Expiry<Marker, Duration> for HeldDuration {
+    fn expire_after_create(&self, _: &Marker, ttl: &Duration, _: Instant) -> Option<Duration> {
         Some(*ttl)
     }
 }

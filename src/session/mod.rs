@@ -21,6 +21,15 @@ pub use record::{RefreshBackoff, ResourceToken, Session, Tokens};
 /// A session id: 128 random bits. The map key in every store.
 pub type SessionKey = [u8; 16];
 
+/// A single-use marker ([`SessionStore::claim_once`]): what kind of thing it marks (a short
+/// lowercase name, part of its key in a shared store), and a hash the caller made of the
+/// thing itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Marker {
+    pub kind: &'static str,
+    pub id: [u8; 32],
+}
+
 /// A fresh, unguessable session id (OS randomness).
 pub fn new_key() -> SessionKey {
     use rand::RngCore;
@@ -130,16 +139,16 @@ pub trait SessionStore: Send + Sync + 'static {
         &self,
         key: &SessionKey,
     ) -> impl Future<Output = Result<RefreshLease, StoreError>> + Send;
-    /// Whether a single-use id (a logout token's issuer and `jti`, hashed) was remembered and
-    /// has not expired yet. A shared store shares the memory between replicas.
-    fn is_remembered(&self, id: &[u8; 32])
-    -> impl Future<Output = Result<bool, StoreError>> + Send;
-    /// Remember a single-use id for at least `ttl` (a second call keeps the first expiry).
-    fn remember(
+    /// Whether a single-use marker is set and has not expired yet: a completed login's state,
+    /// a used logout token. A shared store shares its markers between replicas.
+    fn is_claimed(&self, marker: &Marker) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    /// Set a single-use marker for at least `ttl`: `true` when this call set it, `false` when
+    /// it was set already (a replay, or a race lost), in which case the first expiry stays.
+    fn claim_once(
         &self,
-        id: &[u8; 32],
+        marker: &Marker,
         ttl: Duration,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
     /// Number of live sessions (approximate; for metrics).
     fn live(&self) -> u64;
     /// Whether the store answers (for `/readyz`).
@@ -173,7 +182,7 @@ pub enum Store {
 }
 
 impl Store {
-    /// The Redis store, when configured (pending logins share its connection).
+    /// The Redis store, when configured.
     pub fn redis(&self) -> Option<&redis::RedisStore> {
         match self {
             Store::Memory(_) => None,
@@ -246,17 +255,17 @@ impl SessionStore for Store {
         }
     }
 
-    async fn is_remembered(&self, id: &[u8; 32]) -> Result<bool, StoreError> {
+    async fn is_claimed(&self, marker: &Marker) -> Result<bool, StoreError> {
         match self {
-            Store::Memory(s) => s.is_remembered(id).await,
-            Store::Redis(s) => s.is_remembered(id).await,
+            Store::Memory(s) => s.is_claimed(marker).await,
+            Store::Redis(s) => s.is_claimed(marker).await,
         }
     }
 
-    async fn remember(&self, id: &[u8; 32], ttl: Duration) -> Result<(), StoreError> {
+    async fn claim_once(&self, marker: &Marker, ttl: Duration) -> Result<bool, StoreError> {
         match self {
-            Store::Memory(s) => s.remember(id, ttl).await,
-            Store::Redis(s) => s.remember(id, ttl).await,
+            Store::Memory(s) => s.claim_once(marker, ttl).await,
+            Store::Redis(s) => s.claim_once(marker, ttl).await,
         }
     }
 

@@ -14,12 +14,9 @@
 //!     logout; their TTL is `absolute_timeout`, reset on every save, so at least any
 //!     member's; a member whose record expired is harmless;
 //!   - `<p>lease:<hmac(id)>`: the refresh lease (`lease`);
-//!   - `<p>used:<hmac(state)>`: a completed login's state, so that a replayed callback is
-//!     refused on every replica (`SET NX`, expiring after `login_timeout`). Pending logins
-//!     themselves live in the browser's sealed login cookies (`crate::login`): starting a
-//!     login writes nothing here.
-//!   - `<p>once:<sha256(issuer, jti)>`: a logout token already used (`SET NX` with expiry:
-//!     a replay is refused on every replica).
+//!   - `<p><kind>:<hash>`: a single-use marker (`SET NX` with expiry, so a replay is refused
+//!     on every replica), the hash its caller made: `used:` of a completed login's state,
+//!     `once:` of a used logout token's issuer and `jti`.
 //! - A replica-local read cache (moka) answers a session's requests for at most
 //!   [`CACHE_TTL`] (1 s) without a round trip. That bounds how long a session deleted on
 //!   another replica (sign-out, rejected refresh, back-channel logout) still works here; on
@@ -47,8 +44,8 @@ use redis::{Cmd, FromRedisValue, Pipeline, RedisResult, Script};
 use super::identity::IdentityRules;
 use super::memory::matches_logout;
 use super::{
-    RefreshLease, Replaced, Session, SessionKey, SessionStore, StoreError, Version, Versioned,
-    unix_now,
+    Marker, RefreshLease, Replaced, Session, SessionKey, SessionStore, StoreError, Version,
+    Versioned, unix_now,
 };
 use crate::metrics::StoreMetrics;
 use crate::secret::Secret;
@@ -120,7 +117,7 @@ pub struct RedisOptions {
     pub identity_rules: Arc<IdentityRules>,
 }
 
-/// Cheap to clone: the login single-use markers share it.
+/// Cheap to clone (one shared connection and cache).
 #[derive(Clone)]
 pub struct RedisStore {
     inner: Arc<Inner>,
@@ -388,31 +385,6 @@ impl RedisStore {
             Some(Versioned::sealed(session, name, sealed.into())),
         ))
     }
-
-    /// Whether a login `state` was completed, on any replica (its used marker exists under
-    /// the name of any secret).
-    pub async fn login_used(&self, state: &str) -> Result<bool, StoreError> {
-        let mut exists = redis::cmd("EXISTS");
-        exists.arg(self.inner.index_names("used", state));
-        let found: u64 = self.query("EXISTS (login)", &exists).await?;
-        Ok(found > 0)
-    }
-
-    /// Record a completed login's `state` for `ttl` (its cookie is dead by then): `false`
-    /// when another request recorded it first. Written only once a code was redeemed, so
-    /// the markers are bounded by real logins.
-    pub async fn mark_login_used(&self, state: &str, ttl: Duration) -> Result<bool, StoreError> {
-        let inner = &self.inner;
-        let name = format!(
-            "{}used:{}",
-            inner.opts.key_prefix,
-            inner.keys.name("used", state.as_bytes())
-        );
-        let mut set = redis::cmd("SET");
-        set.arg(name).arg(1).arg("NX").arg("PX").arg(millis(ttl));
-        let done: Option<String> = self.query("SET NX (login)", &set).await?;
-        Ok(done.is_some())
-    }
 }
 
 impl Inner {
@@ -431,11 +403,11 @@ impl Inner {
             .collect()
     }
 
-    /// The key of a remembered single-use id. Not keyed by the cookie secrets (the id is
-    /// already a hash of public values), so a secret rotation forgets nothing.
-    fn once_name(&self, id: &[u8; 32]) -> String {
-        let hex: String = id.iter().map(|b| format!("{b:02x}")).collect();
-        format!("{}once:{hex}", self.opts.key_prefix)
+    /// The key of a single-use marker. Not keyed by the cookie secrets (the id is already a
+    /// hash), so a secret rotation forgets nothing.
+    fn marker_name(&self, marker: &Marker) -> String {
+        let hex: String = marker.id.iter().map(|b| format!("{b:02x}")).collect();
+        format!("{}{}:{hex}", self.opts.key_prefix, marker.kind)
     }
 
     /// The back-channel logout index sets a record belongs in (under the current secret).
@@ -570,21 +542,21 @@ impl SessionStore for RedisStore {
         self.take_lease(key).await
     }
 
-    async fn is_remembered(&self, id: &[u8; 32]) -> Result<bool, StoreError> {
+    async fn is_claimed(&self, marker: &Marker) -> Result<bool, StoreError> {
         let mut exists = redis::cmd("EXISTS");
-        exists.arg(self.inner.once_name(id));
-        Ok(self.query::<i64>("EXISTS (once)", &exists).await? > 0)
+        exists.arg(self.inner.marker_name(marker));
+        Ok(self.query::<i64>("EXISTS (marker)", &exists).await? > 0)
     }
 
-    async fn remember(&self, id: &[u8; 32], ttl: Duration) -> Result<(), StoreError> {
+    async fn claim_once(&self, marker: &Marker, ttl: Duration) -> Result<bool, StoreError> {
         let mut set = redis::cmd("SET");
-        set.arg(self.inner.once_name(id))
+        set.arg(self.inner.marker_name(marker))
             .arg(1)
             .arg("NX")
             .arg("PX")
             .arg(millis(ttl));
-        self.query::<Option<String>>("SET NX (once)", &set).await?;
-        Ok(())
+        let set: Option<String> = self.query("SET NX (marker)", &set).await?;
+        Ok(set.is_some())
     }
 
     /// Sessions in this replica's read cache (Redis holds the shared count).
