@@ -12,6 +12,7 @@
 pub mod bearer;
 pub mod claims;
 pub mod config;
+pub mod cookie;
 pub mod demo;
 pub mod endpoints;
 pub mod error;
@@ -27,6 +28,7 @@ pub mod proxy;
 pub mod redirect;
 pub mod refresh;
 pub mod response;
+pub mod seal;
 pub mod secret;
 pub mod server;
 pub mod session;

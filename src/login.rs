@@ -39,10 +39,10 @@ use http::{HeaderMap, HeaderValue};
 use sha2::{Digest, Sha256};
 use url::Url;
 
-use crate::config::SessionConfig;
+use crate::config::{SameSite, SessionConfig};
+use crate::cookie::{self, Sealed};
 use crate::headers::cookie_pairs;
 use crate::redirect::SafeRedirect;
-use crate::session::redis::crypto::Keyring;
 use crate::session::{Marker, SessionStore, Store, StoreError, unix_now};
 
 /// Login cookies one browser holds at most.
@@ -69,7 +69,7 @@ pub struct PendingLogin {
 }
 
 pub struct Logins {
-    keys: Option<Keyring>,
+    sealed: Sealed,
     /// Where used states are marked.
     store: Arc<Store>,
     /// `<cookie_name>_login`: the binding cookie of earlier versions, and the prefix of ours.
@@ -94,7 +94,7 @@ impl Logins {
     pub fn new(cfg: &SessionConfig, public_url: &Url, store: Arc<Store>) -> Self {
         let legacy_name = format!("{}_login", cfg.cookie_name);
         Logins {
-            keys: Keyring::for_login_cookies(&cfg.cookie_secrets),
+            sealed: Sealed::login_cookies(&cfg.cookie_secrets, CONTEXT),
             store,
             prefix: format!("{legacy_name}_"),
             legacy_name,
@@ -140,11 +140,12 @@ impl Logins {
             bytes -= oldest.bytes;
             set.extend(self.clear(oldest.name));
         }
-        let line = format!(
-            "{name}={value}; Max-Age={}{}",
-            self.max_age_secs, self.attributes
-        );
-        set.push(HeaderValue::from_str(&line).ok()?);
+        set.push(cookie::set_cookie(
+            &name,
+            &value,
+            self.max_age_secs,
+            &self.attributes,
+        )?);
         Some(set)
     }
 
@@ -215,8 +216,7 @@ impl Logins {
     fn seal(&self, login: &PendingLogin) -> Option<String> {
         let plain = encode(login, unix_millis())?;
         let deadline = unix_now().saturating_add(self.lifetime.as_secs().max(1));
-        let sealed = self.keys.as_ref()?.seal(CONTEXT, deadline, &plain)?;
-        Some(URL_SAFE_NO_PAD.encode(sealed))
+        self.sealed.seal(deadline, &plain)
     }
 
     /// The login in a cookie value and when it started (Unix milliseconds), when it opens
@@ -225,8 +225,7 @@ impl Logins {
         if value.len() > MAX_BYTES_PER_BROWSER {
             return None;
         }
-        let sealed = URL_SAFE_NO_PAD.decode(value).ok()?;
-        let (plain, deadline) = self.keys.as_ref()?.open(CONTEXT, &sealed)?;
+        let (plain, deadline) = self.sealed.open(value)?;
         if deadline <= unix_now() {
             return None;
         }
@@ -234,11 +233,12 @@ impl Logins {
     }
 
     fn clear(&self, name: &str) -> Option<HeaderValue> {
-        HeaderValue::from_str(&format!("{name}=; Max-Age=0{}", self.attributes)).ok()
+        cookie::clear_cookie(name, &self.attributes)
     }
 }
 
-/// `; Path=<public_url path>/oauth2/; HttpOnly; SameSite=Lax[; Secure][; Domain=..]`.
+/// `; Path=<public_url path>/oauth2/; HttpOnly; SameSite=Lax[; Secure][; Domain=..]`: Lax
+/// whatever the session cookie says (see the module doc).
 fn attributes(cfg: &SessionConfig, public_url: &Url) -> String {
     let base = public_url.path().trim_end_matches('/');
     // A path that cannot be an attribute value falls back to the whole site.
@@ -247,15 +247,7 @@ fn attributes(cfg: &SessionConfig, public_url: &Url) -> String {
     } else {
         "/".to_owned()
     };
-    let mut attributes = format!("; Path={path}; HttpOnly; SameSite=Lax");
-    if cfg.cookie_secure {
-        attributes.push_str("; Secure");
-    }
-    if let Some(domain) = &cfg.cookie_domain {
-        attributes.push_str("; Domain=");
-        attributes.push_str(domain);
-    }
-    attributes
+    cookie::attributes(cfg, &path, SameSite::Lax)
 }
 
 /// Equality of two secrets in time independent of where they differ (hashed first, so of
@@ -323,7 +315,7 @@ fn unix_millis() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{SameSite, StoreConfig};
+    use crate::config::StoreConfig;
     use crate::secret::Secret;
     use http::header::COOKIE;
 

@@ -18,10 +18,12 @@ const LAYERS: &[&[&str]] = &[
     &[
         "secret", "clock", "claims", "metrics", "redirect", "error", "logging", "fold",
     ],
-    // 1: parsed once, read-only
-    &["config"],
-    // 2: pure decisions and rewrites: a route decision, a `HeaderMap` rewrite, a cookie
-    &["policy", "headers", "cookie", "tls"],
+    // 1: parsed once, read-only; keys derived from the cookie secrets
+    &["config", "seal"],
+    // 2: pure decisions and rewrites: a route decision, a `HeaderMap` rewrite
+    &["policy", "headers", "tls"],
+    // 2b: the cookies the gateway sets (reads them with `headers`)
+    &["cookie"],
     // 3: I/O: upstream, accept loop, provider client, stores
     &["proxy", "server", "oidc", "session", "healthcheck"],
     // 4: flows over sessions and the provider

@@ -4,7 +4,6 @@
 //! changes during a session (a refresh rewrites the record, not the cookie), so it works
 //! behind forward-auth proxies that drop `Set-Cookie`, and tokens never meet a size limit.
 
-pub mod cookie;
 pub mod identity;
 pub mod memory;
 pub mod record;
@@ -14,12 +13,9 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use cookie::CookieCodec;
+pub use crate::cookie::CookieCodec;
 pub use identity::Identity;
 pub use record::{RefreshBackoff, ResourceToken, Session, Tokens};
-
-/// A session id: 128 random bits. The map key in every store.
-pub type SessionKey = [u8; 16];
 
 /// A single-use marker ([`SessionStore::claim_once`]): what kind of thing it marks (a short
 /// lowercase name, part of its key in a shared store), and a hash the caller made of the
@@ -29,6 +25,10 @@ pub struct Marker {
     pub kind: &'static str,
     pub id: [u8; 32],
 }
+
+/// A session id: 128 random bits. The map key in every store; what the session cookie
+/// carries, signed.
+pub type SessionKey = [u8; 16];
 
 /// A fresh, unguessable session id (OS randomness).
 pub fn new_key() -> SessionKey {

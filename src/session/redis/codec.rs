@@ -1,4 +1,4 @@
-//! The serializable mirror of a session record (JSON, then sealed by `crypto`). Short field
+//! The serializable mirror of a session record (JSON, then sealed by `crate::seal`). Short field
 //! names: a record is written on every login and refresh.
 //!
 //! The identity is stored with its ready-made upstream headers, so a record read back is

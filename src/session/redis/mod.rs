@@ -5,7 +5,7 @@
 //!   reconnected automatically. Every call is bounded by `session.redis_timeout`: past it
 //!   the store counts as down (`/readyz` 503, authenticated requests 503 + `Retry-After`;
 //!   never a logout).
-//! - Records are sealed (`crypto`): AES-256-GCM under a key derived from the cookie secrets,
+//! - Records are sealed (`crate::seal`): AES-256-GCM under a key derived from the cookie secrets,
 //!   under a key NAME that is a keyed hash of the session id. Layout, with `<p>` the
 //!   `session.redis_key_prefix`:
 //!   - `<p>s:<hmac(id)>`: the sealed record; TTL = min(idle left, absolute left), reset on
@@ -29,7 +29,6 @@
 //!   Redis Cluster.
 
 mod codec;
-pub mod crypto;
 mod lease;
 
 use std::future::Future;
@@ -48,8 +47,8 @@ use super::{
     Versioned, unix_now,
 };
 use crate::metrics::StoreMetrics;
+use crate::seal::Keyring;
 use crate::secret::Secret;
-use crypto::Keyring;
 
 /// Lifetime of the replica-local read cache.
 pub const CACHE_TTL: Duration = Duration::from_secs(1);
