@@ -38,7 +38,9 @@ use crate::refresh::{Fresh, Refresher};
 use crate::response::{self, Halt};
 use crate::server::ConnectionStats;
 use crate::session::identity::IdentityRules;
-use crate::session::{CookieCodec, Identity, Session, SessionKey, SessionStore, Store};
+use crate::session::{
+    CookieCodec, Identity, Lookup, Session, SessionKey, SessionStore, Sessions, Store,
+};
 
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -48,6 +50,8 @@ pub struct Gateway {
     pub routes: RouteTable,
     pub store: Arc<Store>,
     pub cookies: CookieCodec,
+    /// Request -> session: the one way there.
+    pub sessions: Sessions,
     pub logins: Logins,
     pub oidc: Arc<Oidc>,
     pub refresher: Arc<Refresher>,
@@ -123,6 +127,7 @@ impl Gateway {
         Arc::new(Gateway {
             routes,
             cookies: CookieCodec::new(&cfg.session),
+            sessions: Sessions::new(store.clone(), &cfg.session),
             logins: Logins::new(&cfg.session, &cfg.server.public_url, store.clone()),
             inbound: InboundHeaders::new(rules.claim_headers(), &cfg.server.strip_request_headers),
             store,
@@ -239,35 +244,36 @@ impl Gateway {
         offered_bearer: Option<String>,
         path: &str,
     ) -> Result<Authenticated, Halt> {
-        let key = self.cookies.session_key(req.headers());
-        if let Some(key) = key {
-            match self.store.load(&key).await {
-                Ok(Some(session)) => match self.refresher.ensure_fresh(key, session).await {
-                    Fresh::Ready(session) => return Ok(Authenticated::Session(key, session)),
-                    Fresh::Ended => {
-                        // Idempotent: a rejected refresh already deleted it; an expired
-                        // session without a refresh token is deleted here.
-                        if let Err(e) = self.store.delete(&key).await {
-                            tracing::warn!(
-                                error = %log_safe(&e),
-                                "could not delete an ended session"
-                            );
-                        }
-                        return Err(self.unauthenticated(req, route, path, true, None));
-                    }
-                    Fresh::Unavailable { retry_after_secs } => {
-                        return Err(Halt::Unavailable { retry_after_secs });
-                    }
-                },
-                Ok(None) => {}
-                Err(e) => {
-                    tracing::warn!(error = %log_safe(&e), "session store unavailable");
-                    return Err(Halt::Unavailable {
-                        retry_after_secs: 1,
-                    });
-                }
+        let lookup = match self.sessions.lookup(req.headers()).await {
+            Ok(lookup) => lookup,
+            Err(e) => {
+                tracing::warn!(error = %log_safe(&e), "session store unavailable");
+                return Err(Halt::Unavailable {
+                    retry_after_secs: 1,
+                });
             }
-        }
+        };
+        let had_cookie = match lookup {
+            Lookup::Live(key, session) => match self.refresher.ensure_fresh(key, session).await {
+                Fresh::Ready(session) => return Ok(Authenticated::Session(key, session)),
+                Fresh::Ended => {
+                    // Idempotent: a rejected refresh already deleted it; an expired session
+                    // without a refresh token is deleted here.
+                    if let Err(e) = self.store.delete(&key).await {
+                        tracing::warn!(
+                            error = %log_safe(&e),
+                            "could not delete an ended session"
+                        );
+                    }
+                    return Err(self.unauthenticated(req, route, path, true, None));
+                }
+                Fresh::Unavailable { retry_after_secs } => {
+                    return Err(Halt::Unavailable { retry_after_secs });
+                }
+            },
+            Lookup::Gone(_) => true,
+            Lookup::NoCookie => false,
+        };
         // Contract Details 5: while the provider is undiscovered nobody can log in (and no
         // bearer token can be verified), so a request without a live session is told to come
         // back later (503 + Retry-After, as `/oauth2/start` answers) instead of being sent to
@@ -291,7 +297,7 @@ impl Gateway {
             };
         }
         // A cookie that verified but names no live session is cleared.
-        Err(self.unauthenticated(req, route, path, key.is_some(), None))
+        Err(self.unauthenticated(req, route, path, had_cookie, None))
     }
 
     /// 302 to login for a browser navigation, else 401 (contract Behaviour, Details 9).
@@ -317,7 +323,7 @@ impl Gateway {
         Halt::Unauthenticated {
             login_url: self.login_url(&landing),
             redirect,
-            clear_cookie: clear_cookie.then(|| self.cookies.clear_cookie()),
+            clear_cookie: clear_cookie.then(|| self.sessions.clear_cookie()),
             bearer_error,
         }
     }
@@ -365,7 +371,7 @@ impl Gateway {
         // session cookie is not forwarded upstream"), public routes and CORS preflights
         // included. Done here, once, after authentication has read them.
         headers::remove_cookies(req.headers_mut(), |name| {
-            name == self.cookies.name() || self.logins.is_login_cookie(name)
+            name == self.sessions.cookie().name() || self.logins.is_login_cookie(name)
         });
         headers::set_forwarded(req.headers_mut(), peer, client.peer_address.as_ref());
         let started = Instant::now();

@@ -16,7 +16,7 @@ use crate::login::{Logins, PendingLogin};
 use crate::proxy::Body;
 use crate::redirect::SafeRedirect;
 use crate::response::{self, html_page};
-use crate::session::{ResourceToken, Session, SessionStore, Tokens, new_key, unix_now};
+use crate::session::{ResourceToken, Session, Tokens, unix_now};
 
 pub async fn start<B>(gateway: &Arc<Gateway>, req: &Request<B>) -> Response<Body> {
     let Some(provider) = gateway.oidc.provider() else {
@@ -150,19 +150,18 @@ async fn create_session<B>(
     landing: &str,
 ) -> Response<Body> {
     let sub = session.identity.sub().to_owned();
-    let key = new_key();
-    if let Err(e) = gateway.store.save(key, Arc::new(session)).await {
-        tracing::error!(error = %log_safe(&e), "could not store the new session");
-        return response::unavailable(2);
-    }
-    let previous = gateway.cookies.session_key(req.headers());
-    if let Some(previous) = previous {
-        let _ = gateway.store.delete(&previous).await;
-    }
+    let cookie = match gateway.sessions.create(session).await {
+        Ok(cookie) => cookie,
+        Err(e) => {
+            tracing::error!(error = %log_safe(&e), "could not store the new session");
+            return response::unavailable(2);
+        }
+    };
+    // Best effort: the previous session is unreachable once its cookie is replaced.
+    let _ = gateway.sessions.discard(req.headers()).await;
     tracing::info!(sub = %log_safe(&sub), "login succeeded");
     let mut response = response::found(landing);
-    let max_age = gateway.cfg.session.absolute_timeout.as_secs();
-    if let Some(cookie) = gateway.cookies.set_cookie(&key, max_age) {
+    if let Some(cookie) = cookie {
         response.headers_mut().append(SET_COOKIE, cookie);
     }
     response

@@ -32,23 +32,15 @@ const REPLAY_MEMORY: Duration = Duration::from_secs(MAX_AGE_SECS + 2 * LEEWAY_SE
 /// Delete the session, revoke its refresh token (RFC 7009: Logto's end-session does not revoke
 /// `offline_access` grants), then log out at the provider (contract Details 13).
 pub async fn sign_out<B>(gateway: &Arc<Gateway>, req: &Request<B>) -> Response<Body> {
-    let key = gateway.cookies.session_key(req.headers());
     // A store that cannot be read or written is answered 503: telling the user "signed out"
     // (and clearing the cookie) while the session lives on would be a lie, and the session
     // could still be used with a copy of the cookie. The user can simply try again.
-    let session = match key {
-        Some(key) => {
-            let loaded = gateway.store.load(&key).await;
-            let deleted = gateway.store.delete(&key).await;
-            match (loaded, deleted) {
-                (Ok(session), Ok(())) => session,
-                (Err(e), _) | (_, Err(e)) => {
-                    tracing::warn!(error = %log_safe(&e), "could not end the session at sign-out");
-                    return response::unavailable(1);
-                }
-            }
+    let session = match gateway.sessions.end(req.headers()).await {
+        Ok(session) => session,
+        Err(e) => {
+            tracing::warn!(error = %log_safe(&e), "could not end the session at sign-out");
+            return response::unavailable(1);
         }
-        None => None,
     };
     let mut target = None;
     if let Some(session) = &session {
@@ -70,7 +62,7 @@ pub async fn sign_out<B>(gateway: &Arc<Gateway>, req: &Request<B>) -> Response<B
     let mut response = response::found(&target);
     response
         .headers_mut()
-        .append(SET_COOKIE, gateway.cookies.clear_cookie());
+        .append(SET_COOKIE, gateway.sessions.clear_cookie());
     response
 }
 

@@ -10,7 +10,7 @@ use serde_json::json;
 use crate::gateway::Gateway;
 use crate::proxy::Body;
 use crate::response;
-use crate::session::{SessionStore, unix_now};
+use crate::session::{Lookup, SessionStore, unix_now};
 
 pub fn healthz() -> Response<Body> {
     response::text(StatusCode::OK, "ok")
@@ -101,20 +101,15 @@ pub fn metrics(gateway: &Gateway) -> Response<Body> {
 
 /// The session's identity and expiries (contract Details 11). Never a token.
 pub async fn userinfo<B>(gateway: &Arc<Gateway>, req: &Request<B>) -> Response<Body> {
-    let key = gateway.cookies.session_key(req.headers());
-    let session = match key {
-        Some(key) => gateway.store.load(&key).await,
-        None => Ok(None),
-    };
-    let session = match session {
-        Ok(Some(session)) => session,
-        Ok(None) => return response::unauthorized(&gateway.login_url("/"), None),
+    let session = match gateway.sessions.lookup(req.headers()).await {
+        Ok(Lookup::Live(_, session)) => session,
+        Ok(Lookup::Gone(_) | Lookup::NoCookie) => {
+            return response::unauthorized(&gateway.login_url("/"), None);
+        }
         Err(_) => return response::unavailable(1),
     };
-    let cfg = &gateway.cfg.session;
     // This request just reset the idle timer.
-    let idle_deadline = unix_now() + cfg.idle_timeout.as_secs();
-    let session_expires_at = idle_deadline.min(session.absolute_deadline(cfg.absolute_timeout));
+    let session_expires_at = gateway.sessions.expires_at(&session, unix_now());
     let id = &session.identity;
     response::json(
         StatusCode::OK,

@@ -8,6 +8,7 @@ pub mod identity;
 pub mod memory;
 pub mod record;
 pub mod redis;
+mod sessions;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -16,6 +17,7 @@ use std::time::Duration;
 pub use crate::cookie::CookieCodec;
 pub use identity::Identity;
 pub use record::{RefreshBackoff, ResourceToken, Session, Tokens};
+pub use sessions::{Lookup, Sessions};
 
 /// A single-use marker ([`SessionStore::claim_once`]): what kind of thing it marks (a short
 /// lowercase name, part of its key in a shared store), and a hash the caller made of the
