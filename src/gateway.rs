@@ -13,7 +13,8 @@
 //!    step 3 to decide what to remove, so `Connection` cannot remove what the gateway sets;
 //! 6. the request is forwarded upstream and the answer streamed back (`proxy`).
 //!
-//! Any step can stop the request with a `Halt` (a decision, answered by `response.rs`).
+//! Any step can stop the request with a [`Reply`] (why the gateway answers itself); the
+//! gateway's handler turns it into the answer in one place (`Gateway::rescue`).
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -35,7 +36,7 @@ use crate::policy::{Route, RouteTable, path::normalize_path};
 use crate::proxy::Body;
 use crate::proxy::{ProxyError, Upstream, wants_upgrade};
 use crate::refresh::{Fresh, Refresher};
-use crate::response::{self, Halt};
+use crate::reply::{Reply, Unavailable};
 use crate::server::ConnectionStats;
 use crate::session::identity::IdentityRules;
 use crate::session::{
@@ -93,10 +94,29 @@ impl Authenticated {
 /// What `dispatch` hands back for metrics and the access log.
 struct Outcome {
     route: RouteId,
-    response: Response<Body>,
+    /// The answer, or why the gateway answers itself.
+    result: Result<Response<Body>, Reply>,
     upstream_time: Option<Duration>,
-    /// Why the upstream could not answer (502/504), for the access log line.
-    upstream_error: Option<String>,
+}
+
+impl Outcome {
+    fn refused(route: RouteId, reply: Reply) -> Self {
+        Outcome {
+            route,
+            result: Err(reply),
+            upstream_time: None,
+        }
+    }
+}
+
+/// Whether an unauthenticated request may be sent to the login page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Navigation {
+    /// A browser navigation goes to login (302); anything else gets 401.
+    Allowed,
+    /// Always 401: a machine client's bearer token was refused, or forward auth (the proxy
+    /// turns our 401 into a login redirect itself).
+    Never,
 }
 
 impl Gateway {
@@ -165,8 +185,8 @@ impl Gateway {
             Ok(path) => path,
             Err(e) => {
                 tracing::debug!(error = ?e, "refused request path");
-                let halt = Halt::BadRequest("Bad request: path not accepted");
-                return self.halted(self.routes.find(req.method(), "/").id, halt);
+                let reply = Reply::BadRequest("Bad request: path not accepted");
+                return Outcome::refused(self.routes.find(req.method(), "/").id, reply);
             }
         };
         if let Some(builtin) = Builtin::recognize(&path, metrics_elsewhere) {
@@ -181,12 +201,10 @@ impl Gateway {
         req: Request<Incoming>,
         peer: Peer,
     ) -> Outcome {
-        let response = endpoints::answer(self, builtin, req, peer).await;
         Outcome {
             route: self.builtin_route_id(builtin),
-            response,
+            result: endpoints::answer(self, builtin, req, peer).await,
             upstream_time: None,
-            upstream_error: None,
         }
     }
 
@@ -209,7 +227,7 @@ impl Gateway {
         match route.rule.policy {
             Policy::Deny => {
                 self.metrics.decision(route.id, Decision::Deny);
-                return self.halted(route.id, Halt::Deny);
+                return Outcome::refused(route.id, Reply::Deny);
             }
             Policy::Public => {}
             // Browsers send no credentials on a preflight: a route may let the app answer
@@ -217,18 +235,22 @@ impl Gateway {
             Policy::Authenticated
                 if route.rule.preflight == Preflight::Forward && is_preflight(&req) => {}
             Policy::Authenticated => {
-                let auth = match self.authenticate(&req, route, offered_bearer, path).await {
+                let navigation = Navigation::Allowed;
+                let auth = match self
+                    .authenticate(&req, route, offered_bearer, path, navigation)
+                    .await
+                {
                     Ok(auth) => auth,
-                    Err(halt) => return self.halted(route.id, halt),
+                    Err(reply) => return Outcome::refused(route.id, reply),
                 };
                 if let Err(refusal) =
                     route.authorize(auth.identity().groups(), auth.identity().claims())
                 {
                     self.metrics.decision(route.id, Decision::Forbid);
-                    return self.halted(route.id, Halt::Forbidden(refusal.message()));
+                    return Outcome::refused(route.id, refusal.into());
                 }
-                if let Err(halt) = self.vouch(req.headers_mut(), &auth, route) {
-                    return self.halted(route.id, halt);
+                if let Err(reply) = self.vouch(req.headers_mut(), &auth, route) {
+                    return Outcome::refused(route.id, reply);
                 }
             }
         }
@@ -243,14 +265,13 @@ impl Gateway {
         route: &Route,
         offered_bearer: Option<String>,
         path: &str,
-    ) -> Result<Authenticated, Halt> {
+        navigation: Navigation,
+    ) -> Result<Authenticated, Reply> {
         let lookup = match self.sessions.lookup(req.headers()).await {
             Ok(lookup) => lookup,
             Err(e) => {
                 tracing::warn!(error = %log_safe(&e), "session store unavailable");
-                return Err(Halt::Unavailable {
-                    retry_after_secs: 1,
-                });
+                return Err(e.into());
             }
         };
         let had_cookie = match lookup {
@@ -265,11 +286,9 @@ impl Gateway {
                             "could not delete an ended session"
                         );
                     }
-                    return Err(self.unauthenticated(req, route, path, true, None));
+                    return Err(self.unauthenticated(req, route, path, true, None, navigation));
                 }
-                Fresh::Unavailable { retry_after_secs } => {
-                    return Err(Halt::Unavailable { retry_after_secs });
-                }
+                Fresh::Stalled(stall) => return Err(stall.into()),
             },
             Lookup::Gone(_) => true,
             Lookup::NoCookie => false,
@@ -279,28 +298,29 @@ impl Gateway {
         // back later (503 + Retry-After, as `/oauth2/start` answers) instead of being sent to
         // a login that cannot work (302) or told its credentials are wrong (401).
         if !self.oidc.is_ready() {
-            return Err(Halt::Unavailable {
-                retry_after_secs: 5,
-            });
+            return Err(Unavailable::ProviderNotReady.into());
         }
         if let Some(token) = offered_bearer {
             return match crate::bearer::verify(self, &token).await {
                 Ok(auth) => Ok(auth),
-                Err(e) => {
-                    let mut halt =
-                        self.unauthenticated(req, route, path, false, Some(e.description()));
-                    if let Halt::Unauthenticated { redirect, .. } = &mut halt {
-                        *redirect = false; // a machine client: never a login page
-                    }
-                    Err(halt)
-                }
+                // A machine client: never a login page.
+                Err(e) => Err(self.unauthenticated(
+                    req,
+                    route,
+                    path,
+                    false,
+                    Some(e.description()),
+                    Navigation::Never,
+                )),
             };
         }
         // A cookie that verified but names no live session is cleared.
-        Err(self.unauthenticated(req, route, path, had_cookie, None))
+        Err(self.unauthenticated(req, route, path, had_cookie, None, navigation))
     }
 
-    /// 302 to login for a browser navigation, else 401 (contract Behaviour, Details 9).
+    /// 302 to login for a browser navigation (when `navigation` allows it), else 401
+    /// (contract Behaviour, Details 9). Counted as a redirect decision when the request is a
+    /// browser navigation, whoever turns it into one (forward auth: the proxy).
     pub fn unauthenticated<B>(
         &self,
         req: &Request<B>,
@@ -308,7 +328,8 @@ impl Gateway {
         path: &str,
         clear_cookie: bool,
         bearer_error: Option<&'static str>,
-    ) -> Halt {
+        navigation: Navigation,
+    ) -> Reply {
         let redirect = !route.rule.api && is_browser_navigation(req);
         let decision = if redirect {
             Decision::Redirect
@@ -320,12 +341,9 @@ impl Gateway {
             Some(q) => Cow::Owned(format!("{path}?{q}")),
             None => Cow::Borrowed(path),
         };
-        Halt::Unauthenticated {
-            login_url: self.login_url(&landing),
-            redirect,
-            clear_cookie: clear_cookie.then(|| self.sessions.clear_cookie()),
-            bearer_error,
-        }
+        let redirect = redirect && navigation == Navigation::Allowed;
+        Reply::unauthenticated(self.login_url(&landing), redirect, bearer_error)
+            .clearing(clear_cookie.then(|| self.sessions.clear_cookie()))
     }
 
     /// `<public_url>/oauth2/start?rd=<landing>`.
@@ -343,14 +361,12 @@ impl Gateway {
         headers: &mut http::HeaderMap,
         auth: &Authenticated,
         route: &Route,
-    ) -> Result<(), Halt> {
+    ) -> Result<(), Reply> {
         if self.cfg.headers.authorization_bearer {
             let Some(bearer) = auth.bearer(route.bearer_index) else {
                 // The provider could not be asked for this resource's token yet; the next
                 // request's refresh will try again.
-                return Err(Halt::Unavailable {
-                    retry_after_secs: 1,
-                });
+                return Err(Unavailable::TokenMissing.into());
             };
             headers.insert(AUTHORIZATION, bearer.clone());
         }
@@ -376,42 +392,32 @@ impl Gateway {
         headers::set_forwarded(req.headers_mut(), peer, client.peer_address.as_ref());
         let started = Instant::now();
         let result = self.upstream.forward(req, path).await;
-        let upstream_time = Some(started.elapsed());
-        let (response, upstream_error) = match result {
-            Ok(response) => (response, None),
-            Err(e) => (self.upstream_failed(&e), Some(crate::oidc::error_chain(&e))),
-        };
         Outcome {
             route,
-            response,
-            upstream_time,
-            upstream_error,
+            result: result.map_err(Reply::from),
+            upstream_time: Some(started.elapsed()),
         }
     }
 
-    fn upstream_failed(&self, e: &ProxyError) -> Response<Body> {
-        match e {
-            ProxyError::Timeout(_) => {
-                self.metrics.upstream_timeout();
-                response::gateway_timeout()
+    /// The one rescue point: every refusal of the pipeline and of the endpoints becomes its
+    /// answer here (`Reply::into_response`). Upstream failures are counted, and returned for
+    /// the access log line; the rest is a decision or already logged where it happened.
+    fn rescue(&self, reply: Reply) -> (Response<Body>, Option<String>) {
+        let upstream_error = reply.upstream_error().map(|e: &ProxyError| {
+            match e {
+                ProxyError::Timeout(_) => self.metrics.upstream_timeout(),
+                // Counted by the upstream's own connection metrics.
+                ProxyError::Busy(_) => {}
+                ProxyError::Unreachable(_) | ProxyError::Failed(_) | ProxyError::BadUri(_) => {
+                    self.metrics.upstream_unreachable()
+                }
             }
-            // Counted by the upstream's own connection metrics.
-            ProxyError::Busy(_) => response::unavailable(1),
-            ProxyError::Unreachable(_) | ProxyError::Failed(_) | ProxyError::BadUri(_) => {
-                self.metrics.upstream_unreachable();
-                response::bad_gateway()
-            }
+            crate::oidc::error_chain(e as &dyn std::error::Error)
+        });
+        if upstream_error.is_none() {
+            tracing::debug!(?reply, "request answered by the gateway");
         }
-    }
-
-    fn halted(&self, route: RouteId, halt: Halt) -> Outcome {
-        tracing::debug!(?halt, "request halted");
-        Outcome {
-            route,
-            response: halt.into_response(),
-            upstream_time: None,
-            upstream_error: None,
-        }
+        (reply.into_response(), upstream_error)
     }
 
     /// Keep a client's `X-Request-Id`, or make one, so logs on both sides correlate. Kept
@@ -460,14 +466,18 @@ impl crate::server::Handler for Gateway {
         let uri = req.uri().clone();
         let request_id = self.request_id(&mut req);
         let outcome = self.dispatch(req, peer, &client, &uri).await;
+        let (response, upstream_error) = match outcome.result {
+            Ok(response) => (response, None),
+            Err(reply) => self.rescue(reply),
+        };
         let elapsed = started.elapsed();
-        let status = outcome.response.status().as_u16();
+        let status = response.status().as_u16();
         self.metrics
             .request_finished(outcome.route, status, elapsed);
         let request_id = request_id.to_str().unwrap_or("-");
         let upstream_us = outcome.upstream_time.map(|d| d.as_micros() as u64);
         let latency_us = elapsed.as_micros() as u64;
-        match &outcome.upstream_error {
+        match &upstream_error {
             None => tracing::info!(
                 target: "authgate::access",
                 request_id = %log_safe(request_id), %method, path = %log_safe(uri.path()),
@@ -480,7 +490,7 @@ impl crate::server::Handler for Gateway {
                 upstream_error = %log_safe(error),
             ),
         }
-        outcome.response
+        response
     }
 }
 

@@ -27,7 +27,7 @@ pub mod policy;
 pub mod proxy;
 pub mod redirect;
 pub mod refresh;
-pub mod response;
+pub mod reply;
 pub mod seal;
 pub mod secret;
 pub mod server;

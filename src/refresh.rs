@@ -43,7 +43,24 @@ pub enum Fresh {
     /// The session is over (refresh rejected, or expired without a refresh token).
     Ended,
     /// No usable token right now; the provider or store is failing. Try again later.
-    Unavailable { retry_after_secs: u64 },
+    Stalled(Stall),
+}
+
+/// Why a session has no usable token right now (its request is told to come back later).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stall {
+    /// A refresh failed transiently: no new attempt for `secs_left` seconds.
+    Backoff { secs_left: u64 },
+    /// The refresh flight's task ended without an answer.
+    FlightLost,
+    /// Another replica's refresh lease could not be taken or waited for.
+    Lease,
+    /// The session store failed around the refresh.
+    Store,
+    /// The provider's new access token cannot be sent as a header.
+    BadToken,
+    /// Another write changed the record meanwhile, and what it holds is not usable.
+    Changed,
 }
 
 type Flight = Shared<BoxFuture<'static, Fresh>>;
@@ -101,9 +118,9 @@ impl Refresher {
         Some(if session.access_valid(now) {
             Fresh::Ready(session.clone())
         } else {
-            Fresh::Unavailable {
-                retry_after_secs: backoff.retry_at - now,
-            }
+            Fresh::Stalled(Stall::Backoff {
+                secs_left: backoff.retry_at - now,
+            })
         })
     }
 
@@ -136,13 +153,9 @@ impl Refresher {
                 .remove(&key);
             outcome
         });
-        async move {
-            task.await.unwrap_or(Fresh::Unavailable {
-                retry_after_secs: 1,
-            })
-        }
-        .boxed()
-        .shared()
+        async move { task.await.unwrap_or(Fresh::Stalled(Stall::FlightLost)) }
+            .boxed()
+            .shared()
     }
 
     /// One flight: take the (cluster-wide) lease, re-read, maybe call the token endpoint,
@@ -152,9 +165,7 @@ impl Refresher {
             Ok(lease) => lease,
             Err(e) => {
                 tracing::warn!(error = %log_safe(&e), "could not take the refresh lease");
-                return Fresh::Unavailable {
-                    retry_after_secs: 1,
-                };
+                return Fresh::Stalled(Stall::Lease);
             }
         };
         let current = match self.store.load_for_update(&key).await {
@@ -162,9 +173,7 @@ impl Refresher {
             Ok(None) => return Fresh::Ended,
             Err(e) => {
                 tracing::warn!(error = %log_safe(&e), "session store failed before refresh");
-                return Fresh::Unavailable {
-                    retry_after_secs: 1,
-                };
+                return Fresh::Stalled(Stall::Store);
             }
         };
         let session = &current.session;
@@ -225,9 +234,7 @@ impl Refresher {
                 sub = %log_safe(old.identity.sub()),
                 "provider returned an unusable access token"
             );
-            return Fresh::Unavailable {
-                retry_after_secs: 1,
-            };
+            return Fresh::Stalled(Stall::BadToken);
         };
         let identity = match set.claims.as_ref().and_then(|c| self.rules.identity(c)) {
             Some(identity) => Arc::new(identity),
@@ -261,9 +268,7 @@ impl Refresher {
                     error = %log_safe(&e),
                     "could not store refreshed tokens"
                 );
-                Fresh::Unavailable {
-                    retry_after_secs: 1,
-                }
+                Fresh::Stalled(Stall::Store)
             }
         }
     }
@@ -283,9 +288,9 @@ impl Refresher {
         if updated.access_valid(now) {
             Fresh::Ready(updated)
         } else {
-            Fresh::Unavailable {
-                retry_after_secs: backoff.retry_at.saturating_sub(now).max(1),
-            }
+            Fresh::Stalled(Stall::Backoff {
+                secs_left: backoff.retry_at.saturating_sub(now),
+            })
         }
     }
 
@@ -301,9 +306,8 @@ impl Refresher {
                 Fresh::Ready(stored.session)
             }
             Ok(None) => Fresh::Ended,
-            Ok(Some(_)) | Err(_) => Fresh::Unavailable {
-                retry_after_secs: 1,
-            },
+            Ok(Some(_)) => Fresh::Stalled(Stall::Changed),
+            Err(_) => Fresh::Stalled(Stall::Store),
         }
     }
 }

@@ -377,7 +377,7 @@ async fn store_failures() {
     t.check(
         "login, session not saved",
         seen(&r),
-        want(503, Some("2"), TEXT, None, &[&cleared]),
+        want(503, Some("1"), TEXT, None, &[&cleared]),
     );
     let _: () = redis::cmd("ACL")
         .arg(&["SETUSER", "default", "+sadd"][..])

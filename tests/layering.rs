@@ -29,7 +29,7 @@ const LAYERS: &[&[&str]] = &[
     // 4: flows over sessions and the provider
     &["refresh", "login"],
     // 5: every refusal, and the one place it becomes HTTP
-    &["reply", "response"],
+    &["reply"],
     // 6: who this request is: a session, or a bearer JWT
     &["auth", "bearer"],
     // 7: the gateway's own paths

@@ -20,12 +20,12 @@ use http::{HeaderMap, HeaderName, Method, Request, Response, StatusCode, Uri};
 use percent_encoding::{AsciiSet, CONTROLS, percent_encode};
 
 use crate::config::{BearerMode, Policy, Preflight};
-use crate::gateway::{Gateway, is_preflight};
+use crate::gateway::{Gateway, Navigation, is_preflight};
 use crate::headers::{self, Peer};
 use crate::metrics::Decision;
 use crate::policy::path::normalize_path;
 use crate::proxy::Body;
-use crate::response::{self, Halt};
+use crate::reply::{self, Reply};
 
 static X_FORWARDED_METHOD: HeaderName = HeaderName::from_static("x-forwarded-method");
 static X_FORWARDED_URI: HeaderName = HeaderName::from_static("x-forwarded-uri");
@@ -48,7 +48,11 @@ const NOT_IN_URI: &AsciiSet = &CONTROLS
     .add(b'|')
     .add(b'}');
 
-pub async fn check<B>(gateway: &Arc<Gateway>, req: Request<B>, peer: Peer) -> Response<Body> {
+pub async fn check<B>(
+    gateway: &Arc<Gateway>,
+    req: Request<B>,
+    peer: Peer,
+) -> Result<Response<Body>, Reply> {
     let trusted = peer.trusted;
     // Judge the original request: its method and URI, with this request's credentials
     // (its headers are reused as they are, not copied).
@@ -58,11 +62,11 @@ pub async fn check<B>(gateway: &Arc<Gateway>, req: Request<B>, peer: Peer) -> Re
             Ok(original) => original,
             Err(reason) => {
                 tracing::debug!(reason, "forward auth: original request refused");
-                return Halt::BadRequest(reason).into_response();
+                return Err(Reply::BadRequest(reason));
             }
         };
         let Ok(path) = normalize_path(uri.path()) else {
-            return Halt::BadRequest("Bad request: path not accepted").into_response();
+            return Err(Reply::BadRequest("Bad request: path not accepted"));
         };
         let path = path.into_owned();
         (parts.method, parts.uri) = (method, uri);
@@ -75,18 +79,18 @@ pub async fn check<B>(gateway: &Arc<Gateway>, req: Request<B>, peer: Peer) -> Re
     match route.rule.policy {
         Policy::Deny => {
             gateway.metrics.decision(route.id, Decision::Deny);
-            return Halt::Deny.into_response();
+            return Err(Reply::Deny);
         }
         Policy::Public => {
             gateway.metrics.decision(route.id, Decision::Allow);
-            return accepted(HeaderMap::new());
+            return Ok(accepted(HeaderMap::new()));
         }
         // As the gateway would forward it: without identity (contract Details 26).
         Policy::Authenticated
             if route.rule.preflight == Preflight::Forward && is_preflight(&original) =>
         {
             gateway.metrics.decision(route.id, Decision::Allow);
-            return accepted(HeaderMap::new());
+            return Ok(accepted(HeaderMap::new()));
         }
         Policy::Authenticated => {}
     }
@@ -94,36 +98,28 @@ pub async fn check<B>(gateway: &Arc<Gateway>, req: Request<B>, peer: Peer) -> Re
         BearerMode::Passthrough => headers::bearer_token(original.headers()),
         BearerMode::Off => None,
     };
-    let auth = match gateway.authenticate(&original, route, offered, &path).await {
-        Ok(auth) => auth,
-        Err(mut halt) => {
-            // A proxy turns our 401 into a login redirect itself: never answer 302 here.
-            if let Halt::Unauthenticated { redirect, .. } = &mut halt {
-                *redirect = false;
-            }
-            return halt.into_response();
-        }
-    };
+    // A proxy turns our 401 into a login redirect itself: never answer 302 here.
+    let auth = (gateway)
+        .authenticate(&original, route, offered, &path, Navigation::Never)
+        .await?;
     if let Err(refusal) = route.authorize(auth.identity().groups(), auth.identity().claims()) {
         gateway.metrics.decision(route.id, Decision::Forbid);
-        return response::text(StatusCode::FORBIDDEN, refusal.message());
+        return Err(refusal.into());
     }
     gateway.metrics.decision(route.id, Decision::Allow);
     let mut vouched = HeaderMap::new();
-    if let Err(halt) = gateway.vouch(&mut vouched, &auth, route) {
-        return halt.into_response();
-    }
+    gateway.vouch(&mut vouched, &auth, route)?;
     if !trusted {
         // Only a proxy needs the token. Anyone else calling this directly is most likely a
         // script in the app's own pages (same origin, so it can read response headers):
         // handing it the access token would turn an XSS into token theft.
         vouched.remove(AUTHORIZATION);
     }
-    accepted(vouched)
+    Ok(accepted(vouched))
 }
 
 fn accepted(headers: HeaderMap) -> Response<Body> {
-    let mut response = response::text(StatusCode::ACCEPTED, "ok");
+    let mut response = reply::text(StatusCode::ACCEPTED, "ok");
     response.headers_mut().extend(headers);
     response.headers_mut().remove(SET_COOKIE);
     response

@@ -7,21 +7,23 @@
 use std::sync::Arc;
 
 use http::header::SET_COOKIE;
-use http::{Request, Response, StatusCode};
+use http::{Request, Response};
 
 use super::query_param;
 use crate::gateway::Gateway;
 use crate::logging::log_safe;
 use crate::login::{Logins, PendingLogin};
+use crate::oidc::flows::LoginError;
 use crate::proxy::Body;
 use crate::redirect::SafeRedirect;
-use crate::response::{self, html_page};
+use crate::reply::{self, Reply, Unavailable};
 use crate::session::{ResourceToken, Session, Tokens, unix_now};
 
-pub async fn start<B>(gateway: &Arc<Gateway>, req: &Request<B>) -> Response<Body> {
-    let Some(provider) = gateway.oidc.provider() else {
-        return response::unavailable(5);
-    };
+pub async fn start<B>(gateway: &Arc<Gateway>, req: &Request<B>) -> Result<Response<Body>, Reply> {
+    let provider = gateway
+        .oidc
+        .provider()
+        .ok_or(Unavailable::ProviderNotReady)?;
     let rd = query_param(req.uri(), "rd").unwrap_or_else(|| "/".into());
     let auth = gateway.oidc.authorize(&provider);
     let pending = PendingLogin {
@@ -33,19 +35,22 @@ pub async fn start<B>(gateway: &Arc<Gateway>, req: &Request<B>) -> Response<Body
     // Nothing is stored here: the browser carries the sealed login (see `crate::login`).
     let Some(cookies) = gateway.logins.begin(req.headers(), &pending) else {
         tracing::error!("could not seal a pending login");
-        return response::unavailable(1);
+        return Err(Unavailable::LoginNotSealed.into());
     };
-    let mut response = response::found(auth.url.as_str());
+    let mut response = reply::found(auth.url.as_str());
     for cookie in cookies {
         response.headers_mut().append(SET_COOKIE, cookie);
     }
-    response
+    Ok(response)
 }
 
 /// The provider's redirect back. The browser binding is checked before anything is consumed
 /// (contract Details 31): a callback replayed from another browser is refused and leaves the
 /// user's own login intact.
-pub async fn callback<B>(gateway: &Arc<Gateway>, req: &Request<B>) -> Response<Body> {
+pub async fn callback<B>(
+    gateway: &Arc<Gateway>,
+    req: &Request<B>,
+) -> Result<Response<Body>, Reply> {
     let uri = req.uri();
     let logins = &gateway.logins;
     let state = query_param(uri, "state");
@@ -58,26 +63,24 @@ pub async fn callback<B>(gateway: &Arc<Gateway>, req: &Request<B>) -> Response<B
             "provider returned a login error"
         );
         // Its code only, never its free text: the page is on our origin.
-        let page = login_failed(provider_error(&error));
+        let page = Err(Reply::LoginFailed(provider_error(&error)));
         return finished(page, pending.as_ref(), logins);
     }
     let (Some(state), Some(code)) = (state, query_param(uri, "code")) else {
-        return login_failed("The login response is incomplete.");
+        return Err(Reply::LoginFailed("The login response is incomplete."));
     };
     let Some(pending) = pending else {
-        return login_failed(
+        return Err(Reply::LoginFailed(
             "This login has expired, was already used, or was started in another browser.",
-        );
+        ));
     };
+    let used_up = || Err(Reply::LoginFailed("This login was already used."));
     match logins.was_used(&state).await {
         Ok(false) => {}
-        Ok(true) => {
-            let page = login_failed("This login was already used.");
-            return finished(page, Some(&pending), logins);
-        }
+        Ok(true) => return finished(used_up(), Some(&pending), logins),
         Err(e) => {
             tracing::warn!(error = %log_safe(&e), "could not check a login's state");
-            return response::unavailable(1);
+            return Err(e.into());
         }
     }
     let tokens = match gateway
@@ -86,10 +89,12 @@ pub async fn callback<B>(gateway: &Arc<Gateway>, req: &Request<B>) -> Response<B
         .await
     {
         Ok(tokens) => tokens,
-        Err(crate::oidc::flows::LoginError::NotReady) => return response::unavailable(5),
+        Err(LoginError::NotReady) => return Err(Unavailable::ProviderNotReady.into()),
         Err(e) => {
             tracing::warn!(error = %log_safe(&e), "login failed");
-            let page = login_failed("The identity provider's answer could not be accepted.");
+            let page = Err(Reply::LoginFailed(
+                "The identity provider's answer could not be accepted.",
+            ));
             return finished(page, Some(&pending), logins);
         }
     };
@@ -98,19 +103,18 @@ pub async fn callback<B>(gateway: &Arc<Gateway>, req: &Request<B>) -> Response<B
         claims.and_then(|c| gateway.rules.identity(c)),
         Tokens::bearer_value(&tokens.access_token),
     ) else {
-        let page = login_failed("The identity provider's answer lacks a user or a usable token.");
+        let page = Err(Reply::LoginFailed(
+            "The identity provider's answer lacks a user or a usable token.",
+        ));
         return finished(page, Some(&pending), logins);
     };
     // Single use, on every replica: only a login that got this far is recorded.
     match logins.mark_used(&state).await {
         Ok(true) => {}
-        Ok(false) => {
-            let page = login_failed("This login was already used.");
-            return finished(page, Some(&pending), logins);
-        }
+        Ok(false) => return finished(used_up(), Some(&pending), logins),
         Err(e) => {
             tracing::warn!(error = %log_safe(&e), "could not record a login's state as used");
-            return response::unavailable(1);
+            return Err(e.into());
         }
     }
     let session = Session {
@@ -125,20 +129,26 @@ pub async fn callback<B>(gateway: &Arc<Gateway>, req: &Request<B>) -> Response<B
         login_at: unix_now(),
         backoff: None,
     };
-    let response = create_session(gateway, req, session, pending.landing.as_str()).await;
-    finished(response, Some(&pending), logins)
+    let result = create_session(gateway, req, session, pending.landing.as_str()).await;
+    finished(result, Some(&pending), logins)
 }
 
-/// `response`, clearing the login cookie of `pending` (a login the callback has used up).
+/// `result`, clearing the login cookie of `pending` (a login the callback has used up).
 fn finished(
-    mut response: Response<Body>,
+    result: Result<Response<Body>, Reply>,
     pending: Option<&PendingLogin>,
     logins: &Logins,
-) -> Response<Body> {
-    if let Some(clear) = pending.and_then(|p| logins.clear_for(&p.state)) {
-        response.headers_mut().append(SET_COOKIE, clear);
+) -> Result<Response<Body>, Reply> {
+    let clear = pending.and_then(|p| logins.clear_for(&p.state));
+    match result {
+        Ok(mut response) => {
+            if let Some(clear) = clear {
+                response.headers_mut().append(SET_COOKIE, clear);
+            }
+            Ok(response)
+        }
+        Err(reply) => Err(reply.clearing(clear)),
     }
-    response
 }
 
 /// Store the session under a NEW id (no session fixation), drop any previous one, set the
@@ -148,23 +158,23 @@ async fn create_session<B>(
     req: &Request<B>,
     session: Session,
     landing: &str,
-) -> Response<Body> {
+) -> Result<Response<Body>, Reply> {
     let sub = session.identity.sub().to_owned();
     let cookie = match gateway.sessions.create(session).await {
         Ok(cookie) => cookie,
         Err(e) => {
             tracing::error!(error = %log_safe(&e), "could not store the new session");
-            return response::unavailable(2);
+            return Err(Unavailable::SessionNotSaved(e).into());
         }
     };
     // Best effort: the previous session is unreachable once its cookie is replaced.
     let _ = gateway.sessions.discard(req.headers()).await;
     tracing::info!(sub = %log_safe(&sub), "login succeeded");
-    let mut response = response::found(landing);
+    let mut response = reply::found(landing);
     if let Some(cookie) = cookie {
         response.headers_mut().append(SET_COOKIE, cookie);
     }
-    response
+    Ok(response)
 }
 
 /// The page for a provider's `error` code: a short sentence for the codes of RFC 6749 section
@@ -196,13 +206,4 @@ fn provider_error(code: &str) -> &'static str {
         "consent_required" => "The identity provider needs your consent (consent_required).",
         _ => "Login failed.",
     }
-}
-
-fn login_failed(message: &str) -> Response<Body> {
-    html_page(
-        StatusCode::BAD_REQUEST,
-        "Login failed",
-        message,
-        Some(("/oauth2/start", "Try again")),
-    )
 }

@@ -7,7 +7,7 @@ use http::header::SET_COOKIE;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 
 use super::query_param;
 use crate::gateway::Gateway;
@@ -15,7 +15,7 @@ use crate::logging::log_safe;
 use crate::oidc::jwt::{self, JwtError};
 use crate::proxy::Body;
 use crate::redirect::SafeRedirect;
-use crate::response;
+use crate::reply::{self, Reply};
 use crate::session::{Marker, SessionStore, unix_now};
 
 /// The OpenID Back-Channel Logout event (section 2.4).
@@ -31,7 +31,10 @@ const REPLAY_MEMORY: Duration = Duration::from_secs(MAX_AGE_SECS + 2 * LEEWAY_SE
 
 /// Delete the session, revoke its refresh token (RFC 7009: Logto's end-session does not revoke
 /// `offline_access` grants), then log out at the provider (contract Details 13).
-pub async fn sign_out<B>(gateway: &Arc<Gateway>, req: &Request<B>) -> Response<Body> {
+pub async fn sign_out<B>(
+    gateway: &Arc<Gateway>,
+    req: &Request<B>,
+) -> Result<Response<Body>, Reply> {
     // A store that cannot be read or written is answered 503: telling the user "signed out"
     // (and clearing the cookie) while the session lives on would be a lie, and the session
     // could still be used with a copy of the cookie. The user can simply try again.
@@ -39,7 +42,7 @@ pub async fn sign_out<B>(gateway: &Arc<Gateway>, req: &Request<B>) -> Response<B
         Ok(session) => session,
         Err(e) => {
             tracing::warn!(error = %log_safe(&e), "could not end the session at sign-out");
-            return response::unavailable(1);
+            return Err(e.into());
         }
     };
     let mut target = None;
@@ -59,11 +62,11 @@ pub async fn sign_out<B>(gateway: &Arc<Gateway>, req: &Request<B>) -> Response<B
             .as_str()
             .to_owned()
     });
-    let mut response = response::found(&target);
+    let mut response = reply::found(&target);
     response
         .headers_mut()
         .append(SET_COOKIE, gateway.sessions.clear_cookie());
-    response
+    Ok(response)
 }
 
 /// Receive a `logout_token` and end the sessions of its `sid` (or of its `sub`).
@@ -73,45 +76,48 @@ pub async fn sign_out<B>(gateway: &Arc<Gateway>, req: &Request<B>) -> Response<B
 /// replica). The sessions are ended first and the `jti` remembered after, so that a store
 /// failure in between answers 503 and the provider's retry is still honoured; a duplicate
 /// that races the first one only ends the same sessions again.
-pub async fn backchannel(gateway: &Arc<Gateway>, req: Request<Incoming>) -> Response<Body> {
+pub async fn backchannel(
+    gateway: &Arc<Gateway>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Reply> {
     let Some(token) = read_logout_token(req).await else {
-        return invalid_request("missing logout_token");
+        return Err(Reply::InvalidLogoutRequest("missing logout_token"));
     };
     let logout = match verify_logout_token(gateway, &token).await {
         Ok(logout) => logout,
         Err(reason) => {
             tracing::info!(reason = %log_safe(reason), "back-channel logout token rejected");
-            return invalid_request(reason);
+            return Err(Reply::InvalidLogoutRequest(reason));
         }
     };
     match gateway.store.is_claimed(&logout.once).await {
         Ok(false) => {}
         Ok(true) => {
             tracing::info!("back-channel logout token replayed: rejected");
-            return invalid_request("logout token already used");
+            return Err(Reply::InvalidLogoutRequest("logout token already used"));
         }
         Err(e) => {
             tracing::warn!(error = %e, "back-channel logout could not reach the store");
-            return response::unavailable(1);
+            return Err(e.into());
         }
     }
     let (sid, sub) = (logout.sid.as_deref(), logout.sub.as_deref());
     if let Err(e) = gateway.store.delete_matching(sid, sub).await {
         tracing::warn!(error = %log_safe(&e), "back-channel logout could not reach the store");
-        return response::unavailable(1);
+        return Err(e.into());
     }
     if let Err(e) = gateway.store.claim_once(&logout.once, REPLAY_MEMORY).await {
         tracing::warn!(error = %log_safe(&e), "back-channel logout token could not be remembered");
-        return response::unavailable(1);
+        return Err(e.into());
     }
     tracing::info!(
         sid = %log_safe(sid.unwrap_or("-")),
         sub = %log_safe(sub.unwrap_or("-")),
         "back-channel logout"
     );
-    let mut ok = response::text(StatusCode::OK, "ok");
+    let mut ok = reply::text(StatusCode::OK, "ok");
     ok.headers_mut().remove(http::header::CONTENT_TYPE);
-    ok
+    Ok(ok)
 }
 
 async fn read_logout_token(req: Request<Incoming>) -> Option<String> {
@@ -236,13 +242,6 @@ fn single_use_id(issuer: &str, jti: &str) -> [u8; 32] {
         hash.update(part.as_bytes());
     }
     hash.finalize().into()
-}
-
-fn invalid_request(description: &str) -> Response<Body> {
-    response::json(
-        StatusCode::BAD_REQUEST,
-        &json!({"error": "invalid_request", "error_description": description}),
-    )
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use hyper::body::Incoming;
 use crate::gateway::Gateway;
 use crate::headers::Peer;
 use crate::proxy::Body;
-use crate::response;
+use crate::reply::Reply;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Builtin {
@@ -72,18 +72,19 @@ impl Builtin {
     }
 }
 
+/// The answer of a built-in endpoint, or why it refuses (answered by the gateway's rescue).
 pub async fn answer(
     gateway: &Arc<Gateway>,
     builtin: Builtin,
     req: Request<Incoming>,
     peer: Peer,
-) -> Response<Body> {
+) -> Result<Response<Body>, Reply> {
     let method = req.method();
     let read_only = method == Method::GET || method == Method::HEAD;
     match builtin {
-        Builtin::Healthz => status::healthz(),
+        Builtin::Healthz => Ok(status::healthz()),
         Builtin::Readyz => status::readyz(gateway).await,
-        Builtin::Metrics => status::metrics(gateway),
+        Builtin::Metrics => Ok(status::metrics(gateway)),
         Builtin::Start if read_only => login::start(gateway, &req).await,
         Builtin::Callback if read_only => login::callback(gateway, &req).await,
         Builtin::SignOut if read_only || method == Method::POST => {
@@ -94,8 +95,8 @@ pub async fn answer(
         }
         Builtin::Userinfo if read_only => status::userinfo(gateway, &req).await,
         Builtin::Auth => auth::check(gateway, req, peer).await,
-        Builtin::UnknownOauth2 => response::not_found(),
-        _ => response::method_not_allowed(),
+        Builtin::UnknownOauth2 => Err(Reply::NotFound),
+        _ => Err(Reply::MethodNotAllowed),
     }
 }
 
@@ -124,7 +125,7 @@ impl crate::server::Handler for MetricsOnly {
         match req.uri().path() {
             "/metrics" => status::metrics(&self.0),
             "/healthz" => status::healthz(),
-            _ => response::not_found(),
+            _ => Reply::NotFound.into_response(),
         }
     }
 }

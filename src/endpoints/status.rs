@@ -9,28 +9,21 @@ use serde_json::json;
 
 use crate::gateway::Gateway;
 use crate::proxy::Body;
-use crate::response;
+use crate::reply::{self, Reply, Unavailable};
 use crate::session::{Lookup, SessionStore, unix_now};
 
 pub fn healthz() -> Response<Body> {
-    response::text(StatusCode::OK, "ok")
+    reply::text(StatusCode::OK, "ok")
 }
 
 /// Ready once discovery has succeeded and the session store answers.
-pub async fn readyz(gateway: &Gateway) -> Response<Body> {
+pub async fn readyz(gateway: &Gateway) -> Result<Response<Body>, Reply> {
     let provider = gateway.oidc.is_ready();
     let store = gateway.store.ready().await;
     if provider && store {
-        response::text(StatusCode::OK, "ready")
+        Ok(reply::text(StatusCode::OK, "ready"))
     } else {
-        let mut not_ready = response::text(
-            StatusCode::SERVICE_UNAVAILABLE,
-            &format!("not ready: provider discovered={provider}, session store answering={store}"),
-        );
-        not_ready
-            .headers_mut()
-            .insert(http::header::RETRY_AFTER, HeaderValue::from_static("5"));
-        not_ready
+        Err(Unavailable::NotReady { provider, store }.into())
     }
 }
 
@@ -100,18 +93,20 @@ pub fn metrics(gateway: &Gateway) -> Response<Body> {
 }
 
 /// The session's identity and expiries (contract Details 11). Never a token.
-pub async fn userinfo<B>(gateway: &Arc<Gateway>, req: &Request<B>) -> Response<Body> {
-    let session = match gateway.sessions.lookup(req.headers()).await {
-        Ok(Lookup::Live(_, session)) => session,
-        Ok(Lookup::Gone(_) | Lookup::NoCookie) => {
-            return response::unauthorized(&gateway.login_url("/"), None);
+pub async fn userinfo<B>(
+    gateway: &Arc<Gateway>,
+    req: &Request<B>,
+) -> Result<Response<Body>, Reply> {
+    let session = match gateway.sessions.lookup(req.headers()).await? {
+        Lookup::Live(_, session) => session,
+        Lookup::Gone(_) | Lookup::NoCookie => {
+            return Err(Reply::unauthenticated(gateway.login_url("/"), false, None));
         }
-        Err(_) => return response::unavailable(1),
     };
     // This request just reset the idle timer.
     let session_expires_at = gateway.sessions.expires_at(&session, unix_now());
     let id = &session.identity;
-    response::json(
+    Ok(reply::json(
         StatusCode::OK,
         &json!({
             "sub": id.sub(),
@@ -121,5 +116,5 @@ pub async fn userinfo<B>(gateway: &Arc<Gateway>, req: &Request<B>) -> Response<B
             "access_token_expires_at": session.tokens.access_expires_at,
             "session_expires_at": session_expires_at,
         }),
-    )
+    ))
 }

@@ -36,7 +36,7 @@ pub use conn::{ConnectError, PoolBusy, ReturnOnEnd};
 /// The body of a response streamed back from the upstream.
 pub type UpstreamBody = IdleTimeoutBody<ReturnOnEnd<Incoming>>;
 
-/// Why a request could not be forwarded. Mapped to 502/504 in `response.rs`.
+/// Why a request could not be forwarded. Answered 502/504 (503 when busy) by `reply`.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
     #[error("upstream did not answer within {0:?}")]
