@@ -9,7 +9,7 @@
 //! rewrite -> upstream. [`serve`] runs the whole gateway on a listener, so tests run it
 //! in-process.
 
-pub mod bearer;
+pub mod auth;
 pub mod claims;
 pub mod config;
 pub mod cookie;
@@ -117,7 +117,7 @@ pub async fn serve_gateway(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), StartupError> {
-    let server_cfg = gateway.cfg.server.clone();
+    let server_cfg = gateway.server_config().clone();
     let tls = match &server_cfg.tls {
         Some(files) => Some(tokio_rustls::TlsAcceptor::from(tls::server_config(
             &files.cert,
@@ -133,10 +133,10 @@ pub async fn serve_gateway(
         ),
         None => None,
     };
-    let discovery = tokio::spawn(gateway.oidc.clone().discover_until_ready());
+    let discovery = tokio::spawn(gateway.oidc().clone().discover_until_ready());
     let (stop_tx, stop_rx) = watch::channel(false);
     let metrics_task = metrics_listener.map(|listener| {
-        let handler = Arc::new(endpoints::MetricsOnly(gateway.clone()));
+        let handler = Arc::new(gateway.metrics_only());
         let cfg = server_cfg.clone();
         let mut stop = stop_rx.clone();
         tokio::spawn(async move {
@@ -146,7 +146,7 @@ pub async fn serve_gateway(
             server::run(handler, listener, None, &cfg, Arc::default(), stopped).await;
         })
     });
-    let stats = gateway.connections.clone();
+    let stats = gateway.connections().clone();
     server::run(gateway, listener, tls, &server_cfg, stats, shutdown).await;
     let _ = stop_tx.send(true);
     if let Some(task) = metrics_task {

@@ -9,128 +9,178 @@ use std::sync::Arc;
 use http::header::SET_COOKIE;
 use http::{Request, Response};
 
-use super::query_param;
-use crate::gateway::Gateway;
+use url::Url;
+
+use super::{Shared, query_param};
+use crate::config::Config;
 use crate::logging::log_safe;
 use crate::login::{Logins, PendingLogin};
+use crate::oidc::Oidc;
 use crate::oidc::flows::LoginError;
 use crate::proxy::Body;
 use crate::redirect::SafeRedirect;
 use crate::reply::{self, Reply, Unavailable};
-use crate::session::{ResourceToken, Session, Tokens, unix_now};
+use crate::session::identity::IdentityRules;
+use crate::session::{ResourceToken, Session, Sessions, Tokens, unix_now};
 
-pub async fn start<B>(gateway: &Arc<Gateway>, req: &Request<B>) -> Result<Response<Body>, Reply> {
-    let provider = gateway
-        .oidc
-        .provider()
-        .ok_or(Unavailable::ProviderNotReady)?;
-    let rd = query_param(req.uri(), "rd").unwrap_or_else(|| "/".into());
-    let auth = gateway.oidc.authorize(&provider);
-    let pending = PendingLogin {
-        state: auth.state,
-        nonce: auth.nonce,
-        pkce_verifier: auth.pkce_verifier,
-        landing: SafeRedirect::parse(&rd, &gateway.cfg.server.public_url),
-    };
-    // Nothing is stored here: the browser carries the sealed login (see `crate::login`).
-    let Some(cookies) = gateway.logins.begin(req.headers(), &pending) else {
-        tracing::error!("could not seal a pending login");
-        return Err(Unavailable::LoginNotSealed.into());
-    };
-    let mut response = reply::found(auth.url.as_str());
-    for cookie in cookies {
-        response.headers_mut().append(SET_COOKIE, cookie);
-    }
-    Ok(response)
+/// What `/oauth2/start` and the callback need: the provider, the login cookies, the
+/// sessions, the identity rules, where to land.
+pub struct Login {
+    oidc: Arc<Oidc>,
+    logins: Arc<Logins>,
+    sessions: Arc<Sessions>,
+    identities: Arc<IdentityRules>,
+    public_url: Url,
 }
 
-/// The provider's redirect back. The browser binding is checked before anything is consumed
-/// (contract Details 31): a callback replayed from another browser is refused and leaves the
-/// user's own login intact.
-pub async fn callback<B>(
-    gateway: &Arc<Gateway>,
-    req: &Request<B>,
-) -> Result<Response<Body>, Reply> {
-    let uri = req.uri();
-    let logins = &gateway.logins;
-    let state = query_param(uri, "state");
-    // The login this browser started with this state, if any (a read: nothing consumed).
-    let pending = state.as_deref().and_then(|s| logins.find(req.headers(), s));
-    if let Some(error) = query_param(uri, "error") {
-        let detail = query_param(uri, "error_description").unwrap_or_default();
-        tracing::info!(
-            error = %log_safe(&error), detail = %log_safe(&detail),
-            "provider returned a login error"
-        );
-        // Its code only, never its free text: the page is on our origin.
-        let page = Err(Reply::LoginFailed(provider_error(&error)));
-        return finished(page, pending.as_ref(), logins);
-    }
-    let (Some(state), Some(code)) = (state, query_param(uri, "code")) else {
-        return Err(Reply::LoginFailed("The login response is incomplete."));
-    };
-    let Some(pending) = pending else {
-        return Err(Reply::LoginFailed(
-            "This login has expired, was already used, or was started in another browser.",
-        ));
-    };
-    let used_up = || Err(Reply::LoginFailed("This login was already used."));
-    match logins.was_used(&state).await {
-        Ok(false) => {}
-        Ok(true) => return finished(used_up(), Some(&pending), logins),
-        Err(e) => {
-            tracing::warn!(error = %log_safe(&e), "could not check a login's state");
-            return Err(e.into());
+// === impl Login ===
+
+impl Login {
+    pub fn new(cfg: &Config, shared: &Shared) -> Self {
+        Login {
+            oidc: shared.oidc.clone(),
+            logins: shared.logins.clone(),
+            sessions: shared.sessions.clone(),
+            identities: shared.identities.clone(),
+            public_url: cfg.server.public_url.clone(),
         }
     }
-    let tokens = match gateway
-        .oidc
-        .exchange_code(&code, &pending.pkce_verifier, &pending.nonce)
-        .await
-    {
-        Ok(tokens) => tokens,
-        Err(LoginError::NotReady) => return Err(Unavailable::ProviderNotReady.into()),
-        Err(e) => {
-            tracing::warn!(error = %log_safe(&e), "login failed");
+
+    pub async fn start<B>(&self, req: &Request<B>) -> Result<Response<Body>, Reply> {
+        let provider = self.oidc.provider().ok_or(Unavailable::ProviderNotReady)?;
+        let rd = query_param(req.uri(), "rd").unwrap_or_else(|| "/".into());
+        let auth = self.oidc.authorize(&provider);
+        let pending = PendingLogin {
+            state: auth.state,
+            nonce: auth.nonce,
+            pkce_verifier: auth.pkce_verifier,
+            landing: SafeRedirect::parse(&rd, &self.public_url),
+        };
+        // Nothing is stored here: the browser carries the sealed login (see `crate::login`).
+        let Some(cookies) = self.logins.begin(req.headers(), &pending) else {
+            tracing::error!("could not seal a pending login");
+            return Err(Unavailable::LoginNotSealed.into());
+        };
+        let mut response = reply::found(auth.url.as_str());
+        for cookie in cookies {
+            response.headers_mut().append(SET_COOKIE, cookie);
+        }
+        Ok(response)
+    }
+
+    /// The provider's redirect back. The browser binding is checked before anything is consumed
+    /// (contract Details 31): a callback replayed from another browser is refused and leaves the
+    /// user's own login intact.
+    pub async fn callback<B>(&self, req: &Request<B>) -> Result<Response<Body>, Reply> {
+        let uri = req.uri();
+        let logins = &*self.logins;
+        let state = query_param(uri, "state");
+        // The login this browser started with this state, if any (a read: nothing consumed).
+        let pending = state.as_deref().and_then(|s| logins.find(req.headers(), s));
+        if let Some(error) = query_param(uri, "error") {
+            let detail = query_param(uri, "error_description").unwrap_or_default();
+            tracing::info!(
+                error = %log_safe(&error), detail = %log_safe(&detail),
+                "provider returned a login error"
+            );
+            // Its code only, never its free text: the page is on our origin.
+            let page = Err(Reply::LoginFailed(provider_error(&error)));
+            return finished(page, pending.as_ref(), logins);
+        }
+        let (Some(state), Some(code)) = (state, query_param(uri, "code")) else {
+            return Err(Reply::LoginFailed("The login response is incomplete."));
+        };
+        let Some(pending) = pending else {
+            return Err(Reply::LoginFailed(
+                "This login has expired, was already used, or was started in another browser.",
+            ));
+        };
+        let used_up = || Err(Reply::LoginFailed("This login was already used."));
+        match logins.was_used(&state).await {
+            Ok(false) => {}
+            Ok(true) => return finished(used_up(), Some(&pending), logins),
+            Err(e) => {
+                tracing::warn!(error = %log_safe(&e), "could not check a login's state");
+                return Err(e.into());
+            }
+        }
+        let tokens = match self
+            .oidc
+            .exchange_code(&code, &pending.pkce_verifier, &pending.nonce)
+            .await
+        {
+            Ok(tokens) => tokens,
+            Err(LoginError::NotReady) => return Err(Unavailable::ProviderNotReady.into()),
+            Err(e) => {
+                tracing::warn!(error = %log_safe(&e), "login failed");
+                let page = Err(Reply::LoginFailed(
+                    "The identity provider's answer could not be accepted.",
+                ));
+                return finished(page, Some(&pending), logins);
+            }
+        };
+        let claims = tokens.claims.as_ref();
+        let (Some(identity), Some(bearer)) = (
+            claims.and_then(|c| self.identities.identity(c)),
+            Tokens::bearer_value(&tokens.access_token),
+        ) else {
             let page = Err(Reply::LoginFailed(
-                "The identity provider's answer could not be accepted.",
+                "The identity provider's answer lacks a user or a usable token.",
             ));
             return finished(page, Some(&pending), logins);
+        };
+        // Single use, on every replica: only a login that got this far is recorded.
+        match logins.mark_used(&state).await {
+            Ok(true) => {}
+            Ok(false) => return finished(used_up(), Some(&pending), logins),
+            Err(e) => {
+                tracing::warn!(error = %log_safe(&e), "could not record a login's state as used");
+                return Err(e.into());
+            }
         }
-    };
-    let claims = tokens.claims.as_ref();
-    let (Some(identity), Some(bearer)) = (
-        claims.and_then(|c| gateway.rules.identity(c)),
-        Tokens::bearer_value(&tokens.access_token),
-    ) else {
-        let page = Err(Reply::LoginFailed(
-            "The identity provider's answer lacks a user or a usable token.",
-        ));
-        return finished(page, Some(&pending), logins);
-    };
-    // Single use, on every replica: only a login that got this far is recorded.
-    match logins.mark_used(&state).await {
-        Ok(true) => {}
-        Ok(false) => return finished(used_up(), Some(&pending), logins),
-        Err(e) => {
-            tracing::warn!(error = %log_safe(&e), "could not record a login's state as used");
-            return Err(e.into());
-        }
+        let session = Session {
+            tokens: Tokens {
+                bearer,
+                access_expires_at: tokens.access_expires_at,
+                refresh_token: tokens.refresh_token.map(Into::into),
+                id_token: tokens.id_token.map(Into::into),
+                more: ResourceToken::merge(tokens.more, &[]),
+            },
+            identity: Arc::new(identity),
+            login_at: unix_now(),
+            backoff: None,
+        };
+        let result = self
+            .create_session(req, session, pending.landing.as_str())
+            .await;
+        finished(result, Some(&pending), logins)
     }
-    let session = Session {
-        tokens: Tokens {
-            bearer,
-            access_expires_at: tokens.access_expires_at,
-            refresh_token: tokens.refresh_token.map(Into::into),
-            id_token: tokens.id_token.map(Into::into),
-            more: ResourceToken::merge(tokens.more, &[]),
-        },
-        identity: Arc::new(identity),
-        login_at: unix_now(),
-        backoff: None,
-    };
-    let result = create_session(gateway, req, session, pending.landing.as_str()).await;
-    finished(result, Some(&pending), logins)
+
+    /// Store the session under a NEW id (no session fixation), drop any previous one, set the
+    /// cookie and land on the original page.
+    async fn create_session<B>(
+        &self,
+        req: &Request<B>,
+        session: Session,
+        landing: &str,
+    ) -> Result<Response<Body>, Reply> {
+        let sub = session.identity.sub().to_owned();
+        let cookie = match self.sessions.create(session).await {
+            Ok(cookie) => cookie,
+            Err(e) => {
+                tracing::error!(error = %log_safe(&e), "could not store the new session");
+                return Err(Unavailable::SessionNotSaved(e).into());
+            }
+        };
+        // Best effort: the previous session is unreachable once its cookie is replaced.
+        let _ = self.sessions.discard(req.headers()).await;
+        tracing::info!(sub = %log_safe(&sub), "login succeeded");
+        let mut response = reply::found(landing);
+        if let Some(cookie) = cookie {
+            response.headers_mut().append(SET_COOKIE, cookie);
+        }
+        Ok(response)
+    }
 }
 
 /// `result`, clearing the login cookie of `pending` (a login the callback has used up).
@@ -149,32 +199,6 @@ fn finished(
         }
         Err(reply) => Err(reply.clearing(clear)),
     }
-}
-
-/// Store the session under a NEW id (no session fixation), drop any previous one, set the
-/// cookie and land on the original page.
-async fn create_session<B>(
-    gateway: &Arc<Gateway>,
-    req: &Request<B>,
-    session: Session,
-    landing: &str,
-) -> Result<Response<Body>, Reply> {
-    let sub = session.identity.sub().to_owned();
-    let cookie = match gateway.sessions.create(session).await {
-        Ok(cookie) => cookie,
-        Err(e) => {
-            tracing::error!(error = %log_safe(&e), "could not store the new session");
-            return Err(Unavailable::SessionNotSaved(e).into());
-        }
-    };
-    // Best effort: the previous session is unreachable once its cookie is replaced.
-    let _ = gateway.sessions.discard(req.headers()).await;
-    tracing::info!(sub = %log_safe(&sub), "login succeeded");
-    let mut response = reply::found(landing);
-    if let Some(cookie) = cookie {
-        response.headers_mut().append(SET_COOKIE, cookie);
-    }
-    Ok(response)
 }
 
 /// The page for a provider's `error` code: a short sentence for the codes of RFC 6749 section

@@ -9,14 +9,17 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde_json::{Map, Value};
 
-use super::query_param;
-use crate::gateway::Gateway;
+use url::Url;
+
+use super::{Shared, query_param};
+use crate::config::Config;
 use crate::logging::log_safe;
+use crate::oidc::Oidc;
 use crate::oidc::jwt::{self, JwtError};
 use crate::proxy::Body;
 use crate::redirect::SafeRedirect;
 use crate::reply::{self, Reply};
-use crate::session::{Marker, SessionStore, unix_now};
+use crate::session::{Marker, SessionStore, Sessions, unix_now};
 
 /// The OpenID Back-Channel Logout event (section 2.4).
 const BACKCHANNEL_EVENT: &str = "http://schemas.openid.net/event/backchannel-logout";
@@ -29,95 +32,114 @@ const MAX_AGE_SECS: u64 = 600;
 /// acceptable `iat` is now + leeway at first use; it stays acceptable for the age + leeway).
 const REPLAY_MEMORY: Duration = Duration::from_secs(MAX_AGE_SECS + 2 * LEEWAY_SECS);
 
-/// Delete the session, revoke its refresh token (RFC 7009: Logto's end-session does not revoke
-/// `offline_access` grants), then log out at the provider (contract Details 13).
-pub async fn sign_out<B>(
-    gateway: &Arc<Gateway>,
-    req: &Request<B>,
-) -> Result<Response<Body>, Reply> {
-    // A store that cannot be read or written is answered 503: telling the user "signed out"
-    // (and clearing the cookie) while the session lives on would be a lie, and the session
-    // could still be used with a copy of the cookie. The user can simply try again.
-    let session = match gateway.sessions.end(req.headers()).await {
-        Ok(session) => session,
-        Err(e) => {
-            tracing::warn!(error = %log_safe(&e), "could not end the session at sign-out");
-            return Err(e.into());
-        }
-    };
-    let mut target = None;
-    if let Some(session) = &session {
-        tracing::info!(sub = %log_safe(session.identity.sub()), "sign-out");
-        if let Some(refresh_token) = &session.tokens.refresh_token {
-            gateway.oidc.revoke(refresh_token).await;
-        }
-        target = gateway
-            .oidc
-            .end_session_url(session.tokens.id_token.as_deref())
-            .map(String::from);
-    }
-    let target = target.unwrap_or_else(|| {
-        let rd = query_param(req.uri(), "rd").unwrap_or_else(|| "/".into());
-        SafeRedirect::parse(&rd, &gateway.cfg.server.public_url)
-            .as_str()
-            .to_owned()
-    });
-    let mut response = reply::found(&target);
-    response
-        .headers_mut()
-        .append(SET_COOKIE, gateway.sessions.clear_cookie());
-    Ok(response)
+/// What sign-out and back-channel logout need: the sessions, the provider (revocation,
+/// end-session, the logout token's keys), where to land.
+pub struct Logouts {
+    sessions: Arc<Sessions>,
+    oidc: Arc<Oidc>,
+    public_url: Url,
 }
 
-/// Receive a `logout_token` and end the sessions of its `sid` (or of its `sub`).
-///
-/// A token is used once (contract Details 30): its issuer and `jti` are remembered for as
-/// long as its `iat` keeps it acceptable, in the session store (so, with Redis, by every
-/// replica). The sessions are ended first and the `jti` remembered after, so that a store
-/// failure in between answers 503 and the provider's retry is still honoured; a duplicate
-/// that races the first one only ends the same sessions again.
-pub async fn backchannel(
-    gateway: &Arc<Gateway>,
-    req: Request<Incoming>,
-) -> Result<Response<Body>, Reply> {
-    let Some(token) = read_logout_token(req).await else {
-        return Err(Reply::InvalidLogoutRequest("missing logout_token"));
-    };
-    let logout = match verify_logout_token(gateway, &token).await {
-        Ok(logout) => logout,
-        Err(reason) => {
-            tracing::info!(reason = %log_safe(reason), "back-channel logout token rejected");
-            return Err(Reply::InvalidLogoutRequest(reason));
+// === impl Logouts ===
+
+impl Logouts {
+    pub fn new(cfg: &Config, shared: &Shared) -> Self {
+        Logouts {
+            sessions: shared.sessions.clone(),
+            oidc: shared.oidc.clone(),
+            public_url: cfg.server.public_url.clone(),
         }
-    };
-    match gateway.store.is_claimed(&logout.once).await {
-        Ok(false) => {}
-        Ok(true) => {
-            tracing::info!("back-channel logout token replayed: rejected");
-            return Err(Reply::InvalidLogoutRequest("logout token already used"));
+    }
+
+    /// Delete the session, revoke its refresh token (RFC 7009: Logto's end-session does not revoke
+    /// `offline_access` grants), then log out at the provider (contract Details 13).
+    pub async fn sign_out<B>(&self, req: &Request<B>) -> Result<Response<Body>, Reply> {
+        // A store that cannot be read or written is answered 503: telling the user "signed out"
+        // (and clearing the cookie) while the session lives on would be a lie, and the session
+        // could still be used with a copy of the cookie. The user can simply try again.
+        let session = match self.sessions.end(req.headers()).await {
+            Ok(session) => session,
+            Err(e) => {
+                tracing::warn!(error = %log_safe(&e), "could not end the session at sign-out");
+                return Err(e.into());
+            }
+        };
+        let mut target = None;
+        if let Some(session) = &session {
+            tracing::info!(sub = %log_safe(session.identity.sub()), "sign-out");
+            if let Some(refresh_token) = &session.tokens.refresh_token {
+                self.oidc.revoke(refresh_token).await;
+            }
+            target = self
+                .oidc
+                .end_session_url(session.tokens.id_token.as_deref())
+                .map(String::from);
         }
-        Err(e) => {
-            tracing::warn!(error = %e, "back-channel logout could not reach the store");
+        let target = target.unwrap_or_else(|| {
+            let rd = query_param(req.uri(), "rd").unwrap_or_else(|| "/".into());
+            SafeRedirect::parse(&rd, &self.public_url)
+                .as_str()
+                .to_owned()
+        });
+        let mut response = reply::found(&target);
+        response
+            .headers_mut()
+            .append(SET_COOKIE, self.sessions.clear_cookie());
+        Ok(response)
+    }
+
+    /// Receive a `logout_token` and end the sessions of its `sid` (or of its `sub`).
+    ///
+    /// A token is used once (contract Details 30): its issuer and `jti` are remembered for as
+    /// long as its `iat` keeps it acceptable, in the session store (so, with Redis, by every
+    /// replica). The sessions are ended first and the `jti` remembered after, so that a store
+    /// failure in between answers 503 and the provider's retry is still honoured; a duplicate
+    /// that races the first one only ends the same sessions again.
+    pub async fn backchannel(&self, req: Request<Incoming>) -> Result<Response<Body>, Reply> {
+        let Some(token) = read_logout_token(req).await else {
+            return Err(Reply::InvalidLogoutRequest("missing logout_token"));
+        };
+        let logout = match verify_logout_token(&self.oidc, &token).await {
+            Ok(logout) => logout,
+            Err(reason) => {
+                tracing::info!(reason = %log_safe(reason), "back-channel logout token rejected");
+                return Err(Reply::InvalidLogoutRequest(reason));
+            }
+        };
+        match self.sessions.store().is_claimed(&logout.once).await {
+            Ok(false) => {}
+            Ok(true) => {
+                tracing::info!("back-channel logout token replayed: rejected");
+                return Err(Reply::InvalidLogoutRequest("logout token already used"));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "back-channel logout could not reach the store");
+                return Err(e.into());
+            }
+        }
+        let (sid, sub) = (logout.sid.as_deref(), logout.sub.as_deref());
+        if let Err(e) = self.sessions.store().delete_matching(sid, sub).await {
+            tracing::warn!(error = %log_safe(&e), "back-channel logout could not reach the store");
             return Err(e.into());
         }
+        if let Err(e) = self
+            .sessions
+            .store()
+            .claim_once(&logout.once, REPLAY_MEMORY)
+            .await
+        {
+            tracing::warn!(error = %log_safe(&e), "back-channel logout token could not be remembered");
+            return Err(e.into());
+        }
+        tracing::info!(
+            sid = %log_safe(sid.unwrap_or("-")),
+            sub = %log_safe(sub.unwrap_or("-")),
+            "back-channel logout"
+        );
+        let mut ok = reply::text(StatusCode::OK, "ok");
+        ok.headers_mut().remove(http::header::CONTENT_TYPE);
+        Ok(ok)
     }
-    let (sid, sub) = (logout.sid.as_deref(), logout.sub.as_deref());
-    if let Err(e) = gateway.store.delete_matching(sid, sub).await {
-        tracing::warn!(error = %log_safe(&e), "back-channel logout could not reach the store");
-        return Err(e.into());
-    }
-    if let Err(e) = gateway.store.claim_once(&logout.once, REPLAY_MEMORY).await {
-        tracing::warn!(error = %log_safe(&e), "back-channel logout token could not be remembered");
-        return Err(e.into());
-    }
-    tracing::info!(
-        sid = %log_safe(sid.unwrap_or("-")),
-        sub = %log_safe(sub.unwrap_or("-")),
-        "back-channel logout"
-    );
-    let mut ok = reply::text(StatusCode::OK, "ok");
-    ok.headers_mut().remove(http::header::CONTENT_TYPE);
-    Ok(ok)
 }
 
 async fn read_logout_token(req: Request<Incoming>) -> Option<String> {
@@ -142,15 +164,11 @@ struct Logout {
 /// Back-Channel Logout 1.0 section 2.6, plus contract Details 30: signature (no `crit`),
 /// iss, aud, a recent `iat`, a `jti`, the back-channel event as a JSON object, a sid or sub
 /// (strings), and no nonce.
-async fn verify_logout_token(gateway: &Gateway, token: &str) -> Result<Logout, &'static str> {
-    let provider = gateway.oidc.provider().ok_or("provider not available")?;
+async fn verify_logout_token(oidc: &Oidc, token: &str) -> Result<Logout, &'static str> {
+    let provider = oidc.provider().ok_or("provider not available")?;
     let verified = match jwt::verify_signature(token, provider.jwks(), &provider.algorithms) {
         Err(JwtError::UnknownKey) => {
-            let refreshed = gateway
-                .oidc
-                .refetch_jwks()
-                .await
-                .ok_or("unknown signing key")?;
+            let refreshed = oidc.refetch_jwks().await.ok_or("unknown signing key")?;
             jwt::verify_signature(token, refreshed.jwks(), &refreshed.algorithms)
         }
         other => other,
@@ -163,7 +181,7 @@ async fn verify_logout_token(gateway: &Gateway, token: &str) -> Result<Logout, &
     if claims.get("iss").and_then(Value::as_str) != Some(provider.issuer()) {
         return Err("wrong issuer");
     }
-    let client_id = Value::String(gateway.cfg.oidc.client_id.clone());
+    let client_id = Value::String(oidc.cfg.client_id.clone());
     let aud_ok = match claims.get("aud") {
         Some(Value::Array(list)) => list.contains(&client_id),
         Some(aud) => *aud == client_id,

@@ -15,7 +15,7 @@
 
 use serde_json::Value;
 
-use crate::gateway::{Authenticated, Gateway};
+use super::{Authenticated, Authenticator};
 use crate::oidc::jwt::{self, JwtError, Verified};
 use crate::session::{Tokens, unix_now};
 
@@ -59,15 +59,11 @@ impl BearerError {
     }
 }
 
-pub async fn verify(gateway: &Gateway, token: &str) -> Result<Authenticated, BearerError> {
-    let provider = gateway.oidc.provider().ok_or(BearerError::NotReady)?;
+pub async fn verify(auth: &Authenticator, token: &str) -> Result<Authenticated, BearerError> {
+    let provider = auth.oidc.provider().ok_or(BearerError::NotReady)?;
     let verified = match jwt::verify_signature(token, provider.jwks(), &provider.algorithms) {
         Err(JwtError::UnknownKey) => {
-            let refreshed = gateway
-                .oidc
-                .refetch_jwks()
-                .await
-                .ok_or(JwtError::UnknownKey)?;
+            let refreshed = auth.oidc.refetch_jwks().await.ok_or(JwtError::UnknownKey)?;
             jwt::verify_signature(token, refreshed.jwks(), &refreshed.algorithms)?
         }
         other => other?,
@@ -79,12 +75,12 @@ pub async fn verify(gateway: &Gateway, token: &str) -> Result<Authenticated, Bea
     jwt::check_claims(
         &claims,
         provider.issuer(),
-        &gateway.cfg.oidc.bearer_audiences,
+        &auth.bearer_audiences,
         unix_now(),
         LEEWAY_SECS,
     )?;
-    let identity = gateway
-        .rules
+    let identity = auth
+        .identities
         .identity(&claims)
         .ok_or(BearerError::NoSubject)?;
     let value = Tokens::bearer_value(token).ok_or(JwtError::Malformed)?;
