@@ -16,7 +16,7 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 use ipnet::IpNet;
 
 pub use identity::ClaimHeaders;
-pub use inbound::{InboundHeaders, fold_name};
+pub use inbound::InboundHeaders;
 
 /// Hop-by-hop headers (RFC 9110 section 7.6.1, plus the legacy ones proxies still see), and
 /// `Upgrade` (only an upgrade request keeps it, see [`InboundHeaders::sanitize`]).

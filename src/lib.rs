@@ -16,6 +16,7 @@ pub mod cookie;
 pub mod demo;
 pub mod endpoints;
 pub mod error;
+pub mod fold;
 pub mod gateway;
 pub mod headers;
 pub mod healthcheck;

@@ -22,6 +22,7 @@ use http::header::{AUTHORIZATION, CONNECTION, UPGRADE};
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 use super::{ClaimHeaders, HOP_BY_HOP, connection_listed};
+use crate::fold::{fold_name, folds_to};
 
 /// Removed from an untrusted peer's request besides every `X-Forwarded-*` (folded names).
 const UNTRUSTED: [&str; 11] = [
@@ -118,24 +119,6 @@ impl InboundHeaders {
                     && folds_to(&name[..X_FORWARDED.len()], X_FORWARDED)
                     || listed(&self.untrusted)))
     }
-}
-
-/// `name` lowercased, with every character but letters and digits turned into `-`.
-pub fn fold_name(name: &str) -> String {
-    name.bytes().map(|b| fold(b) as char).collect()
-}
-
-fn fold(b: u8) -> u8 {
-    if b.is_ascii_alphanumeric() {
-        b.to_ascii_lowercase()
-    } else {
-        b'-'
-    }
-}
-
-/// Whether `incoming` (a lowercase header name) folds to `folded`.
-fn folds_to(incoming: &[u8], folded: &[u8]) -> bool {
-    incoming.len() == folded.len() && incoming.iter().zip(folded).all(|(&a, &b)| fold(a) == b)
 }
 
 #[cfg(test)]
