@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use futures_util::FutureExt;
 use futures_util::future::{BoxFuture, Shared};
 
-use crate::logging::log_safe;
+use crate::logging::{Chain, log_safe};
 use crate::metrics::{Metrics, RefreshOutcome};
 use crate::oidc::Oidc;
 use crate::oidc::flows::{RefreshError, TokenSet};
@@ -164,7 +164,7 @@ impl Refresher {
         let _lease = match self.store.refresh_lease(&key).await {
             Ok(lease) => lease,
             Err(e) => {
-                tracing::warn!(error = %log_safe(&e), "could not take the refresh lease");
+                tracing::warn!(error = %log_safe(Chain(&e)), "could not take the refresh lease");
                 return Fresh::Stalled(Stall::Lease);
             }
         };
@@ -172,7 +172,7 @@ impl Refresher {
             Ok(Some(current)) => current,
             Ok(None) => return Fresh::Ended,
             Err(e) => {
-                tracing::warn!(error = %log_safe(&e), "session store failed before refresh");
+                tracing::warn!(error = %log_safe(Chain(&e)), "session store failed before refresh");
                 return Fresh::Stalled(Stall::Store);
             }
         };
@@ -203,12 +203,12 @@ impl Refresher {
                     .refresh_finished(RefreshOutcome::Rejected, elapsed);
                 tracing::info!(
                     sub = %log_safe(session.identity.sub()),
-                    reason = %log_safe(&reason),
+                    reason = %log_safe(Chain(&reason)),
                     "refresh rejected: session ended"
                 );
                 if let Err(e) = self.store.delete(&key).await {
                     tracing::warn!(
-                        error = %log_safe(&e),
+                        error = %log_safe(Chain(&e)),
                         "could not delete session after rejected refresh"
                     );
                 }
@@ -219,7 +219,7 @@ impl Refresher {
                     .refresh_finished(RefreshOutcome::Transient, elapsed);
                 tracing::warn!(
                     sub = %log_safe(session.identity.sub()),
-                    reason = %log_safe(&reason),
+                    reason = %log_safe(Chain(&reason)),
                     "refresh failed transiently: session kept"
                 );
                 self.store_backoff(key, &current, now).await
@@ -265,7 +265,7 @@ impl Refresher {
             Err(e) => {
                 tracing::error!(
                     sub = %log_safe(old.identity.sub()),
-                    error = %log_safe(&e),
+                    error = %log_safe(Chain(&e)),
                     "could not store refreshed tokens"
                 );
                 Fresh::Stalled(Stall::Store)
@@ -283,7 +283,9 @@ impl Refresher {
         match self.store.replace(&key, current, updated.clone()).await {
             Ok(Replaced::Done) => {}
             Ok(lost) => return self.after_lost_write(key, old, lost).await,
-            Err(e) => tracing::warn!(error = %log_safe(&e), "could not record refresh backoff"),
+            Err(e) => {
+                tracing::warn!(error = %log_safe(Chain(&e)), "could not record refresh backoff")
+            }
         }
         if updated.access_valid(now) {
             Fresh::Ready(updated)

@@ -549,3 +549,35 @@ async fn rediss_against_plain_server_is_not_ready() {
     assert!(!store.ready().await);
     assert!(store.load(&new_key()).await.is_err());
 }
+
+/// A store error keeps its cause (what Redis said, why the connection failed) for the log,
+/// and never the URL's password: neither when Redis refuses the password, nor when nothing
+/// listens.
+#[tokio::test]
+async fn store_errors_keep_their_cause_and_never_the_password() {
+    let server =
+        RedisServer::start_with(&["--user", "authgate", "on", ">s3cret-pw", "~test:*", "+@all"]);
+    let wrong = format!("redis://authgate:wr0ng-pw-123@127.0.0.1:{}", server.port);
+    let nothing = {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        format!("redis://authgate:wr0ng-pw-123@127.0.0.1:{port}")
+    };
+    for url in [wrong, nothing] {
+        let store = redis_store_at(&url, &[1], Duration::from_secs(5));
+        let e = store.load(&new_key()).await.unwrap_err();
+        let chain = authgate::logging::Chain(&e).to_string();
+        assert!(std::error::Error::source(&e).is_some(), "{chain}");
+        assert!(
+            chain.starts_with("session store unavailable: redis"),
+            "{chain}"
+        );
+        assert!(
+            !chain.contains("wr0ng-pw-123") && !chain.contains("s3cret"),
+            "{chain}"
+        );
+    }
+}

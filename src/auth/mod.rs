@@ -11,7 +11,7 @@ use http::header::{ACCEPT, AUTHORIZATION};
 use http::{HeaderMap, HeaderValue, Method, Request};
 
 use crate::config::Config;
-use crate::logging::log_safe;
+use crate::logging::{Chain, log_safe};
 use crate::metrics::{Decision, Metrics};
 use crate::oidc::Oidc;
 use crate::policy::Route;
@@ -109,7 +109,7 @@ impl Authenticator {
         let lookup = match self.sessions.lookup(req.headers()).await {
             Ok(lookup) => lookup,
             Err(e) => {
-                tracing::warn!(error = %log_safe(&e), "session store unavailable");
+                tracing::warn!(error = %log_safe(Chain(&e)), "session store unavailable");
                 return Err(e.into());
             }
         };
@@ -121,7 +121,7 @@ impl Authenticator {
                     // without a refresh token is deleted here.
                     if let Err(e) = self.sessions.store().delete(&key).await {
                         tracing::warn!(
-                            error = %log_safe(&e),
+                            error = %log_safe(Chain(&e)),
                             "could not delete an ended session"
                         );
                     }

@@ -13,7 +13,7 @@ use url::Url;
 
 use super::{Shared, query_param};
 use crate::config::Config;
-use crate::logging::log_safe;
+use crate::logging::{Chain, log_safe};
 use crate::login::{Logins, PendingLogin};
 use crate::oidc::Oidc;
 use crate::oidc::flows::LoginError;
@@ -100,7 +100,7 @@ impl Login {
             Ok(false) => {}
             Ok(true) => return finished(used_up(), Some(&pending), logins),
             Err(e) => {
-                tracing::warn!(error = %log_safe(&e), "could not check a login's state");
+                tracing::warn!(error = %log_safe(Chain(&e)), "could not check a login's state");
                 return Err(e.into());
             }
         }
@@ -112,7 +112,7 @@ impl Login {
             Ok(tokens) => tokens,
             Err(LoginError::NotReady) => return Err(Unavailable::ProviderNotReady.into()),
             Err(e) => {
-                tracing::warn!(error = %log_safe(&e), "login failed");
+                tracing::warn!(error = %log_safe(Chain(&e)), "login failed");
                 let page = Err(Reply::LoginFailed(
                     "The identity provider's answer could not be accepted.",
                 ));
@@ -134,7 +134,7 @@ impl Login {
             Ok(true) => {}
             Ok(false) => return finished(used_up(), Some(&pending), logins),
             Err(e) => {
-                tracing::warn!(error = %log_safe(&e), "could not record a login's state as used");
+                tracing::warn!(error = %log_safe(Chain(&e)), "could not record a login's state as used");
                 return Err(e.into());
             }
         }
@@ -168,7 +168,7 @@ impl Login {
         let cookie = match self.sessions.create(session).await {
             Ok(cookie) => cookie,
             Err(e) => {
-                tracing::error!(error = %log_safe(&e), "could not store the new session");
+                tracing::error!(error = %log_safe(Chain(&e)), "could not store the new session");
                 return Err(Unavailable::SessionNotSaved(e).into());
             }
         };

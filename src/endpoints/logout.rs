@@ -13,7 +13,7 @@ use url::Url;
 
 use super::{Shared, query_param};
 use crate::config::Config;
-use crate::logging::log_safe;
+use crate::logging::{Chain, log_safe};
 use crate::oidc::Oidc;
 use crate::oidc::jwt::{self, JwtError};
 use crate::proxy::Body;
@@ -60,7 +60,7 @@ impl Logouts {
         let session = match self.sessions.end(req.headers()).await {
             Ok(session) => session,
             Err(e) => {
-                tracing::warn!(error = %log_safe(&e), "could not end the session at sign-out");
+                tracing::warn!(error = %log_safe(Chain(&e)), "could not end the session at sign-out");
                 return Err(e.into());
             }
         };
@@ -113,13 +113,13 @@ impl Logouts {
                 return Err(Reply::InvalidLogoutRequest("logout token already used"));
             }
             Err(e) => {
-                tracing::warn!(error = %e, "back-channel logout could not reach the store");
+                tracing::warn!(error = %log_safe(Chain(&e)), "back-channel logout could not reach the store");
                 return Err(e.into());
             }
         }
         let (sid, sub) = (logout.sid.as_deref(), logout.sub.as_deref());
         if let Err(e) = self.sessions.store().delete_matching(sid, sub).await {
-            tracing::warn!(error = %log_safe(&e), "back-channel logout could not reach the store");
+            tracing::warn!(error = %log_safe(Chain(&e)), "back-channel logout could not reach the store");
             return Err(e.into());
         }
         if let Err(e) = self
@@ -128,7 +128,7 @@ impl Logouts {
             .claim_once(&logout.once, REPLAY_MEMORY)
             .await
         {
-            tracing::warn!(error = %log_safe(&e), "back-channel logout token could not be remembered");
+            tracing::warn!(error = %log_safe(Chain(&e)), "back-channel logout token could not be remembered");
             return Err(e.into());
         }
         tracing::info!(

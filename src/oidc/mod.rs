@@ -31,9 +31,27 @@ use url::Url;
 
 use crate::config::{OidcConfig, TokenEndpointAuth};
 use crate::error::StartupError;
-use crate::logging::log_safe;
+use crate::logging::{Chain, log_safe};
 
 pub use openidconnect::reqwest::Client as HttpClient;
+
+/// The provider HTTP client's error.
+pub type HttpError = openidconnect::HttpClientError<openidconnect::reqwest::Error>;
+
+/// Why discovery failed; the cause is kept as `source`.
+#[derive(Debug, thiserror::Error)]
+pub enum DiscoveryFailed {
+    #[error(transparent)]
+    Once(DiscoveryError<HttpError>),
+    /// The discovered issuer differs from the configured one, with or without a trailing
+    /// slash: the first mismatch, and what the second attempt found.
+    #[error("{mismatch}; with a trailing slash")]
+    BothSpellings {
+        mismatch: String,
+        #[source]
+        source: DiscoveryError<HttpError>,
+    },
+}
 
 /// Least time between two JWKS refetches triggered by unknown key ids.
 pub const JWKS_REFETCH_INTERVAL: Duration = Duration::from_secs(10);
@@ -179,7 +197,7 @@ impl Oidc {
                 }
                 Err(e) => {
                     tracing::warn!(
-                        error = %log_safe(&e),
+                        error = %log_safe(Chain(&e)),
                         retry_in = ?delay,
                         "OIDC discovery failed"
                     );
@@ -196,25 +214,19 @@ impl Oidc {
     /// and providers differ on a bare origin's trailing slash (Auth0 has one, Google none);
     /// the parsed URL cannot tell which the operator wrote, so on an issuer mismatch the
     /// other spelling is tried once.
-    pub async fn discover(&self) -> Result<Provider, String> {
+    pub async fn discover(&self) -> Result<Provider, DiscoveryFailed> {
         let configured = self.cfg.issuer.as_str();
         let trimmed = configured.trim_end_matches('/');
         let first = self.discover_as(trimmed).await;
         let Err(DiscoveryError::Validation(mismatch)) = first else {
-            return first.map_err(|e| error_chain(&e));
+            return first.map_err(DiscoveryFailed::Once);
         };
         self.discover_as(&format!("{trimmed}/"))
             .await
-            .map_err(|e| format!("{mismatch}; with a trailing slash: {}", error_chain(&e)))
+            .map_err(|source| DiscoveryFailed::BothSpellings { mismatch, source })
     }
 
-    async fn discover_as(
-        &self,
-        issuer: &str,
-    ) -> Result<
-        Provider,
-        DiscoveryError<openidconnect::HttpClientError<openidconnect::reqwest::Error>>,
-    > {
+    async fn discover_as(&self, issuer: &str) -> Result<Provider, DiscoveryError<HttpError>> {
         let issuer = IssuerUrl::new(issuer.to_owned()).map_err(DiscoveryError::UrlParse)?;
         let metadata = Metadata::discover_async(issuer, &self.http).await?;
         Ok(self.provider_from(metadata))
@@ -294,12 +306,5 @@ fn http_client(timeout: Duration) -> Result<HttpClient, StartupError> {
 
 /// An error and its causes on one line (reqwest hides the useful part in `source()`).
 pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
+    crate::logging::Chain(e).to_string()
 }

@@ -19,6 +19,7 @@ pub async fn run(config: &Config) -> Result<(), ()> {
         eprintln!("probe: {e}");
     })?;
     let provider = oidc.discover().await.map_err(|e| {
+        let e = crate::logging::Chain(&e);
         eprintln!("probe: provider unreachable or discovery invalid: {e}");
     })?;
     eprintln!("probe: discovered {}", provider.issuer());

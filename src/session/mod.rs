@@ -41,9 +41,39 @@ pub fn new_key() -> SessionKey {
 }
 
 /// The store could not answer (a shared store being down; the memory store never fails).
+/// The cause is kept as the error's `source` (log it with `logging::Chain`); no message
+/// quotes the store's URL, which may hold a password.
 #[derive(Debug, thiserror::Error)]
-#[error("session store unavailable: {0}")]
-pub struct StoreError(pub String);
+pub enum StoreError {
+    /// Redis answered with an error, or the connection failed. Boxed: every store call
+    /// returns this error type, the hot path's `load` included.
+    #[error("session store unavailable: redis {what} failed")]
+    Redis {
+        what: &'static str,
+        #[source]
+        source: Box<::redis::RedisError>,
+    },
+    #[error("session store unavailable: redis {what}: no answer within {timeout:?}")]
+    Timeout {
+        what: &'static str,
+        timeout: Duration,
+    },
+    /// Another replica moved the record under a new name again and again while it was read.
+    #[error("session store unavailable: a session record kept changing while read")]
+    Contended,
+    /// Another replica held the refresh lease longer than the wait allows.
+    #[error("session store unavailable: the refresh lease is held by another replica for too long")]
+    LeaseHeld,
+    #[error("session store unavailable: cannot seal a session record")]
+    Seal,
+}
+
+#[cfg(test)]
+#[cfg(target_pointer_width = "64")]
+#[test]
+fn store_errors_stay_small() {
+    assert!(size_of::<StoreError>() <= 32, "{}", size_of::<StoreError>());
+}
 
 /// A record read for a later [`SessionStore::replace`]: the session, and what identifies this
 /// version of it in its store.

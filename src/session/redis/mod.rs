@@ -199,7 +199,7 @@ impl RedisStore {
     /// Run one Redis call with the timeout, the latency histogram and the error counters.
     async fn run<T>(
         &self,
-        what: &str,
+        what: &'static str,
         call: impl Future<Output = RedisResult<T>>,
     ) -> Result<T, StoreError> {
         let metrics = &self.inner.metrics;
@@ -210,17 +210,27 @@ impl RedisStore {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(e)) => {
                 metrics.error(false);
-                Err(StoreError(format!("redis {what}: {e}")))
+                Err(StoreError::Redis {
+                    what,
+                    source: Box::new(e),
+                })
             }
             Err(_) => {
                 metrics.error(true);
-                Err(StoreError(format!("redis {what}: no answer in time")))
+                Err(StoreError::Timeout {
+                    what,
+                    timeout: self.inner.opts.timeout,
+                })
             }
         }
     }
 
     /// One command, through [`Self::run`].
-    async fn query<T: FromRedisValue>(&self, what: &str, cmd: &Cmd) -> Result<T, StoreError> {
+    async fn query<T: FromRedisValue>(
+        &self,
+        what: &'static str,
+        cmd: &Cmd,
+    ) -> Result<T, StoreError> {
         let mut conn = self.inner.conn.clone();
         self.run(what, cmd.query_async(&mut conn)).await
     }
@@ -228,7 +238,7 @@ impl RedisStore {
     /// One pipeline (one round trip), through [`Self::run`].
     async fn query_pipe<T: FromRedisValue>(
         &self,
-        what: &str,
+        what: &'static str,
         pipe: &Pipeline,
     ) -> Result<T, StoreError> {
         let mut conn = self.inner.conn.clone();
@@ -244,9 +254,7 @@ impl RedisStore {
                 return Ok(found);
             }
         }
-        Err(StoreError(
-            "a session record kept changing while read".into(),
-        ))
+        Err(StoreError::Contended)
     }
 
     /// [`Self::fetch`]; `None` when the record changed under it (read it again).
@@ -355,7 +363,7 @@ impl RedisStore {
         let ttl = millis(inner.opts.idle_timeout).min((deadline - now).saturating_mul(1000));
         let sealed = codec::encode_session(&session)
             .and_then(|plain| inner.keys.seal(&session_context(key), deadline, &plain))
-            .ok_or_else(|| StoreError("cannot seal a session record".into()))?;
+            .ok_or(StoreError::Seal)?;
         let name = self.session_name(key);
         let mut invocation = inner.replace.prepare_invoke();
         invocation.key(read_name).key(&name);
@@ -461,7 +469,7 @@ impl SessionStore for RedisStore {
         let ttl = millis(inner.opts.idle_timeout).min((deadline - now).saturating_mul(1000));
         let sealed = codec::encode_session(&session)
             .and_then(|plain| inner.keys.seal(&session_context(&key), deadline, &plain))
-            .ok_or_else(|| StoreError("cannot seal a session record".into()))?;
+            .ok_or(StoreError::Seal)?;
         let name = self.session_name(&key);
         let index_ttl = millis(inner.opts.absolute_timeout);
         let mut pipe = redis::pipe();
