@@ -180,6 +180,7 @@ fn session(identity: Arc<Identity>, rng: &mut Rng, now: u64) -> Option<Session> 
         identity,
         login_at: now,
         backoff: None,
+        last_seen: Default::default(),
     })
 }
 

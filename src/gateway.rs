@@ -24,6 +24,7 @@ use http::{HeaderName, HeaderValue, Request, Response};
 use hyper::body::Incoming;
 
 use crate::auth::{Authenticator, Navigation, is_preflight};
+use crate::clock::Clock;
 use crate::config::{BearerMode, Config, Policy, Preflight, ServerConfig};
 use crate::endpoints::{Builtin, Endpoints, MetricsOnly, Shared};
 use crate::headers::{self, InboundHeaders, Peer};
@@ -87,6 +88,7 @@ impl Gateway {
         oidc: Arc<Oidc>,
         upstream: Upstream,
         rules: Arc<IdentityRules>,
+        clock: Clock,
     ) -> Arc<Self> {
         let routes = Arc::new(RouteTable::new(&cfg.routes, &cfg.oidc.resource));
         let labels: Vec<String> = routes
@@ -101,6 +103,7 @@ impl Gateway {
             metrics.clone(),
             rules.clone(),
             cfg.session.refresh_before_expiry,
+            clock.clone(),
         ));
         let sessions = Arc::new(Sessions::new(store.clone(), &cfg.session));
         let auth = Arc::new(Authenticator::new(
@@ -110,17 +113,24 @@ impl Gateway {
             oidc.clone(),
             rules.clone(),
             metrics.clone(),
+            clock.clone(),
         ));
         let shared = Shared {
             routes: routes.clone(),
             auth: auth.clone(),
             sessions: sessions.clone(),
-            logins: Arc::new(Logins::new(&cfg.session, &cfg.server.public_url, store)),
+            logins: Arc::new(Logins::new(
+                &cfg.session,
+                &cfg.server.public_url,
+                store,
+                clock.clone(),
+            )),
             oidc: oidc.clone(),
             identities: rules.clone(),
             metrics: metrics.clone(),
             upstream: Arc::new(upstream),
             connections: Arc::default(),
+            clock,
         };
         Arc::new(Gateway {
             server: cfg.server.clone(),

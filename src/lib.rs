@@ -11,6 +11,7 @@
 
 pub mod auth;
 pub mod claims;
+pub mod clock;
 pub mod config;
 pub mod cookie;
 pub mod demo;
@@ -41,6 +42,7 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::clock::Clock;
 use crate::config::{Config, StoreConfig};
 use crate::error::StartupError;
 use crate::gateway::Gateway;
@@ -53,6 +55,12 @@ use crate::session::redis::{RedisOptions, RedisStore};
 
 /// Build the gateway's state from a validated configuration. Starts nothing.
 pub fn build(config: Config) -> Result<Arc<Gateway>, StartupError> {
+    build_with(config, Clock::system())
+}
+
+/// [`build`], with the clock every decision against a deadline reads (tests move it with
+/// [`Clock::adjustable`]).
+pub fn build_with(config: Config, clock: Clock) -> Result<Arc<Gateway>, StartupError> {
     let config = Arc::new(config);
     let rules = Arc::new(IdentityRules::for_config(&config));
     let store = match &config.session.store {
@@ -61,6 +69,7 @@ pub fn build(config: Config) -> Result<Arc<Gateway>, StartupError> {
             idle_timeout: config.session.idle_timeout,
             absolute_timeout: config.session.absolute_timeout,
             max_markers: (config.session.max_pending_logins).saturating_add(MAX_LOGOUT_MARKERS),
+            clock: clock.clone(),
         })),
         StoreConfig::Redis {
             url,
@@ -82,14 +91,16 @@ pub fn build(config: Config) -> Result<Arc<Gateway>, StartupError> {
                 lease_wait: config.oidc.refresh_timeout + session::redis::LEASE,
                 identity_rules: rules.clone(),
             };
-            Store::Redis(RedisStore::new(opts, &s.cookie_secrets).map_err(StartupError::Store)?)
+            let store = RedisStore::with_clock(opts, &s.cookie_secrets, clock.clone());
+            Store::Redis(store.map_err(StartupError::Store)?)
         }
     };
     let oidc = Oidc::new(
         &config.oidc,
         &config.server.public_url,
         config.session.max_token_age,
-    )?;
+    )?
+    .with_clock(clock.clone());
     let upstream = Upstream::new(&config.upstream)?;
     Ok(Gateway::new(
         config,
@@ -97,6 +108,7 @@ pub fn build(config: Config) -> Result<Arc<Gateway>, StartupError> {
         Arc::new(oidc),
         upstream,
         rules,
+        clock,
     ))
 }
 

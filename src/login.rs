@@ -39,11 +39,12 @@ use http::{HeaderMap, HeaderValue};
 use sha2::{Digest, Sha256};
 use url::Url;
 
+use crate::clock::Clock;
 use crate::config::{SameSite, SessionConfig};
 use crate::cookie::{self, Sealed};
 use crate::headers::cookie_pairs;
 use crate::redirect::SafeRedirect;
-use crate::session::{Marker, SessionStore, Store, StoreError, unix_now};
+use crate::session::{Marker, SessionStore, Store, StoreError};
 
 /// Login cookies one browser holds at most.
 pub const MAX_PER_BROWSER: usize = 4;
@@ -80,6 +81,7 @@ pub struct Logins {
     lifetime: Duration,
     max_age_secs: u64,
     public_url: Url,
+    clock: Clock,
 }
 
 /// A login cookie found in a request that the gateway could open.
@@ -91,7 +93,7 @@ struct Live<'h> {
 }
 
 impl Logins {
-    pub fn new(cfg: &SessionConfig, public_url: &Url, store: Arc<Store>) -> Self {
+    pub fn new(cfg: &SessionConfig, public_url: &Url, store: Arc<Store>, clock: Clock) -> Self {
         let legacy_name = format!("{}_login", cfg.cookie_name);
         Logins {
             sealed: Sealed::login_cookies(&cfg.cookie_secrets, CONTEXT),
@@ -102,6 +104,7 @@ impl Logins {
             lifetime: cfg.login_timeout,
             max_age_secs: cfg.login_timeout.as_secs().max(60),
             public_url: public_url.clone(),
+            clock,
         }
     }
 
@@ -214,8 +217,8 @@ impl Logins {
     }
 
     fn seal(&self, login: &PendingLogin) -> Option<String> {
-        let plain = encode(login, unix_millis())?;
-        let deadline = unix_now().saturating_add(self.lifetime.as_secs().max(1));
+        let plain = encode(login, self.clock.unix_millis())?;
+        let deadline = (self.clock.unix_now()).saturating_add(self.lifetime.as_secs().max(1));
         self.sealed.seal(deadline, &plain)
     }
 
@@ -226,7 +229,7 @@ impl Logins {
             return None;
         }
         let (plain, deadline) = self.sealed.open(value)?;
-        if deadline <= unix_now() {
+        if deadline <= self.clock.unix_now() {
             return None;
         }
         decode(&plain, &self.public_url)
@@ -306,12 +309,6 @@ fn decode(bytes: &[u8], public_url: &Url) -> Option<(PendingLogin, u64)> {
     Some((login, u64::from_be_bytes(*started)))
 }
 
-fn unix_millis() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -344,7 +341,7 @@ mod tests {
             Duration::from_secs(60),
             Duration::from_secs(60),
         ));
-        Logins::new(&cfg(secrets), &public, Arc::new(store))
+        Logins::new(&cfg(secrets), &public, Arc::new(store), Clock::system())
     }
 
     fn login(state: &str, landing: &str) -> PendingLogin {

@@ -25,14 +25,15 @@ use std::time::{Duration, Instant};
 use futures_util::FutureExt;
 use futures_util::future::{BoxFuture, Shared};
 
+use crate::clock::Clock;
 use crate::logging::{Chain, log_safe};
 use crate::metrics::{Metrics, RefreshOutcome};
 use crate::oidc::Oidc;
 use crate::oidc::flows::{RefreshError, TokenSet};
 use crate::session::identity::IdentityRules;
 use crate::session::{
-    RefreshBackoff, Replaced, ResourceToken, Session, SessionKey, SessionStore, Store, Tokens,
-    Versioned, unix_now,
+    LastSeen, RefreshBackoff, Replaced, ResourceToken, Session, SessionKey, SessionStore, Store,
+    Tokens, Versioned,
 };
 
 /// What a request may do with its session after `ensure_fresh`.
@@ -72,6 +73,7 @@ pub struct Refresher {
     rules: Arc<IdentityRules>,
     before: Duration,
     inflight: Mutex<HashMap<SessionKey, Flight>>,
+    clock: Clock,
 }
 
 impl Refresher {
@@ -81,6 +83,7 @@ impl Refresher {
         metrics: Arc<Metrics>,
         rules: Arc<IdentityRules>,
         refresh_before_expiry: Duration,
+        clock: Clock,
     ) -> Self {
         Refresher {
             oidc,
@@ -89,12 +92,13 @@ impl Refresher {
             rules,
             before: refresh_before_expiry,
             inflight: Mutex::new(HashMap::new()),
+            clock,
         }
     }
 
     /// Make sure `session` has a usable access token, refreshing it when it is near expiry.
     pub async fn ensure_fresh(self: &Arc<Self>, key: SessionKey, session: Arc<Session>) -> Fresh {
-        let now = unix_now();
+        let now = self.clock.unix_now();
         if !session.needs_refresh(now, self.before) {
             return Fresh::Ready(session); // the hot path
         }
@@ -114,12 +118,12 @@ impl Refresher {
                 Fresh::Ended
             });
         }
-        let backoff = session.backoff.filter(|b| now < b.retry_at)?;
+        let backoff = session.backoff.filter(|b| now < b.retry_at())?;
         Some(if session.access_valid(now) {
             Fresh::Ready(session.clone())
         } else {
             Fresh::Stalled(Stall::Backoff {
-                secs_left: backoff.retry_at - now,
+                secs_left: backoff.retry_at() - now,
             })
         })
     }
@@ -177,7 +181,7 @@ impl Refresher {
             }
         };
         let session = &current.session;
-        let now = unix_now();
+        let now = self.clock.unix_now();
         if !session.needs_refresh(now, self.before) {
             return Fresh::Ready(session.clone()); // an earlier flight already refreshed it
         }
@@ -258,6 +262,7 @@ impl Refresher {
             identity,
             login_at: old.login_at,
             backoff: None,
+            last_seen: LastSeen::default(),
         });
         match self.store.replace(&key, current, refreshed.clone()).await {
             Ok(Replaced::Done) => Fresh::Ready(refreshed),
@@ -291,7 +296,7 @@ impl Refresher {
             Fresh::Ready(updated)
         } else {
             Fresh::Stalled(Stall::Backoff {
-                secs_left: backoff.retry_at.saturating_sub(now),
+                secs_left: backoff.retry_at().saturating_sub(now),
             })
         }
     }
@@ -304,7 +309,7 @@ impl Refresher {
             return Fresh::Ended;
         }
         match self.store.load_for_update(&key).await {
-            Ok(Some(stored)) if stored.session.access_valid(unix_now()) => {
+            Ok(Some(stored)) if stored.session.access_valid(self.clock.unix_now()) => {
                 Fresh::Ready(stored.session)
             }
             Ok(None) => Fresh::Ended,

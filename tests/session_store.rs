@@ -40,6 +40,7 @@ fn session_at(sub: &str, sid: Option<&str>, token: &str, login_at: u64) -> Arc<S
         identity: Arc::new(identity(sub, sid)),
         login_at,
         backoff: None,
+        last_seen: Default::default(),
     })
 }
 

@@ -17,7 +17,7 @@ use serde_json::Value;
 
 use super::{Authenticated, Authenticator};
 use crate::oidc::jwt::{self, JwtError, Verified};
-use crate::session::{Tokens, unix_now};
+use crate::session::Tokens;
 
 /// Clock skew tolerated on `exp` and `nbf`.
 const LEEWAY_SECS: u64 = 30;
@@ -76,7 +76,7 @@ pub async fn verify(auth: &Authenticator, token: &str) -> Result<Authenticated, 
         &claims,
         provider.issuer(),
         &auth.bearer_audiences,
-        unix_now(),
+        auth.clock.unix_now(),
         LEEWAY_SECS,
     )?;
     let identity = auth

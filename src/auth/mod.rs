@@ -10,6 +10,7 @@ use std::sync::Arc;
 use http::header::{ACCEPT, AUTHORIZATION};
 use http::{HeaderMap, HeaderValue, Method, Request};
 
+use crate::clock::Clock;
 use crate::config::Config;
 use crate::logging::{Chain, log_safe};
 use crate::metrics::{Decision, Metrics};
@@ -51,6 +52,7 @@ pub struct Authenticator {
     /// `server.public_url` without a trailing slash.
     public_url: String,
     metrics: Arc<Metrics>,
+    clock: Clock,
 }
 
 // === impl Authenticated ===
@@ -84,6 +86,7 @@ impl Authenticator {
         oidc: Arc<Oidc>,
         identities: Arc<IdentityRules>,
         metrics: Arc<Metrics>,
+        clock: Clock,
     ) -> Self {
         Authenticator {
             sessions,
@@ -94,6 +97,7 @@ impl Authenticator {
             authorization_bearer: cfg.headers.authorization_bearer,
             public_url: public_base(&cfg.server.public_url),
             metrics,
+            clock,
         }
     }
 

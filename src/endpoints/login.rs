@@ -12,6 +12,7 @@ use http::{Request, Response};
 use url::Url;
 
 use super::{Shared, query_param};
+use crate::clock::Clock;
 use crate::config::Config;
 use crate::logging::{Chain, log_safe};
 use crate::login::{Logins, PendingLogin};
@@ -21,7 +22,7 @@ use crate::proxy::Body;
 use crate::redirect::SafeRedirect;
 use crate::reply::{self, Reply, Unavailable};
 use crate::session::identity::IdentityRules;
-use crate::session::{ResourceToken, Session, Sessions, Tokens, unix_now};
+use crate::session::{LastSeen, ResourceToken, Session, Sessions, Tokens};
 
 /// What `/oauth2/start` and the callback need: the provider, the login cookies, the
 /// sessions, the identity rules, where to land.
@@ -31,6 +32,7 @@ pub struct Login {
     sessions: Arc<Sessions>,
     identities: Arc<IdentityRules>,
     public_url: Url,
+    clock: Clock,
 }
 
 // === impl Login ===
@@ -43,6 +45,7 @@ impl Login {
             sessions: shared.sessions.clone(),
             identities: shared.identities.clone(),
             public_url: cfg.server.public_url.clone(),
+            clock: shared.clock.clone(),
         }
     }
 
@@ -147,8 +150,9 @@ impl Login {
                 more: ResourceToken::merge(tokens.more, &[]),
             },
             identity: Arc::new(identity),
-            login_at: unix_now(),
+            login_at: self.clock.unix_now(),
             backoff: None,
+            last_seen: LastSeen::default(),
         };
         let result = self
             .create_session(req, session, pending.landing.as_str())

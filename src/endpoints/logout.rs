@@ -12,6 +12,7 @@ use serde_json::{Map, Value};
 use url::Url;
 
 use super::{Shared, query_param};
+use crate::clock::Clock;
 use crate::config::Config;
 use crate::logging::{Chain, log_safe};
 use crate::oidc::Oidc;
@@ -19,7 +20,7 @@ use crate::oidc::jwt::{self, JwtError};
 use crate::proxy::Body;
 use crate::redirect::SafeRedirect;
 use crate::reply::{self, Reply};
-use crate::session::{Marker, SessionStore, Sessions, unix_now};
+use crate::session::{Marker, SessionStore, Sessions};
 
 /// The OpenID Back-Channel Logout event (section 2.4).
 const BACKCHANNEL_EVENT: &str = "http://schemas.openid.net/event/backchannel-logout";
@@ -38,6 +39,7 @@ pub struct Logouts {
     sessions: Arc<Sessions>,
     oidc: Arc<Oidc>,
     public_url: Url,
+    clock: Clock,
 }
 
 // === impl Logouts ===
@@ -48,6 +50,7 @@ impl Logouts {
             sessions: shared.sessions.clone(),
             oidc: shared.oidc.clone(),
             public_url: cfg.server.public_url.clone(),
+            clock: shared.clock.clone(),
         }
     }
 
@@ -99,7 +102,7 @@ impl Logouts {
         let Some(token) = read_logout_token(req).await else {
             return Err(Reply::InvalidLogoutRequest("missing logout_token"));
         };
-        let logout = match verify_logout_token(&self.oidc, &token).await {
+        let logout = match verify_logout_token(&self.oidc, &token, self.clock.unix_now()).await {
             Ok(logout) => logout,
             Err(reason) => {
                 tracing::info!(reason = %log_safe(reason), "back-channel logout token rejected");
@@ -164,7 +167,7 @@ struct Logout {
 /// Back-Channel Logout 1.0 section 2.6, plus contract Details 30: signature (no `crit`),
 /// iss, aud, a recent `iat`, a `jti`, the back-channel event as a JSON object, a sid or sub
 /// (strings), and no nonce.
-async fn verify_logout_token(oidc: &Oidc, token: &str) -> Result<Logout, &'static str> {
+async fn verify_logout_token(oidc: &Oidc, token: &str, now: u64) -> Result<Logout, &'static str> {
     let provider = oidc.provider().ok_or("provider not available")?;
     let verified = match jwt::verify_signature(token, provider.jwks(), &provider.algorithms) {
         Err(JwtError::UnknownKey) => {
@@ -190,7 +193,7 @@ async fn verify_logout_token(oidc: &Oidc, token: &str) -> Result<Logout, &'stati
     if !aud_ok {
         return Err("wrong audience");
     }
-    check_times(&claims, unix_now())?;
+    check_times(&claims, now)?;
     let jti = match claims.get("jti") {
         Some(Value::String(jti)) if !jti.is_empty() => jti,
         _ => return Err("no jti"),

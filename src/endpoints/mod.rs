@@ -14,6 +14,7 @@ use http::{Method, Request, Response};
 use hyper::body::Incoming;
 
 use crate::auth::Authenticator;
+use crate::clock::Clock;
 use crate::config::Config;
 use crate::headers::Peer;
 use crate::login::Logins;
@@ -96,6 +97,7 @@ pub struct Shared {
     pub upstream: Arc<Upstream>,
     /// Client connections of the main listener.
     pub connections: Arc<ConnectionStats>,
+    pub clock: Clock,
 }
 
 /// Every built-in endpoint, each with its own context.

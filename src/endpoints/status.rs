@@ -9,6 +9,7 @@ use serde_json::json;
 
 use super::Shared;
 use crate::auth::{login_url, public_base};
+use crate::clock::Clock;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::oidc::Oidc;
@@ -16,7 +17,7 @@ use crate::proxy::Body;
 use crate::proxy::Upstream;
 use crate::reply::{self, Reply, Unavailable};
 use crate::server::ConnectionStats;
-use crate::session::{Lookup, SessionStore, Sessions, unix_now};
+use crate::session::{Lookup, SessionStore, Sessions};
 
 /// What `/readyz`, `/metrics` and `/oauth2/userinfo` read.
 pub struct Status {
@@ -27,6 +28,7 @@ pub struct Status {
     connections: Arc<ConnectionStats>,
     /// `server.public_url` without a trailing slash (the login URL of a 401).
     public_url: String,
+    clock: Clock,
 }
 
 pub fn healthz() -> Response<Body> {
@@ -44,6 +46,7 @@ impl Status {
             upstream: shared.upstream.clone(),
             connections: shared.connections.clone(),
             public_url: public_base(&cfg.server.public_url),
+            clock: shared.clock.clone(),
         }
     }
 
@@ -134,7 +137,7 @@ impl Status {
             }
         };
         // This request just reset the idle timer.
-        let session_expires_at = self.sessions.expires_at(&session, unix_now());
+        let session_expires_at = self.sessions.expires_at(&session, self.clock.unix_now());
         let id = &session.identity;
         Ok(reply::json(
             StatusCode::OK,

@@ -13,9 +13,9 @@ use serde_json::{Map, Value};
 use url::Url;
 
 use super::{HttpError, Oidc, Provider, error_chain, jwt};
+use crate::clock::Clock;
 use crate::config::TokenEndpointAuth;
 use crate::logging::{Chain, log_safe};
-use crate::session::unix_now;
 
 /// A login to start: where to send the browser, and what to remember until the callback.
 pub struct AuthRequest {
@@ -375,7 +375,7 @@ impl Oidc {
         nonce: Option<&Nonce>,
     ) -> Result<Map<String, Value>, IdTokenError> {
         let provider = self.provider().ok_or(IdTokenError::NotReady)?;
-        match verify_with(&provider, id_token, nonce) {
+        match verify_with(&provider, id_token, nonce, self.clock()) {
             Ok(claims) => Ok(claims),
             Err(first) => {
                 let raw = id_token.to_string();
@@ -389,7 +389,7 @@ impl Oidc {
                     return Err(first);
                 }
                 let provider = self.refetch_jwks().await.ok_or(first)?;
-                verify_with(&provider, id_token, nonce)
+                verify_with(&provider, id_token, nonce, self.clock())
             }
         }
     }
@@ -420,7 +420,7 @@ impl Oidc {
     /// Unix expiry: `expires_in`, else the JWT `exp`, else `session.max_token_age`, else
     /// unknown (contract Details 6).
     fn expiry(&self, access_token: &str, expires_in: Option<std::time::Duration>) -> Option<u64> {
-        let now = unix_now();
+        let now = self.clock().unix_now();
         expires_in
             .map(|d| now.saturating_add(d.as_secs()))
             .or_else(|| jwt_exp(access_token))
@@ -437,11 +437,15 @@ fn verify_with(
     provider: &Provider,
     id_token: &CoreIdToken,
     nonce: Option<&Nonce>,
+    clock: &Clock,
 ) -> Result<Map<String, Value>, IdTokenError> {
+    let clock = clock.clone();
     let verifier = provider
         .client
         .id_token_verifier()
-        .set_allowed_algs(provider.algorithms.clone());
+        .set_allowed_algs(provider.algorithms.clone())
+        // `exp` (and `iat`) by the gateway's clock.
+        .set_time_fn(move || clock.system_time().into());
     let checked = match nonce {
         Some(nonce) => id_token.claims(&verifier, nonce).map(drop),
         None => id_token

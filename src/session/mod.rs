@@ -16,7 +16,7 @@ use std::time::Duration;
 
 pub use crate::cookie::CookieCodec;
 pub use identity::Identity;
-pub use record::{RefreshBackoff, ResourceToken, Session, Tokens};
+pub use record::{LastSeen, RefreshBackoff, ResourceToken, Session, Tokens};
 pub use sessions::{Lookup, Sessions};
 
 /// A single-use marker ([`SessionStore::claim_once`]): what kind of thing it marks (a short
@@ -316,10 +316,6 @@ impl SessionStore for Store {
     }
 }
 
-/// Seconds since the Unix epoch: the one clock session records use, so every store and
-/// every replica agree on deadlines.
-pub fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
+/// Seconds since the Unix epoch by the system clock (tests and tools; the stores and the
+/// pipeline read their `Clock`).
+pub use crate::clock::unix_now;

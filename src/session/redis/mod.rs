@@ -44,8 +44,9 @@ use super::identity::IdentityRules;
 use super::memory::matches_logout;
 use super::{
     Marker, RefreshLease, Replaced, Session, SessionKey, SessionStore, StoreError, Version,
-    Versioned, unix_now,
+    Versioned,
 };
+use crate::clock::Clock;
 use crate::metrics::StoreMetrics;
 use crate::seal::Keyring;
 use crate::secret::Secret;
@@ -135,11 +136,22 @@ struct Inner {
     /// that very record just after the Redis call, and the cache would then serve it for up
     /// to `CACHE_TTL`. Read only on a cache miss, never on the hot path.
     deletions: AtomicU64,
+    clock: Clock,
 }
 
 impl RedisStore {
     /// Set up the client; connects on first use (needs a Tokio runtime).
     pub fn new(opts: RedisOptions, secrets: &[Secret<Vec<u8>>]) -> Result<RedisStore, String> {
+        RedisStore::with_clock(opts, secrets, Clock::system())
+    }
+
+    /// [`RedisStore::new`], deciding absolute deadlines by `clock` (idle timeouts are Redis'
+    /// own TTLs, on Redis' clock).
+    pub fn with_clock(
+        opts: RedisOptions,
+        secrets: &[Secret<Vec<u8>>],
+        clock: Clock,
+    ) -> Result<RedisStore, String> {
         if tokio::runtime::Handle::try_current().is_err() {
             return Err("the Redis client needs a Tokio runtime".into());
         }
@@ -174,6 +186,7 @@ impl RedisStore {
                 load: Script::new(LOAD),
                 replace: Script::new(REPLACE),
                 deletions: AtomicU64::new(0),
+                clock,
             }),
         })
     }
@@ -268,7 +281,7 @@ impl RedisStore {
             invocation.key(name);
         }
         invocation
-            .arg(unix_now())
+            .arg(inner.clock.unix_now())
             .arg(millis(inner.opts.idle_timeout));
         let call = invocation.invoke_async::<Option<(usize, Vec<u8>)>>(&mut conn);
         let found = self.run("load", call).await?;
@@ -279,7 +292,7 @@ impl RedisStore {
             tracing::debug!("a session record failed to decrypt or decode: treated as absent");
             return Ok(Some(None));
         };
-        if unix_now() >= session.absolute_deadline(inner.opts.absolute_timeout) {
+        if inner.clock.unix_now() >= session.absolute_deadline(inner.opts.absolute_timeout) {
             return Ok(Some(None));
         }
         let Some(name) = names.get(index.wrapping_sub(1)) else {
@@ -355,7 +368,7 @@ impl RedisStore {
             return Ok((Replaced::Changed, None));
         };
         let generation = inner.deletions.load(Ordering::SeqCst);
-        let now = unix_now();
+        let now = inner.clock.unix_now();
         let deadline = session.absolute_deadline(inner.opts.absolute_timeout);
         if deadline <= now {
             return Ok((Replaced::Gone, None));
@@ -449,7 +462,7 @@ impl SessionStore for RedisStore {
     async fn load(&self, key: &SessionKey) -> Result<Option<Arc<Session>>, StoreError> {
         let inner = &self.inner;
         if let Some(session) = inner.cache.get(key).await {
-            if unix_now() < session.absolute_deadline(inner.opts.absolute_timeout) {
+            if inner.clock.unix_now() < session.absolute_deadline(inner.opts.absolute_timeout) {
                 inner.metrics.cache(true);
                 return Ok(Some(session));
             }
@@ -461,7 +474,7 @@ impl SessionStore for RedisStore {
 
     async fn save(&self, key: SessionKey, session: Arc<Session>) -> Result<(), StoreError> {
         let inner = &self.inner;
-        let now = unix_now();
+        let now = inner.clock.unix_now();
         let deadline = session.absolute_deadline(inner.opts.absolute_timeout);
         if deadline <= now {
             return self.delete(&key).await;
