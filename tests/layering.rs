@@ -14,29 +14,29 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 const LAYERS: &[&[&str]] = &[
-    // 0: plain data and helpers, no I/O
+    // plain data and helpers, no I/O
     &[
         "secret", "clock", "claims", "metrics", "redirect", "error", "logging", "fold",
     ],
-    // 1: parsed once, read-only; keys derived from the cookie secrets
+    // parsed once, read-only; keys derived from the cookie secrets
     &["config", "seal"],
-    // 2: pure decisions and rewrites: a route decision, a `HeaderMap` rewrite
+    // pure decisions and rewrites: a route decision, a `HeaderMap` rewrite
     &["policy", "headers", "tls"],
-    // 2b: the cookies the gateway sets (reads them with `headers`)
+    // the cookies the gateway sets (it reads them with `headers`)
     &["cookie"],
-    // 3: I/O: upstream, accept loop, provider client, stores
+    // I/O: upstream, accept loop, provider client, stores
     &["proxy", "server", "oidc", "session", "healthcheck"],
-    // 4: flows over sessions and the provider
+    // flows over sessions and the provider
     &["refresh", "login"],
-    // 5: every refusal, and the one place it becomes HTTP
+    // every refusal, and the one place it becomes HTTP
     &["reply"],
-    // 6: who this request is: a session, or a bearer JWT
+    // who this request is: a session, or a bearer JWT
     &["auth"],
-    // 7: the gateway's own paths
+    // the gateway's own paths
     &["endpoints"],
-    // 8: the pipeline
+    // the pipeline
     &["gateway"],
-    // 9: `authgate demo`; the fuzzing facade
+    // `authgate demo`; the fuzzing facade
     &["demo", "fuzzing"],
 ];
 
@@ -45,6 +45,7 @@ const LAYERS: &[&[&str]] = &[
 const FORBIDDEN: &[(&str, &str)] = &[
     ("policy", "session"),
     ("policy", "oidc"),
+    ("headers", "session"),
     ("headers", "oidc"),
     ("proxy", "session"),
     ("proxy", "oidc"),
@@ -53,10 +54,6 @@ const FORBIDDEN: &[(&str, &str)] = &[
     ("session", "redirect"),
     ("*", "gateway"),
 ];
-
-/// Edges against the layering that still exist, each removed by a step of issue 15. The
-/// test also fails when one of them is gone (delete it here): the list only shrinks.
-const TOLERATED: &[(&str, &str)] = &[("oidc", "session")];
 
 #[test]
 fn every_edge_points_down() {
@@ -67,7 +64,7 @@ fn every_edge_points_down() {
             let forbidden = FORBIDDEN
                 .iter()
                 .any(|&(f, t)| (f == from || f == "*") && t == to);
-            if (layer(to) >= layer(from) || forbidden) && !tolerated(from, to) {
+            if layer(to) >= layer(from) || forbidden {
                 wrong.push(format!("{from} -> {to}"));
             }
         }
@@ -76,15 +73,6 @@ fn every_edge_points_down() {
         wrong.is_empty(),
         "edges against the layering:\n{}",
         wrong.join("\n")
-    );
-    let gone: Vec<String> = (TOLERATED.iter())
-        .filter(|(from, to)| !graph.get(*from).is_some_and(|tos| tos.contains(*to)))
-        .map(|(from, to)| format!("{from} -> {to}"))
-        .collect();
-    assert!(
-        gone.is_empty(),
-        "no longer exist, remove them from TOLERATED:\n{}",
-        gone.join("\n")
     );
 }
 
@@ -116,12 +104,7 @@ fn layer(module: &str) -> usize {
         .unwrap_or_else(|| panic!("module `{module}` has no layer in tests/layering.rs"))
 }
 
-fn tolerated(from: &str, to: &str) -> bool {
-    TOLERATED.contains(&(from, to))
-}
-
-/// Depth-first search over the edges LAYERS allow (tolerated ones left out); on a back edge,
-/// the path that closes the cycle.
+/// Depth-first search; on a back edge, the path that closes the cycle.
 fn find_cycle(
     graph: &BTreeMap<String, BTreeSet<String>>,
     at: &str,
@@ -138,9 +121,7 @@ fn find_cycle(
     }
     path.push(at.to_owned());
     for to in graph.get(at).into_iter().flatten() {
-        if !tolerated(at, to)
-            && let Some(cycle) = find_cycle(graph, to, path, done)
-        {
+        if let Some(cycle) = find_cycle(graph, to, path, done) {
             return Some(cycle);
         }
     }
