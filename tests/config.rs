@@ -1498,3 +1498,26 @@ fn printout_of_every_key_loads_again() {
         Ok(())
     });
 }
+
+/// The printout stays valid TOML where the typed config holds what TOML cannot say: a count
+/// beyond `i64::MAX` (saturated, as an environment value can set it) and two claim headers
+/// that differ only in case (one header name: the later one prints).
+#[test]
+fn printout_is_valid_toml_at_the_edges() {
+    let toml = with(
+        "headers",
+        "[headers.claims]\n\"X-Tenant\" = \"a\"\n\"x-tenant\" = \"b\"",
+    );
+    let figment = Figment::from(Toml::string(&toml)).merge(EnvOverrides::from_vars([(
+        "AUTHGATE_SESSION__MAX_SESSIONS",
+        u64::MAX.to_string(),
+    )]));
+    let c = Config::from_figment(figment).unwrap_or_else(|e| panic!("{e}"));
+    let out = c.redacted_toml();
+    let parsed: toml::Table = toml::from_str(&out).unwrap_or_else(|e| panic!("{e}\n{out}"));
+    assert_eq!(
+        parsed["session"]["max_sessions"].as_integer(),
+        Some(i64::MAX)
+    );
+    assert_eq!(parsed["headers"]["claims"]["x-tenant"].as_str(), Some("b"));
+}
