@@ -251,6 +251,33 @@ mod tests {
         assert!(unknown.is_empty(), "{unknown:?}");
     }
 
+    /// One-off proof for the switch to the schema probe: it classifies every key exactly as
+    /// the hand-kept lists did (removed with the lists in the next commit).
+    #[test]
+    fn schema_matches_the_hand_kept_lists() {
+        use crate::config::schema::{Kind, Schema};
+        let schema = Schema::of_sections();
+        let mut seen = 0;
+        for (section, field, kind) in schema.keys() {
+            let key = format!("{section}.{field}");
+            let expected = if STRING_KEYS.contains(&key.as_str()) {
+                Kind::Text
+            } else if STRING_LIST_KEYS.contains(&key.as_str()) {
+                Kind::List(Box::new(Kind::Text))
+            } else if STRING_TABLES.contains(&key.as_str()) {
+                Kind::Table(Box::new(Kind::Text))
+            } else {
+                Kind::Parsed
+            };
+            assert_eq!(kind, &expected, "{key}");
+            seen += usize::from(expected != Kind::Parsed);
+        }
+        assert_eq!(
+            seen,
+            STRING_KEYS.len() + STRING_LIST_KEYS.len() + STRING_TABLES.len()
+        );
+    }
+
     #[test]
     fn names_the_variable() {
         assert_eq!(

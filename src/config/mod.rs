@@ -25,6 +25,7 @@ mod extract;
 mod lenient;
 mod raw;
 mod routes;
+mod schema;
 mod ser;
 mod types;
 mod validate;
