@@ -280,6 +280,57 @@ impl Oidc {
         self.current.store(Some(provider.clone()));
         Some(provider)
     }
+
+    /// Run `verify` against `provider`'s keys and, when it failed because the token names a
+    /// key those keys lack (`unknown_key`), refetch the JWKS and run it once more against the
+    /// new keys. Key rotation at the provider costs one fetch; a flood of tokens under
+    /// made-up key ids costs at most one per [`JWKS_REFETCH_INTERVAL`] (see
+    /// [`Oidc::refetch_jwks`]). Returns the provider whose keys were used, with the result.
+    pub async fn with_key_refetch<T, E>(
+        &self,
+        provider: Arc<Provider>,
+        verify: impl Fn(&Provider) -> Result<T, E>,
+        unknown_key: impl FnOnce(&Provider, &E) -> bool,
+    ) -> Result<(Arc<Provider>, T), E> {
+        match verify(&provider) {
+            Ok(verified) => Ok((provider, verified)),
+            Err(e) if unknown_key(&provider, &e) => match self.refetch_jwks().await {
+                Some(refetched) => {
+                    let verified = verify(&refetched)?;
+                    Ok((refetched, verified))
+                }
+                None => Err(e),
+            },
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Verify a JWT that is not an ID token: the signature (an asymmetric algorithm the
+    /// provider advertises, its keys, one JWKS refetch on an unknown `kid`, no `crit`), then
+    /// the claims `expect` names, with [`jwt::LEEWAY_SECS`] of clock skew. Returns the claims.
+    /// A logout token's single use is the caller's to check.
+    pub async fn verify_jwt(
+        &self,
+        token: &str,
+        expect: jwt::Expect<'_>,
+    ) -> Result<jwt::Claims, jwt::JwtError> {
+        let provider = self.provider().ok_or(jwt::JwtError::NotReady)?;
+        let (provider, verified) = self
+            .with_key_refetch(
+                provider,
+                |p| jwt::verify_signature(token, p.jwks(), &p.algorithms),
+                |_, e| *e == jwt::JwtError::UnknownKey,
+            )
+            .await?;
+        jwt::check_claims(
+            &verified,
+            expect,
+            provider.issuer(),
+            &self.cfg.client_id,
+            crate::session::unix_now(),
+        )?;
+        Ok(verified.claims)
+    }
 }
 
 fn http_client(timeout: Duration) -> Result<HttpClient, StartupError> {
