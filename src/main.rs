@@ -12,6 +12,7 @@ use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 use authgate::config::{Config, LogFormat};
+use authgate::error::Chain;
 
 #[derive(Parser)]
 #[command(
@@ -102,7 +103,7 @@ async fn run(path: &std::path::Path) -> ExitCode {
     match authgate::serve(config, listener, authgate::shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!(error = %e, "authgate stopped");
+            tracing::error!(error = %Chain(&e), "authgate stopped");
             ExitCode::from(EXIT_FATAL)
         }
     }
@@ -126,7 +127,10 @@ async fn check(path: &std::path::Path, probe: bool) -> ExitCode {
     if probe {
         return match authgate::oidc::probe::run(&config).await {
             Ok(()) => ExitCode::SUCCESS,
-            Err(()) => ExitCode::from(EXIT_FATAL),
+            Err(e) => {
+                eprintln!("probe: {}", Chain(&e));
+                ExitCode::from(EXIT_FATAL)
+            }
         };
     }
     ExitCode::SUCCESS
@@ -159,7 +163,7 @@ async fn demo(listen: std::net::SocketAddr) -> ExitCode {
     match authgate::demo::run(listen, authgate::shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!(error = %e, "demo stopped");
+            tracing::error!(error = %Chain(&e), "demo stopped");
             ExitCode::from(EXIT_FATAL)
         }
     }

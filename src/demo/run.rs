@@ -86,7 +86,7 @@ fn demo_config(
         cookie_secret = random_b64(32),
     );
     Config::from_figment(Figment::from(Toml::string(&toml)))
-        .map_err(|e| StartupError::Oidc(format!("demo configuration: {e}")))
+        .map_err(|e| StartupError::Demo(Box::new(e)))
 }
 
 /// Browsers reach a wildcard listener on loopback.

@@ -329,23 +329,14 @@ impl Oidc {
         nonce: Option<&Nonce>,
     ) -> Result<Map<String, Value>, String> {
         let provider = self.provider().ok_or("provider not discovered")?;
-        match verify_with(&provider, id_token, nonce) {
-            Ok(claims) => Ok(claims),
-            Err(first) => {
-                let raw = id_token.to_string();
-                let unknown_kid =
-                    jwt::header_kid(&raw).is_some_and(|kid| {
-                        !provider.jwks().keys().iter().any(|k| {
-                            openidconnect::JsonWebKey::key_id(k).is_some_and(|id| **id == kid)
-                        })
-                    });
-                if !unknown_kid {
-                    return Err(first);
-                }
-                let provider = self.refetch_jwks().await.ok_or(first)?;
-                verify_with(&provider, id_token, nonce)
-            }
-        }
+        let (_, claims) = self
+            .with_key_refetch(
+                provider,
+                |p| verify_with(p, id_token, nonce),
+                |p, _| jwt::names_unknown_kid(&id_token.to_string(), p.jwks()),
+            )
+            .await?;
+        Ok(claims)
     }
 
     fn token_set(

@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 use url::Url;
 
 use crate::config::{OidcConfig, TokenEndpointAuth};
-use crate::error::StartupError;
+use crate::error::{Chain, OidcSetupError};
 use crate::logging::log_safe;
 
 pub use openidconnect::reqwest::Client as HttpClient;
@@ -103,6 +103,25 @@ impl Provider {
     }
 }
 
+/// One discovery request that failed.
+pub type DiscoveryAttemptError =
+    DiscoveryError<openidconnect::HttpClientError<openidconnect::reqwest::Error>>;
+
+/// Discovery that did not work; print it with [`Chain`] (the useful part is in the causes).
+#[derive(Debug, thiserror::Error)]
+pub enum DiscoveryFailed {
+    #[error(transparent)]
+    Attempt(DiscoveryAttemptError),
+    /// The discovered issuer was not the configured one, and the other trailing-slash
+    /// spelling failed too (its error is the source).
+    #[error("{mismatch}; with a trailing slash")]
+    BothSpellings {
+        mismatch: String,
+        #[source]
+        with_slash: DiscoveryAttemptError,
+    },
+}
+
 /// The gateway's handle on its provider.
 pub struct Oidc {
     pub cfg: OidcConfig,
@@ -125,14 +144,13 @@ impl Oidc {
         cfg: &OidcConfig,
         public_url: &Url,
         max_token_age: Option<Duration>,
-    ) -> Result<Self, StartupError> {
+    ) -> Result<Self, OidcSetupError> {
         let base = public_url.as_str().trim_end_matches('/');
         let redirect_url = RedirectUrl::new(format!("{base}/oauth2/callback"))
-            .map_err(|e| StartupError::Oidc(format!("redirect URI: {e}")))?;
+            .map_err(OidcSetupError::RedirectUri)?;
         let post_logout_url = match &cfg.post_logout_redirect_uri {
             Some(url) => url.clone(),
-            None => Url::parse(&format!("{base}/"))
-                .map_err(|e| StartupError::Oidc(format!("post-logout URI: {e}")))?,
+            None => Url::parse(&format!("{base}/")).map_err(OidcSetupError::PostLogoutUri)?,
         };
         Ok(Oidc {
             cfg: cfg.clone(),
@@ -179,7 +197,7 @@ impl Oidc {
                 }
                 Err(e) => {
                     tracing::warn!(
-                        error = %log_safe(&e),
+                        error = %log_safe(Chain(&e)),
                         retry_in = ?delay,
                         "OIDC discovery failed"
                     );
@@ -196,25 +214,22 @@ impl Oidc {
     /// and providers differ on a bare origin's trailing slash (Auth0 has one, Google none);
     /// the parsed URL cannot tell which the operator wrote, so on an issuer mismatch the
     /// other spelling is tried once.
-    pub async fn discover(&self) -> Result<Provider, String> {
+    pub async fn discover(&self) -> Result<Provider, DiscoveryFailed> {
         let configured = self.cfg.issuer.as_str();
         let trimmed = configured.trim_end_matches('/');
         let first = self.discover_as(trimmed).await;
         let Err(DiscoveryError::Validation(mismatch)) = first else {
-            return first.map_err(|e| error_chain(&e));
+            return first.map_err(DiscoveryFailed::Attempt);
         };
         self.discover_as(&format!("{trimmed}/"))
             .await
-            .map_err(|e| format!("{mismatch}; with a trailing slash: {}", error_chain(&e)))
+            .map_err(|with_slash| DiscoveryFailed::BothSpellings {
+                mismatch,
+                with_slash,
+            })
     }
 
-    async fn discover_as(
-        &self,
-        issuer: &str,
-    ) -> Result<
-        Provider,
-        DiscoveryError<openidconnect::HttpClientError<openidconnect::reqwest::Error>>,
-    > {
+    async fn discover_as(&self, issuer: &str) -> Result<Provider, DiscoveryAttemptError> {
         let issuer = IssuerUrl::new(issuer.to_owned()).map_err(DiscoveryError::UrlParse)?;
         let metadata = Metadata::discover_async(issuer, &self.http).await?;
         Ok(self.provider_from(metadata))
@@ -280,26 +295,70 @@ impl Oidc {
         self.current.store(Some(provider.clone()));
         Some(provider)
     }
+
+    /// Run `verify` against `provider`'s keys and, when it failed because the token names a
+    /// key those keys lack (`unknown_key`), refetch the JWKS and run it once more against the
+    /// new keys. Key rotation at the provider costs one fetch; a flood of tokens under
+    /// made-up key ids costs at most one per [`JWKS_REFETCH_INTERVAL`] (see
+    /// [`Oidc::refetch_jwks`]). Returns the provider whose keys were used, with the result.
+    pub async fn with_key_refetch<T, E>(
+        &self,
+        provider: Arc<Provider>,
+        verify: impl Fn(&Provider) -> Result<T, E>,
+        unknown_key: impl FnOnce(&Provider, &E) -> bool,
+    ) -> Result<(Arc<Provider>, T), E> {
+        match verify(&provider) {
+            Ok(verified) => Ok((provider, verified)),
+            Err(e) if unknown_key(&provider, &e) => match self.refetch_jwks().await {
+                Some(refetched) => {
+                    let verified = verify(&refetched)?;
+                    Ok((refetched, verified))
+                }
+                None => Err(e),
+            },
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Verify a JWT that is not an ID token: the signature (an asymmetric algorithm the
+    /// provider advertises, its keys, one JWKS refetch on an unknown `kid`, no `crit`), then
+    /// the claims `expect` names, with [`jwt::LEEWAY_SECS`] of clock skew. Returns the claims.
+    /// A logout token's single use is the caller's to check.
+    pub async fn verify_jwt(
+        &self,
+        token: &str,
+        expect: jwt::Expect<'_>,
+    ) -> Result<jwt::Claims, jwt::JwtError> {
+        let provider = self.provider().ok_or(jwt::JwtError::NotReady)?;
+        let (provider, verified) = self
+            .with_key_refetch(
+                provider,
+                |p| jwt::verify_signature(token, p.jwks(), &p.algorithms),
+                |_, e| *e == jwt::JwtError::UnknownKey,
+            )
+            .await?;
+        jwt::check_claims(
+            &verified,
+            expect,
+            provider.issuer(),
+            &self.cfg.client_id,
+            crate::session::unix_now(),
+        )?;
+        Ok(verified.claims)
+    }
 }
 
-fn http_client(timeout: Duration) -> Result<HttpClient, StartupError> {
+fn http_client(timeout: Duration) -> Result<HttpClient, OidcSetupError> {
     HttpClient::builder()
         // Following redirects would open the client to SSRF.
         .redirect(openidconnect::reqwest::redirect::Policy::none())
         .timeout(timeout)
         .connect_timeout(timeout)
         .build()
-        .map_err(|e| StartupError::Oidc(format!("HTTP client: {e}")))
+        .map_err(OidcSetupError::HttpClient)
 }
 
 /// An error and its causes on one line (reqwest hides the useful part in `source()`).
 pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
+    Chain(e).to_string()
 }
