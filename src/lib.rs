@@ -12,6 +12,7 @@
 pub mod bearer;
 pub mod body;
 pub mod config;
+#[cfg(feature = "demo")]
 pub mod demo;
 pub mod endpoints;
 pub mod error;

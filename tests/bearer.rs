@@ -10,9 +10,9 @@ mod support;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use authgate::demo::idp::AccessTokenFormat;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use devidp::idp::AccessTokenFormat;
 use hmac::{Hmac, Mac};
 use reqwest::{StatusCode, header};
 use serde_json::{Value, json};

@@ -5,9 +5,9 @@ mod support;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use authgate::demo::idp::TokenFault;
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use devidp::idp::TokenFault;
 use reqwest::{Method, StatusCode, header};
 use serde_json::{Value, json};
 use support::{CLIENT_ID, CLIENT_SECRET, Harness, location, set_cookie, set_cookie_line};

@@ -7,13 +7,13 @@ use std::future::Future;
 use std::net::SocketAddr;
 
 use base64::Engine;
+use devidp::echo::serve_echo;
+use devidp::idp::{DevIdp, DevIdpOptions};
 use figment::Figment;
 use figment::providers::{Format, Toml};
 use rand::RngCore;
 use tokio::net::TcpListener;
 
-use super::echo::serve_echo;
-use super::idp::{DevIdp, DevIdpOptions};
 use crate::config::Config;
 use crate::error::StartupError;
 
