@@ -34,24 +34,38 @@ SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 
 WORKDIR /build
 
+# The product has no development provider: every build here is `--no-default-features`
+# (no `demo` feature), so `authgate demo`, the development OpenID provider (the workspace
+# member tests/devidp) and its private keys are not compiled in. Step 2 shows it.
+
 # 1) Dependency layer: compile every dependency against dummy sources. This layer is only
-#    rebuilt when Cargo.toml or Cargo.lock change, not on every source edit.
-#    Both targets exist (lib: src/lib.rs, bin: src/main.rs), so both get a stub.
+#    rebuilt when a manifest or Cargo.lock changes, not on every source edit.
+#    Both targets exist (lib: src/lib.rs, bin: src/main.rs), so both get a stub. Cargo reads
+#    every workspace member's manifest, so the development provider's comes too, with an
+#    empty lib.rs that stays: its real sources are never copied (a build with the demo
+#    would not compile).
 COPY Cargo.toml Cargo.lock ./
-RUN mkdir src \
+COPY tests/devidp/Cargo.toml tests/devidp/
+RUN mkdir src tests/devidp/src \
     && echo 'fn main() {}' > src/main.rs \
-    && touch src/lib.rs \
-    && cargo build --release --locked \
+    && touch src/lib.rs tests/devidp/src/lib.rs \
+    && cargo build --release --locked --no-default-features \
     && rm -rf src
 
 # 2) The real sources. `touch` makes their mtime newer than the stub build's artifacts:
 #    COPY keeps the build context's mtimes, and cargo would otherwise consider the stub
 #    build up to date and ship an empty binary. The `--version` check guards against that
 #    ever happening: the stub prints nothing, the real binary `authgate <version>`.
+#    .ci/no-demo then shows the binary has no development provider: clap refuses `demo`,
+#    and neither the keys (copied into this build stage only to be looked for) nor the
+#    demo's banner are in the file.
 COPY src ./src
+COPY .ci/no-demo /check/no-demo
+COPY tests/devidp/keys /check/keys
 RUN touch src/main.rs src/lib.rs \
-    && cargo build --release --locked \
+    && cargo build --release --locked --no-default-features \
     && ./target/release/authgate --version | grep -q '^authgate ' \
+    && /check/no-demo target/release/authgate /check/keys \
     && install -D -m 0755 target/release/authgate /out/authgate
 
 ############################ runtime stage ############################

@@ -35,9 +35,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use authgate::config::Config;
-use authgate::demo::idp::{DevIdp, DevIdpOptions};
 use authgate::gateway::Gateway;
 use authgate::session::{Identity, Session, SessionKey, SessionStore, Store, Tokens, new_key};
+use devidp::idp::{DevIdp, DevIdpOptions};
 use figment::Figment;
 use figment::providers::{Format, Toml};
 use serde_json::{Map, Value, json};

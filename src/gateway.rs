@@ -113,7 +113,6 @@ impl Gateway {
             oidc.clone(),
             rules.clone(),
             metrics.clone(),
-            clock.clone(),
         ));
         let shared = Shared {
             routes: routes.clone(),

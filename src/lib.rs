@@ -14,6 +14,7 @@ pub mod claims;
 pub mod clock;
 pub mod config;
 pub mod cookie;
+#[cfg(feature = "demo")]
 pub mod demo;
 pub mod endpoints;
 pub mod error;

@@ -48,23 +48,6 @@ impl<T: Display> fmt::Debug for LogSafe<T> {
     }
 }
 
-/// An error and its causes on one line, `: `-separated: redis, reqwest and openidconnect
-/// keep the useful part in `source()`. Log it through [`log_safe`] (a cause may quote a
-/// provider's answer).
-pub struct Chain<'a>(pub &'a (dyn std::error::Error + 'a));
-
-impl Display for Chain<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)?;
-        let mut source = self.0.source();
-        while let Some(cause) = source {
-            write!(f, ": {cause}")?;
-            source = cause.source();
-        }
-        Ok(())
-    }
-}
-
 /// Escapes on the way to the formatter and stops after [`MAX_CHARS`].
 struct Escaping<'a, 'b> {
     inner: &'a mut fmt::Formatter<'b>,
@@ -105,17 +88,6 @@ fn needs_escape(c: char) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[derive(Debug, thiserror::Error)]
-    #[error("outer")]
-    struct Outer(#[source] std::io::Error);
-
-    #[test]
-    fn chains_print_every_cause() {
-        let e = Outer(std::io::Error::other("inner\nline"));
-        assert_eq!(Chain(&e).to_string(), "outer: inner\nline");
-        assert_eq!(log_safe(Chain(&e)).to_string(), "outer: inner\\nline");
-    }
 
     fn safe(s: &str) -> String {
         log_safe(s).to_string()

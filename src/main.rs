@@ -1,5 +1,5 @@
 //! The `authgate` command: run the gateway, check a configuration, probe a running gateway
-//! (`healthcheck`), or run the demo.
+//! (`healthcheck`), or run the demo (builds with the `demo` feature, the default).
 //!
 //! Exit codes (contract): 0 clean shutdown, 2 bad configuration, 1 any other fatal error.
 //! The configuration is loaded and validated before anything binds a port.
@@ -12,6 +12,7 @@ use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 use authgate::config::{Config, LogFormat};
+use authgate::error::Chain;
 
 #[derive(Parser)]
 #[command(
@@ -44,7 +45,9 @@ enum Command {
     /// Exit 0 when GET /healthz on the configured `listen` address answers 200, else 1
     /// (a container HEALTHCHECK without a shell).
     Healthcheck,
+    // Only in builds with the `demo` feature (the default); the container image has none.
     /// A self-contained demo: gateway + development OpenID provider + echo upstream.
+    #[cfg(feature = "demo")]
     Demo {
         /// Where the demo gateway listens.
         #[arg(long, default_value = "127.0.0.1:4180")]
@@ -70,6 +73,7 @@ fn main() -> ExitCode {
     match cli.command {
         Some(Command::Check { probe }) => runtime.block_on(check(&cli.config, probe)),
         Some(Command::Healthcheck) => runtime.block_on(healthcheck(&cli.config)),
+        #[cfg(feature = "demo")]
         Some(Command::Demo { listen }) => {
             init_logging(LogFormat::Text);
             runtime.block_on(demo(listen))
@@ -102,7 +106,7 @@ async fn run(path: &std::path::Path) -> ExitCode {
     match authgate::serve(config, listener, authgate::shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!(error = %e, "authgate stopped");
+            tracing::error!(error = %Chain(&e), "authgate stopped");
             ExitCode::from(EXIT_FATAL)
         }
     }
@@ -126,7 +130,10 @@ async fn check(path: &std::path::Path, probe: bool) -> ExitCode {
     if probe {
         return match authgate::oidc::probe::run(&config).await {
             Ok(()) => ExitCode::SUCCESS,
-            Err(()) => ExitCode::from(EXIT_FATAL),
+            Err(e) => {
+                eprintln!("probe: {}", Chain(&e));
+                ExitCode::from(EXIT_FATAL)
+            }
         };
     }
     ExitCode::SUCCESS
@@ -155,11 +162,12 @@ async fn healthcheck(path: &std::path::Path) -> ExitCode {
     }
 }
 
+#[cfg(feature = "demo")]
 async fn demo(listen: std::net::SocketAddr) -> ExitCode {
     match authgate::demo::run(listen, authgate::shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!(error = %e, "demo stopped");
+            tracing::error!(error = %Chain(&e), "demo stopped");
             ExitCode::from(EXIT_FATAL)
         }
     }

@@ -26,7 +26,8 @@ use futures_util::FutureExt;
 use futures_util::future::{BoxFuture, Shared};
 
 use crate::clock::Clock;
-use crate::logging::{Chain, log_safe};
+use crate::error::Chain;
+use crate::logging::log_safe;
 use crate::metrics::{Metrics, RefreshOutcome};
 use crate::oidc::Oidc;
 use crate::oidc::flows::{RefreshError, TokenSet};

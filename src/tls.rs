@@ -11,52 +11,139 @@ use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-use crate::error::StartupError;
+use crate::error::TlsSetupError;
 
 pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
 /// Server config from PEM files, offering HTTP/2 and HTTP/1.1 by ALPN.
-pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, StartupError> {
-    let certs = CertificateDer::pem_file_iter(cert)
-        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| StartupError::Tls(format!("server.tls_cert_file {}: {e}", cert.display())))?;
+pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsSetupError> {
+    let certs = read_certificates(cert, "server.tls_cert_file")?;
     if certs.is_empty() {
-        return Err(StartupError::Tls(format!(
-            "server.tls_cert_file {}: no certificate found",
-            cert.display()
-        )));
+        return Err(TlsSetupError::NoCertificate {
+            path: cert.to_owned(),
+        });
     }
-    let key = PrivateKeyDer::from_pem_file(key)
-        .map_err(|e| StartupError::Tls(format!("server.tls_key_file {}: {e}", key.display())))?;
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|source| TlsSetupError::Read {
+        key: "server.tls_key_file",
+        path: key.to_owned(),
+        source,
+    })?;
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
-        .map_err(|e| StartupError::Tls(e.to_string()))?
+        .map_err(TlsSetupError::Versions)?
         .with_no_client_auth()
         .with_single_cert(certs, key)
-        .map_err(|e| StartupError::Tls(format!("certificate and key do not fit: {e}")))?;
+        .map_err(TlsSetupError::KeyMismatch)?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
 
 /// Client config trusting the webpki roots plus, optionally, a CA bundle of the operator's.
-pub fn client_config(ca_file: Option<&Path>) -> Result<ClientConfig, StartupError> {
+pub fn client_config(ca_file: Option<&Path>) -> Result<ClientConfig, TlsSetupError> {
     let mut roots = RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     if let Some(path) = ca_file {
-        let certs = CertificateDer::pem_file_iter(path)
-            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-            .map_err(|e| StartupError::Tls(format!("upstream.ca_file {}: {e}", path.display())))?;
-        for cert in certs {
+        for cert in read_certificates(path, "upstream.ca_file")? {
             roots
                 .add(cert)
-                .map_err(|e| StartupError::Tls(format!("upstream.ca_file: {e}")))?;
+                .map_err(|source| TlsSetupError::TrustAnchor {
+                    path: path.to_owned(),
+                    source,
+                })?;
         }
     }
     Ok(ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
-        .map_err(|e| StartupError::Tls(e.to_string()))?
+        .map_err(TlsSetupError::Versions)?
         .with_root_certificates(roots)
         .with_no_client_auth())
+}
+
+/// Every certificate of a PEM file (`key` names the setting, for the error).
+fn read_certificates(
+    path: &Path,
+    key: &'static str,
+) -> Result<Vec<CertificateDer<'static>>, TlsSetupError> {
+    CertificateDer::pem_file_iter(path)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|source| TlsSetupError::Read {
+            key,
+            path: path.to_owned(),
+            source,
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::{Chain, StartupError};
+    use std::error::Error;
+
+    /// A file of its own in the temporary directory (removed on drop).
+    struct TempFile(std::path::PathBuf);
+
+    impl TempFile {
+        fn new(name: &str, contents: &str) -> Self {
+            let path = std::env::temp_dir()
+                .join(format!("authgate-tls-unit-{}-{name}", std::process::id()));
+            std::fs::write(&path, contents).unwrap();
+            TempFile(path)
+        }
+    }
+
+    impl Drop for TempFile {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
+    #[test]
+    fn errors_name_the_setting_and_the_file_and_keep_their_cause() {
+        let one = rcgen::generate_simple_self_signed(vec!["a.example".to_owned()]).unwrap();
+        let other = rcgen::generate_simple_self_signed(vec!["b.example".to_owned()]).unwrap();
+        let cert = TempFile::new("one.crt", &one.cert.pem());
+        let key = TempFile::new("one.key", &one.key_pair.serialize_pem());
+        let wrong_key = TempFile::new("other.key", &other.key_pair.serialize_pem());
+        let missing = std::env::temp_dir().join("authgate-tls-unit-missing.crt");
+        assert!(server_config(&cert.0, &key.0).is_ok());
+
+        let e = StartupError::from(server_config(&cert.0, &wrong_key.0).unwrap_err());
+        let cause = e.source().and_then(Error::source);
+        assert!(
+            cause.is_some_and(|c| c.downcast_ref::<rustls::Error>().is_some()),
+            "{e:?}"
+        );
+        assert!(
+            Chain(&e)
+                .to_string()
+                .starts_with("TLS: certificate and key do not fit: "),
+            "{}",
+            Chain(&e)
+        );
+
+        let e = StartupError::from(server_config(&key.0, &key.0).unwrap_err());
+        assert_eq!(
+            Chain(&e).to_string(),
+            format!(
+                "TLS: server.tls_cert_file {}: no certificate found",
+                key.0.display()
+            )
+        );
+
+        let e = StartupError::from(server_config(&cert.0, &missing).unwrap_err());
+        let text = Chain(&e).to_string();
+        let expected = format!(
+            "TLS: server.tls_key_file {}: I/O error: ",
+            missing.display()
+        );
+        assert!(text.starts_with(&expected), "{text}");
+
+        let e = StartupError::from(client_config(Some(&missing)).unwrap_err());
+        let text = Chain(&e).to_string();
+        let expected = format!("TLS: upstream.ca_file {}: I/O error: ", missing.display());
+        assert!(text.starts_with(&expected), "{text}");
+        assert!(client_config(Some(&cert.0)).is_ok());
+    }
 }

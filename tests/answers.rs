@@ -10,7 +10,7 @@ mod support;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use authgate::demo::idp::TokenFault;
+use devidp::idp::TokenFault;
 use reqwest::{Client, Method, Response, StatusCode, header};
 use support::redis::RedisServer;
 use support::{Harness, bare_client, bind, location, logout_token};

@@ -1,6 +1,6 @@
 //! Bearer passthrough (`bearer = "passthrough"` on a route): a machine client's own JWT,
 //! verified against the provider's JWKS (an advertised asymmetric algorithm, `iss`, `aud` in
-//! `oidc.bearer_audiences`, `exp`, `nbf`, 30 s leeway), is forwarded as it came, with identity
+//! `oidc.bearer_audiences`, `exp`, `nbf`, 60 s leeway), is forwarded as it came, with identity
 //! headers from its claims; anything else is 401 with
 //! `WWW-Authenticate: Bearer error="invalid_token", error_description="..."`. Only access
 //! tokens: an ID token (or a token shaped like one) is refused (contract Details 29).
@@ -10,9 +10,9 @@ mod support;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use authgate::demo::idp::AccessTokenFormat;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use devidp::idp::AccessTokenFormat;
 use hmac::{Hmac, Mac};
 use reqwest::{StatusCode, header};
 use serde_json::{Value, json};
@@ -175,7 +175,7 @@ async fn a_valid_token_is_forwarded_as_it_came_with_identity_headers() {
 }
 
 #[tokio::test]
-async fn time_claims_are_checked_with_30_seconds_of_leeway() {
+async fn time_claims_are_checked_with_leeway() {
     let h = start().await;
     let t = now();
     for patch in [
@@ -196,6 +196,72 @@ async fn time_claims_are_checked_with_30_seconds_of_leeway() {
         let token = h.idp.sign_jwt(&claims(&h, patch));
         rejected(&h, "/api/x", &token, why).await;
     }
+}
+
+/// Sends a token made of `claims(h, patch(t))`, `t` being the second it is sent in, and
+/// returns the answer. The gateway reads the same clock: should a second tick over during the
+/// call, the edge moved under the test, so it tries again (a bounded number of times).
+async fn call_within_one_second(h: &Harness, patch: impl Fn(i64) -> Value) -> reqwest::Response {
+    for _ in 0..20 {
+        let t = now();
+        let token = h.idp.sign_jwt(&claims(h, patch(t)));
+        let r = call(h, "/api/x", &token).await;
+        if now() == t {
+            return r;
+        }
+    }
+    panic!("a second ticked over during each of 20 calls");
+}
+
+/// Claims made for the second `t` they are sent in, and the refusal expected (`None`: accepted).
+type EdgeCase = (fn(i64) -> Value, Option<&'static str>);
+
+/// The leeway is the common 60 s (it was 30 s): one second inside the edge passes, one second
+/// outside is refused, for `exp` and `nbf` alike.
+#[tokio::test]
+async fn the_leeway_is_60_seconds_at_the_edge() {
+    let h = start().await;
+    let cases: [EdgeCase; 4] = [
+        (|t| json!({"exp": t - 59}), None),
+        (|t| json!({"exp": t - 61}), Some("expired")),
+        (|t| json!({"nbf": t + 59}), None),
+        (|t| json!({"nbf": t + 61}), Some("not valid yet")),
+    ];
+    for (patch, refused) in cases {
+        let r = call_within_one_second(&h, patch).await;
+        let challenge = r.headers().get(header::WWW_AUTHENTICATE).cloned();
+        match refused {
+            None => assert_eq!(r.status(), StatusCode::OK, "{}", patch(0)),
+            Some(why) => {
+                assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "{}", patch(0));
+                let challenge = challenge.unwrap();
+                assert!(challenge.to_str().unwrap().contains(why), "{challenge:?}");
+            }
+        }
+    }
+}
+
+/// Huge times are far away, not an overflow; a time claim that is not a whole number of
+/// seconds is refused, never ignored (an `nbf` the gateway could not read used to count as
+/// no `nbf`).
+#[tokio::test]
+async fn huge_or_unreadable_time_claims() {
+    let h = start().await;
+    let token = h.idp.sign_jwt(&claims(&h, json!({"exp": u64::MAX})));
+    accepted(&h, "/api/x", &token).await;
+    let token = h.idp.sign_jwt(&claims(&h, json!({"nbf": u64::MAX})));
+    rejected(&h, "/api/x", &token, "not valid yet").await;
+    for nbf in [
+        json!("tomorrow"),
+        json!(1e300),
+        json!(-5),
+        json!(now() as f64 + 0.5),
+    ] {
+        let token = h.idp.sign_jwt(&claims(&h, json!({ "nbf": nbf })));
+        rejected(&h, "/api/x", &token, "not a number").await;
+    }
+    let token = h.idp.sign_jwt(&claims(&h, json!({"exp": "never"})));
+    rejected(&h, "/api/x", &token, "not a number").await;
 }
 
 #[tokio::test]

@@ -455,3 +455,44 @@ fn healthcheck_exits_1_not_2_on_an_invalid_config() {
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("oidc.issuer"), "{stderr}");
 }
+
+/// A certificate the gateway cannot use stops it at start (exit 1) with a message that names
+/// the setting and the file, and says why, cause included (rustls' own reason).
+#[test]
+fn unusable_tls_files_exit_1_naming_the_file_and_the_cause() {
+    let dir = TempDir::new();
+    let one = rcgen::generate_simple_self_signed(vec!["a.example".to_owned()]).unwrap();
+    let other = rcgen::generate_simple_self_signed(vec!["b.example".to_owned()]).unwrap();
+    let cert = dir.write("tls.crt", &one.cert.pem());
+    let wrong_key = dir.write("other.key", &other.key_pair.serialize_pem());
+    let key_as_cert = dir.write("key-as.crt", &one.key_pair.serialize_pem());
+    let key = dir.write("tls.key", &one.key_pair.serialize_pem());
+    let start = |cert: &Path, key: &Path| {
+        let config = valid_config(free_port(), None).replace(
+            "[upstream]",
+            &format!(
+                "tls_cert_file = \"{}\"\ntls_key_file = \"{}\"\n[upstream]",
+                cert.display(),
+                key.display()
+            ),
+        );
+        let config = dir.write("gateway.toml", &config);
+        let (output, _, stderr) = run(authgate().arg("--config").arg(&config));
+        assert_eq!(output.status.code(), Some(1), "{stderr}");
+        stderr
+    };
+
+    let stderr = start(&cert, &wrong_key);
+    let told = "TLS: certificate and key do not fit: ";
+    let at = stderr.find(told).unwrap_or_else(|| panic!("{stderr}"));
+    // rustls' reason follows (the cause, not just the context).
+    let reason = stderr[at + told.len()..].lines().next().unwrap_or("");
+    assert!(reason.trim().len() > 3, "no cause in: {stderr}");
+
+    let stderr = start(&key_as_cert, &key);
+    let told = format!(
+        "TLS: server.tls_cert_file {}: no certificate found",
+        key_as_cert.display()
+    );
+    assert!(stderr.contains(&told), "{stderr}");
+}

@@ -1061,3 +1061,463 @@ fn redacted_toml_loads_again_once_secrets_are_supplied() {
     assert_eq!(second.redacted_toml(), out);
     assert!(second.headers.email.is_none());
 }
+
+// === printout parity ===
+
+/// Every key set (most to a non-default value), with three `[[route]]`s, `[headers.claims]`,
+/// `extra_auth_params` and the Redis store. `secrets` are the lines that give the client secret,
+/// the cookie secrets and the Redis URL (inline or as `*_file`), inserted at the top of
+/// `[oidc]` / `[session]`.
+fn every_key(oidc_secret: &str, session_secrets: &str) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:8443"
+public_url = "https://app.example.com/base/"
+tls_cert_file = "tls.crt"
+tls_key_file = "tls.key"
+trusted_proxies = ["10.0.0.0/8", "192.168.1.7", "::1"]
+shutdown_grace = "5s"
+log_format = "json"
+metrics_listen = "127.0.0.1:9090"
+header_read_timeout = "3s"
+tls_handshake_timeout = "4s"
+max_header_bytes = 32768
+max_headers = 50
+strip_request_headers = ["X-Legacy-User", "X_Debug"]
+idle_timeout = "90s"
+max_connections = 500
+
+[upstream]
+url = "https://backend.internal:9000/app"
+timeout = "2m"
+ca_file = "ca.pem"
+max_connections = 32
+idle_timeout = "1m 30s"
+
+[oidc]
+{oidc_secret}
+issuer = "https://tenant.logto.app/oidc"
+client_id = "abc"
+scopes = ["openid", "email"]
+resource = ["https://api.example.com", "https://other.example.com"]
+extra_auth_params = {{ prompt = "login", max_age = 300 }}
+timeout = "7s"
+refresh_timeout = "3s"
+token_endpoint_auth = "client_secret_post"
+post_logout_redirect_uri = "https://app.example.com/bye"
+bearer_audiences = ["aud-1", "aud-2"]
+
+[session]
+{session_secrets}
+cookie_name = "sid"
+cookie_secure = false
+cookie_samesite = "strict"
+cookie_domain = "example.com"
+idle_timeout = "1h"
+absolute_timeout = "1d"
+max_sessions = 500
+refresh_before_expiry = "30s"
+max_token_age = "15m"
+store = "redis"
+redis_key_prefix = "ag:"
+redis_timeout = "250ms"
+login_timeout = "5m"
+max_pending_logins = 20
+
+[headers]
+authorization_bearer = false
+user = "X-User"
+email = ""
+preferred_username = "X-Name"
+groups = "X-Groups"
+groups_claim = "roles"
+[headers.claims]
+"X-Tenant" = "tenant_id"
+"X-Org" = "org"
+
+[[route]]
+path = "/public/"
+policy = "public"
+
+[[route]]
+path = "/admin"
+match = "exact"
+methods = ["get", "Post"]
+api = true
+require_groups = ["admins", "ops"]
+require_claims = {{ tier = "gold", region = ["eu", "us"] }}
+bearer = "passthrough"
+bearer_resource = "https://other.example.com"
+preflight = "forward"
+
+[[route]]
+path = "/files/[0-9]+"
+match = "regex"
+policy = "deny"
+"#
+    )
+}
+
+/// Loads `every_key` in a jail holding the TLS, CA and secret files.
+fn load_every_key(jail: &mut Jail, oidc_secret: &str, session_secrets: &str) -> Config {
+    for (name, contents) in [
+        ("tls.crt", "cert"),
+        ("tls.key", "key"),
+        ("ca.pem", "ca"),
+        ("client_secret", CLIENT_SECRET),
+        ("cookie_secrets", &format!("{SECRET_A}\n{SECRET_B}\n")),
+        ("redis_url", "redis://:hunter2@redis:6379/0"),
+    ] {
+        jail.create_file(name, contents)
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    jail.create_file("every.toml", &every_key(oidc_secret, session_secrets))
+        .unwrap_or_else(|e| panic!("{e}"));
+    Config::load(Path::new("every.toml")).unwrap_or_else(|e| panic!("{e}"))
+}
+
+const INLINE_OIDC_SECRET: &str = "client_secret = \"s3cr3t-client-value\"";
+const FILE_OIDC_SECRET: &str = "client_secret_file = \"client_secret\"";
+fn inline_session_secrets() -> String {
+    format!(
+        "cookie_secrets = [\"{SECRET_A}\", \"{SECRET_B}\"]\nredis_url = \"redis://:hunter2@redis:6379/0\""
+    )
+}
+const FILE_SESSION_SECRETS: &str =
+    "cookie_secrets_file = \"cookie_secrets\"\nredis_url_file = \"redis_url\"";
+
+/// What `authgate check` printed for `every_key` before the printout was derived from the
+/// typed config through `Serialize` (the hand-written `render.rs`, main at d98886e). Compared
+/// as parsed TOML: that printout had each section's keys sorted (`toml::Table` is a BTreeMap),
+/// the derived one keeps the typed config's field order.
+const EVERY_KEY_PRINTOUT: &str = r#"
+[server]
+header_read_timeout = "3s"
+idle_timeout = "1m 30s"
+listen = "127.0.0.1:8443"
+log_format = "json"
+max_connections = 500
+max_header_bytes = 32768
+max_headers = 50
+metrics_listen = "127.0.0.1:9090"
+public_url = "https://app.example.com/base"
+shutdown_grace = "5s"
+strip_request_headers = ["x-legacy-user", "x_debug"]
+tls_cert_file = "tls.crt"
+tls_handshake_timeout = "4s"
+tls_key_file = "tls.key"
+trusted_proxies = ["10.0.0.0/8", "192.168.1.7/32", "::1/128"]
+
+[upstream]
+ca_file = "ca.pem"
+idle_timeout = "1m 30s"
+max_connections = 32
+timeout = "2m"
+url = "https://backend.internal:9000/app"
+
+[oidc]
+bearer_audiences = ["aud-1", "aud-2"]
+client_id = "abc"
+client_secret = "[redacted]"
+issuer = "https://tenant.logto.app/oidc"
+post_logout_redirect_uri = "https://app.example.com/bye"
+refresh_timeout = "3s"
+resource = ["https://api.example.com", "https://other.example.com"]
+scopes = ["openid", "email"]
+timeout = "7s"
+token_endpoint_auth = "client_secret_post"
+
+[oidc.extra_auth_params]
+max_age = "300"
+prompt = "login"
+
+[session]
+absolute_timeout = "1day"
+cookie_domain = "example.com"
+cookie_name = "sid"
+cookie_samesite = "strict"
+cookie_secrets = ["[redacted]", "[redacted]"]
+cookie_secure = false
+idle_timeout = "1h"
+login_timeout = "5m"
+max_pending_logins = 20
+max_sessions = 500
+max_token_age = "15m"
+redis_key_prefix = "ag:"
+redis_timeout = "250ms"
+redis_url = "[redacted]"
+refresh_before_expiry = "30s"
+store = "redis"
+
+[headers]
+authorization_bearer = false
+email = ""
+groups = "x-groups"
+groups_claim = "roles"
+preferred_username = "x-name"
+user = "x-user"
+
+[headers.claims]
+x-org = "org"
+x-tenant = "tenant_id"
+
+[[route]]
+api = false
+bearer = "off"
+match = "prefix"
+methods = []
+path = "/public/"
+policy = "public"
+preflight = "authenticate"
+require_groups = []
+
+[[route]]
+api = true
+bearer = "passthrough"
+bearer_resource = "https://other.example.com"
+match = "exact"
+methods = ["GET", "POST"]
+path = "/admin"
+policy = "authenticated"
+preflight = "forward"
+require_groups = ["admins", "ops"]
+
+[route.require_claims]
+region = ["eu", "us"]
+tier = ["gold"]
+
+[[route]]
+api = false
+bearer = "off"
+match = "regex"
+methods = []
+path = "/files/[0-9]+"
+policy = "deny"
+preflight = "authenticate"
+require_groups = []
+"#;
+
+/// Same for the repository's `gateway.toml`, secrets from the environment.
+const GATEWAY_TOML_PRINTOUT: &str = r#"
+[server]
+header_read_timeout = "10s"
+idle_timeout = "1m"
+listen = "0.0.0.0:4180"
+log_format = "text"
+max_connections = 10000
+max_header_bytes = 65536
+max_headers = 100
+public_url = "https://app.example.com/"
+shutdown_grace = "30s"
+strip_request_headers = []
+tls_handshake_timeout = "10s"
+trusted_proxies = []
+
+[upstream]
+idle_timeout = "1m"
+max_connections = 256
+timeout = "1m"
+url = "http://127.0.0.1:8080/"
+
+[oidc]
+bearer_audiences = []
+client_id = "authgate-example-client"
+client_secret = "[redacted]"
+issuer = "https://tenant.logto.app/oidc"
+refresh_timeout = "10s"
+resource = []
+scopes = ["openid", "profile", "email", "offline_access"]
+timeout = "10s"
+token_endpoint_auth = "client_secret_basic"
+
+[session]
+absolute_timeout = "7days"
+cookie_domain = ""
+cookie_name = "authgate_session"
+cookie_samesite = "lax"
+cookie_secrets = ["[redacted]"]
+cookie_secure = true
+idle_timeout = "8h"
+login_timeout = "10m"
+max_pending_logins = 10000
+max_sessions = 1000000
+refresh_before_expiry = "1m"
+store = "memory"
+
+[headers]
+authorization_bearer = true
+email = "x-forwarded-email"
+groups = "x-forwarded-groups"
+groups_claim = "groups"
+preferred_username = "x-forwarded-preferred-username"
+user = "x-forwarded-user"
+
+[[route]]
+api = false
+bearer = "off"
+match = "prefix"
+methods = []
+path = "/public/"
+policy = "public"
+preflight = "authenticate"
+require_groups = []
+"#;
+
+/// Every `path = value` of a TOML document, one a line, sorted (tables flattened, so a
+/// mismatch names the key rather than dumping two whole documents).
+fn toml_lines(text: &str) -> Vec<String> {
+    fn walk(prefix: &str, value: &toml::Value, out: &mut Vec<String>) {
+        match value {
+            toml::Value::Table(t) => {
+                for (k, v) in t {
+                    walk(&format!("{prefix}.{k}"), v, out);
+                }
+            }
+            toml::Value::Array(items)
+                if items.iter().all(toml::Value::is_table) && !items.is_empty() =>
+            {
+                for (i, v) in items.iter().enumerate() {
+                    walk(&format!("{prefix}[{i}]"), v, out);
+                }
+            }
+            other => out.push(format!("{prefix} = {other}")),
+        }
+    }
+    let table: toml::Table = toml::from_str(text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let mut out = Vec::new();
+    walk("", &toml::Value::Table(table), &mut out);
+    out.sort();
+    out
+}
+
+fn assert_same_toml(printout: &str, expected: &str) {
+    let (got, want) = (toml_lines(printout), toml_lines(expected));
+    let missing: Vec<_> = want.iter().filter(|l| !got.contains(l)).collect();
+    let extra: Vec<_> = got.iter().filter(|l| !want.contains(l)).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "missing: {missing:#?}\nextra: {extra:#?}\nprintout:\n{printout}"
+    );
+}
+
+#[test]
+fn printout_of_every_key_is_unchanged() {
+    Jail::expect_with(|jail| {
+        let inline = load_every_key(jail, INLINE_OIDC_SECRET, &inline_session_secrets());
+        assert_same_toml(&inline.redacted_toml(), EVERY_KEY_PRINTOUT);
+        // Secrets read from files print exactly as inline ones.
+        let from_files = load_every_key(jail, FILE_OIDC_SECRET, FILE_SESSION_SECRETS);
+        assert_eq!(from_files.redacted_toml(), inline.redacted_toml());
+        Ok(())
+    });
+}
+
+#[test]
+fn printout_of_gateway_toml_is_unchanged() {
+    Jail::expect_with(|jail| {
+        jail.set_env("AUTHGATE_OIDC__CLIENT_SECRET", CLIENT_SECRET);
+        jail.set_env("AUTHGATE_SESSION__COOKIE_SECRETS", format!("[{SECRET_A}]"));
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("gateway.toml");
+        let c = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+        assert_same_toml(&c.redacted_toml(), GATEWAY_TOML_PRINTOUT);
+        Ok(())
+    });
+}
+
+/// Every secret key, given inline, as `*_file` and from the environment: no value, no base64
+/// body and no decoded key bytes in the printout; each secret key prints `[redacted]`.
+#[test]
+fn printout_never_shows_a_secret() {
+    Jail::expect_with(|jail| {
+        let inline = load_every_key(jail, INLINE_OIDC_SECRET, &inline_session_secrets());
+        let from_files = load_every_key(jail, FILE_OIDC_SECRET, FILE_SESSION_SECRETS);
+        jail.set_env("AUTHGATE_OIDC__CLIENT_SECRET", CLIENT_SECRET);
+        jail.set_env(
+            "AUTHGATE_SESSION__COOKIE_SECRETS",
+            format!("[{SECRET_A}, {SECRET_B}]"),
+        );
+        jail.set_env(
+            "AUTHGATE_SESSION__REDIS_URL",
+            "redis://:hunter2@redis:6379/0",
+        );
+        let from_env = load_every_key(jail, "", "");
+        for c in [inline, from_files, from_env] {
+            let out = c.redacted_toml();
+            for leak in [
+                CLIENT_SECRET,
+                SECRET_A,
+                SECRET_A.trim_end_matches('='),
+                SECRET_B,
+                "0123456789abcdef",
+                "hunter2",
+                "redis://",
+            ] {
+                assert!(!out.contains(leak), "{leak} leaked:\n{out}");
+            }
+            let parsed: toml::Table = toml::from_str(&out).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(parsed["oidc"]["client_secret"].as_str(), Some("[redacted]"));
+            let cookie = parsed["session"]["cookie_secrets"].as_array().unwrap();
+            assert_eq!(cookie.len(), 2, "{out}");
+            assert!(
+                cookie.iter().all(|s| s.as_str() == Some("[redacted]")),
+                "{out}"
+            );
+            assert_eq!(parsed["session"]["redis_url"].as_str(), Some("[redacted]"));
+            for file_key in [
+                "client_secret_file",
+                "cookie_secrets_file",
+                "redis_url_file",
+            ] {
+                assert!(!out.contains(file_key), "{out}");
+            }
+        }
+        Ok(())
+    });
+}
+
+/// The printout of every key is itself a valid config: loaded back (secrets supplied again
+/// from the environment) it prints the same.
+#[test]
+fn printout_of_every_key_loads_again() {
+    Jail::expect_with(|jail| {
+        let first = load_every_key(jail, FILE_OIDC_SECRET, FILE_SESSION_SECRETS);
+        let out = first.redacted_toml();
+        jail.create_file("printout.toml", &out)?;
+        jail.set_env(
+            "AUTHGATE_SESSION__COOKIE_SECRETS",
+            format!("[{SECRET_A}, {SECRET_B}]"),
+        );
+        jail.set_env(
+            "AUTHGATE_SESSION__REDIS_URL",
+            "redis://:hunter2@redis:6379/0",
+        );
+        let second =
+            Config::load(Path::new("printout.toml")).unwrap_or_else(|e| panic!("{e}\n{out}"));
+        assert_eq!(second.redacted_toml(), out);
+        Ok(())
+    });
+}
+
+/// The printout stays valid TOML where the typed config holds what TOML cannot say: a count
+/// beyond `i64::MAX` (saturated, as an environment value can set it) and two claim headers
+/// that differ only in case (one header name: the later one prints).
+#[test]
+fn printout_is_valid_toml_at_the_edges() {
+    let toml = with(
+        "headers",
+        "[headers.claims]\n\"X-Tenant\" = \"a\"\n\"x-tenant\" = \"b\"",
+    );
+    let figment = Figment::from(Toml::string(&toml)).merge(EnvOverrides::from_vars([(
+        "AUTHGATE_SESSION__MAX_SESSIONS",
+        u64::MAX.to_string(),
+    )]));
+    let c = Config::from_figment(figment).unwrap_or_else(|e| panic!("{e}"));
+    let out = c.redacted_toml();
+    let parsed: toml::Table = toml::from_str(&out).unwrap_or_else(|e| panic!("{e}\n{out}"));
+    assert_eq!(
+        parsed["session"]["max_sessions"].as_integer(),
+        Some(i64::MAX)
+    );
+    assert_eq!(parsed["headers"]["claims"]["x-tenant"].as_str(), Some("b"));
+}

@@ -3,10 +3,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod support;
 
-use authgate::demo::idp::{ClientAuth, IdTokenTamper};
 use authgate::session::{SessionStore, Store};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use devidp::idp::{ClientAuth, IdTokenTamper};
 use reqwest::{Client, Response, StatusCode, header};
 use serde_json::Value;
 use sha2::{Digest, Sha256};

@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use authgate::demo::idp::DevIdp;
+use devidp::idp::DevIdp;
 use reqwest::{Client, Response, StatusCode, header};
 use support::redis::RedisServer;
 use support::{

@@ -5,9 +5,9 @@ mod support;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use authgate::demo::idp::TokenFault;
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use devidp::idp::TokenFault;
 use reqwest::{Method, StatusCode, header};
 use serde_json::{Value, json};
 use support::{CLIENT_ID, CLIENT_SECRET, Harness, location, set_cookie, set_cookie_line};
@@ -458,6 +458,70 @@ async fn sign_out_during_a_refresh_is_final() {
 #[tokio::test]
 async fn backchannel_logout_during_a_refresh_is_final() {
     logout_during_refresh_is_final(Ending::BackChannel).await;
+}
+
+/// Posts a logout token made of `logout_claims` patched with `patch(t)` (a `null` removes a
+/// claim), `t` being the second it is sent in. The gateway reads the same clock: should a
+/// second tick over during the call, the edge moved under the test, so it tries again (a
+/// bounded number of times). Each try is a new token (a new `jti`).
+async fn backchannel_within_one_second(
+    h: &Harness,
+    patch: impl Fn(u64) -> Value,
+) -> (StatusCode, String) {
+    for _ in 0..20 {
+        let t = now();
+        let mut claims = logout_claims(h);
+        claims.insert("sub".into(), json!("nobody-logged-in"));
+        for (k, v) in patch(t).as_object().unwrap() {
+            match v {
+                Value::Null => drop(claims.remove(k)),
+                v => drop(claims.insert(k.clone(), v.clone())),
+            }
+        }
+        let answer = backchannel(h, &h.idp.sign_jwt(&Value::Object(claims))).await;
+        if now() == t {
+            return answer;
+        }
+    }
+    panic!("a second ticked over during each of 20 calls");
+}
+
+/// Claims made for the second `t` they are sent in, and the refusal expected (`None`: accepted).
+type EdgeCase = (fn(u64) -> Value, Option<&'static str>);
+
+/// Contract Details 30 with the common 60 s leeway, at its edges: one second inside is
+/// accepted, one outside refused (with today's descriptions). `nbf` is honoured too (RFC 7519
+/// section 4.1.5), and a huge time is far away, not an overflow.
+#[tokio::test]
+async fn logout_token_times_have_60_seconds_of_leeway() {
+    let h = Harness::start().await;
+    let cases: [EdgeCase; 11] = [
+        (|t| json!({"iat": t + 59}), None),
+        (|t| json!({"iat": t + 61}), Some("issued in the future")),
+        (|t| json!({"iat": t - 659}), None),
+        (|t| json!({"iat": t - 661}), Some("issued too long ago")),
+        (|t| json!({"exp": t - 59}), None),
+        (|t| json!({"exp": t - 61}), Some("expired")),
+        (|t| json!({"nbf": t + 59}), None),
+        (|t| json!({"nbf": t + 61}), Some("not valid yet")),
+        (|_| json!({"exp": u64::MAX}), None),
+        (|_| json!({"iat": u64::MAX}), Some("issued in the future")),
+        (
+            |_| json!({"nbf": "tomorrow"}),
+            Some("a time claim is not a whole number of seconds"),
+        ),
+    ];
+    for (patch, refused) in cases {
+        let (status, body) = backchannel_within_one_second(&h, patch).await;
+        match refused {
+            None => assert_eq!(status, StatusCode::OK, "{}: {body}", patch(0)),
+            Some(why) => {
+                assert_eq!(status, StatusCode::BAD_REQUEST, "{}: {body}", patch(0));
+                let answer: Value = serde_json::from_str(&body).unwrap();
+                assert_eq!(answer["error_description"], why, "{}", patch(0));
+            }
+        }
+    }
 }
 
 #[tokio::test]

@@ -10,8 +10,8 @@ mod support;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use authgate::demo::idp::{DevIdp, TokenFault};
 use authgate::session::SessionStore;
+use devidp::idp::{DevIdp, TokenFault};
 use reqwest::{Client, Response, StatusCode, header};
 use support::redis::RedisServer;
 use support::{Echo, Harness, eventually, location, set_cookie, start_idp};

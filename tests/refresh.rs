@@ -17,10 +17,10 @@ mod support;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use authgate::demo::idp::{AccessTokenFormat, TokenFault};
 use authgate::session::{Session, SessionStore};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use devidp::idp::{AccessTokenFormat, TokenFault};
 use futures_util::future::join_all;
 use reqwest::{Client, StatusCode, header};
 use serde_json::{Value, json};

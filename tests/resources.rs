@@ -6,8 +6,8 @@ mod support;
 
 use std::time::Duration;
 
-use authgate::demo::idp::AccessTokenFormat;
 use base64::Engine;
+use devidp::idp::AccessTokenFormat;
 use serde_json::Value;
 use support::Harness;
 

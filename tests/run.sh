@@ -3,7 +3,7 @@
 # missing (Debian's nginx and caddy for the forward-auth tests, redis-server for the Redis
 # store, Node.js and the pinned npm packages of the interop provider), then runs every cargo
 # test. Nothing is skipped silently: a test whose tool is missing fails and says how to
-# install it.
+# install it. `--workspace`: the development provider's own tests (tests/devidp) too.
 #
 #   tests/run.sh                 # everything
 #   tests/run.sh --test refresh  # extra arguments go to `cargo test`
@@ -31,4 +31,4 @@ if [ -f "$provider/package-lock.json" ] && [ ! -d "$provider/node_modules" ]; th
   npm ci --prefix "$provider" --no-audit --no-fund
 fi
 
-exec cargo test "$@"
+exec cargo test --workspace "$@"

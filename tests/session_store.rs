@@ -570,7 +570,7 @@ async fn store_errors_keep_their_cause_and_never_the_password() {
     for url in [wrong, nothing] {
         let store = redis_store_at(&url, &[1], Duration::from_secs(5));
         let e = store.load(&new_key()).await.unwrap_err();
-        let chain = authgate::logging::Chain(&e).to_string();
+        let chain = authgate::error::Chain(&e).to_string();
         assert!(std::error::Error::source(&e).is_some(), "{chain}");
         assert!(
             chain.starts_with("session store unavailable: redis"),

@@ -10,9 +10,9 @@ use std::sync::Arc;
 use http::header::{ACCEPT, AUTHORIZATION};
 use http::{HeaderMap, HeaderValue, Method, Request};
 
-use crate::clock::Clock;
 use crate::config::Config;
-use crate::logging::{Chain, log_safe};
+use crate::error::Chain;
+use crate::logging::log_safe;
 use crate::metrics::{Decision, Metrics};
 use crate::oidc::Oidc;
 use crate::policy::Route;
@@ -52,7 +52,6 @@ pub struct Authenticator {
     /// `server.public_url` without a trailing slash.
     public_url: String,
     metrics: Arc<Metrics>,
-    clock: Clock,
 }
 
 // === impl Authenticated ===
@@ -86,7 +85,6 @@ impl Authenticator {
         oidc: Arc<Oidc>,
         identities: Arc<IdentityRules>,
         metrics: Arc<Metrics>,
-        clock: Clock,
     ) -> Self {
         Authenticator {
             sessions,
@@ -97,7 +95,6 @@ impl Authenticator {
             authorization_bearer: cfg.headers.authorization_bearer,
             public_url: public_base(&cfg.server.public_url),
             metrics,
-            clock,
         }
     }
 

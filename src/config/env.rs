@@ -4,13 +4,14 @@
 //! - only names with a `__` are overrides, so `AUTHGATE_CONFIG` (the config path) and any other
 //!   `AUTHGATE_*` variable are ignored instead of failing `deny_unknown_fields`;
 //! - figment parses every env value, so a secret `007` would become the number 7 and `true` a
-//!   boolean. Keys whose type is a string (see `raw::STRING_KEYS`) keep the raw text; string
-//!   lists are split without parsing their items; everything else is parsed as figment does.
+//!   boolean. Keys whose field holds a string keep the raw text; lists of strings are split
+//!   without parsing their items; everything else is parsed as figment does. The kinds come from
+//!   the raw structs themselves (`schema.rs`), so a new key needs no list.
 
 use figment::value::{Dict, Map, Value};
 use figment::{Error, Metadata, Profile, Provider};
 
-use super::raw::{STRING_KEYS, STRING_LIST_KEYS, STRING_TABLES};
+use super::schema::{Kind, Schema};
 
 /// Prefix of every override (matched case-insensitively).
 const PREFIX: &str = "AUTHGATE_";
@@ -65,12 +66,13 @@ impl Provider for EnvOverrides {
     }
 
     fn data(&self) -> Result<Map<Profile, Dict>, Error> {
+        let schema = Schema::of_sections();
         let mut dict = Dict::new();
         for (name, raw) in self.vars() {
             let Some(key) = override_key(&name) else {
                 continue;
             };
-            let nested = figment::util::nest(&key, parse_value(&key, &raw));
+            let nested = figment::util::nest(&key, parse_value(schema.kind(&key), &raw));
             if let Value::Dict(_, nested) = nested {
                 merge(&mut dict, nested);
             }
@@ -105,22 +107,14 @@ fn override_key(name: &str) -> Option<String> {
     Some(parts.join("."))
 }
 
-/// The value of the override for `key`, parsed according to the key's type.
-fn parse_value(key: &str, raw: &str) -> Value {
-    if STRING_KEYS.contains(&key) || in_string_table(key) {
-        Value::from(raw.to_owned())
-    } else if STRING_LIST_KEYS.contains(&key) {
-        Value::from(split_list(raw))
-    } else {
-        raw.parse().unwrap_or_else(|_| Value::from(raw.to_owned()))
+/// The value of an override, parsed according to the kind of its key (`None`: no such key,
+/// parsed as figment does; the section's `deny_unknown_fields` then names it).
+fn parse_value(kind: Option<&Kind>, raw: &str) -> Value {
+    match kind {
+        Some(Kind::Text) => Value::from(raw.to_owned()),
+        Some(Kind::List(item)) if **item == Kind::Text => Value::from(split_list(raw)),
+        _ => raw.parse().unwrap_or_else(|_| Value::from(raw.to_owned())),
     }
-}
-
-fn in_string_table(key: &str) -> bool {
-    STRING_TABLES.iter().any(|t| {
-        key.strip_prefix(t)
-            .is_some_and(|rest| rest.starts_with('.') && !rest[1..].contains('.'))
-    })
 }
 
 /// `[a, "b,c", 007]` -> `a`, `b,c`, `007`; a value without brackets is a one-item list.
@@ -163,6 +157,7 @@ fn merge(into: &mut Dict, from: Dict) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{ConfigError, extract};
 
     fn data(vars: &[(&str, &str)]) -> Value {
         let provider = EnvOverrides::from_vars(vars.iter().copied());
@@ -233,22 +228,118 @@ mod tests {
         assert!(split_list(" [ ] ").is_empty());
     }
 
-    /// The key lists are hand-kept: each entry must be a real key, or an override of it would
-    /// be parsed one way and then rejected as unknown.
+    /// The raw section `name` read from `vars` alone, as JSON, and the errors.
+    fn raw_section(vars: &[(String, &str)], name: &str) -> (serde_json::Value, Vec<ConfigError>) {
+        let figment = figment::Figment::from(EnvOverrides::from_vars(vars.iter().cloned()));
+        let mut errors = Vec::new();
+        let raw = extract::extract(&figment, &mut errors).unwrap_or_default();
+        let json = match name {
+            "server" => serde_json::to_value(&raw.server),
+            "upstream" => serde_json::to_value(&raw.upstream),
+            "oidc" => serde_json::to_value(&raw.oidc),
+            "session" => serde_json::to_value(&raw.session),
+            "headers" => serde_json::to_value(&raw.headers),
+            other => panic!("no section {other}"),
+        };
+        (json.unwrap(), errors)
+    }
+
+    fn has_string(v: &serde_json::Value) -> bool {
+        match v {
+            serde_json::Value::String(_) => true,
+            serde_json::Value::Array(items) => items.iter().any(has_string),
+            serde_json::Value::Object(map) => map.values().any(has_string),
+            _ => false,
+        }
+    }
+
+    /// Every field of every section, set from the environment: a field holding strings gets
+    /// the variable's text (`007` and `true` as written, in a list and in a table too); any
+    /// other field never receives a string (`007` and `[007]` are parsed). So a raw field
+    /// added later that holds strings cannot be parsed into a number: this fails if the
+    /// schema misses it.
     #[test]
-    fn every_listed_key_exists() {
-        let vars = (STRING_KEYS.iter().chain(STRING_LIST_KEYS)).map(|k| {
-            (
-                variable_name(&k.split('.').collect::<Vec<_>>()),
-                "x".to_owned(),
-            )
-        });
-        let figment = figment::Figment::from(EnvOverrides::from_vars(vars));
-        let errors = crate::config::Config::from_figment(figment).err().unwrap();
-        let unknown: Vec<_> = (errors.0.iter())
-            .filter(|e| e.message.contains("unknown"))
+    fn string_fields_keep_the_variable_text() {
+        let schema = Schema::of_sections();
+        let text = Kind::Text;
+        for (section, field, kind) in schema.keys() {
+            let var = variable_name(&[section, field]);
+            match kind {
+                Kind::Text => {
+                    for value in ["007", "true"] {
+                        let (raw, errors) = raw_section(&[(var.clone(), value)], section);
+                        assert!(errors.is_empty(), "{var}={value}: {errors:?}");
+                        assert_eq!(raw[field], value, "{var}={value}");
+                    }
+                }
+                Kind::List(item) if **item == text => {
+                    let (raw, errors) = raw_section(&[(var.clone(), "[007, true]")], section);
+                    assert!(errors.is_empty(), "{var}: {errors:?}");
+                    assert_eq!(raw[field], serde_json::json!(["007", "true"]), "{var}");
+                }
+                Kind::Table(value) if **value == text => {
+                    let var = variable_name(&[section, field, "k"]);
+                    let (raw, errors) = raw_section(&[(var.clone(), "007")], section);
+                    assert!(errors.is_empty(), "{var}: {errors:?}");
+                    assert_eq!(raw[field], serde_json::json!([["k", "007"]]), "{var}");
+                }
+                _ => {
+                    for value in ["007", "[007]"] {
+                        let (raw, errors) = raw_section(&[(var.clone(), value)], section);
+                        assert!(
+                            errors
+                                .iter()
+                                .all(|e| !e.message.contains("expected a string")),
+                            "{var}={value} is a string field the schema calls {kind:?}: {errors:?}"
+                        );
+                        assert!(
+                            !errors.is_empty() || !has_string(&raw[field]),
+                            "{var}={value} is a string field the schema calls {kind:?}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// The schema lists exactly the fields serde knows for each section (its `Serialize`,
+    /// derived for tests, is the independent source), so no field escapes the test above.
+    #[test]
+    fn schema_lists_every_field() {
+        let schema = Schema::of_sections();
+        // Every table section of the file (a section added to `raw.rs` is probed too).
+        let mut sections: Vec<&str> = schema.keys().map(|(s, _, _)| s).collect();
+        sections.dedup();
+        let tables: Vec<&str> = (crate::config::raw::SECTIONS.iter().copied())
+            .filter(|s| *s != "route")
             .collect();
-        assert!(unknown.is_empty(), "{unknown:?}");
+        assert_eq!(sections, tables);
+        for section in tables {
+            let (raw, _) = raw_section(&[], section);
+            let mut serde_fields: Vec<&str> = raw
+                .as_object()
+                .unwrap()
+                .keys()
+                .map(String::as_str)
+                .collect();
+            let mut probed: Vec<&str> = (schema.keys())
+                .filter(|(s, _, _)| *s == section)
+                .map(|(_, f, _)| f)
+                .collect();
+            serde_fields.sort_unstable();
+            probed.sort_unstable();
+            assert_eq!(probed, serde_fields, "{section}");
+        }
+        // The kinds the probe reads for each shape `raw.rs` uses.
+        let kind = |key| schema.kind(key).cloned();
+        let list = |k| Some(Kind::List(Box::new(k)));
+        assert_eq!(kind("server.listen"), Some(Kind::Text));
+        assert_eq!(kind("server.public_url"), Some(Kind::Text));
+        assert_eq!(kind("oidc.client_id"), Some(Kind::Text));
+        assert_eq!(kind("server.trusted_proxies"), list(Kind::Text));
+        assert_eq!(kind("oidc.extra_auth_params.prompt"), Some(Kind::Text));
+        assert_eq!(kind("session.max_sessions"), Some(Kind::Parsed));
+        assert_eq!(kind("headers.authorization_bearer"), Some(Kind::Parsed));
     }
 
     #[test]

@@ -24,8 +24,9 @@ mod env;
 mod extract;
 mod lenient;
 mod raw;
-mod render;
 mod routes;
+mod schema;
+mod ser;
 mod types;
 mod validate;
 
@@ -106,9 +107,12 @@ impl Config {
         }
     }
 
-    /// The effective config as TOML, every secret replaced by "[redacted]" (for `authgate check`).
+    /// The effective config as TOML, every secret replaced by "[redacted]" (for `authgate check`):
+    /// its `Serialize`, so under the file's keys, in the typed config's field order.
     pub fn redacted_toml(&self) -> String {
-        render::redacted_toml(self)
+        // Every helper in `ser.rs` is total; should serialization still fail, say so in the
+        // printout rather than print a partial config.
+        toml::to_string(self).unwrap_or_else(|e| format!("# cannot print the configuration: {e}\n"))
     }
 }
 

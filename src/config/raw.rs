@@ -3,6 +3,9 @@
 //! Every section rejects unknown keys (a typo must not silently disable security) and fills
 //! absent keys with the contract's defaults. Durations, URLs and names stay strings here so
 //! that `validate.rs` can report a bad value together with the key that holds it.
+//!
+//! These structs are also the schema of the environment overrides: `schema.rs` reads from each
+//! field's `Deserialize` whether it holds a string, a list of strings or a table of strings.
 
 use serde::Deserialize;
 
@@ -10,65 +13,6 @@ use super::lenient;
 
 /// The top-level keys of the file, in the order `authgate check` prints them.
 pub(crate) const SECTIONS: &[&str] = &["server", "upstream", "oidc", "session", "headers", "route"];
-
-/// Keys whose value is a string whatever it looks like: the environment provider passes
-/// these through unparsed, so `AUTHGATE_OIDC__CLIENT_SECRET=007` stays `"007"`.
-pub(crate) const STRING_KEYS: &[&str] = &[
-    "server.listen",
-    "server.public_url",
-    "server.tls_cert_file",
-    "server.tls_key_file",
-    "server.shutdown_grace",
-    "server.log_format",
-    "server.metrics_listen",
-    "server.header_read_timeout",
-    "server.tls_handshake_timeout",
-    "server.idle_timeout",
-    "upstream.url",
-    "upstream.timeout",
-    "upstream.ca_file",
-    "upstream.idle_timeout",
-    "oidc.issuer",
-    "oidc.client_id",
-    "oidc.client_secret",
-    "oidc.client_secret_file",
-    "oidc.timeout",
-    "oidc.refresh_timeout",
-    "oidc.token_endpoint_auth",
-    "oidc.post_logout_redirect_uri",
-    "session.cookie_name",
-    "session.cookie_secrets_file",
-    "session.cookie_samesite",
-    "session.cookie_domain",
-    "session.idle_timeout",
-    "session.absolute_timeout",
-    "session.refresh_before_expiry",
-    "session.max_token_age",
-    "session.store",
-    "session.redis_url",
-    "session.redis_url_file",
-    "session.redis_key_prefix",
-    "session.redis_timeout",
-    "session.login_timeout",
-    "headers.user",
-    "headers.email",
-    "headers.preferred_username",
-    "headers.groups",
-    "headers.groups_claim",
-];
-
-/// Tables whose every value is a string (`headers.claims.<name>`).
-pub(crate) const STRING_TABLES: &[&str] = &["oidc.extra_auth_params", "headers.claims"];
-
-/// Keys holding a list of strings: split by the environment provider without parsing items.
-pub(crate) const STRING_LIST_KEYS: &[&str] = &[
-    "server.trusted_proxies",
-    "server.strip_request_headers",
-    "oidc.scopes",
-    "oidc.resource",
-    "oidc.bearer_audiences",
-    "session.cookie_secrets",
-];
 
 /// Every section; `None` where the section failed to deserialize (its errors are reported,
 /// and validation skips it rather than piling "missing" errors on top).
@@ -84,6 +28,7 @@ pub(crate) struct RawConfig {
 }
 
 #[derive(Debug, Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
 #[serde(default, deny_unknown_fields)]
 pub(crate) struct RawServer {
     pub listen: String,
@@ -128,6 +73,7 @@ impl Default for RawServer {
 }
 
 #[derive(Debug, Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
 #[serde(default, deny_unknown_fields)]
 pub(crate) struct RawUpstream {
     pub url: Option<String>,
@@ -150,6 +96,7 @@ impl Default for RawUpstream {
 }
 
 #[derive(Debug, Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
 #[serde(default, deny_unknown_fields)]
 pub(crate) struct RawOidc {
     pub issuer: Option<String>,
@@ -196,6 +143,7 @@ impl Default for RawOidc {
 }
 
 #[derive(Debug, Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
 #[serde(default, deny_unknown_fields)]
 pub(crate) struct RawSession {
     pub cookie_name: String,
@@ -246,6 +194,7 @@ impl Default for RawSession {
 }
 
 #[derive(Debug, Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
 #[serde(default, deny_unknown_fields)]
 pub(crate) struct RawHeaders {
     pub authorization_bearer: bool,

@@ -3,6 +3,9 @@
 //! Everything here is already parsed and validated (see `validate.rs`): URLs are URLs, header
 //! names are header names, cookie keys are decoded bytes of at least 32 bytes, regexes are
 //! compiled. Nothing downstream re-validates.
+//!
+//! `Serialize` prints it back under the file's keys for `authgate check` (see `ser.rs`);
+//! secrets print `[redacted]`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -11,103 +14,144 @@ use std::time::Duration;
 use http::{HeaderName, Method};
 use ipnet::IpNet;
 use regex::Regex;
+use serde::Serialize;
+use serde::ser::{SerializeStruct, Serializer};
 use url::Url;
 
+use super::ser;
 use crate::secret::Secret;
 
 /// The whole gateway configuration.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize)]
 pub struct Config {
     pub server: ServerConfig,
     pub upstream: UpstreamConfig,
     pub oidc: OidcConfig,
     pub session: SessionConfig,
     pub headers: HeadersConfig,
+    #[serde(rename = "route", skip_serializing_if = "Vec::is_empty")]
     pub routes: Vec<RouteConfig>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize)]
 pub struct ServerConfig {
+    #[serde(serialize_with = "ser::display")]
     pub listen: SocketAddr,
     /// External origin users see, without a trailing slash (`https://app.example.com`).
+    #[serde(serialize_with = "ser::display")]
     pub public_url: Url,
+    #[serde(flatten)]
     pub tls: Option<TlsFiles>,
+    #[serde(serialize_with = "ser::display_list")]
     pub trusted_proxies: Vec<IpNet>,
+    #[serde(serialize_with = "ser::duration")]
     pub shutdown_grace: Duration,
     pub log_format: LogFormat,
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "ser::opt_display"
+    )]
     pub metrics_listen: Option<SocketAddr>,
     /// Time a client has to send a complete request head (slowloris guard). Default 10s.
+    #[serde(serialize_with = "ser::duration")]
     pub header_read_timeout: Duration,
     /// Time a client has to finish the TLS handshake. Default 10s.
+    #[serde(serialize_with = "ser::duration")]
     pub tls_handshake_timeout: Duration,
     /// Largest request head accepted, in bytes. Default 64 KiB.
+    #[serde(serialize_with = "ser::count")]
     pub max_header_bytes: usize,
     /// Most header fields accepted in one request. Default 100.
+    #[serde(serialize_with = "ser::count")]
     pub max_headers: usize,
     /// More request headers removed from every request of an untrusted peer (contract
     /// Details 23), compared in any spelling like the built-in list.
+    #[serde(serialize_with = "ser::display_list")]
     pub strip_request_headers: Vec<HeaderName>,
     /// A keep-alive connection with no request in flight for this long is closed (HTTP/2:
     /// GOAWAY). Default 60s.
+    #[serde(serialize_with = "ser::duration")]
     pub idle_timeout: Duration,
     /// Client connections open at once; beyond it the listener stops accepting until one
     /// closes. Default 10 000.
+    #[serde(serialize_with = "ser::count")]
     pub max_connections: usize,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize)]
 pub struct TlsFiles {
+    #[serde(rename = "tls_cert_file", serialize_with = "ser::path")]
     pub cert: PathBuf,
+    #[serde(rename = "tls_key_file", serialize_with = "ser::path")]
     pub key: PathBuf,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum LogFormat {
     Text,
     Json,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize)]
 pub struct UpstreamConfig {
     /// `http://` or `https://` origin (a path prefix is allowed and prepended).
+    #[serde(serialize_with = "ser::display")]
     pub url: Url,
     /// Time until the upstream's response head, and the longest pause between body chunks.
+    #[serde(serialize_with = "ser::duration")]
     pub timeout: Duration,
     /// Extra CA bundle (PEM) trusted for an `https://` upstream, besides the webpki roots.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "ser::opt_path"
+    )]
     pub ca_file: Option<PathBuf>,
     /// Connections open to the upstream at once, idle ones included. Default 256.
+    #[serde(serialize_with = "ser::count")]
     pub max_connections: usize,
     /// An idle upstream connection is closed after this long. Default 60s.
+    #[serde(serialize_with = "ser::duration")]
     pub idle_timeout: Duration,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize)]
 pub struct OidcConfig {
+    #[serde(serialize_with = "ser::display")]
     pub issuer: Url,
     pub client_id: String,
     /// `None` = public client (PKCE only).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub client_secret: Option<Secret<String>>,
     pub scopes: Vec<String>,
     pub resource: Vec<String>,
     /// In file order; a `prompt` here replaces the default one.
+    #[serde(skip_serializing_if = "Vec::is_empty", serialize_with = "ser::table")]
     pub extra_auth_params: Vec<(String, String)>,
+    #[serde(serialize_with = "ser::duration")]
     pub timeout: Duration,
     /// Timeout of one refresh call to the token endpoint. Default: `timeout`.
+    #[serde(serialize_with = "ser::duration")]
     pub refresh_timeout: Duration,
     pub token_endpoint_auth: TokenEndpointAuth,
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "ser::opt_display"
+    )]
     pub post_logout_redirect_uri: Option<Url>,
     /// Audiences accepted on bearer-passthrough routes. No default: required when a route
     /// uses passthrough (contract Details 29).
     pub bearer_audiences: Vec<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum TokenEndpointAuth {
     ClientSecretBasic,
     ClientSecretPost,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize)]
 pub struct SessionConfig {
     pub cookie_name: String,
     /// Decoded keys, each at least 32 bytes; the first signs, every one verifies.
@@ -115,68 +159,96 @@ pub struct SessionConfig {
     pub cookie_secure: bool,
     pub cookie_samesite: SameSite,
     /// `None` = host-only cookie.
+    #[serde(serialize_with = "ser::string_or_empty")]
     pub cookie_domain: Option<String>,
+    #[serde(serialize_with = "ser::duration")]
     pub idle_timeout: Duration,
+    #[serde(serialize_with = "ser::duration")]
     pub absolute_timeout: Duration,
+    #[serde(serialize_with = "ser::count")]
     pub max_sessions: u64,
+    #[serde(serialize_with = "ser::duration")]
     pub refresh_before_expiry: Duration,
     /// When a token response has neither `expires_in` nor a JWT `exp`, refresh after this
     /// long. `None` (default): such a token is used until `absolute_timeout`.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "ser::opt_duration"
+    )]
     pub max_token_age: Option<Duration>,
+    /// Prints as `store = "memory"`, or `store = "redis"` and the `redis_*` keys.
+    #[serde(flatten)]
     pub store: StoreConfig,
     /// Lifetime of a pending login (from `/oauth2/start` to the callback), so of its login
     /// cookie and of the memory of its used state. Default 10m.
+    #[serde(serialize_with = "ser::duration")]
     pub login_timeout: Duration,
     /// Memory store: used login states remembered per replica (pending logins themselves live
     /// in the browser, see `crate::login`). Default 10 000.
+    #[serde(serialize_with = "ser::count")]
     pub max_pending_logins: u64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum SameSite {
     Lax,
     Strict,
     None,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "store", rename_all = "snake_case")]
 pub enum StoreConfig {
     Memory,
     Redis {
+        #[serde(rename = "redis_url")]
         url: Secret<String>,
+        #[serde(rename = "redis_key_prefix")]
         key_prefix: String,
         /// Bound on every Redis call (`session.redis_timeout`, default 1s): past it the store
         /// counts as down (503 with `Retry-After`, never a logout).
+        #[serde(rename = "redis_timeout", serialize_with = "ser::duration")]
         timeout: Duration,
     },
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize)]
 pub struct HeadersConfig {
     pub authorization_bearer: bool,
     /// Each `None` when configured as an empty string (header disabled).
+    #[serde(serialize_with = "ser::header_or_empty")]
     pub user: Option<HeaderName>,
+    #[serde(serialize_with = "ser::header_or_empty")]
     pub email: Option<HeaderName>,
+    #[serde(serialize_with = "ser::header_or_empty")]
     pub preferred_username: Option<HeaderName>,
+    #[serde(serialize_with = "ser::header_or_empty")]
     pub groups: Option<HeaderName>,
     /// Claim holding the groups (a list, or a comma/space separated string). Default `groups`.
     pub groups_claim: String,
     /// `[headers.claims]`: header name -> claim name, in file order.
+    #[serde(skip_serializing_if = "Vec::is_empty", serialize_with = "ser::table")]
     pub claims: Vec<(HeaderName, String)>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize)]
 pub struct RouteConfig {
+    /// Prints as `path` and `match`.
+    #[serde(flatten)]
     pub matcher: PathMatch,
     /// Empty = every method.
+    #[serde(serialize_with = "ser::display_list")]
     pub methods: Vec<Method>,
     pub policy: Policy,
     pub api: bool,
     pub require_groups: Vec<String>,
     /// Claim name -> accepted values (any one of them).
+    #[serde(skip_serializing_if = "Vec::is_empty", serialize_with = "ser::table")]
     pub require_claims: Vec<(String, Vec<String>)>,
     pub bearer: BearerMode,
     /// Which configured `oidc.resource` token goes upstream on this route (default: the first).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub bearer_resource: Option<String>,
     /// What a CORS preflight without credentials gets on an `authenticated` route.
     pub preflight: Preflight,
@@ -190,7 +262,30 @@ pub enum PathMatch {
     Regex(Regex),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// `path` and `match`, as a `[[route]]` writes them; the regex as written, without the anchors
+/// added at compile time.
+impl Serialize for PathMatch {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let (kind, path) = match self {
+            PathMatch::Prefix(p) => ("prefix", p.as_str()),
+            PathMatch::Exact(p) => ("exact", p.as_str()),
+            PathMatch::Regex(re) => ("regex", unanchored(re.as_str())),
+        };
+        let mut st = s.serialize_struct("PathMatch", 2)?;
+        st.serialize_field("path", path)?;
+        st.serialize_field("match", kind)?;
+        st.end()
+    }
+}
+
+fn unanchored(compiled: &str) -> &str {
+    (compiled.strip_prefix("^(?:"))
+        .and_then(|s| s.strip_suffix(")$"))
+        .unwrap_or(compiled)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Policy {
     Public,
     Authenticated,
@@ -199,7 +294,8 @@ pub enum Policy {
 
 /// CORS preflights (`OPTIONS` with `Origin` and `Access-Control-Request-Method`) on an
 /// `authenticated` route (contract Details 26).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Preflight {
     /// Like any request: without a session, 401 (default).
     Authenticate,
@@ -207,7 +303,8 @@ pub enum Preflight {
     Forward,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum BearerMode {
     /// Only sessions authenticate (default).
     Off,

@@ -1,10 +1,7 @@
-//! Everything `authgate demo` runs next to the gateway: an in-process development OpenID
-//! Connect provider ([`idp::DevIdp`], also the integration tests' fake provider) and a tiny
-//! echo upstream ([`echo::serve_echo`]) that shows what the gateway forwarded.
+//! `authgate demo` (cargo feature `demo`, on by default): the gateway next to the development
+//! OpenID Connect provider and the echo upstream of the `devidp` crate (tests/devidp). Builds
+//! without the feature (the container image, `--no-default-features`) contain none of it.
 
-pub mod echo;
-mod html;
-pub mod idp;
 mod run;
 
 pub use run::run;

@@ -7,13 +7,13 @@ use std::future::Future;
 use std::net::SocketAddr;
 
 use base64::Engine;
+use devidp::echo::serve_echo;
+use devidp::idp::{DevIdp, DevIdpOptions};
 use figment::Figment;
 use figment::providers::{Format, Toml};
 use rand::RngCore;
 use tokio::net::TcpListener;
 
-use super::echo::serve_echo;
-use super::idp::{DevIdp, DevIdpOptions};
 use crate::config::Config;
 use crate::error::StartupError;
 
@@ -86,7 +86,7 @@ fn demo_config(
         cookie_secret = random_b64(32),
     );
     Config::from_figment(Figment::from(Toml::string(&toml)))
-        .map_err(|e| StartupError::Oidc(format!("demo configuration: {e}")))
+        .map_err(|e| StartupError::Demo(Box::new(e)))
 }
 
 /// Browsers reach a wildcard listener on loopback.

@@ -15,7 +15,8 @@ use url::Url;
 use super::{HttpError, Oidc, Provider, error_chain, jwt};
 use crate::clock::Clock;
 use crate::config::TokenEndpointAuth;
-use crate::logging::{Chain, log_safe};
+use crate::error::Chain;
+use crate::logging::log_safe;
 
 /// A login to start: where to send the browser, and what to remember until the callback.
 pub struct AuthRequest {
@@ -375,23 +376,14 @@ impl Oidc {
         nonce: Option<&Nonce>,
     ) -> Result<Map<String, Value>, IdTokenError> {
         let provider = self.provider().ok_or(IdTokenError::NotReady)?;
-        match verify_with(&provider, id_token, nonce, self.clock()) {
-            Ok(claims) => Ok(claims),
-            Err(first) => {
-                let raw = id_token.to_string();
-                let unknown_kid =
-                    jwt::header_kid(&raw).is_some_and(|kid| {
-                        !provider.jwks().keys().iter().any(|k| {
-                            openidconnect::JsonWebKey::key_id(k).is_some_and(|id| **id == kid)
-                        })
-                    });
-                if !unknown_kid {
-                    return Err(first);
-                }
-                let provider = self.refetch_jwks().await.ok_or(first)?;
-                verify_with(&provider, id_token, nonce, self.clock())
-            }
-        }
+        let (_, claims) = self
+            .with_key_refetch(
+                provider,
+                |p| verify_with(p, id_token, nonce, self.clock()),
+                |p, _| jwt::names_unknown_kid(&id_token.to_string(), p.jwks()),
+            )
+            .await?;
+        Ok(claims)
     }
 
     fn token_set(

@@ -31,28 +31,13 @@ use url::Url;
 
 use crate::clock::Clock;
 use crate::config::{OidcConfig, TokenEndpointAuth};
-use crate::error::StartupError;
-use crate::logging::{Chain, log_safe};
+use crate::error::{Chain, OidcSetupError};
+use crate::logging::log_safe;
 
 pub use openidconnect::reqwest::Client as HttpClient;
 
 /// The provider HTTP client's error.
 pub type HttpError = openidconnect::HttpClientError<openidconnect::reqwest::Error>;
-
-/// Why discovery failed; the cause is kept as `source`.
-#[derive(Debug, thiserror::Error)]
-pub enum DiscoveryFailed {
-    #[error(transparent)]
-    Once(DiscoveryError<HttpError>),
-    /// The discovered issuer differs from the configured one, with or without a trailing
-    /// slash: the first mismatch, and what the second attempt found.
-    #[error("{mismatch}; with a trailing slash")]
-    BothSpellings {
-        mismatch: String,
-        #[source]
-        source: DiscoveryError<HttpError>,
-    },
-}
 
 /// Least time between two JWKS refetches triggered by unknown key ids.
 pub const JWKS_REFETCH_INTERVAL: Duration = Duration::from_secs(10);
@@ -122,6 +107,24 @@ impl Provider {
     }
 }
 
+/// One discovery request that failed.
+pub type DiscoveryAttemptError = DiscoveryError<HttpError>;
+
+/// Discovery that did not work; print it with [`Chain`] (the useful part is in the causes).
+#[derive(Debug, thiserror::Error)]
+pub enum DiscoveryFailed {
+    #[error(transparent)]
+    Attempt(DiscoveryAttemptError),
+    /// The discovered issuer was not the configured one, and the other trailing-slash
+    /// spelling failed too (its error is the source).
+    #[error("{mismatch}; with a trailing slash")]
+    BothSpellings {
+        mismatch: String,
+        #[source]
+        with_slash: DiscoveryAttemptError,
+    },
+}
+
 /// The gateway's handle on its provider.
 pub struct Oidc {
     pub cfg: OidcConfig,
@@ -146,14 +149,13 @@ impl Oidc {
         cfg: &OidcConfig,
         public_url: &Url,
         max_token_age: Option<Duration>,
-    ) -> Result<Self, StartupError> {
+    ) -> Result<Self, OidcSetupError> {
         let base = public_url.as_str().trim_end_matches('/');
         let redirect_url = RedirectUrl::new(format!("{base}/oauth2/callback"))
-            .map_err(|e| StartupError::Oidc(format!("redirect URI: {e}")))?;
+            .map_err(OidcSetupError::RedirectUri)?;
         let post_logout_url = match &cfg.post_logout_redirect_uri {
             Some(url) => url.clone(),
-            None => Url::parse(&format!("{base}/"))
-                .map_err(|e| StartupError::Oidc(format!("post-logout URI: {e}")))?,
+            None => Url::parse(&format!("{base}/")).map_err(OidcSetupError::PostLogoutUri)?,
         };
         Ok(Oidc {
             cfg: cfg.clone(),
@@ -233,14 +235,17 @@ impl Oidc {
         let trimmed = configured.trim_end_matches('/');
         let first = self.discover_as(trimmed).await;
         let Err(DiscoveryError::Validation(mismatch)) = first else {
-            return first.map_err(DiscoveryFailed::Once);
+            return first.map_err(DiscoveryFailed::Attempt);
         };
         self.discover_as(&format!("{trimmed}/"))
             .await
-            .map_err(|source| DiscoveryFailed::BothSpellings { mismatch, source })
+            .map_err(|with_slash| DiscoveryFailed::BothSpellings {
+                mismatch,
+                with_slash,
+            })
     }
 
-    async fn discover_as(&self, issuer: &str) -> Result<Provider, DiscoveryError<HttpError>> {
+    async fn discover_as(&self, issuer: &str) -> Result<Provider, DiscoveryAttemptError> {
         let issuer = IssuerUrl::new(issuer.to_owned()).map_err(DiscoveryError::UrlParse)?;
         let metadata = Metadata::discover_async(issuer, &self.http).await?;
         Ok(self.provider_from(metadata))
@@ -307,19 +312,70 @@ impl Oidc {
         self.current.store(Some(provider.clone()));
         Some(provider)
     }
+
+    /// Run `verify` against `provider`'s keys and, when it failed because the token names a
+    /// key those keys lack (`unknown_key`), refetch the JWKS and run it once more against the
+    /// new keys. Key rotation at the provider costs one fetch; a flood of tokens under
+    /// made-up key ids costs at most one per [`JWKS_REFETCH_INTERVAL`] (see
+    /// [`Oidc::refetch_jwks`]). Returns the provider whose keys were used, with the result.
+    pub async fn with_key_refetch<T, E>(
+        &self,
+        provider: Arc<Provider>,
+        verify: impl Fn(&Provider) -> Result<T, E>,
+        unknown_key: impl FnOnce(&Provider, &E) -> bool,
+    ) -> Result<(Arc<Provider>, T), E> {
+        match verify(&provider) {
+            Ok(verified) => Ok((provider, verified)),
+            Err(e) if unknown_key(&provider, &e) => match self.refetch_jwks().await {
+                Some(refetched) => {
+                    let verified = verify(&refetched)?;
+                    Ok((refetched, verified))
+                }
+                None => Err(e),
+            },
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Verify a JWT that is not an ID token: the signature (an asymmetric algorithm the
+    /// provider advertises, its keys, one JWKS refetch on an unknown `kid`, no `crit`), then
+    /// the claims `expect` names, with [`jwt::LEEWAY_SECS`] of clock skew. Returns the claims.
+    /// A logout token's single use is the caller's to check.
+    pub async fn verify_jwt(
+        &self,
+        token: &str,
+        expect: jwt::Expect<'_>,
+    ) -> Result<jwt::Claims, jwt::JwtError> {
+        let provider = self.provider().ok_or(jwt::JwtError::NotReady)?;
+        let (provider, verified) = self
+            .with_key_refetch(
+                provider,
+                |p| jwt::verify_signature(token, p.jwks(), &p.algorithms),
+                |_, e| *e == jwt::JwtError::UnknownKey,
+            )
+            .await?;
+        jwt::check_claims(
+            &verified,
+            expect,
+            provider.issuer(),
+            &self.cfg.client_id,
+            self.clock.unix_now(),
+        )?;
+        Ok(verified.claims)
+    }
 }
 
-fn http_client(timeout: Duration) -> Result<HttpClient, StartupError> {
+fn http_client(timeout: Duration) -> Result<HttpClient, OidcSetupError> {
     HttpClient::builder()
         // Following redirects would open the client to SSRF.
         .redirect(openidconnect::reqwest::redirect::Policy::none())
         .timeout(timeout)
         .connect_timeout(timeout)
         .build()
-        .map_err(|e| StartupError::Oidc(format!("HTTP client: {e}")))
+        .map_err(OidcSetupError::HttpClient)
 }
 
 /// An error and its causes on one line (reqwest hides the useful part in `source()`).
 pub fn error_chain(e: &dyn std::error::Error) -> String {
-    crate::logging::Chain(e).to_string()
+    Chain(e).to_string()
 }

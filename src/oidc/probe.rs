@@ -3,8 +3,9 @@
 
 use openidconnect::core::CoreGrantType;
 
-use super::Oidc;
+use super::{DiscoveryFailed, Oidc};
 use crate::config::Config;
+use crate::error::OidcSetupError;
 
 /// One line of the probe's report.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -13,15 +14,19 @@ pub enum Finding {
     Warning(String),
 }
 
+/// Why the probe could not assess the provider (print it with [`crate::error::Chain`]).
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("OIDC client")]
+    Setup(#[from] OidcSetupError),
+    #[error("provider unreachable or discovery invalid")]
+    Discovery(#[from] DiscoveryFailed),
+}
+
 /// Run the probe and print the report on stderr. `Err` when the provider is unreachable.
-pub async fn run(config: &Config) -> Result<(), ()> {
-    let oidc = Oidc::new(&config.oidc, &config.server.public_url, None).map_err(|e| {
-        eprintln!("probe: {e}");
-    })?;
-    let provider = oidc.discover().await.map_err(|e| {
-        let e = crate::logging::Chain(&e);
-        eprintln!("probe: provider unreachable or discovery invalid: {e}");
-    })?;
+pub async fn run(config: &Config) -> Result<(), ProbeError> {
+    let oidc = Oidc::new(&config.oidc, &config.server.public_url, None)?;
+    let provider = oidc.discover().await?;
     eprintln!("probe: discovered {}", provider.issuer());
     for finding in assess(config, &provider) {
         match finding {

@@ -40,7 +40,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 
-use crate::error::StartupError;
+use crate::error::UpstreamSetupError;
 use crate::logging::log_safe;
 
 pub type Sender = SendRequest<Incoming>;
@@ -274,14 +274,13 @@ impl Connector {
         authority: &Authority,
         tls: rustls::ClientConfig,
         connect_timeout: Duration,
-    ) -> Result<Self, StartupError> {
-        let bad = |why: &str| StartupError::Upstream(format!("upstream.url: {why}"));
+    ) -> Result<Self, UpstreamSetupError> {
         let https = if *scheme == Scheme::HTTPS {
             true
         } else if *scheme == Scheme::HTTP {
             false
         } else {
-            return Err(bad("the scheme must be http or https"));
+            return Err(UpstreamSetupError::Scheme);
         };
         let host = authority
             .host()
@@ -289,8 +288,12 @@ impl Connector {
             .trim_end_matches(']');
         let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
         let tls = if https {
-            let name = ServerName::try_from(host.to_owned())
-                .map_err(|e| bad(&format!("host {host}: {e}")))?;
+            let name = ServerName::try_from(host.to_owned()).map_err(|source| {
+                UpstreamSetupError::ServerName {
+                    host: host.to_owned(),
+                    source,
+                }
+            })?;
             let mut config = tls;
             config.alpn_protocols = vec![b"http/1.1".to_vec()];
             Some((TlsConnector::from(Arc::new(config)), name))

@@ -26,6 +26,7 @@ use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 
 use crate::config::UpstreamConfig;
+use crate::error::{StartupError, UpstreamSetupError};
 use crate::logging::log_safe;
 use crate::tls;
 
@@ -65,20 +66,16 @@ pub struct Upstream {
 // === impl Upstream ===
 
 impl Upstream {
-    pub fn new(cfg: &UpstreamConfig) -> Result<Self, crate::error::StartupError> {
+    pub fn new(cfg: &UpstreamConfig) -> Result<Self, StartupError> {
         let tls = tls::client_config(cfg.ca_file.as_deref())?;
         let uri: Uri = cfg
             .url
             .as_str()
             .parse()
-            .map_err(|e: http::uri::InvalidUri| {
-                crate::error::StartupError::Upstream(format!("upstream.url: {e}"))
-            })?;
+            .map_err(UpstreamSetupError::InvalidUri)?;
         let parts = uri.into_parts();
         let (Some(scheme), Some(authority)) = (parts.scheme, parts.authority) else {
-            return Err(crate::error::StartupError::Upstream(
-                "upstream.url: needs a scheme and a host".into(),
-            ));
+            return Err(UpstreamSetupError::NoHost.into());
         };
         let connect_timeout = cfg.timeout.min(Duration::from_secs(10));
         Ok(Upstream {
@@ -315,5 +312,38 @@ where
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::Chain;
+
+    #[test]
+    fn setup_errors_say_what_is_wrong_with_the_url() {
+        let cfg = |url: &str| UpstreamConfig {
+            url: url.parse().unwrap(),
+            timeout: Duration::from_secs(1),
+            ca_file: None,
+            max_connections: 1,
+            idle_timeout: Duration::from_secs(1),
+        };
+        for (url, expected) in [
+            (
+                "ftp://files.example/",
+                "upstream: upstream.url: the scheme must be http or https",
+            ),
+            (
+                "file:///srv/app",
+                "upstream: upstream.url: not a URI: invalid format",
+            ),
+        ] {
+            let Err(e) = Upstream::new(&cfg(url)) else {
+                panic!("{url} accepted")
+            };
+            assert_eq!(Chain(&e).to_string(), expected);
+        }
+        assert!(Upstream::new(&cfg("https://app.example:8443/base")).is_ok());
     }
 }

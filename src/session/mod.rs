@@ -41,7 +41,7 @@ pub fn new_key() -> SessionKey {
 }
 
 /// The store could not answer (a shared store being down; the memory store never fails).
-/// The cause is kept as the error's `source` (log it with `logging::Chain`); no message
+/// The cause is kept as the error's `source` (log it with `error::Chain`); no message
 /// quotes the store's URL, which may hold a password.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -25,8 +25,8 @@ use std::time::Duration;
 
 use authgate::clock::{Clock, ClockHand};
 use authgate::config::Config;
-use authgate::demo::idp::{DevIdp, DevIdpOptions};
 use authgate::gateway::Gateway;
+use devidp::idp::{DevIdp, DevIdpOptions};
 use figment::Figment;
 use figment::providers::{Format, Toml};
 use reqwest::{Client, StatusCode, header};
@@ -260,8 +260,7 @@ impl Builder {
             None => {
                 let listener = bind().await;
                 let addr = listener.local_addr().unwrap();
-                let echo =
-                    authgate::demo::echo::serve_echo_counting(listener, upstream_hits.clone());
+                let echo = devidp::echo::serve_echo_counting(listener, upstream_hits.clone());
                 (addr, Some(tokio::spawn(echo)))
             }
         };

@@ -47,6 +47,7 @@ use super::{
     Versioned,
 };
 use crate::clock::Clock;
+use crate::error::StoreSetupError;
 use crate::metrics::StoreMetrics;
 use crate::seal::Keyring;
 use crate::secret::Secret;
@@ -141,7 +142,10 @@ struct Inner {
 
 impl RedisStore {
     /// Set up the client; connects on first use (needs a Tokio runtime).
-    pub fn new(opts: RedisOptions, secrets: &[Secret<Vec<u8>>]) -> Result<RedisStore, String> {
+    pub fn new(
+        opts: RedisOptions,
+        secrets: &[Secret<Vec<u8>>],
+    ) -> Result<RedisStore, StoreSetupError> {
         RedisStore::with_clock(opts, secrets, Clock::system())
     }
 
@@ -151,11 +155,11 @@ impl RedisStore {
         opts: RedisOptions,
         secrets: &[Secret<Vec<u8>>],
         clock: Clock,
-    ) -> Result<RedisStore, String> {
+    ) -> Result<RedisStore, StoreSetupError> {
         if tokio::runtime::Handle::try_current().is_err() {
-            return Err("the Redis client needs a Tokio runtime".into());
+            return Err(StoreSetupError::NoRuntime);
         }
-        let keys = Keyring::new(secrets).ok_or("no usable cookie secret")?;
+        let keys = Keyring::new(secrets).ok_or(StoreSetupError::NoUsableSecret)?;
         let url = opts.url.expose();
         if url.starts_with("rediss:") {
             // redis builds its TLS config with `ClientConfig::builder()`, which needs the
@@ -163,15 +167,15 @@ impl RedisStore {
             let _ = rustls::crypto::ring::default_provider().install_default();
         }
         // The error may quote the URL (and its password): say only what is wrong.
-        let client = redis::Client::open(url.as_str())
-            .map_err(|e| format!("invalid session.redis_url ({:?})", e.kind()))?;
+        let client =
+            redis::Client::open(url.as_str()).map_err(|e| StoreSetupError::InvalidUrl(e.kind()))?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(opts.timeout))
             .set_response_timeout(Some(opts.timeout))
             .set_number_of_retries(2)
             .set_max_delay(Duration::from_millis(500));
         let conn = ConnectionManager::new_lazy_with_config(client, config)
-            .map_err(|e| format!("cannot set up the Redis client: {e}"))?;
+            .map_err(StoreSetupError::Client)?;
         let cache = Cache::builder()
             .max_capacity(opts.cache_capacity.max(1))
             .time_to_live(opts.cache_ttl)

@@ -13,9 +13,9 @@ use openidconnect::core::{
 };
 use openidconnect::{JsonWebKeyId, PrivateSigningKey, SigningError};
 
-const PRIMARY_PEM: &str = include_str!("../keys/dev-1.pem");
-const SECONDARY_PEM: &str = include_str!("../keys/dev-2.pem");
-const FOREIGN_PEM: &str = include_str!("../keys/foreign.pem");
+const PRIMARY_PEM: &str = include_str!("../../keys/dev-1.pem");
+const SECONDARY_PEM: &str = include_str!("../../keys/dev-2.pem");
+const FOREIGN_PEM: &str = include_str!("../../keys/foreign.pem");
 
 /// The signing keys of one provider.
 pub(crate) struct KeyRing {

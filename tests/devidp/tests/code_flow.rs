@@ -2,7 +2,7 @@
 
 use std::str::FromStr;
 
-use authgate::demo::idp::ClientAuth;
+use devidp::idp::ClientAuth;
 use openidconnect::Nonce;
 use openidconnect::core::CoreIdToken;
 use reqwest::StatusCode;

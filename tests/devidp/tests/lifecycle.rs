@@ -111,7 +111,7 @@ async fn echo_shows_full_headers_as_json_and_truncates_in_html() {
         "http://{}/some/path?a=1&b=2",
         listener.local_addr().unwrap()
     );
-    let server = tokio::spawn(authgate::demo::echo::serve_echo(listener));
+    let server = tokio::spawn(devidp::echo::serve_echo(listener));
     let token = "Bearer abcdefghijklmnopqrstuvwxyz0123456789";
     let request = client().get(&url).header("authorization", token);
     let json: Value = request

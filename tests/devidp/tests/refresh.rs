@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use authgate::demo::idp::{AccessTokenFormat, TokenFault};
+use devidp::idp::{AccessTokenFormat, TokenFault};
 use reqwest::StatusCode;
 use serde_json::Value;
 

@@ -18,8 +18,8 @@ use hyper_util::server::conn::auto;
 use serde_json::{Map, Value, json};
 use tokio::net::{TcpListener, TcpStream};
 
-use super::html;
-use crate::logging::log_safe;
+use crate::html;
+use crate::log_safe;
 
 /// Serves the echo page on `listener` forever (until the task is dropped).
 pub async fn serve_echo(listener: TcpListener) {

@@ -9,7 +9,7 @@ use hyper::body::Incoming;
 use super::Shared;
 use super::grants::LoginRequest;
 use super::web::{self, Body, Params, first};
-use crate::demo::html;
+use crate::html;
 
 /// An authorization request that passed validation, waiting for a user.
 #[derive(Debug)]

@@ -14,9 +14,9 @@ mod refresh;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use authgate::demo::idp::{DevIdp, DevIdpOptions};
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use devidp::idp::{DevIdp, DevIdpOptions};
 use openidconnect::core::{CoreIdTokenVerifier, CoreJsonWebKeySet};
 use openidconnect::{ClientId, ClientSecret, IssuerUrl};
 use reqwest::StatusCode;

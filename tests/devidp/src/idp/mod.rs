@@ -29,7 +29,7 @@ use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-use crate::logging::log_safe;
+use crate::log_safe;
 pub use controls::{AccessTokenFormat, ClientAuth, Controls, IdTokenTamper, TokenFault};
 use keys::KeyRing;
 use web::Body;
