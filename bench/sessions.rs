@@ -159,7 +159,7 @@ fn identity(gateway: &Gateway, rng: &mut Rng, i: usize) -> Option<Arc<Identity>>
     claims.insert("preferred_username".into(), json!(format!("user{i}")));
     claims.insert("groups".into(), json!(["staff"]));
     claims.insert("sid".into(), json!(rng.token(21)));
-    gateway.rules.identity(&claims).map(Arc::new)
+    gateway.identity_rules().identity(&claims).map(Arc::new)
 }
 
 fn session(identity: Arc<Identity>, rng: &mut Rng, now: u64) -> Option<Session> {
@@ -180,6 +180,7 @@ fn session(identity: Arc<Identity>, rng: &mut Rng, now: u64) -> Option<Session> 
         identity,
         login_at: now,
         backoff: None,
+        last_seen: Default::default(),
     })
 }
 
@@ -225,7 +226,7 @@ fn clk_tck() -> f64 {
 
 async fn sync(gateway: &Gateway) {
     // (the bench always configures the memory store)
-    if let Store::Memory(m) = gateway.store.as_ref() {
+    if let Store::Memory(m) = gateway.store().as_ref() {
         m.sync().await;
     }
 }
@@ -281,7 +282,11 @@ struct Bench {
 
 impl Bench {
     fn cookie(&self, key: &SessionKey) -> String {
-        format!("{}={}", self.cookie_name, self.gateway.cookies.encode(key))
+        format!(
+            "{}={}",
+            self.cookie_name,
+            self.gateway.cookies().encode(key)
+        )
     }
 
     async fn fixed_rate(&self, n: usize) -> Result<Value, String> {
@@ -391,7 +396,7 @@ max_sessions = {max_sessions}
         let _ = stop_rx.await;
     }));
     let ready_by = Instant::now() + Duration::from_secs(20);
-    while !gateway.oidc.is_ready() {
+    while !gateway.is_ready() {
         if Instant::now() > ready_by {
             return Err("discovery did not succeed".into());
         }
@@ -399,7 +404,7 @@ max_sessions = {max_sessions}
     }
 
     let mut bench = Bench {
-        cookie_name: gateway.cookies.name().to_owned(),
+        cookie_name: gateway.cookies().name().to_owned(),
         url: format!("http://{addr}"),
         gateway,
         args,
@@ -412,7 +417,7 @@ max_sessions = {max_sessions}
     let record = session(shared.clone(), &mut rng, now).ok_or("no token")?;
     bench
         .gateway
-        .store
+        .store()
         .save(probe, Arc::new(record))
         .await
         .map_err(|e| e.to_string())?;
@@ -482,7 +487,7 @@ max_sessions = {max_sessions}
             } else {
                 bench
                     .gateway
-                    .store
+                    .store()
                     .save(key, record)
                     .await
                     .map_err(|e| e.to_string())?;
@@ -497,7 +502,7 @@ max_sessions = {max_sessions}
         let rss_unsynced = proc_status_kib("VmRSS:");
         sync(&bench.gateway).await;
         let rss = proc_status_kib("VmRSS:");
-        let live = bench.gateway.store.live();
+        let live = bench.gateway.store().live();
         let delta_bytes = rss.saturating_sub(baseline_kib) as f64 * 1024.0;
         let per_session = if n > 0 { delta_bytes / n as f64 } else { 0.0 };
         emit(

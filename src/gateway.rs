@@ -13,100 +13,84 @@
 //!    step 3 to decide what to remove, so `Connection` cannot remove what the gateway sets;
 //! 6. the request is forwarded upstream and the answer streamed back (`proxy`).
 //!
-//! Any step can stop the request with a `Halt` (a decision, answered by `response.rs`).
+//! Any step can stop the request with a [`Reply`] (why the gateway answers itself); the
+//! gateway's handler turns it into the answer in one place (`Gateway::rescue`).
 
-use std::borrow::Cow;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use http::header::{ACCEPT, AUTHORIZATION};
-use http::{HeaderName, HeaderValue, Method, Request, Response};
+use http::{HeaderName, HeaderValue, Request, Response};
 use hyper::body::Incoming;
 
-use crate::body::Body;
-use crate::config::{BearerMode, Config, Policy, Preflight};
-use crate::endpoints::{self, Builtin};
+use crate::auth::{Authenticator, Navigation, is_preflight};
+use crate::clock::Clock;
+use crate::config::{BearerMode, Config, Policy, Preflight, ServerConfig};
+use crate::endpoints::{Builtin, Endpoints, MetricsOnly, Shared};
 use crate::headers::{self, InboundHeaders, Peer};
 use crate::logging::log_safe;
 use crate::login::Logins;
 use crate::metrics::{Decision, Metrics, RouteId};
 use crate::oidc::Oidc;
-use crate::policy::{Route, RouteTable, path::normalize_path};
+use crate::policy::{RouteTable, path::normalize_path};
+use crate::proxy::Body;
 use crate::proxy::{ProxyError, Upstream, wants_upgrade};
-use crate::refresh::{Fresh, Refresher};
-use crate::response::{self, Halt};
+use crate::refresh::Refresher;
+use crate::reply::Reply;
 use crate::server::ConnectionStats;
 use crate::session::identity::IdentityRules;
-use crate::session::{CookieCodec, Identity, Session, SessionKey, SessionStore, Store};
+use crate::session::{CookieCodec, Sessions, Store};
 
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// Shared state of one gateway instance.
+/// Shared state of one gateway instance: the pipeline's parts, each built once.
 pub struct Gateway {
-    pub cfg: Arc<Config>,
-    pub routes: RouteTable,
-    pub store: Arc<Store>,
-    pub cookies: CookieCodec,
-    pub logins: Logins,
-    pub oidc: Arc<Oidc>,
-    pub refresher: Arc<Refresher>,
-    pub rules: Arc<IdentityRules>,
-    pub inbound: InboundHeaders,
-    pub upstream: Upstream,
-    pub metrics: Arc<Metrics>,
+    server: ServerConfig,
+    routes: Arc<RouteTable>,
+    auth: Arc<Authenticator>,
+    endpoints: Endpoints,
+    inbound: InboundHeaders,
+    sessions: Arc<Sessions>,
+    logins: Arc<Logins>,
+    upstream: Arc<Upstream>,
+    oidc: Arc<Oidc>,
+    rules: Arc<IdentityRules>,
+    metrics: Arc<Metrics>,
     /// Client connections of the main listener.
-    pub connections: Arc<ConnectionStats>,
+    connections: Arc<ConnectionStats>,
     request_ids: AtomicU64,
-}
-
-/// Who a request is, once authenticated.
-pub enum Authenticated {
-    Session(SessionKey, Arc<Session>),
-    /// A machine client's own JWT on a bearer-passthrough route.
-    Bearer(HeaderValue, Box<Identity>),
-}
-
-impl Authenticated {
-    pub fn identity(&self) -> &Identity {
-        match self {
-            Authenticated::Session(_, s) => &s.identity,
-            Authenticated::Bearer(_, identity) => identity,
-        }
-    }
-
-    /// The `Authorization` value for the upstream: the token of resource `index` for a
-    /// session (`None` while that resource's token is missing), the client's own token for a
-    /// passthrough bearer.
-    pub fn bearer(&self, index: usize) -> Option<&HeaderValue> {
-        match self {
-            Authenticated::Session(_, s) => s.tokens.bearer_for(index),
-            Authenticated::Bearer(token, _) => Some(token),
-        }
-    }
 }
 
 /// What `dispatch` hands back for metrics and the access log.
 struct Outcome {
     route: RouteId,
-    response: Response<Body>,
+    /// The answer, or why the gateway answers itself.
+    result: Result<Response<Body>, Reply>,
     upstream_time: Option<Duration>,
-    /// Why the upstream could not answer (502/504), for the access log line.
-    upstream_error: Option<String>,
+}
+
+impl Outcome {
+    fn refused(route: RouteId, reply: Reply) -> Self {
+        Outcome {
+            route,
+            result: Err(reply),
+            upstream_time: None,
+        }
+    }
 }
 
 impl Gateway {
     /// `rules`: built from `cfg` by the caller ([`IdentityRules::for_config`]), which gives
     /// the Redis store the same rules (records read back share their header names).
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
         cfg: Arc<Config>,
         store: Arc<Store>,
         oidc: Arc<Oidc>,
         upstream: Upstream,
         rules: Arc<IdentityRules>,
+        clock: Clock,
     ) -> Arc<Self> {
-        let routes = RouteTable::new(&cfg.routes, &cfg.oidc.resource);
+        let routes = Arc::new(RouteTable::new(&cfg.routes, &cfg.oidc.resource));
         let labels: Vec<String> = routes
             .labels()
             .map(str::to_owned)
@@ -119,22 +103,89 @@ impl Gateway {
             metrics.clone(),
             rules.clone(),
             cfg.session.refresh_before_expiry,
+            clock.clone(),
         ));
-        Arc::new(Gateway {
-            routes,
-            cookies: CookieCodec::new(&cfg.session),
-            logins: Logins::new(&cfg.session, &cfg.server.public_url, &store),
-            inbound: InboundHeaders::new(&cfg.headers, &cfg.server.strip_request_headers),
-            store,
-            oidc,
+        let sessions = Arc::new(Sessions::new(store.clone(), &cfg.session));
+        let auth = Arc::new(Authenticator::new(
+            &cfg,
+            sessions.clone(),
             refresher,
-            rules,
-            upstream,
-            metrics,
+            oidc.clone(),
+            rules.clone(),
+            metrics.clone(),
+        ));
+        let shared = Shared {
+            routes: routes.clone(),
+            auth: auth.clone(),
+            sessions: sessions.clone(),
+            logins: Arc::new(Logins::new(
+                &cfg.session,
+                &cfg.server.public_url,
+                store,
+                clock.clone(),
+            )),
+            oidc: oidc.clone(),
+            identities: rules.clone(),
+            metrics: metrics.clone(),
+            upstream: Arc::new(upstream),
             connections: Arc::default(),
+            clock,
+        };
+        Arc::new(Gateway {
+            server: cfg.server.clone(),
+            endpoints: Endpoints::new(&cfg, &shared),
+            inbound: InboundHeaders::new(rules.claim_headers(), &cfg.server.strip_request_headers),
+            routes,
+            auth,
+            sessions,
+            logins: shared.logins,
+            upstream: shared.upstream,
+            oidc,
+            rules,
+            metrics,
+            connections: shared.connections,
             request_ids: AtomicU64::new(rand::random::<u32>() as u64 * 1_000_000),
-            cfg,
         })
+    }
+
+    /// The `[server]` section: what `serve_gateway` listens with.
+    pub fn server_config(&self) -> &ServerConfig {
+        &self.server
+    }
+
+    /// The provider client (`serve_gateway` runs its discovery).
+    pub fn oidc(&self) -> &Arc<Oidc> {
+        &self.oidc
+    }
+
+    /// Whether the provider has been discovered.
+    pub fn is_ready(&self) -> bool {
+        self.oidc.is_ready()
+    }
+
+    /// The session store (read-only use: tests and benchmarks peek at records).
+    pub fn store(&self) -> &Arc<Store> {
+        self.sessions.store()
+    }
+
+    /// The session cookie's codec (tests and benchmarks make and read cookies).
+    pub fn cookies(&self) -> &CookieCodec {
+        self.sessions.cookie()
+    }
+
+    /// The rules that turn claims into identities (benchmarks build records with them).
+    pub fn identity_rules(&self) -> &Arc<IdentityRules> {
+        &self.rules
+    }
+
+    /// Client connection counters of the main listener.
+    pub fn connections(&self) -> &Arc<ConnectionStats> {
+        &self.connections
+    }
+
+    /// The handler of `server.metrics_listen`.
+    pub fn metrics_only(&self) -> MetricsOnly {
+        self.endpoints.metrics_only()
     }
 
     /// Metrics series of a built-in endpoint (after the routes and the fallback).
@@ -146,48 +197,40 @@ impl Gateway {
     /// normalized path too, so `/%6fauth2/start` is the gateway's, never the upstream's.
     /// `uri`: the request's own URI, cloned once by `handle` (for the access log).
     async fn dispatch(
-        self: &Arc<Self>,
+        &self,
         req: Request<Incoming>,
         peer: Peer,
         client: &Arc<ClientConnection>,
         uri: &http::Uri,
     ) -> Outcome {
-        let metrics_elsewhere = self.cfg.server.metrics_listen.is_some();
-        if let Some(builtin) = Builtin::recognize(req.uri().path(), metrics_elsewhere) {
+        if let Some(builtin) = self.endpoints.recognize(req.uri().path()) {
             return self.builtin(builtin, req, peer).await;
         }
         let path = match normalize_path(uri.path()) {
             Ok(path) => path,
             Err(e) => {
                 tracing::debug!(error = ?e, "refused request path");
-                let halt = Halt::BadRequest("Bad request: path not accepted");
-                return self.halted(self.routes.find(req.method(), "/").id, halt);
+                let reply = Reply::BadRequest("Bad request: path not accepted");
+                return Outcome::refused(self.routes.find(req.method(), "/").id, reply);
             }
         };
-        if let Some(builtin) = Builtin::recognize(&path, metrics_elsewhere) {
+        if let Some(builtin) = self.endpoints.recognize(&path) {
             return self.builtin(builtin, req, peer).await;
         }
         self.proxy(req, peer, client, &path).await
     }
 
-    async fn builtin(
-        self: &Arc<Self>,
-        builtin: Builtin,
-        req: Request<Incoming>,
-        peer: Peer,
-    ) -> Outcome {
-        let response = endpoints::answer(self, builtin, req, peer).await;
+    async fn builtin(&self, builtin: Builtin, req: Request<Incoming>, peer: Peer) -> Outcome {
         Outcome {
             route: self.builtin_route_id(builtin),
-            response,
+            result: self.endpoints.answer(builtin, req, peer).await,
             upstream_time: None,
-            upstream_error: None,
         }
     }
 
     /// Steps 2 to 6 of the pipeline, on the normalized `path`.
     async fn proxy(
-        self: &Arc<Self>,
+        &self,
         mut req: Request<Incoming>,
         peer: Peer,
         client: &Arc<ClientConnection>,
@@ -204,7 +247,7 @@ impl Gateway {
         match route.rule.policy {
             Policy::Deny => {
                 self.metrics.decision(route.id, Decision::Deny);
-                return self.halted(route.id, Halt::Deny);
+                return Outcome::refused(route.id, Reply::Deny);
             }
             Policy::Public => {}
             // Browsers send no credentials on a preflight: a route may let the app answer
@@ -212,142 +255,27 @@ impl Gateway {
             Policy::Authenticated
                 if route.rule.preflight == Preflight::Forward && is_preflight(&req) => {}
             Policy::Authenticated => {
-                let auth = match self.authenticate(&req, route, offered_bearer, path).await {
+                let navigation = Navigation::Allowed;
+                let auth = match (self.auth)
+                    .authenticate(&req, route, offered_bearer, path, navigation)
+                    .await
+                {
                     Ok(auth) => auth,
-                    Err(halt) => return self.halted(route.id, halt),
+                    Err(reply) => return Outcome::refused(route.id, reply),
                 };
-                if let Err(refusal) = route.authorize(auth.identity()) {
+                if let Err(refusal) =
+                    route.authorize(auth.identity().groups(), auth.identity().claims())
+                {
                     self.metrics.decision(route.id, Decision::Forbid);
-                    return self.halted(route.id, Halt::Forbidden(refusal.message()));
+                    return Outcome::refused(route.id, refusal.into());
                 }
-                if let Err(halt) = self.vouch(req.headers_mut(), &auth, route) {
-                    return self.halted(route.id, halt);
+                if let Err(reply) = self.auth.vouch(req.headers_mut(), &auth, route) {
+                    return Outcome::refused(route.id, reply);
                 }
             }
         }
         self.metrics.decision(route.id, Decision::Allow);
         self.forward(req, peer, client, route.id, path).await
-    }
-
-    /// Load (and refresh) the session, or verify a passthrough bearer token.
-    pub async fn authenticate<B>(
-        &self,
-        req: &Request<B>,
-        route: &Route,
-        offered_bearer: Option<String>,
-        path: &str,
-    ) -> Result<Authenticated, Halt> {
-        let key = self.cookies.session_key(req.headers());
-        if let Some(key) = key {
-            match self.store.load(&key).await {
-                Ok(Some(session)) => match self.refresher.ensure_fresh(key, session).await {
-                    Fresh::Ready(session) => return Ok(Authenticated::Session(key, session)),
-                    Fresh::Ended => {
-                        // Idempotent: a rejected refresh already deleted it; an expired
-                        // session without a refresh token is deleted here.
-                        if let Err(e) = self.store.delete(&key).await {
-                            tracing::warn!(
-                                error = %log_safe(&e),
-                                "could not delete an ended session"
-                            );
-                        }
-                        return Err(self.unauthenticated(req, route, path, true, None));
-                    }
-                    Fresh::Unavailable { retry_after_secs } => {
-                        return Err(Halt::Unavailable { retry_after_secs });
-                    }
-                },
-                Ok(None) => {}
-                Err(e) => {
-                    tracing::warn!(error = %log_safe(&e), "session store unavailable");
-                    return Err(Halt::Unavailable {
-                        retry_after_secs: 1,
-                    });
-                }
-            }
-        }
-        // Contract Details 5: while the provider is undiscovered nobody can log in (and no
-        // bearer token can be verified), so a request without a live session is told to come
-        // back later (503 + Retry-After, as `/oauth2/start` answers) instead of being sent to
-        // a login that cannot work (302) or told its credentials are wrong (401).
-        if !self.oidc.is_ready() {
-            return Err(Halt::Unavailable {
-                retry_after_secs: 5,
-            });
-        }
-        if let Some(token) = offered_bearer {
-            return match crate::bearer::verify(self, &token).await {
-                Ok(auth) => Ok(auth),
-                Err(e) => {
-                    let mut halt =
-                        self.unauthenticated(req, route, path, false, Some(e.description()));
-                    if let Halt::Unauthenticated { redirect, .. } = &mut halt {
-                        *redirect = false; // a machine client: never a login page
-                    }
-                    Err(halt)
-                }
-            };
-        }
-        // A cookie that verified but names no live session is cleared.
-        Err(self.unauthenticated(req, route, path, key.is_some(), None))
-    }
-
-    /// 302 to login for a browser navigation, else 401 (contract Behaviour, Details 9).
-    pub fn unauthenticated<B>(
-        &self,
-        req: &Request<B>,
-        route: &Route,
-        path: &str,
-        clear_cookie: bool,
-        bearer_error: Option<&'static str>,
-    ) -> Halt {
-        let redirect = !route.rule.api && is_browser_navigation(req);
-        let decision = if redirect {
-            Decision::Redirect
-        } else {
-            Decision::Unauthorized
-        };
-        self.metrics.decision(route.id, decision);
-        let landing = match req.uri().query() {
-            Some(q) => Cow::Owned(format!("{path}?{q}")),
-            None => Cow::Borrowed(path),
-        };
-        Halt::Unauthenticated {
-            login_url: self.login_url(&landing),
-            redirect,
-            clear_cookie: clear_cookie.then(|| self.cookies.clear_cookie()),
-            bearer_error,
-        }
-    }
-
-    /// `<public_url>/oauth2/start?rd=<landing>`.
-    pub fn login_url(&self, landing: &str) -> String {
-        let base = self.cfg.server.public_url.as_str().trim_end_matches('/');
-        let rd: String = url::form_urlencoded::byte_serialize(landing.as_bytes()).collect();
-        format!("{base}/oauth2/start?rd={rd}")
-    }
-
-    /// Step 5a: `Authorization` and identity headers in (our cookies go out in `forward`,
-    /// on every route). The route's `bearer_resource` chooses which resource's token goes
-    /// upstream.
-    pub fn vouch(
-        &self,
-        headers: &mut http::HeaderMap,
-        auth: &Authenticated,
-        route: &Route,
-    ) -> Result<(), Halt> {
-        if self.cfg.headers.authorization_bearer {
-            let Some(bearer) = auth.bearer(route.bearer_index) else {
-                // The provider could not be asked for this resource's token yet; the next
-                // request's refresh will try again.
-                return Err(Halt::Unavailable {
-                    retry_after_secs: 1,
-                });
-            };
-            headers.insert(AUTHORIZATION, bearer.clone());
-        }
-        headers::set_identity(headers, auth.identity());
-        Ok(())
     }
 
     /// Steps 5b and 6.
@@ -363,47 +291,37 @@ impl Gateway {
         // session cookie is not forwarded upstream"), public routes and CORS preflights
         // included. Done here, once, after authentication has read them.
         headers::remove_cookies(req.headers_mut(), |name| {
-            name == self.cookies.name() || self.logins.is_login_cookie(name)
+            name == self.sessions.cookie().name() || self.logins.is_login_cookie(name)
         });
         headers::set_forwarded(req.headers_mut(), peer, client.peer_address.as_ref());
         let started = Instant::now();
         let result = self.upstream.forward(req, path).await;
-        let upstream_time = Some(started.elapsed());
-        let (response, upstream_error) = match result {
-            Ok(response) => (response, None),
-            Err(e) => (self.upstream_failed(&e), Some(crate::oidc::error_chain(&e))),
-        };
         Outcome {
             route,
-            response,
-            upstream_time,
-            upstream_error,
+            result: result.map_err(Reply::from),
+            upstream_time: Some(started.elapsed()),
         }
     }
 
-    fn upstream_failed(&self, e: &ProxyError) -> Response<Body> {
-        match e {
-            ProxyError::Timeout(_) => {
-                self.metrics.upstream_timeout();
-                response::gateway_timeout()
+    /// The one rescue point: every refusal of the pipeline and of the endpoints becomes its
+    /// answer here (`Reply::into_response`). Upstream failures are counted, and returned for
+    /// the access log line; the rest is a decision or already logged where it happened.
+    fn rescue(&self, reply: Reply) -> (Response<Body>, Option<String>) {
+        let upstream_error = reply.upstream_error().map(|e: &ProxyError| {
+            match e {
+                ProxyError::Timeout(_) => self.metrics.upstream_timeout(),
+                // Counted by the upstream's own connection metrics.
+                ProxyError::Busy(_) => {}
+                ProxyError::Unreachable(_) | ProxyError::Failed(_) | ProxyError::BadUri(_) => {
+                    self.metrics.upstream_unreachable()
+                }
             }
-            // Counted by the upstream's own connection metrics.
-            ProxyError::Busy(_) => response::unavailable(1),
-            ProxyError::Unreachable(_) | ProxyError::Failed(_) | ProxyError::BadUri(_) => {
-                self.metrics.upstream_unreachable();
-                response::bad_gateway()
-            }
+            crate::oidc::error_chain(e as &dyn std::error::Error)
+        });
+        if upstream_error.is_none() {
+            tracing::debug!(?reply, "request answered by the gateway");
         }
-    }
-
-    fn halted(&self, route: RouteId, halt: Halt) -> Outcome {
-        tracing::debug!(?halt, "request halted");
-        Outcome {
-            route,
-            response: halt.into_response(),
-            upstream_time: None,
-            upstream_error: None,
-        }
+        (reply.into_response(), upstream_error)
     }
 
     /// Keep a client's `X-Request-Id`, or make one, so logs on both sides correlate. Kept
@@ -432,6 +350,7 @@ pub struct ClientConnection {
 
 impl crate::server::Handler for Gateway {
     type PerConnection = ClientConnection;
+    type Body = Body;
 
     fn connection(&self, peer: &Peer) -> ClientConnection {
         ClientConnection {
@@ -451,14 +370,18 @@ impl crate::server::Handler for Gateway {
         let uri = req.uri().clone();
         let request_id = self.request_id(&mut req);
         let outcome = self.dispatch(req, peer, &client, &uri).await;
+        let (response, upstream_error) = match outcome.result {
+            Ok(response) => (response, None),
+            Err(reply) => self.rescue(reply),
+        };
         let elapsed = started.elapsed();
-        let status = outcome.response.status().as_u16();
+        let status = response.status().as_u16();
         self.metrics
             .request_finished(outcome.route, status, elapsed);
         let request_id = request_id.to_str().unwrap_or("-");
         let upstream_us = outcome.upstream_time.map(|d| d.as_micros() as u64);
         let latency_us = elapsed.as_micros() as u64;
-        match &outcome.upstream_error {
+        match &upstream_error {
             None => tracing::info!(
                 target: "authgate::access",
                 request_id = %log_safe(request_id), %method, path = %log_safe(uri.path()),
@@ -471,32 +394,6 @@ impl crate::server::Handler for Gateway {
                 upstream_error = %log_safe(error),
             ),
         }
-        outcome.response
+        response
     }
-}
-
-/// A browser navigation: GET or HEAD that accepts HTML and is not an XHR.
-pub fn is_browser_navigation<B>(req: &Request<B>) -> bool {
-    let method_ok = req.method() == Method::GET || req.method() == Method::HEAD;
-    let accepts_html = req
-        .headers()
-        .get_all(ACCEPT)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .any(|v| v.contains("text/html"));
-    let xhr = req
-        .headers()
-        .get("x-requested-with")
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"xmlhttprequest"));
-    method_ok && accepts_html && !xhr
-}
-
-/// A CORS preflight: `OPTIONS` (exactly: browsers send it uppercase, and anything else is
-/// judged like any request) with `Origin` and `Access-Control-Request-Method`.
-pub fn is_preflight<B>(req: &Request<B>) -> bool {
-    req.method() == Method::OPTIONS
-        && req.headers().contains_key(http::header::ORIGIN)
-        && req
-            .headers()
-            .contains_key(http::header::ACCESS_CONTROL_REQUEST_METHOD)
 }

@@ -6,6 +6,7 @@
 //! values are read as bytes: a value that is not visible ASCII is still parsed, never
 //! skipped (skipping one would let it hide what comes after it).
 
+mod identity;
 mod inbound;
 
 use std::net::{IpAddr, SocketAddr};
@@ -14,9 +15,8 @@ use http::header::{AUTHORIZATION, CONNECTION, COOKIE, HOST};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use ipnet::IpNet;
 
-pub use inbound::{InboundHeaders, fold_name};
-
-use crate::session::Identity;
+pub use identity::ClaimHeaders;
+pub use inbound::InboundHeaders;
 
 /// Hop-by-hop headers (RFC 9110 section 7.6.1, plus the legacy ones proxies still see), and
 /// `Upgrade` (only an upgrade request keeps it, see [`InboundHeaders::sanitize`]).
@@ -169,10 +169,14 @@ pub fn bearer_token(headers: &HeaderMap) -> Option<String> {
         .filter(|t| !t.is_empty())
 }
 
-/// Set the identity headers the gateway vouches for (after [`IdentityHeaders::strip`]).
-/// The values share the identity's text: no copy, no allocation.
-pub fn set_identity(headers: &mut HeaderMap, identity: &Identity) {
-    for (name, value) in identity.upstream_headers() {
+/// Set the identity headers the gateway vouches for (after [`InboundHeaders::sanitize`]
+/// removed every client's): `(name, value)` pairs, such as a session identity's upstream
+/// headers, whose values share its text (no copy, no allocation).
+pub fn set_identity<'n>(
+    headers: &mut HeaderMap,
+    pairs: impl IntoIterator<Item = (&'n HeaderName, HeaderValue)>,
+) {
+    for (name, value) in pairs {
         headers.insert(name.clone(), value);
     }
 }

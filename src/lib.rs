@@ -9,13 +9,16 @@
 //! rewrite -> upstream. [`serve`] runs the whole gateway on a listener, so tests run it
 //! in-process.
 
-pub mod bearer;
-pub mod body;
+pub mod auth;
+pub mod claims;
+pub mod clock;
 pub mod config;
+pub mod cookie;
 #[cfg(feature = "demo")]
 pub mod demo;
 pub mod endpoints;
 pub mod error;
+pub mod fold;
 pub mod gateway;
 pub mod headers;
 pub mod healthcheck;
@@ -27,7 +30,8 @@ pub mod policy;
 pub mod proxy;
 pub mod redirect;
 pub mod refresh;
-pub mod response;
+pub mod reply;
+pub mod seal;
 pub mod secret;
 pub mod server;
 pub mod session;
@@ -39,6 +43,7 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::clock::Clock;
 use crate::config::{Config, StoreConfig};
 use crate::error::StartupError;
 use crate::gateway::Gateway;
@@ -46,19 +51,27 @@ use crate::oidc::Oidc;
 use crate::proxy::Upstream;
 use crate::session::Store;
 use crate::session::identity::IdentityRules;
-use crate::session::memory::MemoryStore;
+use crate::session::memory::{MAX_LOGOUT_MARKERS, MemoryOptions, MemoryStore};
 use crate::session::redis::{RedisOptions, RedisStore};
 
 /// Build the gateway's state from a validated configuration. Starts nothing.
 pub fn build(config: Config) -> Result<Arc<Gateway>, StartupError> {
+    build_with(config, Clock::system())
+}
+
+/// [`build`], with the clock every decision against a deadline reads (tests move it with
+/// [`Clock::adjustable`]).
+pub fn build_with(config: Config, clock: Clock) -> Result<Arc<Gateway>, StartupError> {
     let config = Arc::new(config);
     let rules = Arc::new(IdentityRules::for_config(&config));
     let store = match &config.session.store {
-        StoreConfig::Memory => Store::Memory(MemoryStore::new(
-            config.session.max_sessions,
-            config.session.idle_timeout,
-            config.session.absolute_timeout,
-        )),
+        StoreConfig::Memory => Store::Memory(MemoryStore::with_options(MemoryOptions {
+            max_sessions: config.session.max_sessions,
+            idle_timeout: config.session.idle_timeout,
+            absolute_timeout: config.session.absolute_timeout,
+            max_markers: (config.session.max_pending_logins).saturating_add(MAX_LOGOUT_MARKERS),
+            clock: clock.clone(),
+        })),
         StoreConfig::Redis {
             url,
             key_prefix,
@@ -79,14 +92,16 @@ pub fn build(config: Config) -> Result<Arc<Gateway>, StartupError> {
                 lease_wait: config.oidc.refresh_timeout + session::redis::LEASE,
                 identity_rules: rules.clone(),
             };
-            Store::Redis(RedisStore::new(opts, &s.cookie_secrets).map_err(StartupError::Store)?)
+            let store = RedisStore::with_clock(opts, &s.cookie_secrets, clock.clone());
+            Store::Redis(store.map_err(StartupError::Store)?)
         }
     };
     let oidc = Oidc::new(
         &config.oidc,
         &config.server.public_url,
         config.session.max_token_age,
-    )?;
+    )?
+    .with_clock(clock.clone());
     let upstream = Upstream::new(&config.upstream)?;
     Ok(Gateway::new(
         config,
@@ -94,6 +109,7 @@ pub fn build(config: Config) -> Result<Arc<Gateway>, StartupError> {
         Arc::new(oidc),
         upstream,
         rules,
+        clock,
     ))
 }
 
@@ -115,7 +131,7 @@ pub async fn serve_gateway(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), StartupError> {
-    let server_cfg = gateway.cfg.server.clone();
+    let server_cfg = gateway.server_config().clone();
     let tls = match &server_cfg.tls {
         Some(files) => Some(tokio_rustls::TlsAcceptor::from(tls::server_config(
             &files.cert,
@@ -131,10 +147,10 @@ pub async fn serve_gateway(
         ),
         None => None,
     };
-    let discovery = tokio::spawn(gateway.oidc.clone().discover_until_ready());
+    let discovery = tokio::spawn(gateway.oidc().clone().discover_until_ready());
     let (stop_tx, stop_rx) = watch::channel(false);
     let metrics_task = metrics_listener.map(|listener| {
-        let handler = Arc::new(endpoints::MetricsOnly(gateway.clone()));
+        let handler = Arc::new(gateway.metrics_only());
         let cfg = server_cfg.clone();
         let mut stop = stop_rx.clone();
         tokio::spawn(async move {
@@ -144,7 +160,7 @@ pub async fn serve_gateway(
             server::run(handler, listener, None, &cfg, Arc::default(), stopped).await;
         })
     });
-    let stats = gateway.connections.clone();
+    let stats = gateway.connections().clone();
     server::run(gateway, listener, tls, &server_cfg, stats, shutdown).await;
     let _ = stop_tx.send(true);
     if let Some(task) = metrics_task {

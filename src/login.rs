@@ -23,27 +23,28 @@
 //!   with it (constant time): a callback replayed from another browser finds nothing, and
 //!   nothing is consumed (contract Details 31). The matched cookie is cleared once used.
 //! - Single use: after a successful code redemption the state is remembered as used until it
-//!   would have expired anyway (memory: a bounded LRU cache, `max_pending_logins` entries;
-//!   Redis: `SET NX PX`, so every replica agrees), and a replay carrying the old cookie is
-//!   refused. Only completed logins are recorded, so an anonymous flood cannot grow it.
+//!   would have expired anyway, with a single-use marker of the session store
+//!   ([`SessionStore::claim_once`]; memory: a bounded LRU cache, `max_pending_logins` used
+//!   states beside the logout tokens' markers; Redis: `SET NX PX`, so every replica agrees),
+//!   and a replay carrying the old cookie is refused. Only completed logins are recorded, so
+//!   an anonymous flood cannot grow it.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hmac::digest::CtOutput;
 use http::{HeaderMap, HeaderValue};
-use moka::policy::EvictionPolicy;
-use moka::sync::Cache;
 use sha2::{Digest, Sha256};
 use url::Url;
 
-use crate::config::SessionConfig;
+use crate::clock::Clock;
+use crate::config::{SameSite, SessionConfig};
+use crate::cookie::{self, Sealed};
 use crate::headers::cookie_pairs;
 use crate::redirect::SafeRedirect;
-use crate::session::redis::RedisStore;
-use crate::session::redis::crypto::Keyring;
-use crate::session::{Store, StoreError, unix_now};
+use crate::session::{Marker, SessionStore, Store, StoreError};
 
 /// Login cookies one browser holds at most.
 pub const MAX_PER_BROWSER: usize = 4;
@@ -57,6 +58,8 @@ const TAG_LEN: usize = 12;
 /// Associated data of every sealed login: a login seal opens as nothing else.
 const CONTEXT: &[u8] = b"authgate login cookie v1";
 const TAG_CONTEXT: &[u8] = b"authgate login cookie name v1\0";
+/// Context of a used state's single-use marker: no other marker has this id.
+const USED_CONTEXT: &[u8] = b"authgate used login state v1\0";
 
 /// What the callback needs to finish a login.
 pub struct PendingLogin {
@@ -66,15 +69,10 @@ pub struct PendingLogin {
     pub landing: SafeRedirect,
 }
 
-/// Where used states are remembered: this process, or the shared store.
-enum Used {
-    Memory(Cache<[u8; 32], ()>),
-    Redis(RedisStore),
-}
-
 pub struct Logins {
-    keys: Option<Keyring>,
-    used: Used,
+    sealed: Sealed,
+    /// Where used states are marked.
+    store: Arc<Store>,
     /// `<cookie_name>_login`: the binding cookie of earlier versions, and the prefix of ours.
     legacy_name: String,
     /// `<cookie_name>_login_`.
@@ -83,6 +81,7 @@ pub struct Logins {
     lifetime: Duration,
     max_age_secs: u64,
     public_url: Url,
+    clock: Clock,
 }
 
 /// A login cookie found in a request that the gateway could open.
@@ -94,29 +93,18 @@ struct Live<'h> {
 }
 
 impl Logins {
-    pub fn new(cfg: &SessionConfig, public_url: &Url, store: &Store) -> Self {
-        let used = match store.redis() {
-            Some(redis) => Used::Redis(redis.clone()),
-            None => Used::Memory(
-                Cache::builder()
-                    .max_capacity(cfg.max_pending_logins)
-                    // A new marker always gets in: the oldest goes (moka's default admission
-                    // could refuse it).
-                    .eviction_policy(EvictionPolicy::lru())
-                    .time_to_live(cfg.login_timeout)
-                    .build(),
-            ),
-        };
+    pub fn new(cfg: &SessionConfig, public_url: &Url, store: Arc<Store>, clock: Clock) -> Self {
         let legacy_name = format!("{}_login", cfg.cookie_name);
         Logins {
-            keys: Keyring::for_login_cookies(&cfg.cookie_secrets),
-            used,
+            sealed: Sealed::login_cookies(&cfg.cookie_secrets, CONTEXT),
+            store,
             prefix: format!("{legacy_name}_"),
             legacy_name,
             attributes: attributes(cfg, public_url),
             lifetime: cfg.login_timeout,
             max_age_secs: cfg.login_timeout.as_secs().max(60),
             public_url: public_url.clone(),
+            clock,
         }
     }
 
@@ -155,11 +143,12 @@ impl Logins {
             bytes -= oldest.bytes;
             set.extend(self.clear(oldest.name));
         }
-        let line = format!(
-            "{name}={value}; Max-Age={}{}",
-            self.max_age_secs, self.attributes
-        );
-        set.push(HeaderValue::from_str(&line).ok()?);
+        set.push(cookie::set_cookie(
+            &name,
+            &value,
+            self.max_age_secs,
+            &self.attributes,
+        )?);
         Some(set)
     }
 
@@ -181,19 +170,15 @@ impl Logins {
 
     /// Whether a login with this state was already completed (a replayed callback).
     pub async fn was_used(&self, state: &str) -> Result<bool, StoreError> {
-        match &self.used {
-            Used::Memory(cache) => Ok(cache.contains_key(&used_key(state))),
-            Used::Redis(redis) => redis.login_used(state).await,
-        }
+        self.store.is_claimed(&used_marker(state)).await
     }
 
     /// Remember `state` as used until its login would have expired anyway. `false` when it
     /// already was (a replay that raced the first use).
     pub async fn mark_used(&self, state: &str) -> Result<bool, StoreError> {
-        match &self.used {
-            Used::Memory(cache) => Ok(cache.entry(used_key(state)).or_insert(()).is_fresh()),
-            Used::Redis(redis) => redis.mark_login_used(state, self.lifetime).await,
-        }
+        (self.store)
+            .claim_once(&used_marker(state), self.lifetime)
+            .await
     }
 
     /// The login cookies of a request, by name and value (the first [`MAX_SCANNED`]): names
@@ -232,10 +217,9 @@ impl Logins {
     }
 
     fn seal(&self, login: &PendingLogin) -> Option<String> {
-        let plain = encode(login, unix_millis())?;
-        let deadline = unix_now().saturating_add(self.lifetime.as_secs().max(1));
-        let sealed = self.keys.as_ref()?.seal(CONTEXT, deadline, &plain)?;
-        Some(URL_SAFE_NO_PAD.encode(sealed))
+        let plain = encode(login, self.clock.unix_millis())?;
+        let deadline = (self.clock.unix_now()).saturating_add(self.lifetime.as_secs().max(1));
+        self.sealed.seal(deadline, &plain)
     }
 
     /// The login in a cookie value and when it started (Unix milliseconds), when it opens
@@ -244,20 +228,20 @@ impl Logins {
         if value.len() > MAX_BYTES_PER_BROWSER {
             return None;
         }
-        let sealed = URL_SAFE_NO_PAD.decode(value).ok()?;
-        let (plain, deadline) = self.keys.as_ref()?.open(CONTEXT, &sealed)?;
-        if deadline <= unix_now() {
+        let (plain, deadline) = self.sealed.open(value)?;
+        if deadline <= self.clock.unix_now() {
             return None;
         }
         decode(&plain, &self.public_url)
     }
 
     fn clear(&self, name: &str) -> Option<HeaderValue> {
-        HeaderValue::from_str(&format!("{name}=; Max-Age=0{}", self.attributes)).ok()
+        cookie::clear_cookie(name, &self.attributes)
     }
 }
 
-/// `; Path=<public_url path>/oauth2/; HttpOnly; SameSite=Lax[; Secure][; Domain=..]`.
+/// `; Path=<public_url path>/oauth2/; HttpOnly; SameSite=Lax[; Secure][; Domain=..]`: Lax
+/// whatever the session cookie says (see the module doc).
 fn attributes(cfg: &SessionConfig, public_url: &Url) -> String {
     let base = public_url.path().trim_end_matches('/');
     // A path that cannot be an attribute value falls back to the whole site.
@@ -266,15 +250,7 @@ fn attributes(cfg: &SessionConfig, public_url: &Url) -> String {
     } else {
         "/".to_owned()
     };
-    let mut attributes = format!("; Path={path}; HttpOnly; SameSite=Lax");
-    if cfg.cookie_secure {
-        attributes.push_str("; Secure");
-    }
-    if let Some(domain) = &cfg.cookie_domain {
-        attributes.push_str("; Domain=");
-        attributes.push_str(domain);
-    }
-    attributes
+    cookie::attributes(cfg, &path, SameSite::Lax)
 }
 
 /// Equality of two secrets in time independent of where they differ (hashed first, so of
@@ -284,8 +260,16 @@ fn same_secret(a: &str, b: &str) -> bool {
         == CtOutput::<Sha256>::new(Sha256::digest(b.as_bytes()))
 }
 
-fn used_key(state: &str) -> [u8; 32] {
-    Sha256::digest(state.as_bytes()).into()
+/// The single-use marker of a used `state`.
+fn used_marker(state: &str) -> Marker {
+    let id = Sha256::new()
+        .chain_update(USED_CONTEXT)
+        .chain_update(state.as_bytes())
+        .finalize();
+    Marker {
+        kind: "used",
+        id: id.into(),
+    }
 }
 
 /// `[started: u64 BE][len][state][len][nonce][len][verifier][landing]`: short, so that the
@@ -325,16 +309,10 @@ fn decode(bytes: &[u8], public_url: &Url) -> Option<(PendingLogin, u64)> {
     Some((login, u64::from_be_bytes(*started)))
 }
 
-fn unix_millis() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{SameSite, StoreConfig};
+    use crate::config::StoreConfig;
     use crate::secret::Secret;
     use http::header::COOKIE;
 
@@ -363,7 +341,7 @@ mod tests {
             Duration::from_secs(60),
             Duration::from_secs(60),
         ));
-        Logins::new(&cfg(secrets), &public, &store)
+        Logins::new(&cfg(secrets), &public, Arc::new(store), Clock::system())
     }
 
     fn login(state: &str, landing: &str) -> PendingLogin {

@@ -25,14 +25,16 @@ use std::time::{Duration, Instant};
 use futures_util::FutureExt;
 use futures_util::future::{BoxFuture, Shared};
 
+use crate::clock::Clock;
+use crate::error::Chain;
 use crate::logging::log_safe;
 use crate::metrics::{Metrics, RefreshOutcome};
 use crate::oidc::Oidc;
 use crate::oidc::flows::{RefreshError, TokenSet};
 use crate::session::identity::IdentityRules;
 use crate::session::{
-    RefreshBackoff, Replaced, ResourceToken, Session, SessionKey, SessionStore, Store, Tokens,
-    Versioned, unix_now,
+    LastSeen, RefreshBackoff, Replaced, ResourceToken, Session, SessionKey, SessionStore, Store,
+    Tokens, Versioned,
 };
 
 /// What a request may do with its session after `ensure_fresh`.
@@ -43,7 +45,24 @@ pub enum Fresh {
     /// The session is over (refresh rejected, or expired without a refresh token).
     Ended,
     /// No usable token right now; the provider or store is failing. Try again later.
-    Unavailable { retry_after_secs: u64 },
+    Stalled(Stall),
+}
+
+/// Why a session has no usable token right now (its request is told to come back later).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stall {
+    /// A refresh failed transiently: no new attempt for `secs_left` seconds.
+    Backoff { secs_left: u64 },
+    /// The refresh flight's task ended without an answer.
+    FlightLost,
+    /// Another replica's refresh lease could not be taken or waited for.
+    Lease,
+    /// The session store failed around the refresh.
+    Store,
+    /// The provider's new access token cannot be sent as a header.
+    BadToken,
+    /// Another write changed the record meanwhile, and what it holds is not usable.
+    Changed,
 }
 
 type Flight = Shared<BoxFuture<'static, Fresh>>;
@@ -55,6 +74,7 @@ pub struct Refresher {
     rules: Arc<IdentityRules>,
     before: Duration,
     inflight: Mutex<HashMap<SessionKey, Flight>>,
+    clock: Clock,
 }
 
 impl Refresher {
@@ -64,6 +84,7 @@ impl Refresher {
         metrics: Arc<Metrics>,
         rules: Arc<IdentityRules>,
         refresh_before_expiry: Duration,
+        clock: Clock,
     ) -> Self {
         Refresher {
             oidc,
@@ -72,12 +93,13 @@ impl Refresher {
             rules,
             before: refresh_before_expiry,
             inflight: Mutex::new(HashMap::new()),
+            clock,
         }
     }
 
     /// Make sure `session` has a usable access token, refreshing it when it is near expiry.
     pub async fn ensure_fresh(self: &Arc<Self>, key: SessionKey, session: Arc<Session>) -> Fresh {
-        let now = unix_now();
+        let now = self.clock.unix_now();
         if !session.needs_refresh(now, self.before) {
             return Fresh::Ready(session); // the hot path
         }
@@ -97,13 +119,13 @@ impl Refresher {
                 Fresh::Ended
             });
         }
-        let backoff = session.backoff.filter(|b| now < b.retry_at)?;
+        let backoff = session.backoff.filter(|b| now < b.retry_at())?;
         Some(if session.access_valid(now) {
             Fresh::Ready(session.clone())
         } else {
-            Fresh::Unavailable {
-                retry_after_secs: backoff.retry_at - now,
-            }
+            Fresh::Stalled(Stall::Backoff {
+                secs_left: backoff.retry_at() - now,
+            })
         })
     }
 
@@ -136,13 +158,9 @@ impl Refresher {
                 .remove(&key);
             outcome
         });
-        async move {
-            task.await.unwrap_or(Fresh::Unavailable {
-                retry_after_secs: 1,
-            })
-        }
-        .boxed()
-        .shared()
+        async move { task.await.unwrap_or(Fresh::Stalled(Stall::FlightLost)) }
+            .boxed()
+            .shared()
     }
 
     /// One flight: take the (cluster-wide) lease, re-read, maybe call the token endpoint,
@@ -151,24 +169,20 @@ impl Refresher {
         let _lease = match self.store.refresh_lease(&key).await {
             Ok(lease) => lease,
             Err(e) => {
-                tracing::warn!(error = %log_safe(&e), "could not take the refresh lease");
-                return Fresh::Unavailable {
-                    retry_after_secs: 1,
-                };
+                tracing::warn!(error = %log_safe(Chain(&e)), "could not take the refresh lease");
+                return Fresh::Stalled(Stall::Lease);
             }
         };
         let current = match self.store.load_for_update(&key).await {
             Ok(Some(current)) => current,
             Ok(None) => return Fresh::Ended,
             Err(e) => {
-                tracing::warn!(error = %log_safe(&e), "session store failed before refresh");
-                return Fresh::Unavailable {
-                    retry_after_secs: 1,
-                };
+                tracing::warn!(error = %log_safe(Chain(&e)), "session store failed before refresh");
+                return Fresh::Stalled(Stall::Store);
             }
         };
         let session = &current.session;
-        let now = unix_now();
+        let now = self.clock.unix_now();
         if !session.needs_refresh(now, self.before) {
             return Fresh::Ready(session.clone()); // an earlier flight already refreshed it
         }
@@ -194,12 +208,12 @@ impl Refresher {
                     .refresh_finished(RefreshOutcome::Rejected, elapsed);
                 tracing::info!(
                     sub = %log_safe(session.identity.sub()),
-                    reason = %log_safe(&reason),
+                    reason = %log_safe(Chain(&reason)),
                     "refresh rejected: session ended"
                 );
                 if let Err(e) = self.store.delete(&key).await {
                     tracing::warn!(
-                        error = %log_safe(&e),
+                        error = %log_safe(Chain(&e)),
                         "could not delete session after rejected refresh"
                     );
                 }
@@ -210,7 +224,7 @@ impl Refresher {
                     .refresh_finished(RefreshOutcome::Transient, elapsed);
                 tracing::warn!(
                     sub = %log_safe(session.identity.sub()),
-                    reason = %log_safe(&reason),
+                    reason = %log_safe(Chain(&reason)),
                     "refresh failed transiently: session kept"
                 );
                 self.store_backoff(key, &current, now).await
@@ -225,9 +239,7 @@ impl Refresher {
                 sub = %log_safe(old.identity.sub()),
                 "provider returned an unusable access token"
             );
-            return Fresh::Unavailable {
-                retry_after_secs: 1,
-            };
+            return Fresh::Stalled(Stall::BadToken);
         };
         let identity = match set.claims.as_ref().and_then(|c| self.rules.identity(c)) {
             Some(identity) => Arc::new(identity),
@@ -251,6 +263,7 @@ impl Refresher {
             identity,
             login_at: old.login_at,
             backoff: None,
+            last_seen: LastSeen::default(),
         });
         match self.store.replace(&key, current, refreshed.clone()).await {
             Ok(Replaced::Done) => Fresh::Ready(refreshed),
@@ -258,12 +271,10 @@ impl Refresher {
             Err(e) => {
                 tracing::error!(
                     sub = %log_safe(old.identity.sub()),
-                    error = %log_safe(&e),
+                    error = %log_safe(Chain(&e)),
                     "could not store refreshed tokens"
                 );
-                Fresh::Unavailable {
-                    retry_after_secs: 1,
-                }
+                Fresh::Stalled(Stall::Store)
             }
         }
     }
@@ -278,14 +289,16 @@ impl Refresher {
         match self.store.replace(&key, current, updated.clone()).await {
             Ok(Replaced::Done) => {}
             Ok(lost) => return self.after_lost_write(key, old, lost).await,
-            Err(e) => tracing::warn!(error = %log_safe(&e), "could not record refresh backoff"),
+            Err(e) => {
+                tracing::warn!(error = %log_safe(Chain(&e)), "could not record refresh backoff")
+            }
         }
         if updated.access_valid(now) {
             Fresh::Ready(updated)
         } else {
-            Fresh::Unavailable {
-                retry_after_secs: backoff.retry_at.saturating_sub(now).max(1),
-            }
+            Fresh::Stalled(Stall::Backoff {
+                secs_left: backoff.retry_at().saturating_sub(now),
+            })
         }
     }
 
@@ -297,13 +310,12 @@ impl Refresher {
             return Fresh::Ended;
         }
         match self.store.load_for_update(&key).await {
-            Ok(Some(stored)) if stored.session.access_valid(unix_now()) => {
+            Ok(Some(stored)) if stored.session.access_valid(self.clock.unix_now()) => {
                 Fresh::Ready(stored.session)
             }
             Ok(None) => Fresh::Ended,
-            Ok(Some(_)) | Err(_) => Fresh::Unavailable {
-                retry_after_secs: 1,
-            },
+            Ok(Some(_)) => Fresh::Stalled(Stall::Changed),
+            Err(_) => Fresh::Stalled(Stall::Store),
         }
     }
 }

@@ -42,7 +42,6 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
-use crate::body::Body;
 use crate::config::ServerConfig;
 use crate::headers::{self, Peer};
 use crate::logging::log_safe;
@@ -55,6 +54,8 @@ pub const MAX_CONCURRENT_STREAMS: u32 = 100;
 pub trait Handler: Send + Sync + 'static {
     /// State kept per client connection, shared by its requests.
     type PerConnection: Send + Sync + 'static;
+    /// The body of its responses.
+    type Body: HttpBody<Data = Bytes, Error: Into<BoxError>> + Send + 'static;
 
     /// Called once when a client connection is accepted (after its TLS handshake).
     fn connection(&self, peer: &Peer) -> Self::PerConnection;
@@ -64,8 +65,11 @@ pub trait Handler: Send + Sync + 'static {
         req: Request<Incoming>,
         peer: Peer,
         connection: Arc<Self::PerConnection>,
-    ) -> impl Future<Output = Response<Body>> + Send;
+    ) -> impl Future<Output = Response<Self::Body>> + Send;
 }
+
+/// The error of a response body, as hyper takes it.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Client connection counters of one listener, for `/metrics`.
 #[derive(Debug, Default)]
@@ -391,16 +395,16 @@ impl Drop for InFlight {
 
 pin_project! {
     /// A response body that keeps its request counted as in flight until hyper drops it.
-    struct Tracked {
+    struct Tracked<B> {
         #[pin]
-        body: Body,
+        body: B,
         request: InFlight,
     }
 }
 
-impl HttpBody for Tracked {
+impl<B: HttpBody<Data = Bytes>> HttpBody for Tracked<B> {
     type Data = Bytes;
-    type Error = <Body as HttpBody>::Error;
+    type Error = B::Error;
 
     fn poll_frame(
         self: Pin<&mut Self>,

@@ -84,10 +84,10 @@ async fn assert_401_json(r: reqwest::Response, h: &Harness, landing_enc: &str) {
 
 /// The current `Authorization` value of the session behind `cookie`.
 async fn stored_bearer(h: &Harness, cookie: &str) -> String {
-    let key = h.gateway.cookies.decode(cookie).expect("a valid cookie");
+    let key = h.gateway.cookies().decode(cookie).expect("a valid cookie");
     let session = h
         .gateway
-        .store
+        .store()
         .load(&key)
         .await
         .unwrap()

@@ -61,11 +61,11 @@ fn login_cookie_line(r: &Response) -> Option<String> {
 }
 
 async fn live_sessions(h: &Harness) -> u64 {
-    let Store::Memory(m) = h.gateway.store.as_ref() else {
+    let Store::Memory(m) = h.gateway.store().as_ref() else {
         panic!("these tests run on the memory store");
     };
     m.sync().await;
-    h.gateway.store.live()
+    h.gateway.store().live()
 }
 
 async fn assert_login_page_400(r: Response, what: &str) -> String {

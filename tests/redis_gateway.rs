@@ -68,7 +68,7 @@ async fn echo(h: &Harness, cookie: &str, path: &str) -> Echo {
 }
 
 fn store_metrics(h: &Harness) -> &authgate::metrics::StoreMetrics {
-    h.gateway.store.metrics().expect("a Redis store")
+    h.gateway.store().metrics().expect("a Redis store")
 }
 
 #[tokio::test]
@@ -445,7 +445,7 @@ async fn slow_redis_is_503_not_logout() {
         .query_async(&mut conn)
         .await
         .unwrap();
-    h.gateway.store.redis().unwrap().clear_local_cache();
+    h.gateway.store().redis().unwrap().clear_local_cache();
     let started = Instant::now();
     let r = get(&h, &cookie, "/hello").await;
     assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
@@ -483,7 +483,7 @@ async fn redis_holds_no_token_and_no_session_id() {
     }
     assert_eq!(idp.controls().refresh_calls(), 2);
     let id_b64 = cookie.split('.').next().unwrap().to_owned();
-    let key = h.gateway.cookies.decode(&cookie).unwrap();
+    let key = h.gateway.cookies().decode(&cookie).unwrap();
     let id_hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
     let mut names = 0;
     for snapshot in &snapshots {
@@ -499,7 +499,7 @@ async fn redis_holds_no_token_and_no_session_id() {
         }
     }
     assert!(names >= 9, "the snapshots hold the records: {names}");
-    assert!(h.gateway.store.load(&key).await.unwrap().is_some());
+    assert!(h.gateway.store().load(&key).await.unwrap().is_some());
 }
 
 /// Not CI: requests per second and CPU per request on the hot path (a valid session, no
@@ -535,7 +535,7 @@ async fn bench_hot_path_redis_vs_memory() {
         let started = Instant::now();
         for i in 0..requests {
             if uncached {
-                h.gateway.store.redis().unwrap().clear_local_cache();
+                h.gateway.store().redis().unwrap().clear_local_cache();
             }
             let r = client
                 .get(h.at(&format!("/b/{i}")))

@@ -45,8 +45,8 @@ async fn short_lived(config: &str) -> Harness {
 
 /// The record the gateway holds for this cookie (test-only peek at the store).
 async fn stored(h: &Harness, cookie: &str) -> Option<Arc<Session>> {
-    let key = h.gateway.cookies.decode(cookie).expect("cookie verifies");
-    h.gateway.store.load(&key).await.unwrap()
+    let key = h.gateway.cookies().decode(cookie).expect("cookie verifies");
+    h.gateway.store().load(&key).await.unwrap()
 }
 
 /// The access token the gateway currently holds for this cookie.

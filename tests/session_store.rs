@@ -14,7 +14,7 @@ use authgate::session::identity::IdentityRules;
 use authgate::session::memory::MemoryStore;
 use authgate::session::redis::{RedisOptions, RedisStore};
 use authgate::session::{
-    Identity, Replaced, Session, SessionKey, SessionStore, Tokens, new_key, unix_now,
+    Identity, Marker, Replaced, Session, SessionKey, SessionStore, Tokens, new_key, unix_now,
 };
 use support::eventually;
 use support::redis::RedisServer;
@@ -40,6 +40,7 @@ fn session_at(sub: &str, sid: Option<&str>, token: &str, login_at: u64) -> Arc<S
         identity: Arc::new(identity(sub, sid)),
         login_at,
         backoff: None,
+        last_seen: Default::default(),
     })
 }
 
@@ -236,21 +237,32 @@ async fn ended_sessions_stay_ended<S: SessionStore>(store: &S) {
     assert!(store.load_for_update(&unknown).await.unwrap().is_none());
 }
 
-/// Single-use ids (logout token `jti`s): remembered for the time asked, each on its own.
+/// Single-use markers (a used login state, a used logout token): set once, for the time
+/// asked, each on its own.
 async fn single_use_ids<S: SessionStore>(store: &S) {
     let ttl = Duration::from_secs(1);
-    let (a, b) = ([1u8; 32], [2u8; 32]);
-    assert!(!store.is_remembered(&a).await.unwrap(), "unknown");
-    store.remember(&a, ttl).await.unwrap();
-    assert!(store.is_remembered(&a).await.unwrap(), "remembered");
-    assert!(!store.is_remembered(&b).await.unwrap(), "another id");
-    store.remember(&a, Duration::from_secs(3600)).await.unwrap();
+    let a = Marker {
+        kind: "once",
+        id: [1u8; 32],
+    };
+    let b = Marker { id: [2u8; 32], ..a };
+    assert!(!store.is_claimed(&a).await.unwrap(), "unknown");
+    assert!(store.claim_once(&a, ttl).await.unwrap(), "first claim");
+    assert!(store.is_claimed(&a).await.unwrap(), "claimed");
+    assert!(!store.is_claimed(&b).await.unwrap(), "another id");
+    assert!(
+        !store
+            .claim_once(&a, Duration::from_secs(3600))
+            .await
+            .unwrap(),
+        "single use"
+    );
     assert!(
         eventually(Duration::from_secs(5), || async {
-            !store.is_remembered(&a).await.unwrap()
+            !store.is_claimed(&a).await.unwrap()
         })
         .await,
-        "forgotten after its time (a second remember keeps the first expiry)"
+        "forgotten after its time (a second claim keeps the first expiry)"
     );
 }
 
@@ -501,15 +513,16 @@ async fn redis_acl_user_confined_to_the_prefix() {
     store.clear_local_cache();
     assert_eq!(token_of(&store, &key).await.as_deref(), Some("at-j"));
     drop(store.refresh_lease(&key).await.unwrap());
-    // A completed login's single-use marker.
-    assert!(!store.login_used("state-1").await.unwrap());
+    // A single-use marker (a completed login's state).
+    let marker = Marker {
+        kind: "used",
+        id: [7u8; 32],
+    };
+    assert!(!store.is_claimed(&marker).await.unwrap());
     let ttl = Duration::from_secs(60);
-    assert!(store.mark_login_used("state-1", ttl).await.unwrap());
-    assert!(store.login_used("state-1").await.unwrap());
-    assert!(
-        !store.mark_login_used("state-1", ttl).await.unwrap(),
-        "single use"
-    );
+    assert!(store.claim_once(&marker, ttl).await.unwrap());
+    assert!(store.is_claimed(&marker).await.unwrap());
+    assert!(!store.claim_once(&marker, ttl).await.unwrap(), "single use");
     store.delete_matching(Some("sid-j"), None).await.unwrap();
     assert!(store.load(&key).await.unwrap().is_none());
     // The user cannot touch a key outside the prefix: the confinement is real.
@@ -536,4 +549,36 @@ async fn rediss_against_plain_server_is_not_ready() {
     let store = redis_store_at(&url, &[1], Duration::from_secs(5));
     assert!(!store.ready().await);
     assert!(store.load(&new_key()).await.is_err());
+}
+
+/// A store error keeps its cause (what Redis said, why the connection failed) for the log,
+/// and never the URL's password: neither when Redis refuses the password, nor when nothing
+/// listens.
+#[tokio::test]
+async fn store_errors_keep_their_cause_and_never_the_password() {
+    let server =
+        RedisServer::start_with(&["--user", "authgate", "on", ">s3cret-pw", "~test:*", "+@all"]);
+    let wrong = format!("redis://authgate:wr0ng-pw-123@127.0.0.1:{}", server.port);
+    let nothing = {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        format!("redis://authgate:wr0ng-pw-123@127.0.0.1:{port}")
+    };
+    for url in [wrong, nothing] {
+        let store = redis_store_at(&url, &[1], Duration::from_secs(5));
+        let e = store.load(&new_key()).await.unwrap_err();
+        let chain = authgate::error::Chain(&e).to_string();
+        assert!(std::error::Error::source(&e).is_some(), "{chain}");
+        assert!(
+            chain.starts_with("session store unavailable: redis"),
+            "{chain}"
+        );
+        assert!(
+            !chain.contains("wr0ng-pw-123") && !chain.contains("s3cret"),
+            "{chain}"
+        );
+    }
 }

@@ -60,11 +60,11 @@ fn is_cleared(r: &reqwest::Response) -> bool {
 }
 
 async fn sync_store(h: &Harness) -> u64 {
-    let Store::Memory(m) = h.gateway.store.as_ref() else {
+    let Store::Memory(m) = h.gateway.store().as_ref() else {
         panic!("these tests run on the memory store");
     };
     m.sync().await;
-    h.gateway.store.live()
+    h.gateway.store().live()
 }
 
 // --- bad cookies ---

@@ -87,10 +87,10 @@ fn server(raw: &RawServer, c: &mut Checker) -> Option<ServerConfig> {
 
 /// A header name to strip from untrusted requests; never one the gateway itself needs to
 /// read the request (its `Host`, its framing, the session cookie), in any spelling (names are
-/// compared after folding, see `headers::inbound`).
+/// compared after folding, see `crate::fold`).
 fn strip_request_header(key: &str, raw: &str, c: &mut Checker) -> Option<http::HeaderName> {
     let name = c.header_name(key, raw)?;
-    let folded = crate::headers::fold_name(name.as_str());
+    let folded = crate::fold::fold_name(name.as_str());
     if ["host", "cookie", "content-length", "transfer-encoding"].contains(&folded.as_str()) {
         c.error(
             key,

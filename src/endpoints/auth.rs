@@ -19,13 +19,15 @@ use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderName, Method, Request, Response, StatusCode, Uri};
 use percent_encoding::{AsciiSet, CONTROLS, percent_encode};
 
-use crate::body::Body;
+use super::Shared;
+use crate::auth::{Authenticator, Navigation, is_preflight};
 use crate::config::{BearerMode, Policy, Preflight};
-use crate::gateway::{Gateway, is_preflight};
 use crate::headers::{self, Peer};
-use crate::metrics::Decision;
+use crate::metrics::{Decision, Metrics};
+use crate::policy::RouteTable;
 use crate::policy::path::normalize_path;
-use crate::response::{self, Halt};
+use crate::proxy::Body;
+use crate::reply::{self, Reply};
 
 static X_FORWARDED_METHOD: HeaderName = HeaderName::from_static("x-forwarded-method");
 static X_FORWARDED_URI: HeaderName = HeaderName::from_static("x-forwarded-uri");
@@ -48,82 +50,93 @@ const NOT_IN_URI: &AsciiSet = &CONTROLS
     .add(b'|')
     .add(b'}');
 
-pub async fn check<B>(gateway: &Arc<Gateway>, req: Request<B>, peer: Peer) -> Response<Body> {
-    let trusted = peer.trusted;
-    // Judge the original request: its method and URI, with this request's credentials
-    // (its headers are reused as they are, not copied).
-    let (mut parts, _) = req.into_parts();
-    let (route, path) = if trusted {
-        let (method, uri) = match original_request(&parts.headers) {
-            Ok(original) => original,
-            Err(reason) => {
-                tracing::debug!(reason, "forward auth: original request refused");
-                return Halt::BadRequest(reason).into_response();
-            }
+/// What forward auth needs: the routes, the authenticator, the decision counters.
+pub struct ForwardAuth {
+    routes: Arc<RouteTable>,
+    auth: Arc<Authenticator>,
+    metrics: Arc<Metrics>,
+}
+
+// === impl ForwardAuth ===
+
+impl ForwardAuth {
+    pub fn new(shared: &Shared) -> Self {
+        ForwardAuth {
+            routes: shared.routes.clone(),
+            auth: shared.auth.clone(),
+            metrics: shared.metrics.clone(),
+        }
+    }
+
+    pub async fn check<B>(&self, req: Request<B>, peer: Peer) -> Result<Response<Body>, Reply> {
+        let trusted = peer.trusted;
+        // Judge the original request: its method and URI, with this request's credentials
+        // (its headers are reused as they are, not copied).
+        let (mut parts, _) = req.into_parts();
+        let (route, path) = if trusted {
+            let (method, uri) = match original_request(&parts.headers) {
+                Ok(original) => original,
+                Err(reason) => {
+                    tracing::debug!(reason, "forward auth: original request refused");
+                    return Err(Reply::BadRequest(reason));
+                }
+            };
+            let Ok(path) = normalize_path(uri.path()) else {
+                return Err(Reply::BadRequest("Bad request: path not accepted"));
+            };
+            let path = path.into_owned();
+            (parts.method, parts.uri) = (method, uri);
+            (self.routes.find(&parts.method, &path), path)
+        } else {
+            (parts.method, parts.uri) = (Method::GET, Uri::from_static("/"));
+            (self.routes.fallback(), "/".to_owned())
         };
-        let Ok(path) = normalize_path(uri.path()) else {
-            return Halt::BadRequest("Bad request: path not accepted").into_response();
-        };
-        let path = path.into_owned();
-        (parts.method, parts.uri) = (method, uri);
-        (gateway.routes.find(&parts.method, &path), path)
-    } else {
-        (parts.method, parts.uri) = (Method::GET, Uri::from_static("/"));
-        (gateway.routes.fallback(), "/".to_owned())
-    };
-    let original = Request::from_parts(parts, ());
-    match route.rule.policy {
-        Policy::Deny => {
-            gateway.metrics.decision(route.id, Decision::Deny);
-            return Halt::Deny.into_response();
-        }
-        Policy::Public => {
-            gateway.metrics.decision(route.id, Decision::Allow);
-            return accepted(HeaderMap::new());
-        }
-        // As the gateway would forward it: without identity (contract Details 26).
-        Policy::Authenticated
-            if route.rule.preflight == Preflight::Forward && is_preflight(&original) =>
-        {
-            gateway.metrics.decision(route.id, Decision::Allow);
-            return accepted(HeaderMap::new());
-        }
-        Policy::Authenticated => {}
-    }
-    let offered = match route.rule.bearer {
-        BearerMode::Passthrough => headers::bearer_token(original.headers()),
-        BearerMode::Off => None,
-    };
-    let auth = match gateway.authenticate(&original, route, offered, &path).await {
-        Ok(auth) => auth,
-        Err(mut halt) => {
-            // A proxy turns our 401 into a login redirect itself: never answer 302 here.
-            if let Halt::Unauthenticated { redirect, .. } = &mut halt {
-                *redirect = false;
+        let original = Request::from_parts(parts, ());
+        match route.rule.policy {
+            Policy::Deny => {
+                self.metrics.decision(route.id, Decision::Deny);
+                return Err(Reply::Deny);
             }
-            return halt.into_response();
+            Policy::Public => {
+                self.metrics.decision(route.id, Decision::Allow);
+                return Ok(accepted(HeaderMap::new()));
+            }
+            // As the gateway would forward it: without identity (contract Details 26).
+            Policy::Authenticated
+                if route.rule.preflight == Preflight::Forward && is_preflight(&original) =>
+            {
+                self.metrics.decision(route.id, Decision::Allow);
+                return Ok(accepted(HeaderMap::new()));
+            }
+            Policy::Authenticated => {}
         }
-    };
-    if let Err(refusal) = route.authorize(auth.identity()) {
-        gateway.metrics.decision(route.id, Decision::Forbid);
-        return response::text(StatusCode::FORBIDDEN, refusal.message());
+        let offered = match route.rule.bearer {
+            BearerMode::Passthrough => headers::bearer_token(original.headers()),
+            BearerMode::Off => None,
+        };
+        // A proxy turns our 401 into a login redirect itself: never answer 302 here.
+        let auth = (self.auth)
+            .authenticate(&original, route, offered, &path, Navigation::Never)
+            .await?;
+        if let Err(refusal) = route.authorize(auth.identity().groups(), auth.identity().claims()) {
+            self.metrics.decision(route.id, Decision::Forbid);
+            return Err(refusal.into());
+        }
+        self.metrics.decision(route.id, Decision::Allow);
+        let mut vouched = HeaderMap::new();
+        self.auth.vouch(&mut vouched, &auth, route)?;
+        if !trusted {
+            // Only a proxy needs the token. Anyone else calling this directly is most likely a
+            // script in the app's own pages (same origin, so it can read response headers):
+            // handing it the access token would turn an XSS into token theft.
+            vouched.remove(AUTHORIZATION);
+        }
+        Ok(accepted(vouched))
     }
-    gateway.metrics.decision(route.id, Decision::Allow);
-    let mut vouched = HeaderMap::new();
-    if let Err(halt) = gateway.vouch(&mut vouched, &auth, route) {
-        return halt.into_response();
-    }
-    if !trusted {
-        // Only a proxy needs the token. Anyone else calling this directly is most likely a
-        // script in the app's own pages (same origin, so it can read response headers):
-        // handing it the access token would turn an XSS into token theft.
-        vouched.remove(AUTHORIZATION);
-    }
-    accepted(vouched)
 }
 
 fn accepted(headers: HeaderMap) -> Response<Body> {
-    let mut response = response::text(StatusCode::ACCEPTED, "ok");
+    let mut response = reply::text(StatusCode::ACCEPTED, "ok");
     response.headers_mut().extend(headers);
     response.headers_mut().remove(SET_COOKIE);
     response

@@ -7,165 +7,203 @@
 use std::sync::Arc;
 
 use http::header::SET_COOKIE;
-use http::{Request, Response, StatusCode};
+use http::{Request, Response};
 
-use super::query_param;
-use crate::body::Body;
-use crate::gateway::Gateway;
+use url::Url;
+
+use super::{Shared, query_param};
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::error::Chain;
 use crate::logging::log_safe;
 use crate::login::{Logins, PendingLogin};
+use crate::oidc::Oidc;
+use crate::oidc::flows::LoginError;
+use crate::proxy::Body;
 use crate::redirect::SafeRedirect;
-use crate::response::{self, html_page};
-use crate::session::{ResourceToken, Session, SessionStore, Tokens, new_key, unix_now};
+use crate::reply::{self, Reply, Unavailable};
+use crate::session::identity::IdentityRules;
+use crate::session::{LastSeen, ResourceToken, Session, Sessions, Tokens};
 
-pub async fn start<B>(gateway: &Arc<Gateway>, req: &Request<B>) -> Response<Body> {
-    let Some(provider) = gateway.oidc.provider() else {
-        return response::unavailable(5);
-    };
-    let rd = query_param(req.uri(), "rd").unwrap_or_else(|| "/".into());
-    let auth = gateway.oidc.authorize(&provider);
-    let pending = PendingLogin {
-        state: auth.state,
-        nonce: auth.nonce,
-        pkce_verifier: auth.pkce_verifier,
-        landing: SafeRedirect::parse(&rd, &gateway.cfg.server.public_url),
-    };
-    // Nothing is stored here: the browser carries the sealed login (see `crate::login`).
-    let Some(cookies) = gateway.logins.begin(req.headers(), &pending) else {
-        tracing::error!("could not seal a pending login");
-        return response::unavailable(1);
-    };
-    let mut response = response::found(auth.url.as_str());
-    for cookie in cookies {
-        response.headers_mut().append(SET_COOKIE, cookie);
-    }
-    response
+/// What `/oauth2/start` and the callback need: the provider, the login cookies, the
+/// sessions, the identity rules, where to land.
+pub struct Login {
+    oidc: Arc<Oidc>,
+    logins: Arc<Logins>,
+    sessions: Arc<Sessions>,
+    identities: Arc<IdentityRules>,
+    public_url: Url,
+    clock: Clock,
 }
 
-/// The provider's redirect back. The browser binding is checked before anything is consumed
-/// (contract Details 31): a callback replayed from another browser is refused and leaves the
-/// user's own login intact.
-pub async fn callback<B>(gateway: &Arc<Gateway>, req: &Request<B>) -> Response<Body> {
-    let uri = req.uri();
-    let logins = &gateway.logins;
-    let state = query_param(uri, "state");
-    // The login this browser started with this state, if any (a read: nothing consumed).
-    let pending = state.as_deref().and_then(|s| logins.find(req.headers(), s));
-    if let Some(error) = query_param(uri, "error") {
-        let detail = query_param(uri, "error_description").unwrap_or_default();
-        tracing::info!(
-            error = %log_safe(&error), detail = %log_safe(&detail),
-            "provider returned a login error"
-        );
-        // Its code only, never its free text: the page is on our origin.
-        let page = login_failed(provider_error(&error));
-        return finished(page, pending.as_ref(), logins);
-    }
-    let (Some(state), Some(code)) = (state, query_param(uri, "code")) else {
-        return login_failed("The login response is incomplete.");
-    };
-    let Some(pending) = pending else {
-        return login_failed(
-            "This login has expired, was already used, or was started in another browser.",
-        );
-    };
-    match logins.was_used(&state).await {
-        Ok(false) => {}
-        Ok(true) => {
-            let page = login_failed("This login was already used.");
-            return finished(page, Some(&pending), logins);
-        }
-        Err(e) => {
-            tracing::warn!(error = %log_safe(&e), "could not check a login's state");
-            return response::unavailable(1);
+// === impl Login ===
+
+impl Login {
+    pub fn new(cfg: &Config, shared: &Shared) -> Self {
+        Login {
+            oidc: shared.oidc.clone(),
+            logins: shared.logins.clone(),
+            sessions: shared.sessions.clone(),
+            identities: shared.identities.clone(),
+            public_url: cfg.server.public_url.clone(),
+            clock: shared.clock.clone(),
         }
     }
-    let tokens = match gateway
-        .oidc
-        .exchange_code(&code, &pending.pkce_verifier, &pending.nonce)
-        .await
-    {
-        Ok(tokens) => tokens,
-        Err(crate::oidc::flows::LoginError::NotReady) => return response::unavailable(5),
-        Err(e) => {
-            tracing::warn!(error = %log_safe(&e), "login failed");
-            let page = login_failed("The identity provider's answer could not be accepted.");
-            return finished(page, Some(&pending), logins);
+
+    pub async fn start<B>(&self, req: &Request<B>) -> Result<Response<Body>, Reply> {
+        let provider = self.oidc.provider().ok_or(Unavailable::ProviderNotReady)?;
+        let rd = query_param(req.uri(), "rd").unwrap_or_else(|| "/".into());
+        let auth = self.oidc.authorize(&provider);
+        let pending = PendingLogin {
+            state: auth.state,
+            nonce: auth.nonce,
+            pkce_verifier: auth.pkce_verifier,
+            landing: SafeRedirect::parse(&rd, &self.public_url),
+        };
+        // Nothing is stored here: the browser carries the sealed login (see `crate::login`).
+        let Some(cookies) = self.logins.begin(req.headers(), &pending) else {
+            tracing::error!("could not seal a pending login");
+            return Err(Unavailable::LoginNotSealed.into());
+        };
+        let mut response = reply::found(auth.url.as_str());
+        for cookie in cookies {
+            response.headers_mut().append(SET_COOKIE, cookie);
         }
-    };
-    let claims = tokens.claims.as_ref();
-    let (Some(identity), Some(bearer)) = (
-        claims.and_then(|c| gateway.rules.identity(c)),
-        Tokens::bearer_value(&tokens.access_token),
-    ) else {
-        let page = login_failed("The identity provider's answer lacks a user or a usable token.");
-        return finished(page, Some(&pending), logins);
-    };
-    // Single use, on every replica: only a login that got this far is recorded.
-    match logins.mark_used(&state).await {
-        Ok(true) => {}
-        Ok(false) => {
-            let page = login_failed("This login was already used.");
-            return finished(page, Some(&pending), logins);
-        }
-        Err(e) => {
-            tracing::warn!(error = %log_safe(&e), "could not record a login's state as used");
-            return response::unavailable(1);
-        }
+        Ok(response)
     }
-    let session = Session {
-        tokens: Tokens {
-            bearer,
-            access_expires_at: tokens.access_expires_at,
-            refresh_token: tokens.refresh_token.map(Into::into),
-            id_token: tokens.id_token.map(Into::into),
-            more: ResourceToken::merge(tokens.more, &[]),
-        },
-        identity: Arc::new(identity),
-        login_at: unix_now(),
-        backoff: None,
-    };
-    let response = create_session(gateway, req, session, pending.landing.as_str()).await;
-    finished(response, Some(&pending), logins)
+
+    /// The provider's redirect back. The browser binding is checked before anything is consumed
+    /// (contract Details 31): a callback replayed from another browser is refused and leaves the
+    /// user's own login intact.
+    pub async fn callback<B>(&self, req: &Request<B>) -> Result<Response<Body>, Reply> {
+        let uri = req.uri();
+        let logins = &*self.logins;
+        let state = query_param(uri, "state");
+        // The login this browser started with this state, if any (a read: nothing consumed).
+        let pending = state.as_deref().and_then(|s| logins.find(req.headers(), s));
+        if let Some(error) = query_param(uri, "error") {
+            let detail = query_param(uri, "error_description").unwrap_or_default();
+            tracing::info!(
+                error = %log_safe(&error), detail = %log_safe(&detail),
+                "provider returned a login error"
+            );
+            // Its code only, never its free text: the page is on our origin.
+            let page = Err(Reply::LoginFailed(provider_error(&error)));
+            return finished(page, pending.as_ref(), logins);
+        }
+        let (Some(state), Some(code)) = (state, query_param(uri, "code")) else {
+            return Err(Reply::LoginFailed("The login response is incomplete."));
+        };
+        let Some(pending) = pending else {
+            return Err(Reply::LoginFailed(
+                "This login has expired, was already used, or was started in another browser.",
+            ));
+        };
+        let used_up = || Err(Reply::LoginFailed("This login was already used."));
+        match logins.was_used(&state).await {
+            Ok(false) => {}
+            Ok(true) => return finished(used_up(), Some(&pending), logins),
+            Err(e) => {
+                tracing::warn!(error = %log_safe(Chain(&e)), "could not check a login's state");
+                return Err(e.into());
+            }
+        }
+        let tokens = match self
+            .oidc
+            .exchange_code(&code, &pending.pkce_verifier, &pending.nonce)
+            .await
+        {
+            Ok(tokens) => tokens,
+            Err(LoginError::NotReady) => return Err(Unavailable::ProviderNotReady.into()),
+            Err(e) => {
+                tracing::warn!(error = %log_safe(Chain(&e)), "login failed");
+                let page = Err(Reply::LoginFailed(
+                    "The identity provider's answer could not be accepted.",
+                ));
+                return finished(page, Some(&pending), logins);
+            }
+        };
+        let claims = tokens.claims.as_ref();
+        let (Some(identity), Some(bearer)) = (
+            claims.and_then(|c| self.identities.identity(c)),
+            Tokens::bearer_value(&tokens.access_token),
+        ) else {
+            let page = Err(Reply::LoginFailed(
+                "The identity provider's answer lacks a user or a usable token.",
+            ));
+            return finished(page, Some(&pending), logins);
+        };
+        // Single use, on every replica: only a login that got this far is recorded.
+        match logins.mark_used(&state).await {
+            Ok(true) => {}
+            Ok(false) => return finished(used_up(), Some(&pending), logins),
+            Err(e) => {
+                tracing::warn!(error = %log_safe(Chain(&e)), "could not record a login's state as used");
+                return Err(e.into());
+            }
+        }
+        let session = Session {
+            tokens: Tokens {
+                bearer,
+                access_expires_at: tokens.access_expires_at,
+                refresh_token: tokens.refresh_token.map(Into::into),
+                id_token: tokens.id_token.map(Into::into),
+                more: ResourceToken::merge(tokens.more, &[]),
+            },
+            identity: Arc::new(identity),
+            login_at: self.clock.unix_now(),
+            backoff: None,
+            last_seen: LastSeen::default(),
+        };
+        let result = self
+            .create_session(req, session, pending.landing.as_str())
+            .await;
+        finished(result, Some(&pending), logins)
+    }
+
+    /// Store the session under a NEW id (no session fixation), drop any previous one, set the
+    /// cookie and land on the original page.
+    async fn create_session<B>(
+        &self,
+        req: &Request<B>,
+        session: Session,
+        landing: &str,
+    ) -> Result<Response<Body>, Reply> {
+        let sub = session.identity.sub().to_owned();
+        let cookie = match self.sessions.create(session).await {
+            Ok(cookie) => cookie,
+            Err(e) => {
+                tracing::error!(error = %log_safe(Chain(&e)), "could not store the new session");
+                return Err(Unavailable::SessionNotSaved(e).into());
+            }
+        };
+        // Best effort: the previous session is unreachable once its cookie is replaced.
+        let _ = self.sessions.discard(req.headers()).await;
+        tracing::info!(sub = %log_safe(&sub), "login succeeded");
+        let mut response = reply::found(landing);
+        if let Some(cookie) = cookie {
+            response.headers_mut().append(SET_COOKIE, cookie);
+        }
+        Ok(response)
+    }
 }
 
-/// `response`, clearing the login cookie of `pending` (a login the callback has used up).
+/// `result`, clearing the login cookie of `pending` (a login the callback has used up).
 fn finished(
-    mut response: Response<Body>,
+    result: Result<Response<Body>, Reply>,
     pending: Option<&PendingLogin>,
     logins: &Logins,
-) -> Response<Body> {
-    if let Some(clear) = pending.and_then(|p| logins.clear_for(&p.state)) {
-        response.headers_mut().append(SET_COOKIE, clear);
+) -> Result<Response<Body>, Reply> {
+    let clear = pending.and_then(|p| logins.clear_for(&p.state));
+    match result {
+        Ok(mut response) => {
+            if let Some(clear) = clear {
+                response.headers_mut().append(SET_COOKIE, clear);
+            }
+            Ok(response)
+        }
+        Err(reply) => Err(reply.clearing(clear)),
     }
-    response
-}
-
-/// Store the session under a NEW id (no session fixation), drop any previous one, set the
-/// cookie and land on the original page.
-async fn create_session<B>(
-    gateway: &Arc<Gateway>,
-    req: &Request<B>,
-    session: Session,
-    landing: &str,
-) -> Response<Body> {
-    let sub = session.identity.sub().to_owned();
-    let key = new_key();
-    if let Err(e) = gateway.store.save(key, Arc::new(session)).await {
-        tracing::error!(error = %log_safe(&e), "could not store the new session");
-        return response::unavailable(2);
-    }
-    let previous = gateway.cookies.session_key(req.headers());
-    if let Some(previous) = previous {
-        let _ = gateway.store.delete(&previous).await;
-    }
-    tracing::info!(sub = %log_safe(&sub), "login succeeded");
-    let mut response = response::found(landing);
-    let max_age = gateway.cfg.session.absolute_timeout.as_secs();
-    if let Some(cookie) = gateway.cookies.set_cookie(&key, max_age) {
-        response.headers_mut().append(SET_COOKIE, cookie);
-    }
-    response
 }
 
 /// The page for a provider's `error` code: a short sentence for the codes of RFC 6749 section
@@ -197,13 +235,4 @@ fn provider_error(code: &str) -> &'static str {
         "consent_required" => "The identity provider needs your consent (consent_required).",
         _ => "Login failed.",
     }
-}
-
-fn login_failed(message: &str) -> Response<Body> {
-    html_page(
-        StatusCode::BAD_REQUEST,
-        "Login failed",
-        message,
-        Some(("/oauth2/start", "Try again")),
-    )
 }

@@ -7,16 +7,19 @@ use http::header::SET_COOKIE;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
-use serde_json::{Value, json};
+use serde_json::Value;
+use url::Url;
 
-use super::query_param;
-use crate::body::Body;
-use crate::gateway::Gateway;
+use super::{Shared, query_param};
+use crate::config::Config;
+use crate::error::Chain;
 use crate::logging::log_safe;
+use crate::oidc::Oidc;
 use crate::oidc::jwt::{Expect, JwtError, LEEWAY_SECS, LOGOUT_TOKEN_MAX_AGE_SECS};
+use crate::proxy::Body;
 use crate::redirect::SafeRedirect;
-use crate::response;
-use crate::session::SessionStore;
+use crate::reply::{self, Reply};
+use crate::session::{Marker, SessionStore, Sessions};
 
 /// Largest back-channel request body read (a logout token is ~1 KB).
 const MAX_LOGOUT_BODY: usize = 64 * 1024;
@@ -24,98 +27,115 @@ const MAX_LOGOUT_BODY: usize = 64 * 1024;
 /// acceptable `iat` is now + leeway at first use; it stays acceptable for the age + leeway).
 const REPLAY_MEMORY: Duration = Duration::from_secs(LOGOUT_TOKEN_MAX_AGE_SECS + 2 * LEEWAY_SECS);
 
-/// Delete the session, revoke its refresh token (RFC 7009: Logto's end-session does not revoke
-/// `offline_access` grants), then log out at the provider (contract Details 13).
-pub async fn sign_out<B>(gateway: &Arc<Gateway>, req: &Request<B>) -> Response<Body> {
-    let key = gateway.cookies.session_key(req.headers());
-    // A store that cannot be read or written is answered 503: telling the user "signed out"
-    // (and clearing the cookie) while the session lives on would be a lie, and the session
-    // could still be used with a copy of the cookie. The user can simply try again.
-    let session = match key {
-        Some(key) => {
-            let loaded = gateway.store.load(&key).await;
-            let deleted = gateway.store.delete(&key).await;
-            match (loaded, deleted) {
-                (Ok(session), Ok(())) => session,
-                (Err(e), _) | (_, Err(e)) => {
-                    tracing::warn!(error = %log_safe(&e), "could not end the session at sign-out");
-                    return response::unavailable(1);
-                }
-            }
-        }
-        None => None,
-    };
-    let mut target = None;
-    if let Some(session) = &session {
-        tracing::info!(sub = %log_safe(session.identity.sub()), "sign-out");
-        if let Some(refresh_token) = &session.tokens.refresh_token {
-            gateway.oidc.revoke(refresh_token).await;
-        }
-        target = gateway
-            .oidc
-            .end_session_url(session.tokens.id_token.as_deref())
-            .map(String::from);
-    }
-    let target = target.unwrap_or_else(|| {
-        let rd = query_param(req.uri(), "rd").unwrap_or_else(|| "/".into());
-        SafeRedirect::parse(&rd, &gateway.cfg.server.public_url)
-            .as_str()
-            .to_owned()
-    });
-    let mut response = response::found(&target);
-    response
-        .headers_mut()
-        .append(SET_COOKIE, gateway.cookies.clear_cookie());
-    response
+/// What sign-out and back-channel logout need: the sessions, the provider (revocation,
+/// end-session, the logout token's keys), where to land.
+pub struct Logouts {
+    sessions: Arc<Sessions>,
+    oidc: Arc<Oidc>,
+    public_url: Url,
 }
 
-/// Receive a `logout_token` and end the sessions of its `sid` (or of its `sub`).
-///
-/// A token is used once (contract Details 30): its issuer and `jti` are remembered for as
-/// long as its `iat` keeps it acceptable, in the session store (so, with Redis, by every
-/// replica). The sessions are ended first and the `jti` remembered after, so that a store
-/// failure in between answers 503 and the provider's retry is still honoured; a duplicate
-/// that races the first one only ends the same sessions again.
-pub async fn backchannel(gateway: &Arc<Gateway>, req: Request<Incoming>) -> Response<Body> {
-    let Some(token) = read_logout_token(req).await else {
-        return invalid_request("missing logout_token");
-    };
-    let logout = match verify_logout_token(gateway, &token).await {
-        Ok(logout) => logout,
-        Err(e) => {
-            let reason = description(&e);
-            tracing::info!(reason = %log_safe(reason), "back-channel logout token rejected");
-            return invalid_request(reason);
-        }
-    };
-    match gateway.store.is_remembered(&logout.once).await {
-        Ok(false) => {}
-        Ok(true) => {
-            tracing::info!("back-channel logout token replayed: rejected");
-            return invalid_request("logout token already used");
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "back-channel logout could not reach the store");
-            return response::unavailable(1);
+// === impl Logouts ===
+
+impl Logouts {
+    pub fn new(cfg: &Config, shared: &Shared) -> Self {
+        Logouts {
+            sessions: shared.sessions.clone(),
+            oidc: shared.oidc.clone(),
+            public_url: cfg.server.public_url.clone(),
         }
     }
-    let (sid, sub) = (logout.sid.as_deref(), logout.sub.as_deref());
-    if let Err(e) = gateway.store.delete_matching(sid, sub).await {
-        tracing::warn!(error = %log_safe(&e), "back-channel logout could not reach the store");
-        return response::unavailable(1);
+
+    /// Delete the session, revoke its refresh token (RFC 7009: Logto's end-session does not revoke
+    /// `offline_access` grants), then log out at the provider (contract Details 13).
+    pub async fn sign_out<B>(&self, req: &Request<B>) -> Result<Response<Body>, Reply> {
+        // A store that cannot be read or written is answered 503: telling the user "signed out"
+        // (and clearing the cookie) while the session lives on would be a lie, and the session
+        // could still be used with a copy of the cookie. The user can simply try again.
+        let session = match self.sessions.end(req.headers()).await {
+            Ok(session) => session,
+            Err(e) => {
+                tracing::warn!(error = %log_safe(Chain(&e)), "could not end the session at sign-out");
+                return Err(e.into());
+            }
+        };
+        let mut target = None;
+        if let Some(session) = &session {
+            tracing::info!(sub = %log_safe(session.identity.sub()), "sign-out");
+            if let Some(refresh_token) = &session.tokens.refresh_token {
+                self.oidc.revoke(refresh_token).await;
+            }
+            target = self
+                .oidc
+                .end_session_url(session.tokens.id_token.as_deref())
+                .map(String::from);
+        }
+        let target = target.unwrap_or_else(|| {
+            let rd = query_param(req.uri(), "rd").unwrap_or_else(|| "/".into());
+            SafeRedirect::parse(&rd, &self.public_url)
+                .as_str()
+                .to_owned()
+        });
+        let mut response = reply::found(&target);
+        response
+            .headers_mut()
+            .append(SET_COOKIE, self.sessions.clear_cookie());
+        Ok(response)
     }
-    if let Err(e) = gateway.store.remember(&logout.once, REPLAY_MEMORY).await {
-        tracing::warn!(error = %log_safe(&e), "back-channel logout token could not be remembered");
-        return response::unavailable(1);
+
+    /// Receive a `logout_token` and end the sessions of its `sid` (or of its `sub`).
+    ///
+    /// A token is used once (contract Details 30): its issuer and `jti` are remembered for as
+    /// long as its `iat` keeps it acceptable, in the session store (so, with Redis, by every
+    /// replica). The sessions are ended first and the `jti` remembered after, so that a store
+    /// failure in between answers 503 and the provider's retry is still honoured; a duplicate
+    /// that races the first one only ends the same sessions again.
+    pub async fn backchannel(&self, req: Request<Incoming>) -> Result<Response<Body>, Reply> {
+        let Some(token) = read_logout_token(req).await else {
+            return Err(Reply::InvalidLogoutRequest("missing logout_token"));
+        };
+        let logout = match verify_logout_token(&self.oidc, &token).await {
+            Ok(logout) => logout,
+            Err(e) => {
+                let reason = description(&e);
+                tracing::info!(reason = %log_safe(reason), "back-channel logout token rejected");
+                return Err(Reply::InvalidLogoutRequest(reason));
+            }
+        };
+        match self.sessions.store().is_claimed(&logout.once).await {
+            Ok(false) => {}
+            Ok(true) => {
+                tracing::info!("back-channel logout token replayed: rejected");
+                return Err(Reply::InvalidLogoutRequest("logout token already used"));
+            }
+            Err(e) => {
+                tracing::warn!(error = %log_safe(Chain(&e)), "back-channel logout could not reach the store");
+                return Err(e.into());
+            }
+        }
+        let (sid, sub) = (logout.sid.as_deref(), logout.sub.as_deref());
+        if let Err(e) = self.sessions.store().delete_matching(sid, sub).await {
+            tracing::warn!(error = %log_safe(Chain(&e)), "back-channel logout could not reach the store");
+            return Err(e.into());
+        }
+        if let Err(e) = self
+            .sessions
+            .store()
+            .claim_once(&logout.once, REPLAY_MEMORY)
+            .await
+        {
+            tracing::warn!(error = %log_safe(Chain(&e)), "back-channel logout token could not be remembered");
+            return Err(e.into());
+        }
+        tracing::info!(
+            sid = %log_safe(sid.unwrap_or("-")),
+            sub = %log_safe(sub.unwrap_or("-")),
+            "back-channel logout"
+        );
+        let mut ok = reply::text(StatusCode::OK, "ok");
+        ok.headers_mut().remove(http::header::CONTENT_TYPE);
+        Ok(ok)
     }
-    tracing::info!(
-        sid = %log_safe(sid.unwrap_or("-")),
-        sub = %log_safe(sub.unwrap_or("-")),
-        "back-channel logout"
-    );
-    let mut ok = response::text(StatusCode::OK, "ok");
-    ok.headers_mut().remove(http::header::CONTENT_TYPE);
-    ok
 }
 
 async fn read_logout_token(req: Request<Incoming>) -> Option<String> {
@@ -133,14 +153,14 @@ async fn read_logout_token(req: Request<Incoming>) -> Option<String> {
 struct Logout {
     sid: Option<String>,
     sub: Option<String>,
-    /// SHA-256 of its issuer and `jti`: its single-use id.
-    once: [u8; 32],
+    /// Its single-use marker: SHA-256 of its issuer and `jti`.
+    once: Marker,
 }
 
 /// Back-Channel Logout 1.0 section 2.6 and contract Details 30, but for single use (the
 /// caller's): see [`Expect::LogoutToken`].
-async fn verify_logout_token(gateway: &Gateway, token: &str) -> Result<Logout, JwtError> {
-    let claims = gateway.oidc.verify_jwt(token, Expect::LogoutToken).await?;
+async fn verify_logout_token(oidc: &Oidc, token: &str) -> Result<Logout, JwtError> {
+    let claims = oidc.verify_jwt(token, Expect::LogoutToken).await?;
     // Verified: `iss` and `jti` are strings, `sid` and `sub` strings when present.
     let text = |name: &str| claims.get(name).and_then(Value::as_str);
     let (Some(issuer), Some(jti)) = (text("iss"), text("jti")) else {
@@ -149,7 +169,10 @@ async fn verify_logout_token(gateway: &Gateway, token: &str) -> Result<Logout, J
     Ok(Logout {
         sid: text("sid").map(str::to_owned),
         sub: text("sub").map(str::to_owned),
-        once: single_use_id(issuer, jti),
+        once: Marker {
+            kind: "once",
+            id: single_use_id(issuer, jti),
+        },
     })
 }
 
@@ -182,13 +205,6 @@ fn single_use_id(issuer: &str, jti: &str) -> [u8; 32] {
         hash.update(part.as_bytes());
     }
     hash.finalize().into()
-}
-
-fn invalid_request(description: &str) -> Response<Body> {
-    response::json(
-        StatusCode::BAD_REQUEST,
-        &json!({"error": "invalid_request", "error_description": description}),
-    )
 }
 
 #[cfg(test)]

@@ -1,4 +1,7 @@
 //! The gateway's own endpoints, answered before any route is looked at (contract Details 17).
+//!
+//! Each endpoint module gets a context of its own with what it needs (the sessions, the
+//! provider, the login cookies, ...), built once by [`Endpoints::new`], never the gateway.
 
 mod auth;
 mod login;
@@ -10,10 +13,20 @@ use std::sync::Arc;
 use http::{Method, Request, Response};
 use hyper::body::Incoming;
 
-use crate::body::Body;
-use crate::gateway::Gateway;
+use crate::auth::Authenticator;
+use crate::clock::Clock;
+use crate::config::Config;
 use crate::headers::Peer;
-use crate::response;
+use crate::login::Logins;
+use crate::metrics::Metrics;
+use crate::oidc::Oidc;
+use crate::policy::RouteTable;
+use crate::proxy::Body;
+use crate::proxy::Upstream;
+use crate::reply::Reply;
+use crate::server::ConnectionStats;
+use crate::session::Sessions;
+use crate::session::identity::IdentityRules;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Builtin {
@@ -72,30 +85,81 @@ impl Builtin {
     }
 }
 
-pub async fn answer(
-    gateway: &Arc<Gateway>,
-    builtin: Builtin,
-    req: Request<Incoming>,
-    peer: Peer,
-) -> Response<Body> {
-    let method = req.method();
-    let read_only = method == Method::GET || method == Method::HEAD;
-    match builtin {
-        Builtin::Healthz => status::healthz(),
-        Builtin::Readyz => status::readyz(gateway).await,
-        Builtin::Metrics => status::metrics(gateway),
-        Builtin::Start if read_only => login::start(gateway, &req).await,
-        Builtin::Callback if read_only => login::callback(gateway, &req).await,
-        Builtin::SignOut if read_only || method == Method::POST => {
-            logout::sign_out(gateway, &req).await
+/// What the endpoints share with the pipeline (built once by `Gateway::new`).
+pub struct Shared {
+    pub routes: Arc<RouteTable>,
+    pub auth: Arc<Authenticator>,
+    pub sessions: Arc<Sessions>,
+    pub logins: Arc<Logins>,
+    pub oidc: Arc<Oidc>,
+    pub identities: Arc<IdentityRules>,
+    pub metrics: Arc<Metrics>,
+    pub upstream: Arc<Upstream>,
+    /// Client connections of the main listener.
+    pub connections: Arc<ConnectionStats>,
+    pub clock: Clock,
+}
+
+/// Every built-in endpoint, each with its own context.
+pub struct Endpoints {
+    login: login::Login,
+    logout: logout::Logouts,
+    status: Arc<status::Status>,
+    forward_auth: auth::ForwardAuth,
+    /// `server.metrics_listen` is set: `/metrics` is served there, not here.
+    metrics_elsewhere: bool,
+}
+
+// === impl Endpoints ===
+
+impl Endpoints {
+    pub fn new(cfg: &Config, shared: &Shared) -> Self {
+        Endpoints {
+            login: login::Login::new(cfg, shared),
+            logout: logout::Logouts::new(cfg, shared),
+            status: Arc::new(status::Status::new(cfg, shared)),
+            forward_auth: auth::ForwardAuth::new(shared),
+            metrics_elsewhere: cfg.server.metrics_listen.is_some(),
         }
-        Builtin::BackchannelLogout if method == Method::POST => {
-            logout::backchannel(gateway, req).await
+    }
+
+    /// The built-in endpoint at `path`, if any.
+    pub fn recognize(&self, path: &str) -> Option<Builtin> {
+        Builtin::recognize(path, self.metrics_elsewhere)
+    }
+
+    /// The handler of `server.metrics_listen`.
+    pub fn metrics_only(&self) -> MetricsOnly {
+        MetricsOnly(self.status.clone())
+    }
+
+    /// The answer of a built-in endpoint, or why it refuses (answered by the gateway's
+    /// rescue).
+    pub async fn answer(
+        &self,
+        builtin: Builtin,
+        req: Request<Incoming>,
+        peer: Peer,
+    ) -> Result<Response<Body>, Reply> {
+        let method = req.method();
+        let read_only = method == Method::GET || method == Method::HEAD;
+        match builtin {
+            Builtin::Healthz => Ok(status::healthz()),
+            Builtin::Readyz => self.status.readyz().await,
+            Builtin::Metrics => Ok(self.status.metrics()),
+            Builtin::Start if read_only => self.login.start(&req).await,
+            Builtin::Callback if read_only => self.login.callback(&req).await,
+            Builtin::SignOut if read_only || method == Method::POST => {
+                self.logout.sign_out(&req).await
+            }
+            Builtin::BackchannelLogout if method == Method::POST => {
+                self.logout.backchannel(req).await
+            }
+            Builtin::Userinfo if read_only => self.status.userinfo(&req).await,
+            Builtin::Auth => self.forward_auth.check(req, peer).await,
+            Builtin::UnknownOauth2 => Err(Reply::NotFound),
+            _ => Err(Reply::MethodNotAllowed),
         }
-        Builtin::Userinfo if read_only => status::userinfo(gateway, &req).await,
-        Builtin::Auth => auth::check(gateway, req, peer).await,
-        Builtin::UnknownOauth2 => response::not_found(),
-        _ => response::method_not_allowed(),
     }
 }
 
@@ -107,10 +171,11 @@ pub fn query_param(uri: &http::Uri, name: &str) -> Option<String> {
 }
 
 /// The handler of `server.metrics_listen`: `/metrics` and nothing else.
-pub struct MetricsOnly(pub Arc<Gateway>);
+pub struct MetricsOnly(Arc<status::Status>);
 
 impl crate::server::Handler for MetricsOnly {
     type PerConnection = ();
+    type Body = Body;
 
     fn connection(&self, _peer: &Peer) {}
 
@@ -121,9 +186,9 @@ impl crate::server::Handler for MetricsOnly {
         _connection: Arc<()>,
     ) -> Response<Body> {
         match req.uri().path() {
-            "/metrics" => status::metrics(&self.0),
+            "/metrics" => self.0.metrics(),
             "/healthz" => status::healthz(),
-            _ => response::not_found(),
+            _ => Reply::NotFound.into_response(),
         }
     }
 }

@@ -7,39 +7,67 @@ use http::header::CONTENT_TYPE;
 use http::{HeaderValue, Request, Response, StatusCode};
 use serde_json::json;
 
-use crate::body::Body;
-use crate::gateway::Gateway;
-use crate::response;
-use crate::session::{SessionStore, unix_now};
+use super::Shared;
+use crate::auth::{login_url, public_base};
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::oidc::Oidc;
+use crate::proxy::Body;
+use crate::proxy::Upstream;
+use crate::reply::{self, Reply, Unavailable};
+use crate::server::ConnectionStats;
+use crate::session::{Lookup, SessionStore, Sessions};
+
+/// What `/readyz`, `/metrics` and `/oauth2/userinfo` read.
+pub struct Status {
+    oidc: Arc<Oidc>,
+    sessions: Arc<Sessions>,
+    metrics: Arc<Metrics>,
+    upstream: Arc<Upstream>,
+    connections: Arc<ConnectionStats>,
+    /// `server.public_url` without a trailing slash (the login URL of a 401).
+    public_url: String,
+    clock: Clock,
+}
 
 pub fn healthz() -> Response<Body> {
-    response::text(StatusCode::OK, "ok")
+    reply::text(StatusCode::OK, "ok")
 }
 
-/// Ready once discovery has succeeded and the session store answers.
-pub async fn readyz(gateway: &Gateway) -> Response<Body> {
-    let provider = gateway.oidc.is_ready();
-    let store = gateway.store.ready().await;
-    if provider && store {
-        response::text(StatusCode::OK, "ready")
-    } else {
-        let mut not_ready = response::text(
-            StatusCode::SERVICE_UNAVAILABLE,
-            &format!("not ready: provider discovered={provider}, session store answering={store}"),
-        );
-        not_ready
-            .headers_mut()
-            .insert(http::header::RETRY_AFTER, HeaderValue::from_static("5"));
-        not_ready
+// === impl Status ===
+
+impl Status {
+    pub fn new(cfg: &Config, shared: &Shared) -> Self {
+        Status {
+            oidc: shared.oidc.clone(),
+            sessions: shared.sessions.clone(),
+            metrics: shared.metrics.clone(),
+            upstream: shared.upstream.clone(),
+            connections: shared.connections.clone(),
+            public_url: public_base(&cfg.server.public_url),
+            clock: shared.clock.clone(),
+        }
     }
-}
 
-pub fn metrics(gateway: &Gateway) -> Response<Body> {
-    let mut text = gateway.metrics.render(gateway.store.live());
-    let upstream = &gateway.upstream;
-    let _ = writeln!(
-        text,
-        "# HELP authgate_upstream_connections_opened_total Upstream connections opened.\n\
+    /// Ready once discovery has succeeded and the session store answers.
+    pub async fn readyz(&self) -> Result<Response<Body>, Reply> {
+        let provider = self.oidc.is_ready();
+        let store = self.sessions.store().ready().await;
+        if provider && store {
+            Ok(reply::text(StatusCode::OK, "ready"))
+        } else {
+            Err(Unavailable::NotReady { provider, store }.into())
+        }
+    }
+
+    pub fn metrics(&self) -> Response<Body> {
+        let store = self.sessions.store();
+        let mut text = self.metrics.render(store.live());
+        let upstream = &self.upstream;
+        let _ = writeln!(
+            text,
+            "# HELP authgate_upstream_connections_opened_total Upstream connections opened.\n\
          # TYPE authgate_upstream_connections_opened_total counter\n\
          authgate_upstream_connections_opened_total {}\n\
          # HELP authgate_upstream_connections Upstream connections open (or being opened), idle ones included.\n\
@@ -54,77 +82,73 @@ pub fn metrics(gateway: &Gateway) -> Response<Body> {
          # HELP authgate_upstream_connection_wait_timeouts_total Requests that waited upstream timeout for a connection in vain (503).\n\
          # TYPE authgate_upstream_connection_wait_timeouts_total counter\n\
          authgate_upstream_connection_wait_timeouts_total {}",
-        upstream.connections_opened(),
-        upstream.connections_open(),
-        upstream.connections_idle(),
-        upstream.connection_waits(),
-        upstream.connection_wait_timeouts(),
-    );
-    let connections = &gateway.connections;
-    let _ = writeln!(
-        text,
-        "# HELP authgate_client_connections Client connections open on the main listener.\n\
+            upstream.connections_opened(),
+            upstream.connections_open(),
+            upstream.connections_idle(),
+            upstream.connection_waits(),
+            upstream.connection_wait_timeouts(),
+        );
+        let connections = &self.connections;
+        let _ = writeln!(
+            text,
+            "# HELP authgate_client_connections Client connections open on the main listener.\n\
          # TYPE authgate_client_connections gauge\n\
          authgate_client_connections {}\n\
          # HELP authgate_client_connections_closed_total Client connections closed by the gateway, by reason.\n\
          # TYPE authgate_client_connections_closed_total counter\n\
          authgate_client_connections_closed_total{{reason=\"no_request\"}} {}\n\
          authgate_client_connections_closed_total{{reason=\"idle\"}} {}",
-        connections.open(),
-        connections.closed_without_request(),
-        connections.closed_idle(),
-    );
-    let connections = &gateway.connections;
-    let _ = writeln!(
-        text,
-        "# HELP authgate_client_connections Client connections open on the main listener.\n\
+            connections.open(),
+            connections.closed_without_request(),
+            connections.closed_idle(),
+        );
+        let connections = &self.connections;
+        let _ = writeln!(
+            text,
+            "# HELP authgate_client_connections Client connections open on the main listener.\n\
          # TYPE authgate_client_connections gauge\n\
          authgate_client_connections {}\n\
          # HELP authgate_client_connections_closed_total Client connections closed by the gateway, by reason.\n\
          # TYPE authgate_client_connections_closed_total counter\n\
          authgate_client_connections_closed_total{{reason=\"no_request\"}} {}\n\
          authgate_client_connections_closed_total{{reason=\"idle\"}} {}",
-        connections.open(),
-        connections.closed_without_request(),
-        connections.closed_idle(),
-    );
-    if let Some(store) = gateway.store.metrics() {
-        store.render(&mut text);
+            connections.open(),
+            connections.closed_without_request(),
+            connections.closed_idle(),
+        );
+        if let Some(store) = store.metrics() {
+            store.render(&mut text);
+        }
+        let mut response = Response::new(Body::full(text));
+        response.headers_mut().insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        );
+        response
     }
-    let mut response = Response::new(Body::full(text));
-    response.headers_mut().insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-    );
-    response
-}
 
-/// The session's identity and expiries (contract Details 11). Never a token.
-pub async fn userinfo<B>(gateway: &Arc<Gateway>, req: &Request<B>) -> Response<Body> {
-    let key = gateway.cookies.session_key(req.headers());
-    let session = match key {
-        Some(key) => gateway.store.load(&key).await,
-        None => Ok(None),
-    };
-    let session = match session {
-        Ok(Some(session)) => session,
-        Ok(None) => return response::unauthorized(&gateway.login_url("/"), None),
-        Err(_) => return response::unavailable(1),
-    };
-    let cfg = &gateway.cfg.session;
-    // This request just reset the idle timer.
-    let idle_deadline = unix_now() + cfg.idle_timeout.as_secs();
-    let session_expires_at = idle_deadline.min(session.absolute_deadline(cfg.absolute_timeout));
-    let id = &session.identity;
-    response::json(
-        StatusCode::OK,
-        &json!({
-            "sub": id.sub(),
-            "email": id.email(),
-            "preferred_username": id.preferred_username(),
-            "groups": id.groups().collect::<Vec<_>>(),
-            "access_token_expires_at": session.tokens.access_expires_at,
-            "session_expires_at": session_expires_at,
-        }),
-    )
+    /// The session's identity and expiries (contract Details 11). Never a token.
+    pub async fn userinfo<B>(&self, req: &Request<B>) -> Result<Response<Body>, Reply> {
+        let session = match self.sessions.lookup(req.headers()).await? {
+            Lookup::Live(_, session) => session,
+            Lookup::Gone(_) | Lookup::NoCookie => {
+                let login = login_url(&self.public_url, "/");
+                return Err(Reply::unauthenticated(login, false, None));
+            }
+        };
+        // This request just reset the idle timer.
+        let session_expires_at = self.sessions.expires_at(&session, self.clock.unix_now());
+        let id = &session.identity;
+        Ok(reply::json(
+            StatusCode::OK,
+            &json!({
+                "sub": id.sub(),
+                "email": id.email(),
+                "preferred_username": id.preferred_username(),
+                "groups": id.groups().collect::<Vec<_>>(),
+                "access_token_expires_at": session.tokens.access_expires_at,
+                "session_expires_at": session_expires_at,
+            }),
+        ))
+    }
 }

@@ -21,8 +21,8 @@
 use http::header::{AUTHORIZATION, CONNECTION, UPGRADE};
 use http::{HeaderMap, HeaderName, HeaderValue};
 
-use super::{HOP_BY_HOP, connection_listed};
-use crate::config::HeadersConfig;
+use super::{ClaimHeaders, HOP_BY_HOP, connection_listed};
+use crate::fold::{fold_name, folds_to};
 
 /// Removed from an untrusted peer's request besides every `X-Forwarded-*` (folded names).
 const UNTRUSTED: [&str; 11] = [
@@ -53,13 +53,11 @@ pub struct InboundHeaders {
 // === impl InboundHeaders ===
 
 impl InboundHeaders {
-    /// `strip`: `server.strip_request_headers`.
-    pub fn new(cfg: &HeadersConfig, strip: &[HeaderName]) -> Self {
-        let configured = [&cfg.user, &cfg.email, &cfg.preferred_username, &cfg.groups];
-        let identity = configured.into_iter().flatten();
+    /// `identity`: the headers the gateway sets (the same list strips them); `strip`:
+    /// `server.strip_request_headers`.
+    pub fn new(identity: &ClaimHeaders, strip: &[HeaderName]) -> Self {
         let always = std::iter::once(&AUTHORIZATION)
-            .chain(identity)
-            .chain(cfg.claims.iter().map(|(name, _)| name))
+            .chain(identity.names().iter())
             .map(|name| fold_name(name.as_str()))
             .collect();
         let untrusted = UNTRUSTED
@@ -123,24 +121,6 @@ impl InboundHeaders {
     }
 }
 
-/// `name` lowercased, with every character but letters and digits turned into `-`.
-pub fn fold_name(name: &str) -> String {
-    name.bytes().map(|b| fold(b) as char).collect()
-}
-
-fn fold(b: u8) -> u8 {
-    if b.is_ascii_alphanumeric() {
-        b.to_ascii_lowercase()
-    } else {
-        b'-'
-    }
-}
-
-/// Whether `incoming` (a lowercase header name) folds to `folded`.
-fn folds_to(incoming: &[u8], folded: &[u8]) -> bool {
-    incoming.len() == folded.len() && incoming.iter().zip(folded).all(|(&a, &b)| fold(a) == b)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -157,7 +137,7 @@ mod tests {
     }
 
     fn rules() -> InboundHeaders {
-        let cfg = HeadersConfig {
+        let cfg = crate::config::HeadersConfig {
             authorization_bearer: true,
             user: Some(HeaderName::from_static("x-forwarded-user")),
             email: Some(HeaderName::from_static("x-forwarded-email")),
@@ -166,7 +146,8 @@ mod tests {
             groups_claim: "groups".into(),
             claims: vec![(HeaderName::from_static("x-tenant"), "tenant".into())],
         };
-        InboundHeaders::new(&cfg, &[HeaderName::from_static("x-app-secret")])
+        let identity = ClaimHeaders::new(&cfg);
+        InboundHeaders::new(&identity, &[HeaderName::from_static("x-app-secret")])
     }
 
     fn names(h: &HeaderMap) -> Vec<&str> {

@@ -5,16 +5,18 @@ use openidconnect::core::{
     CoreErrorResponseType, CoreIdToken, CoreResponseType, CoreTokenResponse,
 };
 use openidconnect::{
-    AccessToken, AuthenticationFlow, AuthorizationCode, CsrfToken, Nonce, OAuth2TokenResponse,
-    PkceCodeChallenge, PkceCodeVerifier, RefreshToken, RequestTokenError, Scope, TokenResponse,
+    AccessToken, AuthenticationFlow, AuthorizationCode, ClaimsVerificationError,
+    ConfigurationError, CsrfToken, Nonce, OAuth2TokenResponse, PkceCodeChallenge, PkceCodeVerifier,
+    RefreshToken, RequestTokenError, Scope, StandardErrorResponse, TokenResponse,
 };
 use serde_json::{Map, Value};
 use url::Url;
 
-use super::{Oidc, Provider, error_chain, jwt};
+use super::{HttpError, Oidc, Provider, error_chain, jwt};
+use crate::clock::Clock;
 use crate::config::TokenEndpointAuth;
+use crate::error::Chain;
 use crate::logging::log_safe;
-use crate::session::unix_now;
 
 /// A login to start: where to send the browser, and what to remember until the callback.
 pub struct AuthRequest {
@@ -39,25 +41,72 @@ pub struct TokenSet {
     pub more: Vec<Option<(String, Option<u64>)>>,
 }
 
+/// A token request's failure, as oauth2 reports it (the provider's error code, or why its
+/// answer could not be had or read).
+pub type TokenRequestError =
+    RequestTokenError<HttpError, StandardErrorResponse<CoreErrorResponseType>>;
+
+/// Why a login's code exchange failed. Each keeps its cause as `source`.
 #[derive(Debug, thiserror::Error)]
 pub enum LoginError {
     #[error("the provider is not available yet")]
     NotReady,
-    #[error("code exchange failed: {0}")]
-    Exchange(String),
+    #[error("the token endpoint cannot be used")]
+    Config(#[source] ConfigurationError),
+    #[error("code exchange failed")]
+    Exchange(#[source] TokenRequestError),
     #[error("the provider returned no ID token")]
     NoIdToken,
-    #[error("ID token rejected: {0}")]
-    IdToken(String),
+    #[error("ID token rejected")]
+    IdToken(#[source] IdTokenError),
+    /// The grant is unusable right after login (`oidc.resource[1..]`).
+    #[error("the access token of another resource was refused")]
+    Resources(#[source] RefreshError),
+}
+
+/// Why an ID token was not accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum IdTokenError {
+    #[error("provider not discovered")]
+    NotReady,
+    /// Signature, iss, aud, azp, exp, iat or nonce (openidconnect's checks).
+    #[error("claims not accepted")]
+    Claims(#[source] ClaimsVerificationError),
+    #[error("unreadable claims")]
+    Unreadable,
 }
 
 /// How a refresh failed: definitive (the session is over) or transient (try again later).
 #[derive(Debug, thiserror::Error)]
 pub enum RefreshError {
-    #[error("refresh rejected by the provider: {0}")]
-    Rejected(String),
-    #[error("refresh failed transiently: {0}")]
-    Transient(String),
+    #[error("refresh rejected by the provider")]
+    Rejected(#[source] Rejection),
+    #[error("refresh failed transiently")]
+    Transient(#[source] RefreshFailure),
+}
+
+/// Why the provider ended a session's grant.
+#[derive(Debug, thiserror::Error)]
+pub enum Rejection {
+    /// RFC 6749 section 5.2: revoked, expired or reused.
+    #[error("{0}")]
+    InvalidGrant(StandardErrorResponse<CoreErrorResponseType>),
+    /// OIDC Core 12.2: `sub` must not change.
+    #[error("the refreshed ID token names another subject")]
+    OtherSubject,
+}
+
+/// Why a refresh could not be done this time.
+#[derive(Debug, thiserror::Error)]
+pub enum RefreshFailure {
+    #[error("provider not discovered yet")]
+    NotReady,
+    #[error("the token endpoint cannot be used")]
+    Config(#[source] ConfigurationError),
+    #[error("token request failed")]
+    Request(#[source] TokenRequestError),
+    #[error("refreshed ID token rejected")]
+    IdToken(#[source] IdTokenError),
 }
 
 impl Oidc {
@@ -122,7 +171,7 @@ impl Oidc {
         let mut request = provider
             .client
             .exchange_code(AuthorizationCode::new(code.to_owned()))
-            .map_err(|e| LoginError::Exchange(e.to_string()))?
+            .map_err(LoginError::Config)?
             .set_pkce_verifier(PkceCodeVerifier::new(pkce_verifier.to_owned()));
         // One resource per token request (Logto and oidc-provider refuse several); the other
         // resources' tokens come from refresh grants, below.
@@ -132,7 +181,7 @@ impl Oidc {
         let response = request
             .request_async(self.http())
             .await
-            .map_err(|e| LoginError::Exchange(error_chain(&e)))?;
+            .map_err(LoginError::Exchange)?;
         let id_token = response.id_token().ok_or(LoginError::NoIdToken)?;
         let expected = Nonce::new(nonce.to_owned());
         let claims = self
@@ -148,7 +197,7 @@ impl Oidc {
         if let Err(e) = self.fetch_more_resources(&provider, &mut set).await {
             // The grant is unusable right after login: refuse the login rather than keep a
             // session that cannot refresh.
-            return Err(LoginError::Exchange(e.to_string()));
+            return Err(LoginError::Resources(e));
         }
         Ok(set)
     }
@@ -160,7 +209,7 @@ impl Oidc {
     pub async fn refresh(&self, refresh_token: &str, sub: &str) -> Result<TokenSet, RefreshError> {
         let provider = self
             .provider()
-            .ok_or_else(|| RefreshError::Transient("provider not discovered yet".into()))?;
+            .ok_or(RefreshError::Transient(RefreshFailure::NotReady))?;
         let first = self.cfg.resource.first().map(String::as_str);
         let response = self.refresh_grant(&provider, refresh_token, first).await?;
         let id = match response.id_token() {
@@ -168,11 +217,9 @@ impl Oidc {
                 let claims = self
                     .verify_id_token(id_token, None)
                     .await
-                    .map_err(RefreshError::Transient)?;
+                    .map_err(|e| RefreshError::Transient(RefreshFailure::IdToken(e)))?;
                 if claims.get("sub").and_then(Value::as_str) != Some(sub) {
-                    return Err(RefreshError::Rejected(
-                        "refreshed ID token names another subject".into(),
-                    ));
+                    return Err(RefreshError::Rejected(Rejection::OtherSubject));
                 }
                 Some((id_token, claims))
             }
@@ -202,7 +249,7 @@ impl Oidc {
         let mut request = provider
             .client
             .exchange_refresh_token(&token)
-            .map_err(|e| RefreshError::Transient(e.to_string()))?;
+            .map_err(|e| RefreshError::Transient(RefreshFailure::Config(e)))?;
         if let Some(resource) = resource {
             request = request.add_extra_param("resource", resource.to_owned());
         }
@@ -211,9 +258,9 @@ impl Oidc {
             Err(RequestTokenError::ServerResponse(e))
                 if *e.error() == CoreErrorResponseType::InvalidGrant =>
             {
-                Err(RefreshError::Rejected(e.to_string()))
+                Err(RefreshError::Rejected(Rejection::InvalidGrant(e)))
             }
-            Err(e) => Err(RefreshError::Transient(error_chain(&e))),
+            Err(e) => Err(RefreshError::Transient(RefreshFailure::Request(e))),
         }
     }
 
@@ -247,7 +294,7 @@ impl Oidc {
                 Err(RefreshError::Transient(reason)) => {
                     tracing::warn!(
                         %resource,
-                        reason = %log_safe(&reason),
+                        reason = %log_safe(Chain(&reason)),
                         "could not get the access token of a resource"
                     );
                     break;
@@ -327,12 +374,12 @@ impl Oidc {
         &self,
         id_token: &CoreIdToken,
         nonce: Option<&Nonce>,
-    ) -> Result<Map<String, Value>, String> {
-        let provider = self.provider().ok_or("provider not discovered")?;
+    ) -> Result<Map<String, Value>, IdTokenError> {
+        let provider = self.provider().ok_or(IdTokenError::NotReady)?;
         let (_, claims) = self
             .with_key_refetch(
                 provider,
-                |p| verify_with(p, id_token, nonce),
+                |p| verify_with(p, id_token, nonce, self.clock()),
                 |p, _| jwt::names_unknown_kid(&id_token.to_string(), p.jwks()),
             )
             .await?;
@@ -365,7 +412,7 @@ impl Oidc {
     /// Unix expiry: `expires_in`, else the JWT `exp`, else `session.max_token_age`, else
     /// unknown (contract Details 6).
     fn expiry(&self, access_token: &str, expires_in: Option<std::time::Duration>) -> Option<u64> {
-        let now = unix_now();
+        let now = self.clock().unix_now();
         expires_in
             .map(|d| now.saturating_add(d.as_secs()))
             .or_else(|| jwt_exp(access_token))
@@ -382,20 +429,24 @@ fn verify_with(
     provider: &Provider,
     id_token: &CoreIdToken,
     nonce: Option<&Nonce>,
-) -> Result<Map<String, Value>, String> {
+    clock: &Clock,
+) -> Result<Map<String, Value>, IdTokenError> {
+    let clock = clock.clone();
     let verifier = provider
         .client
         .id_token_verifier()
-        .set_allowed_algs(provider.algorithms.clone());
+        .set_allowed_algs(provider.algorithms.clone())
+        // `exp` (and `iat`) by the gateway's clock.
+        .set_time_fn(move || clock.system_time().into());
     let checked = match nonce {
         Some(nonce) => id_token.claims(&verifier, nonce).map(drop),
         None => id_token
             .claims(&verifier, |_: Option<&Nonce>| Ok(()))
             .map(drop),
     };
-    checked.map_err(|e| e.to_string())?;
+    checked.map_err(IdTokenError::Claims)?;
     // openidconnect checked signature, iss, aud, azp, exp, iat, nonce; read every claim.
-    jwt::decode_payload(&id_token.to_string()).ok_or_else(|| "unreadable claims".to_owned())
+    jwt::decode_payload(&id_token.to_string()).ok_or(IdTokenError::Unreadable)
 }
 
 /// `Basic base64(urlencode(id) ":" urlencode(secret))` (RFC 6749 section 2.3.1).

@@ -29,11 +29,15 @@ use openidconnect::{
 use serde::{Deserialize, Serialize};
 use url::Url;
 
+use crate::clock::Clock;
 use crate::config::{OidcConfig, TokenEndpointAuth};
 use crate::error::{Chain, OidcSetupError};
 use crate::logging::log_safe;
 
 pub use openidconnect::reqwest::Client as HttpClient;
+
+/// The provider HTTP client's error.
+pub type HttpError = openidconnect::HttpClientError<openidconnect::reqwest::Error>;
 
 /// Least time between two JWKS refetches triggered by unknown key ids.
 pub const JWKS_REFETCH_INTERVAL: Duration = Duration::from_secs(10);
@@ -104,8 +108,7 @@ impl Provider {
 }
 
 /// One discovery request that failed.
-pub type DiscoveryAttemptError =
-    DiscoveryError<openidconnect::HttpClientError<openidconnect::reqwest::Error>>;
+pub type DiscoveryAttemptError = DiscoveryError<HttpError>;
 
 /// Discovery that did not work; print it with [`Chain`] (the useful part is in the causes).
 #[derive(Debug, thiserror::Error)]
@@ -134,6 +137,8 @@ pub struct Oidc {
     /// Same client with the refresh timeout.
     refresh_http: HttpClient,
     current: ArcSwapOption<Provider>,
+    /// What token expiries, ID-token checks and the JWKS refetch interval are judged by.
+    clock: Clock,
     started: Instant,
     /// Milliseconds since `started` of the last JWKS fetch (0 = never refetched).
     last_jwks_fetch_ms: AtomicU64,
@@ -160,9 +165,20 @@ impl Oidc {
             http: http_client(cfg.timeout)?,
             refresh_http: http_client(cfg.refresh_timeout)?,
             current: ArcSwapOption::empty(),
+            clock: Clock::system(),
             started: Instant::now(),
             last_jwks_fetch_ms: AtomicU64::new(0),
         })
+    }
+
+    /// The same client, judging time by `clock` (see [`crate::clock`]).
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    pub fn clock(&self) -> &Clock {
+        &self.clock
     }
 
     /// The discovered provider, or `None` while discovery has not yet succeeded.
@@ -271,7 +287,8 @@ impl Oidc {
     /// Refetch the provider's keys after a token named an unknown `kid`. Returns the new
     /// provider, or `None` when a refetch happened too recently or failed.
     pub async fn refetch_jwks(&self) -> Option<Arc<Provider>> {
-        let now_ms = self.started.elapsed().as_millis() as u64 + 1;
+        let since = self.clock.instant().saturating_duration_since(self.started);
+        let now_ms = u64::try_from(since.as_millis()).unwrap_or(u64::MAX - 1) + 1;
         let last = self.last_jwks_fetch_ms.load(Ordering::Relaxed);
         let interval = JWKS_REFETCH_INTERVAL.as_millis() as u64;
         if last != 0 && now_ms.saturating_sub(last) < interval {
@@ -342,7 +359,7 @@ impl Oidc {
             expect,
             provider.issuer(),
             &self.cfg.client_id,
-            crate::session::unix_now(),
+            self.clock.unix_now(),
         )?;
         Ok(verified.claims)
     }

@@ -1,17 +1,18 @@
 //! Per-route policies: the `[[route]]` table compiled once, matched on the normalized path.
 //!
 //! First match wins; a request no route matches is `authenticated` (contract Details 16).
-//! Pure: no I/O, no session access; the pipeline asks "which route?" and later "may this
-//! identity pass?".
+//! Pure: no I/O, no session access; the pipeline asks "which route?" and later "may a user
+//! with these groups and claims pass?".
 
 pub mod path;
 
 use http::Method;
 
+use serde_json::{Map, Value};
+
+use crate::claims::claim_text;
 use crate::config::{BearerMode, PathMatch, Policy, Preflight, RouteConfig};
 use crate::metrics::RouteId;
-use crate::session::Identity;
-use crate::session::identity::claim_text;
 
 /// A compiled route: the validated `[[route]]` entry plus what is derived from it once.
 #[derive(Debug, Clone)]
@@ -143,19 +144,21 @@ impl Route {
                 && path_matches(matcher, &without_path_parameters(path)))
     }
 
-    /// `require_groups` (any one of them) and `require_claims` (every claim, any listed value).
-    pub fn authorize(&self, identity: &Identity) -> Result<(), Refusal> {
+    /// `require_groups` (any one of them) and `require_claims` (every claim, any listed value),
+    /// judged on the user's `groups` and `claims`.
+    pub fn authorize<'a>(
+        &self,
+        mut groups: impl Iterator<Item = &'a str>,
+        claims: &Map<String, Value>,
+    ) -> Result<(), Refusal> {
         let rule = &self.rule;
         if !rule.require_groups.is_empty()
-            && !identity
-                .groups()
-                .any(|g| rule.require_groups.iter().any(|r| r == g))
+            && !groups.any(|g| rule.require_groups.iter().any(|r| r == g))
         {
             return Err(Refusal::MissingGroup);
         }
         let claims_ok = rule.require_claims.iter().all(|(name, accepted)| {
-            identity
-                .claims()
+            claims
                 .get(name)
                 .is_some_and(|value| claim_satisfies(value, accepted))
         });
@@ -211,9 +214,9 @@ fn without_path_parameters(path: &str) -> String {
 
 /// A claim satisfies a requirement when it equals one accepted value, or, for a list claim,
 /// when one of its items does.
-fn claim_satisfies(value: &serde_json::Value, accepted: &[String]) -> bool {
+fn claim_satisfies(value: &Value, accepted: &[String]) -> bool {
     match value {
-        serde_json::Value::Array(items) => items.iter().any(|v| claim_satisfies(v, accepted)),
+        Value::Array(items) => items.iter().any(|v| claim_satisfies(v, accepted)),
         other => claim_text(other).is_some_and(|text| accepted.contains(&text)),
     }
 }
@@ -221,7 +224,6 @@ fn claim_satisfies(value: &serde_json::Value, accepted: &[String]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::session::identity::IdentityRules;
     use regex::Regex;
     use serde_json::json;
 
@@ -366,24 +368,9 @@ mod tests {
         );
     }
 
-    /// An identity with these groups and claims (no upstream headers configured).
-    fn identity(groups: &[&str], claims: serde_json::Value) -> Identity {
-        let headers = crate::config::HeadersConfig {
-            authorization_bearer: true,
-            user: None,
-            email: None,
-            preferred_username: None,
-            groups: None,
-            groups_claim: "groups".into(),
-            claims: Vec::new(),
-        };
-        let mut claims = claims.as_object().unwrap().clone();
-        let kept: Vec<String> = claims.keys().cloned().collect();
-        claims.insert("sub".into(), json!("u"));
-        claims.insert("groups".into(), json!(groups));
-        IdentityRules::new(&headers, kept)
-            .identity(&claims)
-            .unwrap()
+    /// `authorize` on these groups and claims.
+    fn judge(route: &Route, groups: &[&str], claims: Value) -> Result<(), Refusal> {
+        route.authorize(groups.iter().copied(), claims.as_object().unwrap())
     }
 
     #[test]
@@ -397,22 +384,13 @@ mod tests {
         let table = RouteTable::new(&[cfg], &[]);
         let r = table.find(&Method::GET, "/admin");
         let ok = json!({"tier": "gold", "verified": true});
-        assert_eq!(r.authorize(&identity(&["ops"], ok.clone())), Ok(()));
-        assert_eq!(
-            r.authorize(&identity(&["users"], ok)),
-            Err(Refusal::MissingGroup)
-        );
+        assert_eq!(judge(r, &["ops"], ok.clone()), Ok(()));
+        assert_eq!(judge(r, &["users"], ok), Err(Refusal::MissingGroup));
         let list = json!({"tier": ["silver", "platinum"], "verified": true});
-        assert_eq!(r.authorize(&identity(&["admins"], list)), Ok(()));
+        assert_eq!(judge(r, &["admins"], list), Ok(()));
         let wrong = json!({"tier": "silver", "verified": true});
-        assert_eq!(
-            r.authorize(&identity(&["admins"], wrong)),
-            Err(Refusal::MissingClaim)
-        );
+        assert_eq!(judge(r, &["admins"], wrong), Err(Refusal::MissingClaim));
         let missing = json!({"tier": "gold"});
-        assert_eq!(
-            r.authorize(&identity(&["admins"], missing)),
-            Err(Refusal::MissingClaim)
-        );
+        assert_eq!(judge(r, &["admins"], missing), Err(Refusal::MissingClaim));
     }
 }

@@ -6,6 +6,7 @@
 //! whole-response deadline). Connect errors and resets become 502. `Upgrade` requests
 //! (WebSocket) are tunnelled both ways once the upstream answers 101.
 
+mod body;
 mod conn;
 
 use std::future::Future;
@@ -24,19 +25,19 @@ use hyper_util::rt::TokioIo;
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 
-use crate::body::{Body, BodyError};
 use crate::config::UpstreamConfig;
 use crate::error::{StartupError, UpstreamSetupError};
 use crate::logging::log_safe;
 use crate::tls;
 
+pub use body::{Body, BodyError};
 use conn::{Checkout, Connector, Pool, Sender};
 pub use conn::{ConnectError, PoolBusy, ReturnOnEnd};
 
 /// The body of a response streamed back from the upstream.
 pub type UpstreamBody = IdleTimeoutBody<ReturnOnEnd<Incoming>>;
 
-/// Why a request could not be forwarded. Mapped to 502/504 in `response.rs`.
+/// Why a request could not be forwarded. Answered 502/504 (503 when busy) by `reply`.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
     #[error("upstream did not answer within {0:?}")]

@@ -8,7 +8,6 @@
 //! and each identity keeps a shared handle to that list. A proxied request turns each header
 //! span into a `HeaderValue` that shares the buffer (a refcount bump: no copy, no allocation).
 
-use std::borrow::Cow;
 use std::fmt;
 use std::ops::Range;
 use std::sync::{Arc, LazyLock};
@@ -17,7 +16,9 @@ use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
 use serde_json::{Map, Value};
 
+use crate::claims::{groups, str_claim};
 use crate::config::{Config, HeadersConfig};
+use crate::headers::ClaimHeaders;
 
 /// A range of an identity's text. Two `u32`s: half a `Range<usize>` (a text is refused at
 /// `u32::MAX` bytes, far beyond any real set of claims).
@@ -161,28 +162,12 @@ pub struct IdentityParts<'a> {
     pub headers: &'a [(String, String)],
 }
 
-/// Where an upstream header's value comes from.
-#[derive(Debug, Clone)]
-enum Source {
-    Sub,
-    Email,
-    PreferredUsername,
-    /// The groups comma-joined (see [`groups_header`]).
-    Groups,
-    /// `[headers.claims]`: the claim rendered by [`claim_text`].
-    Claim(String),
-}
-
 /// How to turn claims into an [`Identity`]: built once from the configuration.
 #[derive(Debug, Clone)]
 pub struct IdentityRules {
-    /// The identity header names in configuration order (user, email, preferred_username,
-    /// groups, then `[headers.claims]`), the ones configured only. Every identity built here
-    /// shares this list.
-    names: Arc<[HeaderName]>,
-    /// Parallel to `names`.
-    sources: Box<[Source]>,
-    groups_claim: String,
+    /// The identity headers and how their values come from claims. Every identity built
+    /// here shares its name list.
+    headers: ClaimHeaders,
     /// Claim names kept in `Identity::claims`.
     kept: Vec<String>,
 }
@@ -190,29 +175,12 @@ pub struct IdentityRules {
 impl IdentityRules {
     /// `route_claims`: claim names used by `require_claims` of any route.
     pub fn new(headers: &HeadersConfig, route_claims: impl IntoIterator<Item = String>) -> Self {
+        let headers = ClaimHeaders::new(headers);
         let mut kept: Vec<String> = route_claims.into_iter().collect();
-        kept.extend(headers.claims.iter().map(|(_, claim)| claim.clone()));
+        kept.extend(headers.claim_names().map(str::to_owned));
         kept.sort();
         kept.dedup();
-        let standard = [
-            (&headers.user, Source::Sub),
-            (&headers.email, Source::Email),
-            (&headers.preferred_username, Source::PreferredUsername),
-            (&headers.groups, Source::Groups),
-        ];
-        let custom = (headers.claims.iter())
-            .map(|(name, claim)| (name.clone(), Source::Claim(claim.clone())));
-        let (names, sources): (Vec<HeaderName>, Vec<Source>) = standard
-            .into_iter()
-            .filter_map(|(name, source)| Some((name.clone()?, source)))
-            .chain(custom)
-            .unzip();
-        IdentityRules {
-            names: names.into(),
-            sources: sources.into(),
-            groups_claim: headers.groups_claim.clone(),
-            kept,
-        }
+        IdentityRules { headers, kept }
     }
 
     /// The rules of a configuration: its `[headers]`, and the claims its routes require.
@@ -222,10 +190,15 @@ impl IdentityRules {
         IdentityRules::new(&cfg.headers, route_claims)
     }
 
+    /// The configured identity headers (their names: the list identities share).
+    pub fn claim_headers(&self) -> &ClaimHeaders {
+        &self.headers
+    }
+
     /// The configured identity header names, in configuration order (the list identities
     /// share).
     pub fn header_names(&self) -> &Arc<[HeaderName]> {
-        &self.names
+        self.headers.names()
     }
 
     /// `None` when the claims lack a `sub` (no identity to vouch for).
@@ -236,25 +209,18 @@ impl IdentityRules {
         let email = text.intern_opt(str_claim(claims, "email"))?;
         let preferred_username = text.intern_opt(str_claim(claims, "preferred_username"))?;
         let sid = text.intern_opt(str_claim(claims, "sid"))?;
-        let group_names = groups(claims.get(&self.groups_claim));
+        let group_names = groups(claims.get(self.headers.groups_claim()));
         let groups = (group_names.iter())
             .map(|g| text.push(g))
             .collect::<Option<Vec<Span>>>()?;
-        let mut spans = Vec::with_capacity(self.sources.len() + groups.len());
-        for source in &self.sources {
-            let span = match source {
-                Source::Sub => sub,
-                Source::Email => email,
-                Source::PreferredUsername => preferred_username,
-                // Interned: one plain group is its name's span, nothing stored twice.
-                Source::Groups if groups.is_empty() => Span::ABSENT,
-                Source::Groups => text.intern(&groups_header(&group_names))?,
-                Source::Claim(claim) => match claims.get(claim).and_then(claim_text) {
-                    Some(value) => text.intern(&value)?,
-                    None => Span::ABSENT,
-                },
-            };
-            spans.push(span);
+        let mut spans = Vec::with_capacity(self.headers.names().len() + groups.len());
+        // Interned: a header that is the `sub`, the email or one plain group is that text's
+        // span, nothing stored twice.
+        for value in self.headers.values(claims, &group_names) {
+            spans.push(match value {
+                Some(value) => text.intern(&value)?,
+                None => Span::ABSENT,
+            });
         }
         let text = text.finish();
         // A header whose claim is absent or empty is not set (contract Details 10). CR/LF
@@ -270,7 +236,7 @@ impl IdentityRules {
             .collect();
         Some(Identity {
             text,
-            names: self.names.clone(),
+            names: self.headers.names().clone(),
             spans: spans.into(),
             sub,
             email,
@@ -306,7 +272,7 @@ impl IdentityRules {
             return None;
         }
         let (names, mut spans) = match self.place(&stored_names, &values) {
-            Some(spans) => (self.names.clone(), spans),
+            Some(spans) => (self.headers.names().clone(), spans),
             None => (Arc::from(stored_names), values),
         };
         spans.extend(groups);
@@ -327,10 +293,11 @@ impl IdentityRules {
     /// subsequence of them (each matched to the first configured one left that fits, so the
     /// headers come out in the stored order); `None` otherwise.
     fn place(&self, names: &[HeaderName], values: &[Span]) -> Option<Vec<Span>> {
-        let mut spans = vec![Span::ABSENT; self.names.len()];
+        let names_now = self.headers.names();
+        let mut spans = vec![Span::ABSENT; names_now.len()];
         let mut next = 0;
         for (name, &value) in names.iter().zip(values) {
-            let found = self.names.get(next..)?.iter().position(|n| n == name)?;
+            let found = names_now.get(next..)?.iter().position(|n| n == name)?;
             *spans.get_mut(next + found)? = value;
             next += found + 1;
         }
@@ -395,67 +362,6 @@ impl TextBuilder {
         let text = Bytes::from(self.buf.into_boxed_slice());
         drop(text.clone());
         text
-    }
-}
-
-fn str_claim<'c>(claims: &'c Map<String, Value>, name: &str) -> Option<&'c str> {
-    claims.get(name).and_then(Value::as_str)
-}
-
-/// Groups as a list, or as one string separated by commas or spaces. The names of a list
-/// are kept as they are (commas included).
-fn groups(value: Option<&Value>) -> Vec<Cow<'_, str>> {
-    match value {
-        Some(Value::Array(items)) => items
-            .iter()
-            .filter_map(claim_text)
-            .filter(|s| !s.is_empty())
-            .map(Cow::Owned)
-            .collect(),
-        Some(Value::String(s)) => s
-            .split([',', ' '])
-            .filter(|g| !g.is_empty())
-            .map(Cow::Borrowed)
-            .collect(),
-        _ => Vec::new(),
-    }
-}
-
-/// The `X-Forwarded-Groups` value: the names comma-joined, with a `,` or `%` inside a name
-/// percent-encoded (`%2C`, `%25`), so that one group never reads as two (contract Details
-/// 32) and the encoding itself stays unambiguous.
-fn groups_header(names: &[Cow<'_, str>]) -> String {
-    let mut out = String::new();
-    for (i, name) in names.iter().enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        for c in name.chars() {
-            match c {
-                ',' => out.push_str("%2C"),
-                '%' => out.push_str("%25"),
-                c => out.push(c),
-            }
-        }
-    }
-    out
-}
-
-/// A claim rendered for a header or a comparison: strings as they are, numbers and bools
-/// printed, lists comma-joined; objects and null are not rendered.
-pub fn claim_text(value: &Value) -> Option<String> {
-    match value {
-        Value::String(s) => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        Value::Bool(b) => Some(b.to_string()),
-        Value::Array(items) => Some(
-            items
-                .iter()
-                .filter_map(claim_text)
-                .collect::<Vec<_>>()
-                .join(","),
-        ),
-        Value::Object(_) | Value::Null => None,
     }
 }
 
@@ -531,13 +437,6 @@ mod tests {
         assert!(id.claims().get("tenant_id").is_some_and(Value::is_null));
         assert!(identity(json!({"email": "x"})).is_none());
         assert!(identity(json!({"sub": ""})).is_none());
-    }
-
-    #[test]
-    fn groups_from_string_or_list() {
-        assert_eq!(groups(Some(&json!("a, b c"))), ["a", "b", "c"]);
-        assert_eq!(groups(Some(&json!(["a", 1]))), ["a", "1"]);
-        assert!(groups(None).is_empty());
     }
 
     #[test]

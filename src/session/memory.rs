@@ -23,6 +23,12 @@
 //! hundreds of reads queued while one pass runs (a pass starts at 64): under such a burst
 //! the recency of a session may miss that one request.
 //!
+//! Deadlines are decided on read with the gateway's clock (`crate::clock`), which tests may
+//! move forward: the absolute deadline from `login_at`, and the idle timeout from the
+//! record's last-seen stamp (whole seconds, written at most once a second). moka's own
+//! time-to-idle and expiry run on real time; they reclaim memory, and in production they
+//! end a session first (the stamp's whole seconds only ever judge later).
+//!
 //! An ended session stays ended (contract Details 28): updates go through `and_compute_with`
 //! (`replace`: only over the very record the flight read, never an insert), and so do
 //! deletions, so that moka serializes the two per key: a replace can no longer read the
@@ -37,38 +43,82 @@ use moka::ops::compute::{CompResult, Op};
 use moka::policy::EvictionPolicy;
 
 use super::{
-    RefreshLease, Replaced, Session, SessionKey, SessionStore, StoreError, Versioned, unix_now,
+    Marker, RefreshLease, Replaced, Session, SessionKey, SessionStore, StoreError, Versioned,
 };
+use crate::clock::Clock;
 
-/// Bound on the single-use ids remembered (logout tokens' `jti`s). Only the provider can
-/// sign a logout token, so this many within the replay window is already far beyond any
-/// real logout rate; past it the least recently seen are forgotten first.
-const MAX_REMEMBERED_IDS: u64 = 100_000;
+/// Bound on the single-use markers of used logout tokens. Only the provider can sign a
+/// logout token, so this many within the replay window is already far beyond any real
+/// logout rate.
+pub const MAX_LOGOUT_MARKERS: u64 = 100_000;
 
 pub struct MemoryStore {
     cache: Cache<SessionKey, Arc<Session>>,
     absolute_timeout: Duration,
-    /// Single-use ids: each entry lives for the duration it holds.
-    seen_ids: Cache<[u8; 32], Duration>,
+    /// `idle_timeout` in whole seconds.
+    idle_secs: u64,
+    clock: Clock,
+    /// Single-use markers: each entry lives for the duration it holds. Only completed logins
+    /// and provider-signed logout tokens set one, so no anonymous flood grows it; past its
+    /// bound the least recently seen are forgotten first.
+    markers: Cache<Marker, Held>,
+}
+
+/// A marker's lifetime: `ttl` on moka's (real-time) clock, and its deadline on ours.
+#[derive(Debug, Clone, Copy)]
+struct Held {
+    ttl: Duration,
+    /// Unix milliseconds, by the store's clock.
+    until: u64,
+}
+
+/// What a [`MemoryStore`] holds at most, and for how long.
+#[derive(Debug, Clone)]
+pub struct MemoryOptions {
+    pub max_sessions: u64,
+    pub idle_timeout: Duration,
+    pub absolute_timeout: Duration,
+    /// Single-use markers kept at most: `session.max_pending_logins` used login states plus
+    /// [`MAX_LOGOUT_MARKERS`] logout tokens.
+    pub max_markers: u64,
+    pub clock: Clock,
 }
 
 impl MemoryStore {
     pub fn new(max_sessions: u64, idle_timeout: Duration, absolute_timeout: Duration) -> Self {
+        MemoryStore::with_options(MemoryOptions {
+            max_sessions,
+            idle_timeout,
+            absolute_timeout,
+            max_markers: MAX_LOGOUT_MARKERS,
+            clock: Clock::system(),
+        })
+    }
+
+    pub fn with_options(opts: MemoryOptions) -> Self {
+        let absolute_timeout = opts.absolute_timeout;
         let cache = Cache::builder()
-            .max_capacity(max_sessions)
+            .max_capacity(opts.max_sessions)
             .eviction_policy(EvictionPolicy::lru())
-            .time_to_idle(idle_timeout)
-            .expire_after(AbsoluteExpiry { absolute_timeout })
+            .time_to_idle(opts.idle_timeout)
+            .expire_after(AbsoluteExpiry {
+                absolute_timeout,
+                clock: opts.clock.clone(),
+            })
             .build();
-        let seen_ids = Cache::builder()
-            .max_capacity(MAX_REMEMBERED_IDS)
+        let markers = Cache::builder()
+            .max_capacity(opts.max_markers)
+            // A new marker always gets in, the oldest goes (moka's default admission could
+            // refuse it).
             .eviction_policy(EvictionPolicy::lru())
             .expire_after(HeldDuration)
             .build();
         MemoryStore {
             cache,
             absolute_timeout,
-            seen_ids,
+            idle_secs: opts.idle_timeout.as_secs(),
+            clock: opts.clock,
+            markers,
         }
     }
 
@@ -83,14 +133,17 @@ impl SessionStore for MemoryStore {
         let Some(session) = self.cache.get(key).await else {
             return Ok(None);
         };
-        if unix_now() >= session.absolute_deadline(self.absolute_timeout) {
+        let now = self.clock.unix_now();
+        if now >= session.absolute_deadline(self.absolute_timeout) || self.idle(&session, now) {
             self.cache.invalidate(key).await;
             return Ok(None);
         }
+        session.last_seen.set(now);
         Ok(Some(session))
     }
 
     async fn save(&self, key: SessionKey, session: Arc<Session>) -> Result<(), StoreError> {
+        session.last_seen.set(self.clock.unix_now());
         self.cache.insert(key, session).await;
         // Put the new session in the LRU order now (see the module doc), and let the
         // eviction this insert causes see every read queued before it.
@@ -109,6 +162,7 @@ impl SessionStore for MemoryStore {
         session: Arc<Session>,
     ) -> Result<Replaced, StoreError> {
         let expected = &expected.session;
+        session.last_seen.set(self.clock.unix_now());
         let result = (self.cache.entry(*key))
             .and_compute_with(|current| {
                 let op = match current {
@@ -156,13 +210,31 @@ impl SessionStore for MemoryStore {
         Ok(RefreshLease::local())
     }
 
-    async fn is_remembered(&self, id: &[u8; 32]) -> Result<bool, StoreError> {
-        Ok(self.seen_ids.get(id).await.is_some())
+    async fn is_claimed(&self, marker: &Marker) -> Result<bool, StoreError> {
+        let now = self.clock.unix_millis();
+        Ok((self.markers.get(marker).await).is_some_and(|held| now < held.until))
     }
 
-    async fn remember(&self, id: &[u8; 32], ttl: Duration) -> Result<(), StoreError> {
-        self.seen_ids.entry(*id).or_insert(ttl).await;
-        Ok(())
+    async fn claim_once(&self, marker: &Marker, ttl: Duration) -> Result<bool, StoreError> {
+        let now = self.clock.unix_millis();
+        let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        let held = Held {
+            ttl,
+            until: now.saturating_add(ms),
+        };
+        let result = (self.markers.entry(*marker))
+            .and_compute_with(|current| {
+                let op = match current {
+                    Some(entry) if now < entry.value().until => Op::Nop,
+                    _ => Op::Put(held),
+                };
+                std::future::ready(op)
+            })
+            .await;
+        Ok(matches!(
+            result,
+            CompResult::Inserted(_) | CompResult::ReplacedWith(_)
+        ))
     }
 
     fn live(&self) -> u64 {
@@ -186,14 +258,23 @@ pub fn matches_logout(session: &Session, sid: Option<&str>, sub: Option<&str>) -
     }
 }
 
+impl MemoryStore {
+    /// Unused for longer than `idle_timeout` by the store's clock (see the module doc).
+    fn idle(&self, session: &Session, now: u64) -> bool {
+        let seen = session.last_seen.get();
+        seen != 0 && now.saturating_sub(seen) > self.idle_secs
+    }
+}
+
 struct AbsoluteExpiry {
     absolute_timeout: Duration,
+    clock: Clock,
 }
 
 impl AbsoluteExpiry {
     fn remaining(&self, session: &Session) -> Duration {
         let deadline = session.absolute_deadline(self.absolute_timeout);
-        Duration::from_secs(deadline.saturating_sub(unix_now()))
+        Duration::from_secs(deadline.saturating_sub(self.clock.unix_now()))
     }
 }
 
@@ -218,11 +299,55 @@ impl Expiry<SessionKey, Arc<Session>> for AbsoluteExpiry {
     }
 }
 
-/// A remembered id lives for the duration stored with it.
+/// A marker lives for the duration stored with it (on moka's clock: reclamation only).
 struct HeldDuration;
 
-impl Expiry<[u8; 32], Duration> for HeldDuration {
-    fn expire_after_create(&self, _: &[u8; 32], ttl: &Duration, _: Instant) -> Option<Duration> {
-        Some(*ttl)
+impl Expiry<Marker, Held> for HeldDuration {
+    fn expire_after_create(&self, _: &Marker, held: &Held, _: Instant) -> Option<Duration> {
+        Some(held.ttl)
+    }
+
+    fn expire_after_update(
+        &self,
+        _: &Marker,
+        held: &Held,
+        _: Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(held.ttl)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A marker's lifetime is judged by the store's clock, not moka's.
+    #[tokio::test]
+    async fn markers_expire_by_the_store_clock() {
+        let (clock, hand) = Clock::adjustable();
+        let store = MemoryStore::with_options(MemoryOptions {
+            max_sessions: 10,
+            idle_timeout: Duration::from_secs(60),
+            absolute_timeout: Duration::from_secs(60),
+            max_markers: 10,
+            clock,
+        });
+        let marker = Marker {
+            kind: "used",
+            id: [3; 32],
+        };
+        let ttl = Duration::from_secs(600);
+        assert!(store.claim_once(&marker, ttl).await.unwrap());
+        assert!(!store.claim_once(&marker, ttl).await.unwrap(), "single use");
+        hand.advance(Duration::from_secs(599));
+        assert!(store.is_claimed(&marker).await.unwrap());
+        hand.advance(Duration::from_secs(2));
+        assert!(!store.is_claimed(&marker).await.unwrap(), "expired");
+        assert!(
+            store.claim_once(&marker, ttl).await.unwrap(),
+            "claimed anew"
+        );
+        assert!(store.is_claimed(&marker).await.unwrap());
     }
 }

@@ -4,21 +4,32 @@
 //! changes during a session (a refresh rewrites the record, not the cookie), so it works
 //! behind forward-auth proxies that drop `Set-Cookie`, and tokens never meet a size limit.
 
-pub mod cookie;
 pub mod identity;
 pub mod memory;
 pub mod record;
 pub mod redis;
+mod sessions;
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use cookie::CookieCodec;
+pub use crate::cookie::CookieCodec;
 pub use identity::Identity;
-pub use record::{RefreshBackoff, ResourceToken, Session, Tokens};
+pub use record::{LastSeen, RefreshBackoff, ResourceToken, Session, Tokens};
+pub use sessions::{Lookup, Sessions};
 
-/// A session id: 128 random bits. The map key in every store.
+/// A single-use marker ([`SessionStore::claim_once`]): what kind of thing it marks (a short
+/// lowercase name, part of its key in a shared store), and a hash the caller made of the
+/// thing itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Marker {
+    pub kind: &'static str,
+    pub id: [u8; 32],
+}
+
+/// A session id: 128 random bits. The map key in every store; what the session cookie
+/// carries, signed.
 pub type SessionKey = [u8; 16];
 
 /// A fresh, unguessable session id (OS randomness).
@@ -30,9 +41,39 @@ pub fn new_key() -> SessionKey {
 }
 
 /// The store could not answer (a shared store being down; the memory store never fails).
+/// The cause is kept as the error's `source` (log it with `error::Chain`); no message
+/// quotes the store's URL, which may hold a password.
 #[derive(Debug, thiserror::Error)]
-#[error("session store unavailable: {0}")]
-pub struct StoreError(pub String);
+pub enum StoreError {
+    /// Redis answered with an error, or the connection failed. Boxed: every store call
+    /// returns this error type, the hot path's `load` included.
+    #[error("session store unavailable: redis {what} failed")]
+    Redis {
+        what: &'static str,
+        #[source]
+        source: Box<::redis::RedisError>,
+    },
+    #[error("session store unavailable: redis {what}: no answer within {timeout:?}")]
+    Timeout {
+        what: &'static str,
+        timeout: Duration,
+    },
+    /// Another replica moved the record under a new name again and again while it was read.
+    #[error("session store unavailable: a session record kept changing while read")]
+    Contended,
+    /// Another replica held the refresh lease longer than the wait allows.
+    #[error("session store unavailable: the refresh lease is held by another replica for too long")]
+    LeaseHeld,
+    #[error("session store unavailable: cannot seal a session record")]
+    Seal,
+}
+
+#[cfg(test)]
+#[cfg(target_pointer_width = "64")]
+#[test]
+fn store_errors_stay_small() {
+    assert!(size_of::<StoreError>() <= 32, "{}", size_of::<StoreError>());
+}
 
 /// A record read for a later [`SessionStore::replace`]: the session, and what identifies this
 /// version of it in its store.
@@ -130,16 +171,16 @@ pub trait SessionStore: Send + Sync + 'static {
         &self,
         key: &SessionKey,
     ) -> impl Future<Output = Result<RefreshLease, StoreError>> + Send;
-    /// Whether a single-use id (a logout token's issuer and `jti`, hashed) was remembered and
-    /// has not expired yet. A shared store shares the memory between replicas.
-    fn is_remembered(&self, id: &[u8; 32])
-    -> impl Future<Output = Result<bool, StoreError>> + Send;
-    /// Remember a single-use id for at least `ttl` (a second call keeps the first expiry).
-    fn remember(
+    /// Whether a single-use marker is set and has not expired yet: a completed login's state,
+    /// a used logout token. A shared store shares its markers between replicas.
+    fn is_claimed(&self, marker: &Marker) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    /// Set a single-use marker for at least `ttl`: `true` when this call set it, `false` when
+    /// it was set already (a replay, or a race lost), in which case the first expiry stays.
+    fn claim_once(
         &self,
-        id: &[u8; 32],
+        marker: &Marker,
         ttl: Duration,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
     /// Number of live sessions (approximate; for metrics).
     fn live(&self) -> u64;
     /// Whether the store answers (for `/readyz`).
@@ -173,7 +214,7 @@ pub enum Store {
 }
 
 impl Store {
-    /// The Redis store, when configured (pending logins share its connection).
+    /// The Redis store, when configured.
     pub fn redis(&self) -> Option<&redis::RedisStore> {
         match self {
             Store::Memory(_) => None,
@@ -246,17 +287,17 @@ impl SessionStore for Store {
         }
     }
 
-    async fn is_remembered(&self, id: &[u8; 32]) -> Result<bool, StoreError> {
+    async fn is_claimed(&self, marker: &Marker) -> Result<bool, StoreError> {
         match self {
-            Store::Memory(s) => s.is_remembered(id).await,
-            Store::Redis(s) => s.is_remembered(id).await,
+            Store::Memory(s) => s.is_claimed(marker).await,
+            Store::Redis(s) => s.is_claimed(marker).await,
         }
     }
 
-    async fn remember(&self, id: &[u8; 32], ttl: Duration) -> Result<(), StoreError> {
+    async fn claim_once(&self, marker: &Marker, ttl: Duration) -> Result<bool, StoreError> {
         match self {
-            Store::Memory(s) => s.remember(id, ttl).await,
-            Store::Redis(s) => s.remember(id, ttl).await,
+            Store::Memory(s) => s.claim_once(marker, ttl).await,
+            Store::Redis(s) => s.claim_once(marker, ttl).await,
         }
     }
 
@@ -275,10 +316,6 @@ impl SessionStore for Store {
     }
 }
 
-/// Seconds since the Unix epoch: the one clock session records use, so every store and
-/// every replica agree on deadlines.
-pub fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
+/// Seconds since the Unix epoch by the system clock (tests and tools; the stores and the
+/// pipeline read their `Clock`).
+pub use crate::clock::unix_now;

@@ -3,12 +3,13 @@
 //! Kept compact: the access token is stored once, already formatted as the upstream
 //! `Authorization` value, so the hot path clones a refcounted `HeaderValue` instead of
 //! formatting a string per request. Every live session holds one record (issue 8: 1 M of
-//! them), so its shape counts too: a boxed slice for the extra resource tokens and a
-//! niche in `RefreshBackoff` keep `Session` at 136 bytes (a 160-byte allocation with its
-//! `Arc` counts, instead of 176).
+//! them), so its shape counts too: a boxed slice for the extra resource tokens, a niche in
+//! `RefreshBackoff` and its retry time in 32 bits keep `Session` at 136 bytes (a 160-byte
+//! allocation with its `Arc` counts, instead of 176), its last-seen stamp included.
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use http::HeaderValue;
@@ -23,6 +24,40 @@ pub struct Session {
     pub login_at: u64,
     /// Set after a transient refresh failure: no new attempt before `retry_at`.
     pub backoff: Option<RefreshBackoff>,
+    /// When the session was last used (the memory store's idle timeout).
+    pub last_seen: LastSeen,
+}
+
+/// Unix seconds of a session's last use, by the gateway's clock (0: not yet). Written by a
+/// load at most once a second, so most requests only read it. Not part of what a session
+/// is: a clone starts over, and a shared store keeps idleness itself.
+#[derive(Default)]
+pub struct LastSeen(AtomicU32);
+
+impl LastSeen {
+    pub fn get(&self) -> u64 {
+        u64::from(self.0.load(Ordering::Relaxed))
+    }
+
+    /// Stamp `now` (Unix seconds, saturated to 32 bits: year 2106).
+    pub fn set(&self, now: u64) {
+        let now = u32::try_from(now).unwrap_or(u32::MAX);
+        if self.0.load(Ordering::Relaxed) != now {
+            self.0.store(now, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Clone for LastSeen {
+    fn clone(&self) -> Self {
+        LastSeen(AtomicU32::new(self.0.load(Ordering::Relaxed)))
+    }
+}
+
+impl std::fmt::Debug for LastSeen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.get().fmt(f)
+    }
 }
 
 #[derive(Clone)]
@@ -79,11 +114,11 @@ impl std::fmt::Debug for Tokens {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RefreshBackoff {
-    /// At least one, by definition: the zero niche makes `Option<RefreshBackoff>` 16 bytes
-    /// instead of 24.
+    /// At least one, by definition: the zero niche makes `Option<RefreshBackoff>` 8 bytes
+    /// instead of 12.
     pub failures: NonZeroU32,
-    /// Unix seconds before which no new refresh is attempted.
-    pub retry_at: u64,
+    /// Unix seconds before which no new refresh is attempted (32 bits: year 2106).
+    pub retry_at: u32,
 }
 
 impl RefreshBackoff {
@@ -91,10 +126,16 @@ impl RefreshBackoff {
     pub fn after_failure(previous: Option<RefreshBackoff>, now: u64) -> RefreshBackoff {
         let failures = previous.map_or(NonZeroU32::MIN, |b| b.failures.saturating_add(1));
         let delay = 1u64 << (failures.get() - 1).min(5);
+        let retry_at = now.saturating_add(delay.min(30));
         RefreshBackoff {
             failures,
-            retry_at: now + delay.min(30),
+            retry_at: u32::try_from(retry_at).unwrap_or(u32::MAX),
         }
+    }
+
+    /// [`RefreshBackoff::retry_at`] as a Unix time.
+    pub fn retry_at(&self) -> u64 {
+        u64::from(self.retry_at)
     }
 }
 
@@ -169,7 +210,7 @@ mod tests {
             .map(|_| {
                 let next = RefreshBackoff::after_failure(b, 100);
                 b = Some(next);
-                next.retry_at - 100
+                next.retry_at() - 100
             })
             .collect();
         assert_eq!(delays, [1, 2, 4, 8, 16, 30, 30, 30]);
@@ -179,7 +220,7 @@ mod tests {
     #[test]
     #[cfg(target_pointer_width = "64")]
     fn records_stay_compact() {
-        assert_eq!(size_of::<Option<RefreshBackoff>>(), 16);
+        assert_eq!(size_of::<Option<RefreshBackoff>>(), 8);
         assert!(size_of::<Session>() <= 136, "{}", size_of::<Session>());
     }
 

@@ -10,6 +10,8 @@
 //! let client = h.client();                              // cookie jar, never follows redirects
 //! h.login(&client, "alice").await;
 //! let echo = h.echo(&client, "/hello").await;           // what the upstream saw
+//! h.advance(Duration::from_secs(3600));                 // an hour later, for the gateway
+//!                                                       // and its provider (no sleep)
 //! ```
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -21,6 +23,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use authgate::clock::{Clock, ClockHand};
 use authgate::config::Config;
 use authgate::gateway::Gateway;
 use devidp::idp::{DevIdp, DevIdpOptions};
@@ -53,6 +56,8 @@ pub struct Harness {
     /// False when the provider was given with [`Builder::idp`]: dropping this harness then
     /// leaves it running for the others.
     owns_idp: bool,
+    /// Moves the gateway's clock ([`Harness::advance`]).
+    clock: ClockHand,
 }
 
 pub struct Builder {
@@ -137,7 +142,16 @@ impl Harness {
         cookie
     }
 
-    /// GET `path` as an API client and return what the echo upstream saw (asserts 200).
+    /// Move time forward by `by` for the gateway (every decision against a deadline: session
+    /// timeouts, token expiry, refresh backoff, login cookies, token `exp`/`iat`) and for its
+    /// provider (the tokens it issues from now on, and which of its access tokens are valid),
+    /// instead of sleeping. A provider shared with [`Builder::idp`] moves for every harness
+    /// using it. Redis keeps its own clock: its TTLs (the idle timeout, leases) do not move.
+    pub fn advance(&self, by: Duration) {
+        self.clock.advance(by);
+        self.idp.controls().advance_clock(by);
+    }
+
     /// The gateway's `/metrics` text (asserting 200).
     pub async fn metrics(&self) -> String {
         let response = bare_client().get(self.at("/metrics")).send().await.unwrap();
@@ -145,6 +159,7 @@ impl Harness {
         response.text().await.unwrap()
     }
 
+    /// GET `path` as an API client and return what the echo upstream saw (asserts 200).
     pub async fn echo(&self, client: &Client, path: &str) -> Echo {
         let response = client
             .get(self.at(path))
@@ -256,7 +271,8 @@ impl Builder {
         let addr = listener.local_addr().unwrap();
         let url = format!("http://{addr}");
         let config = config(&url, &idp.issuer(), upstream_addr, &self.overrides);
-        let gateway = authgate::build(config).unwrap();
+        let (clock, hand) = Clock::adjustable();
+        let gateway = authgate::build_with(config, clock).unwrap();
         let (tx, rx) = oneshot::channel::<()>();
         let server = tokio::spawn({
             let gateway = gateway.clone();
@@ -279,6 +295,7 @@ impl Builder {
             server: Some(server),
             upstream,
             owns_idp,
+            clock: hand,
         };
         if self.wait_ready {
             wait_ready(&harness).await;

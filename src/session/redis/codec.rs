@@ -1,4 +1,4 @@
-//! The serializable mirror of a session record (JSON, then sealed by `crypto`). Short field
+//! The serializable mirror of a session record (JSON, then sealed by `crate::seal`). Short field
 //! names: a record is written on every login and refresh.
 //!
 //! The identity is stored with its ready-made upstream headers, so a record read back is
@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::session::identity::{IdentityParts, IdentityRules};
-use crate::session::{RefreshBackoff, ResourceToken, Session, Tokens};
+use crate::session::{LastSeen, RefreshBackoff, ResourceToken, Session, Tokens};
 
 #[derive(Serialize, Deserialize)]
 struct StoredSession {
@@ -49,7 +49,7 @@ pub fn encode_session(s: &Session) -> Option<Vec<u8>> {
         rt: s.tokens.refresh_token.as_deref().map(str::to_owned),
         idt: s.tokens.id_token.as_deref().map(str::to_owned),
         login: s.login_at,
-        backoff: s.backoff.map(|b| (b.failures.get(), b.retry_at)),
+        backoff: s.backoff.map(|b| (b.failures.get(), b.retry_at())),
         more: s
             .tokens
             .more
@@ -114,9 +114,10 @@ pub fn decode_session(bytes: &[u8], rules: &IdentityRules) -> Option<Session> {
         backoff: s.backoff.and_then(|(failures, retry_at)| {
             Some(RefreshBackoff {
                 failures: NonZeroU32::new(failures)?,
-                retry_at,
+                retry_at: u32::try_from(retry_at).unwrap_or(u32::MAX),
             })
         }),
+        last_seen: LastSeen::default(),
     })
 }
 
@@ -173,6 +174,7 @@ mod tests {
                 failures: NonZeroU32::new(2).unwrap(),
                 retry_at: 50,
             }),
+            last_seen: LastSeen::default(),
         };
         let encoded = encode_session(&session).unwrap();
         assert_eq!(std::str::from_utf8(&encoded).unwrap(), RECORD);

@@ -87,9 +87,7 @@ impl RedisStore {
             waited = true;
             if started.elapsed() >= inner.opts.lease_wait {
                 inner.metrics.lease_waited(started.elapsed(), false);
-                return Err(StoreError(
-                    "the refresh lease is held by another replica for too long".into(),
-                ));
+                return Err(StoreError::LeaseHeld);
             }
             tokio::time::sleep(POLL).await;
         }

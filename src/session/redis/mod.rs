@@ -5,7 +5,7 @@
 //!   reconnected automatically. Every call is bounded by `session.redis_timeout`: past it
 //!   the store counts as down (`/readyz` 503, authenticated requests 503 + `Retry-After`;
 //!   never a logout).
-//! - Records are sealed (`crypto`): AES-256-GCM under a key derived from the cookie secrets,
+//! - Records are sealed (`crate::seal`): AES-256-GCM under a key derived from the cookie secrets,
 //!   under a key NAME that is a keyed hash of the session id. Layout, with `<p>` the
 //!   `session.redis_key_prefix`:
 //!   - `<p>s:<hmac(id)>`: the sealed record; TTL = min(idle left, absolute left), reset on
@@ -14,12 +14,9 @@
 //!     logout; their TTL is `absolute_timeout`, reset on every save, so at least any
 //!     member's; a member whose record expired is harmless;
 //!   - `<p>lease:<hmac(id)>`: the refresh lease (`lease`);
-//!   - `<p>used:<hmac(state)>`: a completed login's state, so that a replayed callback is
-//!     refused on every replica (`SET NX`, expiring after `login_timeout`). Pending logins
-//!     themselves live in the browser's sealed login cookies (`crate::login`): starting a
-//!     login writes nothing here.
-//!   - `<p>once:<sha256(issuer, jti)>`: a logout token already used (`SET NX` with expiry:
-//!     a replay is refused on every replica).
+//!   - `<p><kind>:<hash>`: a single-use marker (`SET NX` with expiry, so a replay is refused
+//!     on every replica), the hash its caller made: `used:` of a completed login's state,
+//!     `once:` of a used logout token's issuer and `jti`.
 //! - A replica-local read cache (moka) answers a session's requests for at most
 //!   [`CACHE_TTL`] (1 s) without a round trip. That bounds how long a session deleted on
 //!   another replica (sign-out, rejected refresh, back-channel logout) still works here; on
@@ -32,7 +29,6 @@
 //!   Redis Cluster.
 
 mod codec;
-pub mod crypto;
 mod lease;
 
 use std::future::Future;
@@ -47,13 +43,14 @@ use redis::{Cmd, FromRedisValue, Pipeline, RedisResult, Script};
 use super::identity::IdentityRules;
 use super::memory::matches_logout;
 use super::{
-    RefreshLease, Replaced, Session, SessionKey, SessionStore, StoreError, Version, Versioned,
-    unix_now,
+    Marker, RefreshLease, Replaced, Session, SessionKey, SessionStore, StoreError, Version,
+    Versioned,
 };
+use crate::clock::Clock;
 use crate::error::StoreSetupError;
 use crate::metrics::StoreMetrics;
+use crate::seal::Keyring;
 use crate::secret::Secret;
-use crypto::Keyring;
 
 /// Lifetime of the replica-local read cache.
 pub const CACHE_TTL: Duration = Duration::from_secs(1);
@@ -121,7 +118,7 @@ pub struct RedisOptions {
     pub identity_rules: Arc<IdentityRules>,
 }
 
-/// Cheap to clone: the login single-use markers share it.
+/// Cheap to clone (one shared connection and cache).
 #[derive(Clone)]
 pub struct RedisStore {
     inner: Arc<Inner>,
@@ -140,6 +137,7 @@ struct Inner {
     /// that very record just after the Redis call, and the cache would then serve it for up
     /// to `CACHE_TTL`. Read only on a cache miss, never on the hot path.
     deletions: AtomicU64,
+    clock: Clock,
 }
 
 impl RedisStore {
@@ -147,6 +145,16 @@ impl RedisStore {
     pub fn new(
         opts: RedisOptions,
         secrets: &[Secret<Vec<u8>>],
+    ) -> Result<RedisStore, StoreSetupError> {
+        RedisStore::with_clock(opts, secrets, Clock::system())
+    }
+
+    /// [`RedisStore::new`], deciding absolute deadlines by `clock` (idle timeouts are Redis'
+    /// own TTLs, on Redis' clock).
+    pub fn with_clock(
+        opts: RedisOptions,
+        secrets: &[Secret<Vec<u8>>],
+        clock: Clock,
     ) -> Result<RedisStore, StoreSetupError> {
         if tokio::runtime::Handle::try_current().is_err() {
             return Err(StoreSetupError::NoRuntime);
@@ -182,6 +190,7 @@ impl RedisStore {
                 load: Script::new(LOAD),
                 replace: Script::new(REPLACE),
                 deletions: AtomicU64::new(0),
+                clock,
             }),
         })
     }
@@ -207,7 +216,7 @@ impl RedisStore {
     /// Run one Redis call with the timeout, the latency histogram and the error counters.
     async fn run<T>(
         &self,
-        what: &str,
+        what: &'static str,
         call: impl Future<Output = RedisResult<T>>,
     ) -> Result<T, StoreError> {
         let metrics = &self.inner.metrics;
@@ -218,17 +227,27 @@ impl RedisStore {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(e)) => {
                 metrics.error(false);
-                Err(StoreError(format!("redis {what}: {e}")))
+                Err(StoreError::Redis {
+                    what,
+                    source: Box::new(e),
+                })
             }
             Err(_) => {
                 metrics.error(true);
-                Err(StoreError(format!("redis {what}: no answer in time")))
+                Err(StoreError::Timeout {
+                    what,
+                    timeout: self.inner.opts.timeout,
+                })
             }
         }
     }
 
     /// One command, through [`Self::run`].
-    async fn query<T: FromRedisValue>(&self, what: &str, cmd: &Cmd) -> Result<T, StoreError> {
+    async fn query<T: FromRedisValue>(
+        &self,
+        what: &'static str,
+        cmd: &Cmd,
+    ) -> Result<T, StoreError> {
         let mut conn = self.inner.conn.clone();
         self.run(what, cmd.query_async(&mut conn)).await
     }
@@ -236,7 +255,7 @@ impl RedisStore {
     /// One pipeline (one round trip), through [`Self::run`].
     async fn query_pipe<T: FromRedisValue>(
         &self,
-        what: &str,
+        what: &'static str,
         pipe: &Pipeline,
     ) -> Result<T, StoreError> {
         let mut conn = self.inner.conn.clone();
@@ -252,9 +271,7 @@ impl RedisStore {
                 return Ok(found);
             }
         }
-        Err(StoreError(
-            "a session record kept changing while read".into(),
-        ))
+        Err(StoreError::Contended)
     }
 
     /// [`Self::fetch`]; `None` when the record changed under it (read it again).
@@ -268,7 +285,7 @@ impl RedisStore {
             invocation.key(name);
         }
         invocation
-            .arg(unix_now())
+            .arg(inner.clock.unix_now())
             .arg(millis(inner.opts.idle_timeout));
         let call = invocation.invoke_async::<Option<(usize, Vec<u8>)>>(&mut conn);
         let found = self.run("load", call).await?;
@@ -279,7 +296,7 @@ impl RedisStore {
             tracing::debug!("a session record failed to decrypt or decode: treated as absent");
             return Ok(Some(None));
         };
-        if unix_now() >= session.absolute_deadline(inner.opts.absolute_timeout) {
+        if inner.clock.unix_now() >= session.absolute_deadline(inner.opts.absolute_timeout) {
             return Ok(Some(None));
         }
         let Some(name) = names.get(index.wrapping_sub(1)) else {
@@ -355,7 +372,7 @@ impl RedisStore {
             return Ok((Replaced::Changed, None));
         };
         let generation = inner.deletions.load(Ordering::SeqCst);
-        let now = unix_now();
+        let now = inner.clock.unix_now();
         let deadline = session.absolute_deadline(inner.opts.absolute_timeout);
         if deadline <= now {
             return Ok((Replaced::Gone, None));
@@ -363,7 +380,7 @@ impl RedisStore {
         let ttl = millis(inner.opts.idle_timeout).min((deadline - now).saturating_mul(1000));
         let sealed = codec::encode_session(&session)
             .and_then(|plain| inner.keys.seal(&session_context(key), deadline, &plain))
-            .ok_or_else(|| StoreError("cannot seal a session record".into()))?;
+            .ok_or(StoreError::Seal)?;
         let name = self.session_name(key);
         let mut invocation = inner.replace.prepare_invoke();
         invocation.key(read_name).key(&name);
@@ -392,31 +409,6 @@ impl RedisStore {
             Some(Versioned::sealed(session, name, sealed.into())),
         ))
     }
-
-    /// Whether a login `state` was completed, on any replica (its used marker exists under
-    /// the name of any secret).
-    pub async fn login_used(&self, state: &str) -> Result<bool, StoreError> {
-        let mut exists = redis::cmd("EXISTS");
-        exists.arg(self.inner.index_names("used", state));
-        let found: u64 = self.query("EXISTS (login)", &exists).await?;
-        Ok(found > 0)
-    }
-
-    /// Record a completed login's `state` for `ttl` (its cookie is dead by then): `false`
-    /// when another request recorded it first. Written only once a code was redeemed, so
-    /// the markers are bounded by real logins.
-    pub async fn mark_login_used(&self, state: &str, ttl: Duration) -> Result<bool, StoreError> {
-        let inner = &self.inner;
-        let name = format!(
-            "{}used:{}",
-            inner.opts.key_prefix,
-            inner.keys.name("used", state.as_bytes())
-        );
-        let mut set = redis::cmd("SET");
-        set.arg(name).arg(1).arg("NX").arg("PX").arg(millis(ttl));
-        let done: Option<String> = self.query("SET NX (login)", &set).await?;
-        Ok(done.is_some())
-    }
 }
 
 impl Inner {
@@ -435,11 +427,11 @@ impl Inner {
             .collect()
     }
 
-    /// The key of a remembered single-use id. Not keyed by the cookie secrets (the id is
-    /// already a hash of public values), so a secret rotation forgets nothing.
-    fn once_name(&self, id: &[u8; 32]) -> String {
-        let hex: String = id.iter().map(|b| format!("{b:02x}")).collect();
-        format!("{}once:{hex}", self.opts.key_prefix)
+    /// The key of a single-use marker. Not keyed by the cookie secrets (the id is already a
+    /// hash), so a secret rotation forgets nothing.
+    fn marker_name(&self, marker: &Marker) -> String {
+        let hex: String = marker.id.iter().map(|b| format!("{b:02x}")).collect();
+        format!("{}{}:{hex}", self.opts.key_prefix, marker.kind)
     }
 
     /// The back-channel logout index sets a record belongs in (under the current secret).
@@ -474,7 +466,7 @@ impl SessionStore for RedisStore {
     async fn load(&self, key: &SessionKey) -> Result<Option<Arc<Session>>, StoreError> {
         let inner = &self.inner;
         if let Some(session) = inner.cache.get(key).await {
-            if unix_now() < session.absolute_deadline(inner.opts.absolute_timeout) {
+            if inner.clock.unix_now() < session.absolute_deadline(inner.opts.absolute_timeout) {
                 inner.metrics.cache(true);
                 return Ok(Some(session));
             }
@@ -486,7 +478,7 @@ impl SessionStore for RedisStore {
 
     async fn save(&self, key: SessionKey, session: Arc<Session>) -> Result<(), StoreError> {
         let inner = &self.inner;
-        let now = unix_now();
+        let now = inner.clock.unix_now();
         let deadline = session.absolute_deadline(inner.opts.absolute_timeout);
         if deadline <= now {
             return self.delete(&key).await;
@@ -494,7 +486,7 @@ impl SessionStore for RedisStore {
         let ttl = millis(inner.opts.idle_timeout).min((deadline - now).saturating_mul(1000));
         let sealed = codec::encode_session(&session)
             .and_then(|plain| inner.keys.seal(&session_context(&key), deadline, &plain))
-            .ok_or_else(|| StoreError("cannot seal a session record".into()))?;
+            .ok_or(StoreError::Seal)?;
         let name = self.session_name(&key);
         let index_ttl = millis(inner.opts.absolute_timeout);
         let mut pipe = redis::pipe();
@@ -574,21 +566,21 @@ impl SessionStore for RedisStore {
         self.take_lease(key).await
     }
 
-    async fn is_remembered(&self, id: &[u8; 32]) -> Result<bool, StoreError> {
+    async fn is_claimed(&self, marker: &Marker) -> Result<bool, StoreError> {
         let mut exists = redis::cmd("EXISTS");
-        exists.arg(self.inner.once_name(id));
-        Ok(self.query::<i64>("EXISTS (once)", &exists).await? > 0)
+        exists.arg(self.inner.marker_name(marker));
+        Ok(self.query::<i64>("EXISTS (marker)", &exists).await? > 0)
     }
 
-    async fn remember(&self, id: &[u8; 32], ttl: Duration) -> Result<(), StoreError> {
+    async fn claim_once(&self, marker: &Marker, ttl: Duration) -> Result<bool, StoreError> {
         let mut set = redis::cmd("SET");
-        set.arg(self.inner.once_name(id))
+        set.arg(self.inner.marker_name(marker))
             .arg(1)
             .arg("NX")
             .arg("PX")
             .arg(millis(ttl));
-        self.query::<Option<String>>("SET NX (once)", &set).await?;
-        Ok(())
+        let set: Option<String> = self.query("SET NX (marker)", &set).await?;
+        Ok(set.is_some())
     }
 
     /// Sessions in this replica's read cache (Redis holds the shared count).

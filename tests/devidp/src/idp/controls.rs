@@ -3,9 +3,9 @@
 //! back how often each endpoint was called. Everything here is thread-safe and takes `&self`.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use super::grants::GrantStore;
 use super::keys::KeyRing;
@@ -78,6 +78,8 @@ pub struct Controls {
     jwks_calls: AtomicUsize,
     userinfo_calls: AtomicUsize,
     token_requests_with_resource: AtomicUsize,
+    /// Milliseconds the provider's clock is ahead of the system clock ([`Controls::advance_clock`]).
+    clock_offset_ms: AtomicU64,
     pub(crate) grants: GrantStore,
     pub(crate) keys: KeyRing,
 }
@@ -141,12 +143,26 @@ impl Controls {
             jwks_calls: AtomicUsize::new(0),
             userinfo_calls: AtomicUsize::new(0),
             token_requests_with_resource: AtomicUsize::new(0),
+            clock_offset_ms: AtomicU64::new(0),
             grants: GrantStore::default(),
             keys,
         }
     }
 
     // --- lifetimes and modes ---
+
+    /// Move the provider's clock forward (mockoidc's `FastForward`): tokens issued from now on
+    /// carry `iat`/`exp` of the moved time, and access tokens are judged by it. A test moves
+    /// the gateway's clock by as much.
+    pub fn advance_clock(&self, by: Duration) {
+        let ms = u64::try_from(by.as_millis()).unwrap_or(u64::MAX);
+        self.clock_offset_ms.fetch_add(ms, Ordering::Relaxed);
+    }
+
+    /// Now, by the provider's clock.
+    pub(crate) fn now(&self) -> SystemTime {
+        SystemTime::now() + Duration::from_millis(self.clock_offset_ms.load(Ordering::Relaxed))
+    }
 
     /// Lifetime of access tokens issued from now on (`expires_in`, and `exp` of JWT ones).
     pub fn set_access_ttl(&self, ttl: Duration) {

@@ -239,11 +239,11 @@ impl GrantStore {
         }
     }
 
-    /// The grant of a currently valid access token.
-    pub(crate) fn access_grant(&self, token: &str) -> Option<GrantView> {
+    /// The grant of an access token valid at `now` (the provider's clock).
+    pub(crate) fn access_grant(&self, token: &str, now: SystemTime) -> Option<GrantView> {
         let inner = lock(&self.inner);
         let access = inner.access.get(token)?;
-        if access.revoked || access.expires <= SystemTime::now() {
+        if access.revoked || access.expires <= now {
             return None;
         }
         inner.view(access.grant).ok()

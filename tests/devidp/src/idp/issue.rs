@@ -32,7 +32,7 @@ pub(crate) struct Issue<'a> {
 /// Mints the tokens, records the access token, and returns the JSON response body.
 pub(crate) fn token_response(shared: &Shared, issue: &Issue<'_>) -> Result<Value, SigningError> {
     let settings = issue.settings;
-    let now = SystemTime::now();
+    let now = shared.controls.now();
     let access_token = access_token(shared, issue, now)?;
     let expires = now + settings.access_ttl;
     shared

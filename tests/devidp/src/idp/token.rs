@@ -78,7 +78,9 @@ pub(crate) async fn revoke(shared: &Shared, req: Request<Incoming>) -> Response<
 /// `GET /userinfo`: the user's claims for a valid Bearer access token, else 401.
 pub(crate) fn userinfo<B>(shared: &Shared, req: &Request<B>) -> Response<Body> {
     shared.controls.count_userinfo();
-    let grant = bearer(req.headers()).and_then(|token| shared.controls.grants.access_grant(token));
+    let now = shared.controls.now();
+    let grant =
+        bearer(req.headers()).and_then(|token| shared.controls.grants.access_grant(token, now));
     let Some(grant) = grant else {
         let mut response = web::oauth_error(
             StatusCode::UNAUTHORIZED,

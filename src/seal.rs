@@ -1,4 +1,5 @@
-//! Encryption at rest and key names for the Redis store.
+//! Sealing under keys derived from the cookie secrets: the Redis store's records and key
+//! names, and the login cookies (`crate::cookie::Sealed`).
 //!
 //! Every cookie secret yields two keys by HKDF-SHA256 (RFC 5869; ring, already in the tree
 //! through rustls), each under its own `info` label so that neither can stand in for the
@@ -11,9 +12,9 @@
 //!   Names depend on the secret, so a reader looks under the name of every secret (one
 //!   round trip, `MGET`-like) and the store moves a record found under an old name.
 //!
-//! The same construction seals pending logins in the browser's login cookies (`crate::login`),
-//! under keys of their own ([`Keyring::for_login_cookies`]: another HKDF `info` label), so a
-//! login cookie never opens as a stored record, nor the other way round.
+//! The same construction seals pending logins in the browser's login cookies, under keys of
+//! their own ([`Keyring::for_login_cookies`]: another HKDF `info` label), so a login cookie
+//! never opens as a stored record, nor the other way round.
 //!
 //! A sealed value is `[version][deadline: u64 BE][nonce][ciphertext || tag]`. The deadline
 //! (Unix seconds after which the record is dead whatever its TTL; 0 = none) is plain so that

@@ -12,7 +12,7 @@ use http_body::{Body as HttpBody, Frame, SizeHint};
 
 use pin_project_lite::pin_project;
 
-use crate::proxy::UpstreamBody;
+use super::UpstreamBody;
 
 pin_project! {
     /// Response body: `Upstream` streams, `Full` is a small gateway-made body.

@@ -8,7 +8,7 @@
 //! `bearer_audiences` has no default when a route uses passthrough (the configuration says
 //! which APIs' tokens are meant for the upstream; the client id is the ID tokens' audience).
 
-use crate::gateway::{Authenticated, Gateway};
+use super::{Authenticated, Authenticator};
 use crate::oidc::jwt::{Expect, JwtError};
 use crate::session::Tokens;
 
@@ -48,14 +48,14 @@ impl BearerError {
     }
 }
 
-pub async fn verify(gateway: &Gateway, token: &str) -> Result<Authenticated, BearerError> {
-    let audiences = &gateway.cfg.oidc.bearer_audiences;
-    let claims = gateway
+pub async fn verify(auth: &Authenticator, token: &str) -> Result<Authenticated, BearerError> {
+    let audiences = &auth.bearer_audiences;
+    let claims = auth
         .oidc
         .verify_jwt(token, Expect::AccessToken { audiences })
         .await?;
-    let identity = gateway
-        .rules
+    let identity = auth
+        .identities
         .identity(&claims)
         .ok_or(BearerError::NoSubject)?;
     let value = Tokens::bearer_value(token).ok_or(JwtError::Malformed)?;

@@ -1,8 +1,14 @@
-//! The session cookie: `<base64url id>.<base64url HMAC-SHA256(id)>`.
+//! Every cookie the gateway sets, and the one place their attributes are written.
 //!
-//! The first configured secret signs; every secret verifies (rotation without logging
-//! anybody out). MACs are compared in constant time (`Mac::verify_slice`). The HMAC states
-//! are keyed once at start and cloned per check, which saves two SHA-256 blocks a request.
+//! - The session cookie ([`CookieCodec`]): `<base64url id>.<base64url HMAC-SHA256(id)>`. The
+//!   first configured secret signs; every secret verifies (rotation without logging anybody
+//!   out). MACs are compared in constant time (`Mac::verify_slice`). The HMAC states are
+//!   keyed once at start and cloned per check, which saves two SHA-256 blocks a request.
+//! - Login cookies ([`Sealed`]): a value sealed with AES-256-GCM under keys derived from the
+//!   same secrets (`crate::seal`), with its deadline authenticated beside it.
+//!
+//! Both get their attributes from [`attributes`]: `Path`, `HttpOnly`, `SameSite`, and
+//! `Secure` and `Domain` as `[session]` says.
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -10,8 +16,12 @@ use hmac::{Hmac, Mac};
 use http::{HeaderMap, HeaderValue};
 use sha2::Sha256;
 
-use super::SessionKey;
 use crate::config::{SameSite, SessionConfig};
+use crate::seal::Keyring;
+use crate::secret::Secret;
+
+/// What the session cookie carries: a session id (`session::SessionKey`).
+pub type SignedId = [u8; 16];
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -22,6 +32,7 @@ const MAC_LEN: usize = 43; // base64url of 32 bytes, unpadded
 /// Cookies named like ours checked per request at most (each well-formed one costs a MAC).
 const MAX_CANDIDATES: usize = 4;
 
+/// The session cookie.
 #[derive(Clone)]
 pub struct CookieCodec {
     name: String,
@@ -40,7 +51,7 @@ impl CookieCodec {
         CookieCodec {
             name: cfg.cookie_name.clone(),
             keys,
-            attributes: attributes(cfg),
+            attributes: attributes(cfg, "/", cfg.cookie_samesite),
         }
     }
 
@@ -49,7 +60,7 @@ impl CookieCodec {
     }
 
     /// The cookie value for a session id.
-    pub fn encode(&self, key: &SessionKey) -> String {
+    pub fn encode(&self, key: &SignedId) -> String {
         let mac = self.mac(0, key).unwrap_or_default();
         format!(
             "{}.{}",
@@ -59,12 +70,12 @@ impl CookieCodec {
     }
 
     /// The session id, when `value` carries a valid signature by any configured secret.
-    pub fn decode(&self, value: &str) -> Option<SessionKey> {
+    pub fn decode(&self, value: &str) -> Option<SignedId> {
         let (id, mac) = value.split_once('.')?;
         if id.len() != ID_LEN || mac.len() != MAC_LEN {
             return None;
         }
-        let mut key = SessionKey::default();
+        let mut key = SignedId::default();
         let n = URL_SAFE_NO_PAD.decode_slice(id, &mut key).ok()?;
         let mut sig = [0u8; 32];
         let m = URL_SAFE_NO_PAD.decode_slice(mac, &mut sig).ok()?;
@@ -85,30 +96,29 @@ impl CookieCodec {
     /// The session id of the request: the first cookie named ours whose signature verifies.
     /// A stale or foreign cookie of the same name (another app on the domain, an older path)
     /// never hides ours; at most [`MAX_CANDIDATES`] are checked.
-    pub fn session_key(&self, headers: &HeaderMap) -> Option<SessionKey> {
+    pub fn session_key(&self, headers: &HeaderMap) -> Option<SignedId> {
         crate::headers::cookie_values(headers, &self.name)
             .take(MAX_CANDIDATES)
             .find_map(|value| self.decode(value))
     }
 
     /// `Set-Cookie` that installs the session cookie.
-    pub fn set_cookie(&self, key: &SessionKey, max_age_secs: u64) -> Option<HeaderValue> {
-        let value = format!(
-            "{}={}; Max-Age={max_age_secs}{}",
-            self.name,
-            self.encode(key),
-            self.attributes
-        );
-        HeaderValue::from_str(&value).ok()
+    pub fn set_cookie(&self, key: &SignedId, max_age_secs: u64) -> Option<HeaderValue> {
+        set_cookie(
+            &self.name,
+            &self.encode(key),
+            max_age_secs,
+            &self.attributes,
+        )
     }
 
     /// `Set-Cookie` that deletes it: empty value and `Max-Age=0` (contract Details 13).
     pub fn clear_cookie(&self) -> HeaderValue {
-        let value = format!("{}=; Max-Age=0{}", self.name, self.attributes);
-        HeaderValue::from_str(&value).unwrap_or_else(|_| HeaderValue::from_static("x=; Max-Age=0"))
+        clear_cookie(&self.name, &self.attributes)
+            .unwrap_or_else(|| HeaderValue::from_static("x=; Max-Age=0"))
     }
 
-    fn mac(&self, index: usize, key: &SessionKey) -> Option<Vec<u8>> {
+    fn mac(&self, index: usize, key: &SignedId) -> Option<Vec<u8>> {
         let mut mac = self.keys.get(index)?.clone();
         mac.update(SESSION_CONTEXT);
         mac.update(key);
@@ -116,14 +126,61 @@ impl CookieCodec {
     }
 }
 
-/// `; Path=/; HttpOnly; SameSite=..[; Secure][; Domain=..]`, shared by every cookie we set.
-pub fn attributes(cfg: &SessionConfig) -> String {
-    let same_site = match cfg.cookie_samesite {
+// === impl Sealed ===
+
+/// Values sealed into cookies (login cookies): AES-256-GCM under keys derived from the cookie
+/// secrets for this purpose only (the first secret seals, every one opens), bound to
+/// `context` and to a deadline.
+pub struct Sealed {
+    keys: Option<Keyring>,
+    context: &'static [u8],
+}
+
+impl Sealed {
+    /// The sealing of login cookies; `context`: what a seal made here opens as, only.
+    pub fn login_cookies(secrets: &[Secret<Vec<u8>>], context: &'static [u8]) -> Self {
+        Sealed {
+            keys: Keyring::for_login_cookies(secrets),
+            context,
+        }
+    }
+
+    /// `plain` sealed with `deadline` (Unix seconds), as a cookie value (base64url). `None`
+    /// without a usable secret (validation prevents it).
+    pub fn seal(&self, deadline: u64, plain: &[u8]) -> Option<String> {
+        let sealed = self.keys.as_ref()?.seal(self.context, deadline, plain)?;
+        Some(URL_SAFE_NO_PAD.encode(sealed))
+    }
+
+    /// The plaintext and deadline of a cookie value sealed here (by any configured secret),
+    /// or `None`. The caller checks the deadline.
+    pub fn open(&self, value: &str) -> Option<(Vec<u8>, u64)> {
+        let sealed = URL_SAFE_NO_PAD.decode(value).ok()?;
+        self.keys.as_ref()?.open(self.context, &sealed)
+    }
+}
+
+/// `Set-Cookie: <name>=<value>; Max-Age=<max_age><attributes>`.
+pub fn set_cookie(name: &str, value: &str, max_age: u64, attributes: &str) -> Option<HeaderValue> {
+    HeaderValue::from_str(&format!("{name}={value}; Max-Age={max_age}{attributes}")).ok()
+}
+
+/// `Set-Cookie` that deletes a cookie: empty value and `Max-Age=0`, with the attributes it
+/// was set with (a browser deletes only the cookie of the same name, path and domain).
+pub fn clear_cookie(name: &str, attributes: &str) -> Option<HeaderValue> {
+    HeaderValue::from_str(&format!("{name}=; Max-Age=0{attributes}")).ok()
+}
+
+/// `; Path=<path>; HttpOnly; SameSite=..[; Secure][; Domain=..]`: the attributes of every
+/// cookie the gateway sets. `same_site`: the session cookie's is configured; a login cookie's
+/// is always `Lax` (it must come back on the provider's top-level redirect).
+pub fn attributes(cfg: &SessionConfig, path: &str, same_site: SameSite) -> String {
+    let same_site = match same_site {
         SameSite::Lax => "Lax",
         SameSite::Strict => "Strict",
         SameSite::None => "None",
     };
-    let mut attrs = format!("; Path=/; HttpOnly; SameSite={same_site}");
+    let mut attrs = format!("; Path={path}; HttpOnly; SameSite={same_site}");
     if cfg.cookie_secure {
         attrs.push_str("; Secure");
     }
@@ -138,7 +195,6 @@ pub fn attributes(cfg: &SessionConfig) -> String {
 mod tests {
     use super::*;
     use crate::config::StoreConfig;
-    use crate::secret::Secret;
     use std::time::Duration;
 
     pub fn session_cfg(secrets: &[&[u8]]) -> SessionConfig {
@@ -218,5 +274,41 @@ mod tests {
             codec.clear_cookie().to_str().unwrap(),
             "authgate_session=; Max-Age=0; Path=/; HttpOnly; SameSite=Lax; Secure"
         );
+    }
+
+    #[test]
+    fn one_attribute_builder_for_every_cookie() {
+        let mut cfg = session_cfg(&[A]);
+        cfg.cookie_samesite = SameSite::Strict;
+        cfg.cookie_domain = Some(".example.test".into());
+        assert_eq!(
+            attributes(&cfg, "/", cfg.cookie_samesite),
+            "; Path=/; HttpOnly; SameSite=Strict; Secure; Domain=.example.test"
+        );
+        cfg.cookie_secure = false;
+        assert_eq!(
+            attributes(&cfg, "/base/oauth2/", SameSite::Lax),
+            "; Path=/base/oauth2/; HttpOnly; SameSite=Lax; Domain=.example.test"
+        );
+    }
+
+    #[test]
+    fn sealed_values_open_only_in_their_context_and_keys() {
+        let secrets = |b: u8| vec![Secret::new(vec![b; 32])];
+        let sealed = Sealed::login_cookies(&secrets(1), b"ctx a");
+        let value = sealed.seal(42, b"plain").unwrap();
+        assert!(!value.contains('=') && !value.contains("plain"));
+        assert_eq!(sealed.open(&value).unwrap(), (b"plain".to_vec(), 42));
+        assert!(
+            Sealed::login_cookies(&secrets(1), b"ctx b")
+                .open(&value)
+                .is_none()
+        );
+        assert!(
+            Sealed::login_cookies(&secrets(2), b"ctx a")
+                .open(&value)
+                .is_none()
+        );
+        assert!(sealed.open("%%%").is_none());
     }
 }

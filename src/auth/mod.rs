@@ -1,0 +1,250 @@
+//! Who a request is: its session (loaded, refreshed when near expiry), or on a
+//! bearer-passthrough route a machine client's own JWT (`bearer`); and what the upstream is
+//! told about it (`vouch`). Serves the pipeline and forward auth alike.
+
+pub mod bearer;
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use http::header::{ACCEPT, AUTHORIZATION};
+use http::{HeaderMap, HeaderValue, Method, Request};
+
+use crate::config::Config;
+use crate::error::Chain;
+use crate::logging::log_safe;
+use crate::metrics::{Decision, Metrics};
+use crate::oidc::Oidc;
+use crate::policy::Route;
+use crate::refresh::{Fresh, Refresher};
+use crate::reply::{Reply, Unavailable};
+use crate::session::identity::IdentityRules;
+use crate::session::{Identity, Lookup, Session, SessionKey, SessionStore, Sessions};
+
+/// Who a request is, once authenticated.
+pub enum Authenticated {
+    Session(SessionKey, Arc<Session>),
+    /// A machine client's own JWT on a bearer-passthrough route.
+    Bearer(HeaderValue, Box<Identity>),
+}
+
+/// Whether an unauthenticated request may be sent to the login page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Navigation {
+    /// A browser navigation goes to login (302); anything else gets 401.
+    Allowed,
+    /// Always 401: a machine client's bearer token was refused, or forward auth (the proxy
+    /// turns our 401 into a login redirect itself).
+    Never,
+}
+
+/// What authenticating a request needs: the sessions, their refresh, the provider (bearer
+/// tokens), and what the configuration says about identity.
+pub struct Authenticator {
+    sessions: Arc<Sessions>,
+    refresher: Arc<Refresher>,
+    oidc: Arc<Oidc>,
+    identities: Arc<IdentityRules>,
+    /// `oidc.bearer_audiences`: the audiences a passthrough bearer token may have.
+    bearer_audiences: Vec<String>,
+    /// `headers.authorization_bearer`: the upstream gets `Authorization: Bearer`.
+    authorization_bearer: bool,
+    /// `server.public_url` without a trailing slash.
+    public_url: String,
+    metrics: Arc<Metrics>,
+}
+
+// === impl Authenticated ===
+
+impl Authenticated {
+    pub fn identity(&self) -> &Identity {
+        match self {
+            Authenticated::Session(_, s) => &s.identity,
+            Authenticated::Bearer(_, identity) => identity,
+        }
+    }
+
+    /// The `Authorization` value for the upstream: the token of resource `index` for a
+    /// session (`None` while that resource's token is missing), the client's own token for a
+    /// passthrough bearer.
+    pub fn bearer(&self, index: usize) -> Option<&HeaderValue> {
+        match self {
+            Authenticated::Session(_, s) => s.tokens.bearer_for(index),
+            Authenticated::Bearer(token, _) => Some(token),
+        }
+    }
+}
+
+// === impl Authenticator ===
+
+impl Authenticator {
+    pub fn new(
+        cfg: &Config,
+        sessions: Arc<Sessions>,
+        refresher: Arc<Refresher>,
+        oidc: Arc<Oidc>,
+        identities: Arc<IdentityRules>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Authenticator {
+            sessions,
+            refresher,
+            oidc,
+            identities,
+            bearer_audiences: cfg.oidc.bearer_audiences.clone(),
+            authorization_bearer: cfg.headers.authorization_bearer,
+            public_url: public_base(&cfg.server.public_url),
+            metrics,
+        }
+    }
+
+    /// Load (and refresh) the session, or verify a passthrough bearer token.
+    pub async fn authenticate<B>(
+        &self,
+        req: &Request<B>,
+        route: &Route,
+        offered_bearer: Option<String>,
+        path: &str,
+        navigation: Navigation,
+    ) -> Result<Authenticated, Reply> {
+        let lookup = match self.sessions.lookup(req.headers()).await {
+            Ok(lookup) => lookup,
+            Err(e) => {
+                tracing::warn!(error = %log_safe(Chain(&e)), "session store unavailable");
+                return Err(e.into());
+            }
+        };
+        let had_cookie = match lookup {
+            Lookup::Live(key, session) => match self.refresher.ensure_fresh(key, session).await {
+                Fresh::Ready(session) => return Ok(Authenticated::Session(key, session)),
+                Fresh::Ended => {
+                    // Idempotent: a rejected refresh already deleted it; an expired session
+                    // without a refresh token is deleted here.
+                    if let Err(e) = self.sessions.store().delete(&key).await {
+                        tracing::warn!(
+                            error = %log_safe(Chain(&e)),
+                            "could not delete an ended session"
+                        );
+                    }
+                    return Err(self.unauthenticated(req, route, path, true, None, navigation));
+                }
+                Fresh::Stalled(stall) => return Err(stall.into()),
+            },
+            Lookup::Gone(_) => true,
+            Lookup::NoCookie => false,
+        };
+        // Contract Details 5: while the provider is undiscovered nobody can log in (and no
+        // bearer token can be verified), so a request without a live session is told to come
+        // back later (503 + Retry-After, as `/oauth2/start` answers) instead of being sent to
+        // a login that cannot work (302) or told its credentials are wrong (401).
+        if !self.oidc.is_ready() {
+            return Err(Unavailable::ProviderNotReady.into());
+        }
+        if let Some(token) = offered_bearer {
+            return match bearer::verify(self, &token).await {
+                Ok(auth) => Ok(auth),
+                // A machine client: never a login page.
+                Err(e) => Err(self.unauthenticated(
+                    req,
+                    route,
+                    path,
+                    false,
+                    Some(e.description()),
+                    Navigation::Never,
+                )),
+            };
+        }
+        // A cookie that verified but names no live session is cleared.
+        Err(self.unauthenticated(req, route, path, had_cookie, None, navigation))
+    }
+
+    /// 302 to login for a browser navigation (when `navigation` allows it), else 401
+    /// (contract Behaviour, Details 9). Counted as a redirect decision when the request is a
+    /// browser navigation, whoever turns it into one (forward auth: the proxy).
+    fn unauthenticated<B>(
+        &self,
+        req: &Request<B>,
+        route: &Route,
+        path: &str,
+        clear_cookie: bool,
+        bearer_error: Option<&'static str>,
+        navigation: Navigation,
+    ) -> Reply {
+        let redirect = !route.rule.api && is_browser_navigation(req);
+        let decision = if redirect {
+            Decision::Redirect
+        } else {
+            Decision::Unauthorized
+        };
+        self.metrics.decision(route.id, decision);
+        let landing = match req.uri().query() {
+            Some(q) => Cow::Owned(format!("{path}?{q}")),
+            None => Cow::Borrowed(path),
+        };
+        let redirect = redirect && navigation == Navigation::Allowed;
+        Reply::unauthenticated(
+            login_url(&self.public_url, &landing),
+            redirect,
+            bearer_error,
+        )
+        .clearing(clear_cookie.then(|| self.sessions.clear_cookie()))
+    }
+
+    /// `Authorization` and identity headers in (our cookies go out when the pipeline
+    /// forwards, on every route). The route's `bearer_resource` chooses which resource's
+    /// token goes upstream.
+    pub fn vouch(
+        &self,
+        headers: &mut HeaderMap,
+        auth: &Authenticated,
+        route: &Route,
+    ) -> Result<(), Reply> {
+        if self.authorization_bearer {
+            let Some(bearer) = auth.bearer(route.bearer_index) else {
+                // The provider could not be asked for this resource's token yet; the next
+                // request's refresh will try again.
+                return Err(Unavailable::TokenMissing.into());
+            };
+            headers.insert(AUTHORIZATION, bearer.clone());
+        }
+        crate::headers::set_identity(headers, auth.identity().upstream_headers());
+        Ok(())
+    }
+}
+
+/// `server.public_url` as the base of the gateway's own URLs (no trailing slash).
+pub fn public_base(public_url: &url::Url) -> String {
+    public_url.as_str().trim_end_matches('/').to_owned()
+}
+
+/// `<public base>/oauth2/start?rd=<landing>`.
+pub fn login_url(public_base: &str, landing: &str) -> String {
+    let rd: String = url::form_urlencoded::byte_serialize(landing.as_bytes()).collect();
+    format!("{public_base}/oauth2/start?rd={rd}")
+}
+
+/// A browser navigation: GET or HEAD that accepts HTML and is not an XHR.
+pub fn is_browser_navigation<B>(req: &Request<B>) -> bool {
+    let method_ok = req.method() == Method::GET || req.method() == Method::HEAD;
+    let accepts_html = req
+        .headers()
+        .get_all(ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("text/html"));
+    let xhr = req
+        .headers()
+        .get("x-requested-with")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"xmlhttprequest"));
+    method_ok && accepts_html && !xhr
+}
+
+/// A CORS preflight: `OPTIONS` (exactly: browsers send it uppercase, and anything else is
+/// judged like any request) with `Origin` and `Access-Control-Request-Method`.
+pub fn is_preflight<B>(req: &Request<B>) -> bool {
+    req.method() == Method::OPTIONS
+        && req.headers().contains_key(http::header::ORIGIN)
+        && req
+            .headers()
+            .contains_key(http::header::ACCESS_CONTROL_REQUEST_METHOD)
+}
