@@ -933,3 +933,23 @@ async fn provider_unreachable_at_start_keeps_serving() {
     let start = client.get(h.at("/oauth2/start")).send().await.unwrap();
     assert_eq!(start.status(), StatusCode::SERVICE_UNAVAILABLE);
 }
+
+/// The exposition is well-formed: every metric family is declared once (`# HELP`/`# TYPE`),
+/// and no series (name and labels) appears twice. Prometheus rejects a scrape otherwise.
+#[tokio::test]
+async fn metrics_declare_each_family_once_and_each_series_once() {
+    let h = Harness::builder().config(PUBLIC).start().await;
+    let client = h.client();
+    client.get(h.at("/hello")).send().await.unwrap();
+    let text = h.metrics().await;
+    let mut declared = std::collections::HashSet::new();
+    let mut series = std::collections::HashSet::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# ") {
+            assert!(declared.insert(rest.to_owned()), "declared twice: {line}");
+        } else if !line.trim().is_empty() {
+            let key = line.rsplit_once(' ').map_or(line, |(k, _)| k);
+            assert!(series.insert(key.to_owned()), "series twice: {key}");
+        }
+    }
+}

@@ -102,20 +102,6 @@ impl Status {
             connections.closed_without_request(),
             connections.closed_idle(),
         );
-        let connections = &self.connections;
-        let _ = writeln!(
-            text,
-            "# HELP authgate_client_connections Client connections open on the main listener.\n\
-         # TYPE authgate_client_connections gauge\n\
-         authgate_client_connections {}\n\
-         # HELP authgate_client_connections_closed_total Client connections closed by the gateway, by reason.\n\
-         # TYPE authgate_client_connections_closed_total counter\n\
-         authgate_client_connections_closed_total{{reason=\"no_request\"}} {}\n\
-         authgate_client_connections_closed_total{{reason=\"idle\"}} {}",
-            connections.open(),
-            connections.closed_without_request(),
-            connections.closed_idle(),
-        );
         if let Some(store) = store.metrics() {
             store.render(&mut text);
         }
