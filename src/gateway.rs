@@ -17,10 +17,9 @@
 //! gateway's handler turns it into the answer in one place (`Gateway::rescue`).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use http::{HeaderName, HeaderValue, Request, Response};
+use http::{HeaderValue, Request, Response};
 use hyper::body::Incoming;
 
 use crate::auth::{Authenticator, Navigation, is_preflight};
@@ -28,7 +27,6 @@ use crate::clock::Clock;
 use crate::config::{BearerMode, Config, Policy, Preflight, ServerConfig};
 use crate::endpoints::{Builtin, Endpoints, MetricsOnly, Shared};
 use crate::headers::{self, InboundHeaders, Peer};
-use crate::logging::log_safe;
 use crate::login::Logins;
 use crate::metrics::{Decision, Metrics, RouteId};
 use crate::oidc::Oidc;
@@ -41,7 +39,9 @@ use crate::server::ConnectionStats;
 use crate::session::identity::IdentityRules;
 use crate::session::{CookieCodec, Sessions, Store};
 
-static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+mod access;
+
+use access::{RequestIds, Seen, X_REQUEST_ID};
 
 /// Shared state of one gateway instance: the pipeline's parts, each built once.
 pub struct Gateway {
@@ -58,7 +58,7 @@ pub struct Gateway {
     metrics: Arc<Metrics>,
     /// Client connections of the main listener.
     connections: Arc<ConnectionStats>,
-    request_ids: AtomicU64,
+    request_ids: RequestIds,
 }
 
 /// What `dispatch` hands back for metrics and the access log.
@@ -67,6 +67,10 @@ struct Outcome {
     /// The answer, or why the gateway answers itself.
     result: Result<Response<Body>, Reply>,
     upstream_time: Option<Duration>,
+    /// The built-in endpoint that answered, if one did.
+    builtin: Option<Builtin>,
+    /// The `sub` of the identity the request was forwarded with.
+    sub: Option<String>,
 }
 
 impl Outcome {
@@ -75,6 +79,8 @@ impl Outcome {
             route,
             result: Err(reply),
             upstream_time: None,
+            builtin: None,
+            sub: None,
         }
     }
 }
@@ -144,7 +150,7 @@ impl Gateway {
             rules,
             metrics,
             connections: shared.connections,
-            request_ids: AtomicU64::new(rand::random::<u32>() as u64 * 1_000_000),
+            request_ids: RequestIds::new(),
         })
     }
 
@@ -225,6 +231,8 @@ impl Gateway {
             route: self.builtin_route_id(builtin),
             result: self.endpoints.answer(builtin, req, peer).await,
             upstream_time: None,
+            builtin: Some(builtin),
+            sub: None,
         }
     }
 
@@ -272,6 +280,12 @@ impl Gateway {
                 if let Err(reply) = self.auth.vouch(req.headers_mut(), &auth, route) {
                     return Outcome::refused(route.id, reply);
                 }
+                let sub = auth.identity().sub().to_owned();
+                drop(auth);
+                self.metrics.decision(route.id, Decision::Allow);
+                let mut outcome = self.forward(req, peer, client, route.id, path).await;
+                outcome.sub = Some(sub);
+                return outcome;
             }
         }
         self.metrics.decision(route.id, Decision::Allow);
@@ -300,6 +314,8 @@ impl Gateway {
             route,
             result: result.map_err(Reply::from),
             upstream_time: Some(started.elapsed()),
+            builtin: None,
+            sub: None,
         }
     }
 
@@ -322,23 +338,6 @@ impl Gateway {
             tracing::debug!(?reply, "request answered by the gateway");
         }
         (reply.into_response(), upstream_error)
-    }
-
-    /// Keep a client's `X-Request-Id`, or make one, so logs on both sides correlate. Kept
-    /// only when it is one value of at most 128 visible ASCII characters (what the log line
-    /// can show); anything else is replaced, every line of it.
-    fn request_id(&self, req: &mut Request<Incoming>) -> HeaderValue {
-        let mut ids = req.headers().get_all(&X_REQUEST_ID).iter();
-        if let (Some(id), None) = (ids.next(), ids.next())
-            && (1..=128).contains(&id.len())
-            && id.to_str().is_ok()
-        {
-            return id.clone();
-        }
-        let n = self.request_ids.fetch_add(1, Ordering::Relaxed);
-        let id = HeaderValue::from(n);
-        req.headers_mut().insert(X_REQUEST_ID.clone(), id.clone());
-        id
     }
 }
 
@@ -366,11 +365,10 @@ impl crate::server::Handler for Gateway {
     ) -> Response<Body> {
         let started = Instant::now();
         self.metrics.request_started();
-        let method = req.method().clone();
-        let uri = req.uri().clone();
-        let request_id = self.request_id(&mut req);
-        let outcome = self.dispatch(req, peer, &client, &uri).await;
-        let (response, upstream_error) = match outcome.result {
+        let seen = Seen::of(req.method(), req.uri(), req.headers());
+        let request_id = self.request_ids.assign(req.headers_mut(), peer.trusted);
+        let outcome = self.dispatch(req, peer, &client, &seen.uri).await;
+        let (mut response, upstream_error) = match outcome.result {
             Ok(response) => (response, None),
             Err(reply) => self.rescue(reply),
         };
@@ -378,22 +376,22 @@ impl crate::server::Handler for Gateway {
         let status = response.status().as_u16();
         self.metrics
             .request_finished(outcome.route, status, elapsed);
-        let request_id = request_id.to_str().unwrap_or("-");
-        let upstream_us = outcome.upstream_time.map(|d| d.as_micros() as u64);
-        let latency_us = elapsed.as_micros() as u64;
-        match &upstream_error {
-            None => tracing::info!(
-                target: "authgate::access",
-                request_id = %log_safe(request_id), %method, path = %log_safe(uri.path()),
-                status, latency_us, upstream_us, peer = %peer.addr,
-            ),
-            Some(error) => tracing::warn!(
-                target: "authgate::access",
-                request_id = %log_safe(request_id), %method, path = %log_safe(uri.path()),
-                status, latency_us, upstream_us, peer = %peer.addr,
-                upstream_error = %log_safe(error),
-            ),
+        access::Line {
+            seen: &seen,
+            request_id: &request_id,
+            sub: outcome.sub.as_deref(),
+            status,
+            elapsed,
+            upstream_time: outcome.upstream_time,
+            peer: peer.addr,
+            probe: access::is_probe(outcome.builtin),
+            upstream_error: upstream_error.as_deref(),
         }
+        .emit();
+        // The answer names the id the logs (ours and the upstream's) know the request by.
+        response
+            .headers_mut()
+            .insert(X_REQUEST_ID.clone(), request_id);
         response
     }
 }

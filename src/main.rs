@@ -179,7 +179,10 @@ fn init_logging(format: LogFormat) {
     // Colours only on a terminal: a log file or collector gets no escape sequences at all.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
+        .with_ansi(authgate::logging::wants_colour(
+            std::io::stderr().is_terminal(),
+            std::env::var_os("NO_COLOR").as_deref(),
+        ))
         .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => builder.try_init(),

@@ -1,0 +1,192 @@
+//! What operators read: the access log, `X-Request-Id`, `/readyz`, `X-Forwarded-Proto`, and
+//! the operational metrics.
+//!
+//! The access log is captured in-process: each test runs on one thread (tokio's
+//! current-thread runtime), the gateway's tasks included, under a subscriber of its own
+//! that writes JSON lines into a buffer.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+use reqwest::{StatusCode, header};
+use serde_json::Value;
+use support::{Harness, bare_client};
+use tracing_subscriber::fmt::MakeWriter;
+
+/// Log lines written under [`capture`].
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> MakeWriter<'a> for Captured {
+    type Writer = Captured;
+    fn make_writer(&'a self) -> Captured {
+        self.clone()
+    }
+}
+
+impl Captured {
+    /// The access log lines so far, as JSON events.
+    fn access(&self) -> Vec<Value> {
+        let bytes = self.0.lock().unwrap().clone();
+        String::from_utf8(bytes)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .filter(|e| e["target"] == "authgate::access")
+            .collect()
+    }
+
+    /// The one access line of `path`.
+    fn line_of(&self, path: &str) -> Value {
+        let lines: Vec<Value> = (self.access().into_iter())
+            .filter(|e| e["path"] == path)
+            .collect();
+        assert_eq!(lines.len(), 1, "one access line for {path}: {lines:?}");
+        lines.into_iter().next().unwrap()
+    }
+}
+
+/// Every event at debug and above, as JSON, into the returned buffer, on this thread.
+fn capture() -> (Captured, tracing::subscriber::DefaultGuard) {
+    let captured = Captured::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::DEBUG)
+        .with_writer(captured.clone())
+        .json()
+        .flatten_event(true)
+        .finish();
+    let guard = tracing::subscriber::set_default(subscriber);
+    (captured, guard)
+}
+
+const PUBLIC: &str = r#"
+[[route]]
+path = "/public/"
+policy = "public"
+"#;
+
+// === access log ===
+
+#[tokio::test]
+async fn access_lines_name_the_user_the_host_and_the_user_agent() {
+    let (log, _guard) = capture();
+    let h = Harness::builder().config(PUBLIC).start().await;
+    let client = h.client();
+    h.login(&client, "alice").await;
+    let r = client
+        .get(h.at("/app/page"))
+        .header(header::ACCEPT, "application/json")
+        .header(header::USER_AGENT, "probe-ua/1.0\t(x)")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let echo: Value = r.json().await.unwrap();
+    let sub = echo["headers"]["x-forwarded-user"][0].as_str().unwrap();
+    let line = log.line_of("/app/page");
+    assert_eq!(line["level"], "INFO");
+    assert_eq!(line["sub"], sub);
+    assert_eq!(line["host"], h.addr.to_string());
+    assert_eq!(
+        line["user_agent"], "probe-ua/1.0\\t(x)",
+        "escaped like every client value"
+    );
+    assert_eq!(line["status"], 200);
+
+    // No identity: `-`, and a missing header is `-` too.
+    let r = bare_client()
+        .get(h.at("/public/x"))
+        .header(header::USER_AGENT, "")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let line = log.line_of("/public/x");
+    assert_eq!(line["sub"], "-");
+    assert_eq!(line["user_agent"], "");
+    let raw =
+        support::raw::send(h.addr, &support::raw::request(b"GET", b"/public/bare", &[])).await;
+    assert!(raw.header("x-request-id").is_some());
+    let line = log.line_of("/public/bare");
+    assert_eq!(line["user_agent"], "-");
+
+    // Refused before the upstream: no identity was established.
+    let r = bare_client()
+        .get(h.at("/app/other"))
+        .header(header::ACCEPT, "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(log.line_of("/app/other")["sub"], "-");
+}
+
+#[tokio::test]
+async fn probes_are_logged_at_debug_and_requests_at_info() {
+    let (log, _guard) = capture();
+    let h = Harness::builder().config(PUBLIC).start().await;
+    for path in ["/healthz", "/readyz", "/metrics"] {
+        let r = bare_client().get(h.at(path)).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "{path}");
+    }
+    bare_client().get(h.at("/public/a")).send().await.unwrap();
+    bare_client()
+        .get(h.at("/oauth2/auth"))
+        .send()
+        .await
+        .unwrap();
+    let lines = log.access();
+    for path in ["/healthz", "/readyz", "/metrics"] {
+        let probes: Vec<&Value> = lines.iter().filter(|e| e["path"] == path).collect();
+        assert!(!probes.is_empty(), "{path} logged");
+        for line in probes {
+            assert_eq!(line["level"], "DEBUG", "{line}");
+        }
+    }
+    assert_eq!(log.line_of("/public/a")["level"], "INFO");
+    assert_eq!(log.line_of("/oauth2/auth")["level"], "INFO");
+}
+
+#[tokio::test]
+async fn every_answer_carries_the_request_id_the_log_shows() {
+    let (log, _guard) = capture();
+    let h = Harness::builder().config(PUBLIC).start().await;
+    for (path, status) in [
+        ("/healthz", 200),
+        ("/public/echo", 200),
+        ("/app/x", 401),
+        ("/oauth2/nope", 404),
+        ("/oauth2/start?rd=/", 302),
+    ] {
+        let r = h
+            .client()
+            .get(h.at(path))
+            .header(header::ACCEPT, "application/json")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), status, "{path}");
+        let ids: Vec<_> = r.headers().get_all("x-request-id").iter().collect();
+        assert_eq!(ids.len(), 1, "{path}: {ids:?}");
+        let id = ids[0].to_str().unwrap().to_owned();
+        let logged_path = path.split('?').next().unwrap();
+        assert_eq!(log.line_of(logged_path)["request_id"], id, "{path}");
+        if path == "/public/echo" {
+            let echo: Value = r.json().await.unwrap();
+            assert_eq!(echo["headers"]["x-request-id"][0], id.as_str());
+        }
+    }
+}
