@@ -190,3 +190,18 @@ async fn every_answer_carries_the_request_id_the_log_shows() {
         }
     }
 }
+
+// === readiness ===
+
+#[tokio::test]
+async fn readyz_reports_the_store_and_store_up_is_a_metric() {
+    let h = Harness::start().await;
+    let r = bare_client().get(h.at("/readyz")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let body = r.text().await.unwrap();
+    assert!(body.contains("session store answering=true"), "{body}");
+    assert_eq!(
+        support::metric(&h.metrics().await, "authgate_store_up"),
+        Some(1.0)
+    );
+}

@@ -50,20 +50,38 @@ impl Status {
         }
     }
 
-    /// Ready once discovery has succeeded and the session store answers.
+    /// Ready once discovery has succeeded: this replica can then serve everything it can
+    /// serve. The session store's health is reported in the body (and as
+    /// `authgate_store_up`), but does not make the replica unready: were every replica
+    /// unready during a store outage, the Service would lose all its endpoints and public
+    /// routes would fail too, while authenticated requests already answer 503 with
+    /// `Retry-After` on their own.
     pub async fn readyz(&self) -> Result<Response<Body>, Reply> {
         let provider = self.oidc.is_ready();
         let store = self.sessions.store().ready().await;
-        if provider && store {
-            Ok(reply::text(StatusCode::OK, "ready"))
+        if provider {
+            Ok(reply::text(
+                StatusCode::OK,
+                &format!("ready: provider discovered=true, session store answering={store}"),
+            ))
         } else {
             Err(Unavailable::NotReady { provider, store }.into())
         }
     }
 
-    pub fn metrics(&self) -> Response<Body> {
+    /// The exposition. The session store is asked once (a `PING` to Redis, bounded by
+    /// `session.redis_timeout`), so `authgate_store_up` is as of this scrape.
+    pub async fn metrics(&self) -> Response<Body> {
         let store = self.sessions.store();
+        let store_up = store.ready().await;
         let mut text = self.metrics.render(store.live());
+        let _ = writeln!(
+            text,
+            "# HELP authgate_store_up Whether the session store answered at this scrape (1) or not (0).\n\
+             # TYPE authgate_store_up gauge\n\
+             authgate_store_up {}",
+            u8::from(store_up)
+        );
         let upstream = &self.upstream;
         let _ = writeln!(
             text,
