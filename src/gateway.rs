@@ -307,7 +307,12 @@ impl Gateway {
         headers::remove_cookies(req.headers_mut(), |name| {
             name == self.sessions.cookie().name() || self.logins.is_login_cookie(name)
         });
-        headers::set_forwarded(req.headers_mut(), peer, client.peer_address.as_ref());
+        headers::set_forwarded(
+            req.headers_mut(),
+            peer,
+            client.peer_address.as_ref(),
+            self.server.forwarded_proto,
+        );
         let started = Instant::now();
         let result = self.upstream.forward(req, path).await;
         Outcome {

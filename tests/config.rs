@@ -1087,6 +1087,7 @@ max_headers = 50
 strip_request_headers = ["X-Legacy-User", "X_Debug"]
 idle_timeout = "90s"
 max_connections = 500
+forwarded_proto = "https"
 
 [upstream]
 url = "https://backend.internal:9000/app"
@@ -1193,6 +1194,7 @@ const FILE_SESSION_SECRETS: &str =
 /// the derived one keeps the typed config's field order.
 const EVERY_KEY_PRINTOUT: &str = r#"
 [server]
+forwarded_proto = "https"
 header_read_timeout = "3s"
 idle_timeout = "1m 30s"
 listen = "127.0.0.1:8443"
@@ -1301,6 +1303,7 @@ require_groups = []
 /// Same for the repository's `gateway.toml`, secrets from the environment.
 const GATEWAY_TOML_PRINTOUT: &str = r#"
 [server]
+forwarded_proto = "auto"
 header_read_timeout = "10s"
 idle_timeout = "1m"
 listen = "0.0.0.0:4180"

@@ -205,3 +205,38 @@ async fn readyz_reports_the_store_and_store_up_is_a_metric() {
         Some(1.0)
     );
 }
+
+// === X-Forwarded-Proto ===
+
+/// Behind a TLS-terminating ingress that is not in `trusted_proxies`, the listener is plain
+/// http, but legacy apps building absolute URLs must see `https`.
+#[tokio::test]
+async fn forwarded_proto_is_the_configured_one_for_untrusted_peers() {
+    for (configured, expected) in [
+        (None, "http"),
+        (Some("https"), "https"),
+        (Some("http"), "http"),
+    ] {
+        let mut builder = Harness::builder().config(PUBLIC);
+        if let Some(value) = configured {
+            builder = builder.config(&format!("[server]\nforwarded_proto = \"{value}\""));
+        }
+        let h = builder.start().await;
+        let r = bare_client()
+            .get(h.at("/public/x"))
+            .header("x-forwarded-proto", "ftp")
+            .header(header::ACCEPT, "application/json")
+            .send()
+            .await
+            .unwrap();
+        let status = r.status();
+        let body = r.text().await.unwrap();
+        assert_eq!(status, StatusCode::OK, "{configured:?}: {body}");
+        let echo: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(
+            echo["headers"]["x-forwarded-proto"],
+            serde_json::json!([expected]),
+            "{configured:?}"
+        );
+    }
+}

@@ -48,6 +48,7 @@ pub(crate) struct RawServer {
     pub strip_request_headers: Vec<String>,
     pub idle_timeout: String,
     pub max_connections: usize,
+    pub forwarded_proto: String,
 }
 
 impl Default for RawServer {
@@ -68,6 +69,7 @@ impl Default for RawServer {
             strip_request_headers: Vec::new(),
             idle_timeout: "60s".into(),
             max_connections: 10_000,
+            forwarded_proto: "auto".into(),
         }
     }
 }

@@ -67,6 +67,15 @@ fn server(raw: &RawServer, c: &mut Checker) -> Option<ServerConfig> {
         .collect();
     let idle_timeout = c.duration("server.idle_timeout", &raw.idle_timeout, true);
     let max_connections = c.connection_count("server.max_connections", raw.max_connections);
+    let forwarded_proto = c.choice(
+        "server.forwarded_proto",
+        &raw.forwarded_proto,
+        &[
+            ("auto", ForwardedProto::Auto),
+            ("https", ForwardedProto::Https),
+            ("http", ForwardedProto::Http),
+        ],
+    );
     Some(ServerConfig {
         listen: listen?,
         public_url: public_url?,
@@ -82,6 +91,7 @@ fn server(raw: &RawServer, c: &mut Checker) -> Option<ServerConfig> {
         strip_request_headers: strip.into_iter().collect::<Option<_>>()?,
         idle_timeout: idle_timeout?,
         max_connections: max_connections?,
+        forwarded_proto: forwarded_proto?,
     })
 }
 
