@@ -315,10 +315,12 @@ impl Gateway {
         );
         let started = Instant::now();
         let result = self.upstream.forward(req, path).await;
+        let upstream_time = started.elapsed();
+        self.metrics.upstream_finished(upstream_time);
         Outcome {
             route,
             result: result.map_err(Reply::from),
-            upstream_time: Some(started.elapsed()),
+            upstream_time: Some(upstream_time),
             builtin: None,
             sub: None,
         }

@@ -240,3 +240,158 @@ async fn forwarded_proto_is_the_configured_one_for_untrusted_peers() {
         );
     }
 }
+
+// === metrics ===
+
+/// Every sample belongs to a family declared (`# TYPE`) before it, once.
+fn assert_well_formed(text: &str) {
+    let mut types: std::collections::HashMap<String, String> = Default::default();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap();
+            assert!(
+                types.insert(name.to_owned(), kind.to_owned()).is_none(),
+                "{name} declared twice"
+            );
+        } else if !line.starts_with('#') && !line.trim().is_empty() {
+            let name = line.split(['{', ' ']).next().unwrap();
+            let family = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| {
+                    let base = name.strip_suffix(s)?;
+                    (types.get(base).map(String::as_str) == Some("histogram")).then_some(base)
+                })
+                .unwrap_or(name);
+            assert!(types.contains_key(family), "undeclared sample: {line}");
+            let value = line.rsplit_once(' ').unwrap().1;
+            assert!(value.parse::<f64>().is_ok(), "not a number: {line}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn build_process_upstream_and_login_series() {
+    let h = Harness::builder().config(PUBLIC).start().await;
+    let m = |text: &str, series: &str| support::metric(text, series);
+    let before = h.metrics().await;
+    assert_well_formed(&before);
+    let build = before
+        .lines()
+        .find(|l| l.starts_with("authgate_build_info{"))
+        .expect("authgate_build_info");
+    assert!(
+        build.starts_with(&format!(
+            "authgate_build_info{{version=\"{}\",revision=\"",
+            env!("CARGO_PKG_VERSION")
+        )) && build.ends_with("\"} 1"),
+        "{build}"
+    );
+    for name in [
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+        "process_open_fds",
+        "process_max_fds",
+        "process_start_time_seconds",
+    ] {
+        let value = m(&before, name).unwrap_or_else(|| panic!("{name} missing"));
+        assert!(value > 0.0, "{name} = {value}");
+    }
+    let start = m(&before, "process_start_time_seconds").unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(
+        start <= now + 1.0 && start > now - 3600.0,
+        "{start} vs {now}"
+    );
+
+    let upstream = "authgate_upstream_duration_seconds_count{upstream=\"default\"}";
+    assert_eq!(m(&before, upstream), Some(0.0));
+    bare_client().get(h.at("/public/a")).send().await.unwrap();
+    assert_eq!(m(&h.metrics().await, upstream), Some(1.0));
+
+    // Logins: one that succeeds, one the provider refuses, one replayed.
+    let started = "authgate_logins_total{result=\"started\"}";
+    let succeeded = "authgate_logins_total{result=\"succeeded\"}";
+    let failed =
+        |reason: &str| format!("authgate_logins_total{{result=\"failed\",reason=\"{reason}\"}}");
+    assert_eq!(m(&before, started), Some(0.0));
+    h.login(&h.client(), "alice").await;
+    let client = h.client();
+    let r = client.get(h.at("/oauth2/start?rd=/")).send().await.unwrap();
+    let state = support::one(&support::query_of(&support::location(&r)), "state").to_owned();
+    let r = client
+        .get(h.at(&format!(
+            "/oauth2/callback?error=access_denied&state={state}"
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let r = client
+        .get(h.at("/oauth2/callback?code=x&state=never-issued"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let after = h.metrics().await;
+    assert_well_formed(&after);
+    assert_eq!(m(&after, started), Some(2.0));
+    assert_eq!(m(&after, succeeded), Some(1.0));
+    assert_eq!(m(&after, &failed("provider_error")), Some(1.0));
+    assert_eq!(m(&after, &failed("invalid_state")), Some(1.0));
+    assert_eq!(m(&after, &failed("rejected")), Some(0.0));
+}
+
+/// moka applies removals lazily; the gauge must not show a signed-out session.
+#[tokio::test]
+async fn sessions_live_is_exact_and_capacity_evictions_are_counted() {
+    let h = Harness::builder()
+        .config("[session]\nmax_sessions = 2")
+        .start()
+        .await;
+    let live = |text: &str| support::metric(text, "authgate_sessions_live");
+    let evicted = |text: &str| support::metric(text, "authgate_sessions_evicted_total");
+    assert_eq!(evicted(&h.metrics().await), Some(0.0));
+    let alice = h.client();
+    h.login(&alice, "alice").await;
+    assert_eq!(live(&h.metrics().await), Some(1.0));
+    let r = alice.get(h.at("/oauth2/sign_out")).send().await.unwrap();
+    assert!(r.status().is_redirection(), "{}", r.status());
+    assert_eq!(live(&h.metrics().await), Some(0.0), "at once, not later");
+
+    for user in ["bob", "carol", "dave"] {
+        h.login(&h.client(), user).await;
+    }
+    let text = h.metrics().await;
+    assert_eq!(live(&text), Some(2.0));
+    assert_eq!(
+        evicted(&text),
+        Some(1.0),
+        "one session made room for another"
+    );
+}
+
+#[tokio::test]
+async fn discovery_failures_are_counted() {
+    let idp = support::start_idp().await;
+    idp.controls().set_discovery_unavailable(true);
+    let h = Harness::builder()
+        .idp(idp.clone())
+        .no_wait_ready()
+        .start()
+        .await;
+    let failures = "authgate_provider_failures_total{kind=\"discovery\"}";
+    let failed = support::eventually(std::time::Duration::from_secs(10), || async {
+        support::metric(&h.metrics().await, failures).is_some_and(|n| n >= 1.0)
+    })
+    .await;
+    assert!(failed, "a failed discovery is counted");
+    let text = h.metrics().await;
+    assert_eq!(
+        support::metric(&text, "authgate_provider_failures_total{kind=\"jwks\"}"),
+        Some(0.0)
+    );
+    assert_well_formed(&text);
+}

@@ -17,6 +17,7 @@ use crate::config::Config;
 use crate::error::Chain;
 use crate::logging::log_safe;
 use crate::login::{Logins, PendingLogin};
+use crate::metrics::{LoginEvent, Metrics};
 use crate::oidc::Oidc;
 use crate::oidc::flows::LoginError;
 use crate::proxy::Body;
@@ -34,6 +35,7 @@ pub struct Login {
     identities: Arc<IdentityRules>,
     public_url: Url,
     clock: Clock,
+    metrics: Arc<Metrics>,
 }
 
 // === impl Login ===
@@ -47,6 +49,7 @@ impl Login {
             identities: shared.identities.clone(),
             public_url: cfg.server.public_url.clone(),
             clock: shared.clock.clone(),
+            metrics: shared.metrics.clone(),
         }
     }
 
@@ -69,13 +72,25 @@ impl Login {
         for cookie in cookies {
             response.headers_mut().append(SET_COOKIE, cookie);
         }
+        self.metrics.login(LoginEvent::Started);
         Ok(response)
+    }
+
+    /// [`Login::callback_inner`], counted in `authgate_logins_total`.
+    pub async fn callback<B>(&self, req: &Request<B>) -> Result<Response<Body>, Reply> {
+        let (result, event) = self.callback_inner(req).await;
+        self.metrics.login(event);
+        result
     }
 
     /// The provider's redirect back. The browser binding is checked before anything is consumed
     /// (contract Details 31): a callback replayed from another browser is refused and leaves the
     /// user's own login intact.
-    pub async fn callback<B>(&self, req: &Request<B>) -> Result<Response<Body>, Reply> {
+    async fn callback_inner<B>(
+        &self,
+        req: &Request<B>,
+    ) -> (Result<Response<Body>, Reply>, LoginEvent) {
+        use LoginEvent::{InvalidState, ProviderError, Rejected, Succeeded, Unavailable as Down};
         let uri = req.uri();
         let logins = &*self.logins;
         let state = query_param(uri, "state");
@@ -89,23 +104,25 @@ impl Login {
             );
             // Its code only, never its free text: the page is on our origin.
             let page = Err(Reply::LoginFailed(provider_error(&error)));
-            return finished(page, pending.as_ref(), logins);
+            return (finished(page, pending.as_ref(), logins), ProviderError);
         }
         let (Some(state), Some(code)) = (state, query_param(uri, "code")) else {
-            return Err(Reply::LoginFailed("The login response is incomplete."));
+            let page = Err(Reply::LoginFailed("The login response is incomplete."));
+            return (page, InvalidState);
         };
         let Some(pending) = pending else {
-            return Err(Reply::LoginFailed(
+            let page = Err(Reply::LoginFailed(
                 "This login has expired, was already used, or was started in another browser.",
             ));
+            return (page, InvalidState);
         };
         let used_up = || Err(Reply::LoginFailed("This login was already used."));
         match logins.was_used(&state).await {
             Ok(false) => {}
-            Ok(true) => return finished(used_up(), Some(&pending), logins),
+            Ok(true) => return (finished(used_up(), Some(&pending), logins), InvalidState),
             Err(e) => {
                 tracing::warn!(error = %log_safe(Chain(&e)), "could not check a login's state");
-                return Err(e.into());
+                return (Err(e.into()), Down);
             }
         }
         let tokens = match self
@@ -114,13 +131,15 @@ impl Login {
             .await
         {
             Ok(tokens) => tokens,
-            Err(LoginError::NotReady) => return Err(Unavailable::ProviderNotReady.into()),
+            Err(LoginError::NotReady) => {
+                return (Err(Unavailable::ProviderNotReady.into()), Down);
+            }
             Err(e) => {
                 tracing::warn!(error = %log_safe(Chain(&e)), "login failed");
                 let page = Err(Reply::LoginFailed(
                     "The identity provider's answer could not be accepted.",
                 ));
-                return finished(page, Some(&pending), logins);
+                return (finished(page, Some(&pending), logins), Rejected);
             }
         };
         let claims = tokens.claims.as_ref();
@@ -131,15 +150,15 @@ impl Login {
             let page = Err(Reply::LoginFailed(
                 "The identity provider's answer lacks a user or a usable token.",
             ));
-            return finished(page, Some(&pending), logins);
+            return (finished(page, Some(&pending), logins), Rejected);
         };
         // Single use, on every replica: only a login that got this far is recorded.
         match logins.mark_used(&state).await {
             Ok(true) => {}
-            Ok(false) => return finished(used_up(), Some(&pending), logins),
+            Ok(false) => return (finished(used_up(), Some(&pending), logins), InvalidState),
             Err(e) => {
                 tracing::warn!(error = %log_safe(Chain(&e)), "could not record a login's state as used");
-                return Err(e.into());
+                return (Err(e.into()), Down);
             }
         }
         let session = Session {
@@ -158,7 +177,8 @@ impl Login {
         let result = self
             .create_session(req, session, pending.landing.as_str())
             .await;
-        finished(result, Some(&pending), logins)
+        let event = if result.is_ok() { Succeeded } else { Down };
+        (finished(result, Some(&pending), logins), event)
     }
 
     /// Store the session under a NEW id (no session fixation), drop any previous one, set the

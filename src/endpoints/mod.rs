@@ -6,6 +6,7 @@
 mod auth;
 mod login;
 mod logout;
+mod process;
 mod status;
 
 use std::sync::Arc;

@@ -17,7 +17,7 @@ use crate::proxy::Body;
 use crate::proxy::Upstream;
 use crate::reply::{self, Reply, Unavailable};
 use crate::server::ConnectionStats;
-use crate::session::{Lookup, SessionStore, Sessions};
+use crate::session::{Lookup, SessionStore, Sessions, Store};
 
 /// What `/readyz`, `/metrics` and `/oauth2/userinfo` read.
 pub struct Status {
@@ -74,7 +74,31 @@ impl Status {
     pub async fn metrics(&self) -> Response<Body> {
         let store = self.sessions.store();
         let store_up = store.ready().await;
+        if let Store::Memory(memory) = &**store {
+            // moka applies removals lazily: without this, a session signed out a moment ago
+            // would still be counted. One maintenance pass per scrape, nothing on the hot path.
+            memory.sync().await;
+        }
         let mut text = self.metrics.render(store.live());
+        if let Store::Memory(memory) = &**store {
+            let _ = writeln!(
+                text,
+                "# HELP authgate_sessions_evicted_total Sessions dropped before their timeouts because session.max_sessions was reached.\n\
+                 # TYPE authgate_sessions_evicted_total counter\n\
+                 authgate_sessions_evicted_total {}",
+                memory.evicted_for_capacity()
+            );
+        }
+        let _ = writeln!(
+            text,
+            "# HELP authgate_provider_failures_total Failed calls to the provider's discovery document (JWKS included) and JWKS refetches.\n\
+             # TYPE authgate_provider_failures_total counter\n\
+             authgate_provider_failures_total{{kind=\"discovery\"}} {}\n\
+             authgate_provider_failures_total{{kind=\"jwks\"}} {}",
+            self.oidc.discovery_failures(),
+            self.oidc.jwks_failures()
+        );
+        super::process::render(&mut text);
         let _ = writeln!(
             text,
             "# HELP authgate_store_up Whether the session store answered at this scrape (1) or not (0).\n\
