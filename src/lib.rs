@@ -22,6 +22,7 @@ pub mod fold;
 pub mod gateway;
 pub mod headers;
 pub mod healthcheck;
+pub mod lint;
 pub mod logging;
 pub mod login;
 pub mod metrics;

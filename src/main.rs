@@ -123,9 +123,23 @@ async fn check(path: &std::path::Path, probe: bool) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    // Files the gateway would refuse at start are configuration errors here too.
+    let file_errors = authgate::lint::file_errors(&config);
+    if !file_errors.is_empty() {
+        let lines: Vec<String> = file_errors.iter().map(ToString::to_string).collect();
+        eprintln!(
+            "authgate: invalid configuration ({}):\n{}",
+            path.display(),
+            lines.join("\n")
+        );
+        return ExitCode::from(EXIT_CONFIG);
+    }
     #[allow(clippy::print_stdout)]
     {
         print!("{}", config.redacted_toml());
+    }
+    for warning in authgate::lint::warnings(&config) {
+        eprintln!("warning: {warning}");
     }
     if probe {
         return match authgate::oidc::probe::run(&config).await {
