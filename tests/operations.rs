@@ -1,9 +1,11 @@
 //! What operators read: the access log, `X-Request-Id`, `/readyz`, `X-Forwarded-Proto`, and
 //! the operational metrics.
 //!
-//! The access log is captured in-process: each test runs on one thread (tokio's
-//! current-thread runtime), the gateway's tasks included, under a subscriber of its own
-//! that writes JSON lines into a buffer.
+//! The access log is captured in-process: one global subscriber (JSON, debug and up) for
+//! this test binary writes each event into the buffer of the thread it happens on, when that
+//! thread captures. Each test runs on one thread (tokio's current-thread runtime), the
+//! gateway's tasks included. (A subscriber per test, with `set_default`, lost events now and
+//! then when tests ran in parallel: tracing caches each call site's interest process-wide.)
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod support;
@@ -16,13 +18,24 @@ use serde_json::Value;
 use support::{Harness, bare_client};
 use tracing_subscriber::fmt::MakeWriter;
 
-/// Log lines written under [`capture`].
+/// Log lines written on one thread while it captures ([`capture`]).
 #[derive(Clone, Default)]
 struct Captured(Arc<Mutex<Vec<u8>>>);
 
-impl Write for Captured {
+thread_local! {
+    static CAPTURING: std::cell::RefCell<Option<Captured>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Writes to the capturing thread's buffer, or nowhere.
+struct ThreadWriter;
+
+impl Write for ThreadWriter {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
+        CAPTURING.with(|c| {
+            if let Some(captured) = &*c.borrow() {
+                captured.0.lock().unwrap().extend_from_slice(buf);
+            }
+        });
         Ok(buf.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {
@@ -30,10 +43,10 @@ impl Write for Captured {
     }
 }
 
-impl<'a> MakeWriter<'a> for Captured {
-    type Writer = Captured;
-    fn make_writer(&'a self) -> Captured {
-        self.clone()
+impl<'a> MakeWriter<'a> for ThreadWriter {
+    type Writer = ThreadWriter;
+    fn make_writer(&'a self) -> ThreadWriter {
+        ThreadWriter
     }
 }
 
@@ -59,17 +72,29 @@ impl Captured {
     }
 }
 
-/// Every event at debug and above, as JSON, into the returned buffer, on this thread.
-fn capture() -> (Captured, tracing::subscriber::DefaultGuard) {
+/// Stops capturing on this thread when dropped.
+struct CaptureGuard;
+
+impl Drop for CaptureGuard {
+    fn drop(&mut self) {
+        CAPTURING.with(|c| c.borrow_mut().take());
+    }
+}
+
+/// Every event at debug and above on this thread, as JSON, into the returned buffer.
+fn capture() -> (Captured, CaptureGuard) {
+    static GLOBAL: std::sync::Once = std::sync::Once::new();
+    GLOBAL.call_once(|| {
+        tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::DEBUG)
+            .with_writer(ThreadWriter)
+            .json()
+            .flatten_event(true)
+            .init();
+    });
     let captured = Captured::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::DEBUG)
-        .with_writer(captured.clone())
-        .json()
-        .flatten_event(true)
-        .finish();
-    let guard = tracing::subscriber::set_default(subscriber);
-    (captured, guard)
+    CAPTURING.with(|c| *c.borrow_mut() = Some(captured.clone()));
+    (captured, CaptureGuard)
 }
 
 const PUBLIC: &str = r#"
