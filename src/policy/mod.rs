@@ -502,4 +502,46 @@ mod tests {
         let missing = json!({"tier": "gold"});
         assert_eq!(judge(r, &["admins"], missing), Err(Refusal::MissingClaim));
     }
+
+    #[test]
+    fn email_rules() {
+        let mut cfg = route(PathMatch::Prefix("/m".into()), Policy::Authenticated);
+        cfg.require_email_domains = vec!["example.com".into()];
+        cfg.require_emails = vec!["boss@corp.test".into()];
+        let table = RouteTable::new(&[cfg], &[], &[]);
+        let r = table.find(&Method::GET, None, "/m");
+        let judge = |email: Option<&str>, verified: Value| {
+            let claims = match verified {
+                Value::Null => json!({}),
+                v => json!({ "email_verified": v }),
+            };
+            r.authorize(std::iter::empty(), email, claims.as_object().unwrap())
+        };
+        let ok = Ok(());
+        let no = Err(Refusal::Email);
+        for (email, verified, expected) in [
+            (Some("a@example.com"), Value::Null, ok),
+            (Some("A@EXAMPLE.COM"), json!(true), ok),
+            (Some("a@example.com"), json!("true"), ok),
+            (Some("Boss@Corp.Test"), Value::Null, ok),
+            (Some("a@example.com"), json!(false), no),
+            (Some("a@example.com"), json!("false"), no),
+            (Some("a@example.com"), json!(0), no),
+            (Some("a@evil.com@example.com"), Value::Null, no),
+            (Some("\"a@b\"@example.com"), Value::Null, no),
+            (Some("a@ex\u{0430}mple.com"), Value::Null, no),
+            (Some("a@sub.example.com"), Value::Null, no),
+            (Some("@example.com"), Value::Null, no),
+            (Some("a b@example.com"), Value::Null, no),
+            (Some("a@example.com\n"), Value::Null, no),
+            (Some("example.com"), Value::Null, no),
+            (None, Value::Null, no),
+        ] {
+            assert_eq!(
+                judge(email, verified.clone()),
+                expected,
+                "{email:?} {verified}"
+            );
+        }
+    }
 }
