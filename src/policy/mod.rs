@@ -218,9 +218,8 @@ impl Route {
         claims: &Map<String, Value>,
     ) -> Result<(), Refusal> {
         let rule = &self.rule;
-        if !(rule.require_email_domains.is_empty() && rule.require_emails.is_empty())
-            && !email_accepted(rule, email, claims.get("email_verified"))
-        {
+        let email_rules = !rule.require_email_domains.is_empty() || !rule.require_emails.is_empty();
+        if email_rules && !email_accepted(rule, email, claims.get("email_verified")) {
             return Err(Refusal::Email);
         }
         if !rule.require_groups.is_empty()
@@ -306,8 +305,7 @@ fn email_accepted(rule: &RouteConfig, email: Option<&str>, verified: Option<&Val
     }
     let domain = domain.to_ascii_lowercase();
     let address = email.to_ascii_lowercase();
-    rule.require_email_domains.iter().any(|d| *d == domain)
-        || rule.require_emails.iter().any(|e| *e == address)
+    rule.require_email_domains.contains(&domain) || rule.require_emails.contains(&address)
 }
 
 /// A claim satisfies a requirement when it equals one accepted value, or, for a list claim,
