@@ -85,16 +85,27 @@ pub enum RequestHost {
 }
 
 impl RequestHost {
-    /// The host of a request: its URI authority, else its one `Host` header.
+    /// The host of a request: its URI authority, else its one `Host` header. When both
+    /// are present they must name the same host: the upstream receives the `Host` header,
+    /// so a request routed by its authority (`:authority: public.example.com`) must not
+    /// reach the upstream as another host (`Host: admin.example.com`).
     pub fn of(uri: &http::Uri, headers: &HeaderMap) -> RequestHost {
-        if let Some(authority) = uri.authority() {
-            return Self::parse(authority.as_str().as_bytes());
-        }
         let mut hosts = headers.get_all(HOST).iter();
-        match (hosts.next(), hosts.next()) {
-            (None, _) => RequestHost::Absent,
-            (Some(host), None) => Self::parse(host.as_bytes()),
-            (Some(_), Some(_)) => RequestHost::Malformed,
+        let header = match (hosts.next(), hosts.next()) {
+            (None, _) => None,
+            (Some(host), None) => Some(Self::parse(host.as_bytes())),
+            (Some(_), Some(_)) => return RequestHost::Malformed,
+        };
+        match (uri.authority(), header) {
+            (Some(authority), header) => {
+                let host = Self::parse(authority.as_str().as_bytes());
+                match header {
+                    Some(other) if other != host => RequestHost::Malformed,
+                    _ => host,
+                }
+            }
+            (None, Some(host)) => host,
+            (None, None) => RequestHost::Absent,
         }
     }
 
@@ -257,12 +268,18 @@ mod tests {
     }
 
     #[test]
-    fn authority_wins_and_two_hosts_are_malformed() {
+    fn authority_and_host_must_agree_and_two_hosts_are_malformed() {
         let mut headers = HeaderMap::new();
         headers.insert(HOST, "b.example.com".parse().unwrap());
         let uri: http::Uri = "http://a.example.com/x".parse().unwrap();
+        assert_eq!(RequestHost::of(&uri, &headers), RequestHost::Malformed);
+        let same: http::Uri = "http://B.example.com:443/x".parse().unwrap();
         assert_eq!(
-            RequestHost::of(&uri, &headers).name(),
+            RequestHost::of(&same, &headers).name(),
+            Some("b.example.com")
+        );
+        assert_eq!(
+            RequestHost::of(&uri, &HeaderMap::new()).name(),
             Some("a.example.com")
         );
         let origin: http::Uri = "/x".parse().unwrap();

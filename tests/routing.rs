@@ -190,13 +190,16 @@ async fn hostile_host_headers_are_refused() {
     // Two Host headers: refused too.
     let two = raw::get(h.addr, b"/invoices", &[("Host", "billing.example.test")]).await;
     assert_eq!(two.status, 400);
-    // An absolute-form target names the host; its authority wins over `Host`.
-    let absolute = raw::send(
+    // An absolute-form target names a host: a `Host` header naming another is refused (the
+    // upstream would get that `Host`, so the request must not be routed by the target).
+    let confused = raw::send(
         h.addr,
         &raw::request(b"GET", b"http://billing.example.test/abs", &[]),
     )
     .await;
-    assert_eq!(absolute.upstream_path(), "/abs");
+    assert_eq!(confused.status, 400);
+    let agreed = b"GET http://billing.example.test/abs HTTP/1.1\r\nHost: Billing.example.test:80\r\nAccept: application/json\r\nConnection: close\r\n\r\n";
+    assert_eq!(raw::send(h.addr, agreed).await.upstream_path(), "/abs");
     assert_eq!(billing_hits.load(Ordering::SeqCst), 1);
     assert_eq!(h.upstream_hits(), 0);
 }
