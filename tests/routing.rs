@@ -417,3 +417,23 @@ fn route_names_default_to_host_and_path_and_stay_unique() {
         assert!(printed.contains(needle), "{needle} in:\n{printed}");
     }
 }
+
+/// A named upstream can be set (or completed) from the environment like any section:
+/// `AUTHGATE_UPSTREAMS__<NAME>__<KEY>`.
+#[test]
+fn named_upstreams_take_environment_overrides() {
+    let env = authgate::config::EnvOverrides::from_vars([
+        ("AUTHGATE_UPSTREAMS__WIKI__URL", "http://wiki:3000"),
+        ("AUTHGATE_UPSTREAMS__BILLING__MAX_CONNECTIONS", "8"),
+    ]);
+    let figment = Figment::from(Toml::string(BASE))
+        .merge(Toml::string(
+            "[[route]]\npath = \"/w/\"\nupstream = \"wiki\"",
+        ))
+        .merge(env);
+    let config = authgate::config::Config::from_figment(figment).unwrap();
+    let names: Vec<&str> = config.upstreams.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["billing", "wiki"]);
+    assert_eq!(config.upstreams[0].1.max_connections, 8);
+    assert_eq!(config.upstreams[1].1.url.as_str(), "http://wiki:3000/");
+}
