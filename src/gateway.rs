@@ -28,13 +28,14 @@ use crate::clock::Clock;
 use crate::config::{BearerMode, Config, Policy, Preflight, ServerConfig};
 use crate::endpoints::{Builtin, Endpoints, MetricsOnly, Shared};
 use crate::headers::{self, InboundHeaders, Peer};
+use crate::host::RequestHost;
 use crate::logging::log_safe;
 use crate::login::Logins;
 use crate::metrics::{Decision, Metrics, RouteId};
 use crate::oidc::Oidc;
-use crate::policy::{RouteTable, path::normalize_path};
+use crate::policy::{Route, RouteTable, path::normalize_path};
 use crate::proxy::Body;
-use crate::proxy::{ProxyError, Upstream, wants_upgrade};
+use crate::proxy::{ProxyError, Upstreams, wants_upgrade};
 use crate::refresh::Refresher;
 use crate::reply::Reply;
 use crate::server::ConnectionStats;
@@ -52,7 +53,7 @@ pub struct Gateway {
     inbound: InboundHeaders,
     sessions: Arc<Sessions>,
     logins: Arc<Logins>,
-    upstream: Arc<Upstream>,
+    upstreams: Arc<Upstreams>,
     oidc: Arc<Oidc>,
     rules: Arc<IdentityRules>,
     metrics: Arc<Metrics>,
@@ -86,11 +87,15 @@ impl Gateway {
         cfg: Arc<Config>,
         store: Arc<Store>,
         oidc: Arc<Oidc>,
-        upstream: Upstream,
+        upstreams: Upstreams,
         rules: Arc<IdentityRules>,
         clock: Clock,
     ) -> Arc<Self> {
-        let routes = Arc::new(RouteTable::new(&cfg.routes, &cfg.oidc.resource));
+        let routes = Arc::new(RouteTable::new(
+            &cfg.routes,
+            &cfg.oidc.resource,
+            &upstreams.names(),
+        ));
         let labels: Vec<String> = routes
             .labels()
             .map(str::to_owned)
@@ -118,16 +123,14 @@ impl Gateway {
             routes: routes.clone(),
             auth: auth.clone(),
             sessions: sessions.clone(),
-            logins: Arc::new(Logins::new(
-                &cfg.session,
-                &cfg.server.public_url,
-                store,
-                clock.clone(),
-            )),
+            logins: Arc::new(
+                Logins::new(&cfg.session, &cfg.server.public_url, store, clock.clone())
+                    .with_redirect_hosts(&cfg.server.allowed_redirect_hosts),
+            ),
             oidc: oidc.clone(),
             identities: rules.clone(),
             metrics: metrics.clone(),
-            upstream: Arc::new(upstream),
+            upstreams: Arc::new(upstreams),
             connections: Arc::default(),
             clock,
         };
@@ -139,7 +142,7 @@ impl Gateway {
             auth,
             sessions,
             logins: shared.logins,
-            upstream: shared.upstream,
+            upstreams: shared.upstreams,
             oidc,
             rules,
             metrics,
@@ -211,13 +214,19 @@ impl Gateway {
             Err(e) => {
                 tracing::debug!(error = ?e, "refused request path");
                 let reply = Reply::BadRequest("Bad request: path not accepted");
-                return Outcome::refused(self.routes.find(req.method(), "/").id, reply);
+                return Outcome::refused(self.routes.find(req.method(), None, "/").id, reply);
             }
         };
         if let Some(builtin) = self.endpoints.recognize(&path) {
             return self.builtin(builtin, req, peer).await;
         }
-        self.proxy(req, peer, client, &path).await
+        let host = RequestHost::of(req.uri(), req.headers());
+        if host == RequestHost::Malformed && self.routes.has_hosts() {
+            // Routing by host: a host we cannot read is refused, never routed as another.
+            let reply = Reply::BadRequest("Bad request: host not accepted");
+            return Outcome::refused(self.routes.fallback().id, reply);
+        }
+        self.proxy(req, peer, client, host.name(), &path).await
     }
 
     async fn builtin(&self, builtin: Builtin, req: Request<Incoming>, peer: Peer) -> Outcome {
@@ -234,9 +243,10 @@ impl Gateway {
         mut req: Request<Incoming>,
         peer: Peer,
         client: &Arc<ClientConnection>,
+        host: Option<&str>,
         path: &str,
     ) -> Outcome {
-        let route = self.routes.find(req.method(), path);
+        let route = self.routes.find(req.method(), host, path);
         let offered_bearer = match route.rule.bearer {
             BearerMode::Passthrough => headers::bearer_token(req.headers()),
             BearerMode::Off => None,
@@ -263,8 +273,9 @@ impl Gateway {
                     Ok(auth) => auth,
                     Err(reply) => return Outcome::refused(route.id, reply),
                 };
+                let identity = auth.identity();
                 if let Err(refusal) =
-                    route.authorize(auth.identity().groups(), auth.identity().claims())
+                    route.authorize(identity.groups(), identity.email(), identity.claims())
                 {
                     self.metrics.decision(route.id, Decision::Forbid);
                     return Outcome::refused(route.id, refusal.into());
@@ -275,16 +286,16 @@ impl Gateway {
             }
         }
         self.metrics.decision(route.id, Decision::Allow);
-        self.forward(req, peer, client, route.id, path).await
+        self.forward(req, peer, client, route, path).await
     }
 
-    /// Steps 5b and 6.
+    /// Steps 5b and 6: to the route's upstream, without its prefix when it strips it.
     async fn forward(
         &self,
         mut req: Request<Incoming>,
         peer: Peer,
         client: &Arc<ClientConnection>,
-        route: RouteId,
+        route: &Route,
         path: &str,
     ) -> Outcome {
         // Our cookies never reach the upstream, on every route (contract Behaviour: "the
@@ -295,9 +306,10 @@ impl Gateway {
         });
         headers::set_forwarded(req.headers_mut(), peer, client.peer_address.as_ref());
         let started = Instant::now();
-        let result = self.upstream.forward(req, path).await;
+        let upstream = self.upstreams.get(route.upstream);
+        let result = upstream.forward(req, &route.upstream_path(path)).await;
         Outcome {
-            route,
+            route: route.id,
             result: result.map_err(Reply::from),
             upstream_time: Some(started.elapsed()),
         }

@@ -1193,6 +1193,7 @@ const FILE_SESSION_SECRETS: &str =
 /// the derived one keeps the typed config's field order.
 const EVERY_KEY_PRINTOUT: &str = r#"
 [server]
+allowed_redirect_hosts = []
 header_read_timeout = "3s"
 idle_timeout = "1m 30s"
 listen = "127.0.0.1:8443"
@@ -1271,6 +1272,10 @@ path = "/public/"
 policy = "public"
 preflight = "authenticate"
 require_groups = []
+name = "/public/"
+require_email_domains = []
+require_emails = []
+strip_prefix = false
 
 [[route]]
 api = true
@@ -1282,6 +1287,10 @@ path = "/admin"
 policy = "authenticated"
 preflight = "forward"
 require_groups = ["admins", "ops"]
+name = "/admin"
+require_email_domains = []
+require_emails = []
+strip_prefix = false
 
 [route.require_claims]
 region = ["eu", "us"]
@@ -1296,11 +1305,16 @@ path = "/files/[0-9]+"
 policy = "deny"
 preflight = "authenticate"
 require_groups = []
+name = "/files/[0-9]+"
+require_email_domains = []
+require_emails = []
+strip_prefix = false
 "#;
 
 /// Same for the repository's `gateway.toml`, secrets from the environment.
 const GATEWAY_TOML_PRINTOUT: &str = r#"
 [server]
+allowed_redirect_hosts = []
 header_read_timeout = "10s"
 idle_timeout = "1m"
 listen = "0.0.0.0:4180"
@@ -1362,6 +1376,10 @@ path = "/public/"
 policy = "public"
 preflight = "authenticate"
 require_groups = []
+name = "/public/"
+require_email_domains = []
+require_emails = []
+strip_prefix = false
 "#;
 
 /// Every `path = value` of a TOML document, one a line, sorted (tables flattened, so a

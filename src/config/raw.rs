@@ -12,7 +12,15 @@ use serde::Deserialize;
 use super::lenient;
 
 /// The top-level keys of the file, in the order `authgate check` prints them.
-pub(crate) const SECTIONS: &[&str] = &["server", "upstream", "oidc", "session", "headers", "route"];
+pub(crate) const SECTIONS: &[&str] = &[
+    "server",
+    "upstream",
+    "upstreams",
+    "oidc",
+    "session",
+    "headers",
+    "route",
+];
 
 /// Every section; `None` where the section failed to deserialize (its errors are reported,
 /// and validation skips it rather than piling "missing" errors on top).
@@ -20,6 +28,8 @@ pub(crate) const SECTIONS: &[&str] = &["server", "upstream", "oidc", "session", 
 pub(crate) struct RawConfig {
     pub server: Option<RawServer>,
     pub upstream: Option<RawUpstream>,
+    /// `[upstreams.NAME]`, in file order; `None` for one that failed to deserialize.
+    pub upstreams: Option<Vec<(String, Option<RawUpstream>)>>,
     pub oidc: Option<RawOidc>,
     pub session: Option<RawSession>,
     pub headers: Option<RawHeaders>,
@@ -48,6 +58,8 @@ pub(crate) struct RawServer {
     pub strip_request_headers: Vec<String>,
     pub idle_timeout: String,
     pub max_connections: usize,
+    #[serde(deserialize_with = "lenient::string_list")]
+    pub allowed_redirect_hosts: Vec<String>,
 }
 
 impl Default for RawServer {
@@ -68,6 +80,7 @@ impl Default for RawServer {
             strip_request_headers: Vec::new(),
             idle_timeout: "60s".into(),
             max_connections: 10_000,
+            allowed_redirect_hosts: Vec::new(),
         }
     }
 }
@@ -241,6 +254,17 @@ pub(crate) struct RawRoute {
     pub bearer: String,
     pub bearer_resource: Option<String>,
     pub preflight: String,
+    /// Metrics label; default derived from `host` and `path`.
+    pub name: Option<String>,
+    /// `app.example.com` or `*.example.com`; unset = every host.
+    pub host: Option<String>,
+    /// An `[upstreams.NAME]`; unset = `[upstream]`.
+    pub upstream: Option<String>,
+    pub strip_prefix: bool,
+    #[serde(deserialize_with = "lenient::string_list")]
+    pub require_email_domains: Vec<String>,
+    #[serde(deserialize_with = "lenient::string_list")]
+    pub require_emails: Vec<String>,
 }
 
 impl Default for RawRoute {
@@ -256,6 +280,12 @@ impl Default for RawRoute {
             bearer: "off".into(),
             bearer_resource: None,
             preflight: "authenticate".into(),
+            name: None,
+            host: None,
+            upstream: None,
+            strip_prefix: false,
+            require_email_domains: Vec::new(),
+            require_emails: Vec::new(),
         }
     }
 }

@@ -19,6 +19,7 @@ use serde::ser::{SerializeStruct, Serializer};
 use url::Url;
 
 use super::ser;
+pub use crate::host::HostPattern;
 use crate::secret::Secret;
 
 /// The whole gateway configuration.
@@ -26,6 +27,9 @@ use crate::secret::Secret;
 pub struct Config {
     pub server: ServerConfig,
     pub upstream: UpstreamConfig,
+    /// `[upstreams.NAME]`, by name (sorted).
+    #[serde(skip_serializing_if = "Vec::is_empty", serialize_with = "ser::table")]
+    pub upstreams: Vec<(String, UpstreamConfig)>,
     pub oidc: OidcConfig,
     pub session: SessionConfig,
     pub headers: HeadersConfig,
@@ -76,6 +80,9 @@ pub struct ServerConfig {
     /// closes. Default 10 000.
     #[serde(serialize_with = "ser::count")]
     pub max_connections: usize,
+    /// Hosts an absolute `rd` may name besides `public_url`'s (lowercase): `app.example.com`,
+    /// or `.example.com` for every subdomain of `example.com`.
+    pub allowed_redirect_hosts: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -234,6 +241,20 @@ pub struct HeadersConfig {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct RouteConfig {
+    /// Label of the route's metrics series: as configured, else derived from `host` and the
+    /// path (made unique with `#<index>`).
+    pub name: String,
+    /// Only requests for this host match; `None`: every host.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "ser::opt_display"
+    )]
+    pub host: Option<HostPattern>,
+    /// An `[upstreams.NAME]`; `None`: `[upstream]`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<String>,
+    /// Prefix routes: the prefix is removed before forwarding (keeping a leading `/`).
+    pub strip_prefix: bool,
     /// Prints as `path` and `match`.
     #[serde(flatten)]
     pub matcher: PathMatch,
@@ -246,6 +267,10 @@ pub struct RouteConfig {
     /// Claim name -> accepted values (any one of them).
     #[serde(skip_serializing_if = "Vec::is_empty", serialize_with = "ser::table")]
     pub require_claims: Vec<(String, Vec<String>)>,
+    /// Lowercase ASCII domains; the `email` claim must be in one of them.
+    pub require_email_domains: Vec<String>,
+    /// Lowercase ASCII addresses; the `email` claim must be one of them.
+    pub require_emails: Vec<String>,
     pub bearer: BearerMode,
     /// Which configured `oidc.resource` token goes upstream on this route (default: the first).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -278,7 +303,7 @@ impl Serialize for PathMatch {
     }
 }
 
-fn unanchored(compiled: &str) -> &str {
+pub(crate) fn unanchored(compiled: &str) -> &str {
     (compiled.strip_prefix("^(?:"))
         .and_then(|s| s.strip_suffix(")$"))
         .unwrap_or(compiled)

@@ -33,6 +33,8 @@ pub struct Login {
     sessions: Arc<Sessions>,
     identities: Arc<IdentityRules>,
     public_url: Url,
+    /// `server.allowed_redirect_hosts`.
+    redirect_hosts: Vec<String>,
     clock: Clock,
 }
 
@@ -46,19 +48,20 @@ impl Login {
             sessions: shared.sessions.clone(),
             identities: shared.identities.clone(),
             public_url: cfg.server.public_url.clone(),
+            redirect_hosts: cfg.server.allowed_redirect_hosts.clone(),
             clock: shared.clock.clone(),
         }
     }
 
     pub async fn start<B>(&self, req: &Request<B>) -> Result<Response<Body>, Reply> {
         let provider = self.oidc.provider().ok_or(Unavailable::ProviderNotReady)?;
-        let rd = query_param(req.uri(), "rd").unwrap_or_else(|| "/".into());
+        let rd = query_param(req.uri(), "rd").unwrap_or_else(|| super::home(&self.public_url));
         let auth = self.oidc.authorize(&provider);
         let pending = PendingLogin {
             state: auth.state,
             nonce: auth.nonce,
             pkce_verifier: auth.pkce_verifier,
-            landing: SafeRedirect::parse(&rd, &self.public_url),
+            landing: SafeRedirect::parse_allowing(&rd, &self.public_url, &self.redirect_hosts),
         };
         // Nothing is stored here: the browser carries the sealed login (see `crate::login`).
         let Some(cookies) = self.logins.begin(req.headers(), &pending) else {

@@ -33,6 +33,8 @@ pub struct Logouts {
     sessions: Arc<Sessions>,
     oidc: Arc<Oidc>,
     public_url: Url,
+    /// `server.allowed_redirect_hosts`.
+    redirect_hosts: Vec<String>,
 }
 
 // === impl Logouts ===
@@ -43,6 +45,7 @@ impl Logouts {
             sessions: shared.sessions.clone(),
             oidc: shared.oidc.clone(),
             public_url: cfg.server.public_url.clone(),
+            redirect_hosts: cfg.server.allowed_redirect_hosts.clone(),
         }
     }
 
@@ -71,8 +74,8 @@ impl Logouts {
                 .map(String::from);
         }
         let target = target.unwrap_or_else(|| {
-            let rd = query_param(req.uri(), "rd").unwrap_or_else(|| "/".into());
-            SafeRedirect::parse(&rd, &self.public_url)
+            let rd = query_param(req.uri(), "rd").unwrap_or_else(|| super::home(&self.public_url));
+            SafeRedirect::parse_allowing(&rd, &self.public_url, &self.redirect_hosts)
                 .as_str()
                 .to_owned()
         });

@@ -183,11 +183,15 @@ impl IdentityRules {
         IdentityRules { headers, kept }
     }
 
-    /// The rules of a configuration: its `[headers]`, and the claims its routes require.
+    /// The rules of a configuration: its `[headers]`, and the claims its routes require
+    /// (`email_verified` too when a route has email rules).
     pub fn for_config(cfg: &Config) -> Self {
         let route_claims =
             (cfg.routes.iter()).flat_map(|r| r.require_claims.iter().map(|(name, _)| name.clone()));
-        IdentityRules::new(&cfg.headers, route_claims)
+        let email_rules = (cfg.routes.iter())
+            .any(|r| !(r.require_email_domains.is_empty() && r.require_emails.is_empty()));
+        let verified = email_rules.then(|| "email_verified".to_owned());
+        IdentityRules::new(&cfg.headers, route_claims.chain(verified))
     }
 
     /// The configured identity headers (their names: the list identities share).

@@ -345,6 +345,16 @@ pub fn config(
     Config::from_figment(figment).unwrap_or_else(|e| panic!("test config invalid:\n{e}"))
 }
 
+/// Another echo upstream (tests with several upstreams): its address, and the count of
+/// requests it received. Stops when the returned task is dropped or aborted.
+pub async fn echo_upstream() -> (SocketAddr, Arc<AtomicUsize>, JoinHandle<()>) {
+    let listener = bind().await;
+    let addr = listener.local_addr().unwrap();
+    let hits = Arc::new(AtomicUsize::new(0));
+    let task = tokio::spawn(devidp::echo::serve_echo_counting(listener, hits.clone()));
+    (addr, hits, task)
+}
+
 pub async fn bind() -> TcpListener {
     TcpListener::bind("127.0.0.1:0").await.unwrap()
 }
