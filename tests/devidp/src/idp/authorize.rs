@@ -7,6 +7,7 @@ use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 
 use super::Shared;
+use super::controls::ResponseIss;
 use super::grants::LoginRequest;
 use super::web::{self, Body, Params, first};
 use crate::html;
@@ -94,10 +95,14 @@ fn validate(shared: &Shared, params: &Params) -> Result<Pending, Rejection> {
         return Err(Rejection::Page("Missing redirect_uri."));
     };
     let state = first(params, "state").map(str::to_owned);
+    let iss = response_iss(shared);
     let reject = |error: &str, description: &str| {
         let mut pairs = vec![("error", error), ("error_description", description)];
         if let Some(state) = state.as_deref() {
             pairs.push(("state", state));
+        }
+        if let Some(iss) = iss.as_deref() {
+            pairs.push(("iss", iss));
         }
         Rejection::Redirect(web::with_query(redirect_uri, &pairs))
     };
@@ -139,7 +144,21 @@ fn complete(shared: &Shared, pending: Pending, user: String) -> Response<Body> {
     if let Some(state) = pending.state.as_deref() {
         pairs.push(("state", state));
     }
+    let iss = response_iss(shared);
+    if let Some(iss) = iss.as_deref() {
+        pairs.push(("iss", iss));
+    }
     web::redirect(&web::with_query(&pending.redirect_uri, &pairs))
+}
+
+/// The `iss` parameter of an authorization response (RFC 9207 section 2), as the controls
+/// say: the issuer, none, or another provider's.
+fn response_iss(shared: &Shared) -> Option<String> {
+    match shared.controls.settings().response_iss {
+        ResponseIss::Correct => Some(shared.issuer.clone()),
+        ResponseIss::Omit => None,
+        ResponseIss::Wrong => Some("https://attacker.example".to_owned()),
+    }
 }
 
 fn login_page(shared: &Shared, pending: &Pending, message: Option<&str>) -> Response<Body> {

@@ -15,7 +15,7 @@ pub(crate) fn configuration(shared: &Shared) -> Response<Body> {
         return web::text(StatusCode::SERVICE_UNAVAILABLE, "discovery unavailable");
     }
     let issuer = &shared.issuer;
-    let document = serde_json::json!({
+    let mut document = serde_json::json!({
         "issuer": issuer,
         "authorization_endpoint": format!("{issuer}/authorize"),
         "token_endpoint": format!("{issuer}/token"),
@@ -39,6 +39,9 @@ pub(crate) fn configuration(shared: &Shared) -> Response<Body> {
         "backchannel_logout_supported": true,
         "backchannel_logout_session_supported": true,
     });
+    if controls.settings().advertise_response_iss {
+        document["authorization_response_iss_parameter_supported"] = serde_json::json!(true);
+    }
     web::json(StatusCode::OK, &document)
 }
 

@@ -157,6 +157,24 @@ fn id_token(
                 .keys
                 .sign_with_header(&Value::Object(claims), &header);
         }
+        Some(IdTokenTamper::AuthorizedPartyOther) => {
+            claims.insert("azp".into(), json!("some-other-client"));
+        }
+        Some(IdTokenTamper::TwoAudiencesNoAzp) => {
+            let aud = json!([shared.options.client_id, "some-other-client"]);
+            claims.insert("aud".into(), aud);
+            claims.remove("azp");
+        }
+        Some(IdTokenTamper::WrongAtHash) => {
+            claims.insert("at_hash".into(), json!(at_hash("another-access-token")));
+        }
+        Some(IdTokenTamper::IssuedLongAgo) => {
+            let week_ago = now
+                .checked_sub(Duration::from_secs(7 * 24 * 3600))
+                .unwrap_or(UNIX_EPOCH);
+            claims.insert("iat".into(), json!(unix(week_ago)));
+            claims.insert("exp".into(), json!(unix(now + Duration::from_secs(3600))));
+        }
     }
     shared.controls.keys.sign(&Value::Object(claims))
 }
