@@ -233,3 +233,63 @@ async fn public_client_needs_only_its_id() {
         Some(ClientAuth::None)
     );
 }
+
+// === RFC 9207: the authorization response's `iss` ===
+
+#[tokio::test]
+async fn authorization_responses_carry_iss_as_the_controls_say() {
+    use devidp::idp::ResponseIss;
+    let idp = start().await;
+    let issuer = idp.issuer();
+    idp.controls().set_auto_login(Some("alice".into()));
+    let (_, challenge) = pkce();
+    let iss_of = |response: &reqwest::Response| query_of(&location(response)).get("iss").cloned();
+    let url = authorize_url(&idp, "openid", &challenge, &[]).await;
+    let response = client().get(&url).send().await.unwrap();
+    assert_eq!(
+        iss_of(&response),
+        Some(issuer.clone()),
+        "default: the issuer"
+    );
+    // An error response names the issuer too (RFC 9207 section 2).
+    let bad = url.replace("response_type=code", "response_type=token");
+    let response = client().get(&bad).send().await.unwrap();
+    assert!(location(&response).contains("error=unsupported_response_type"));
+    assert_eq!(iss_of(&response), Some(issuer.clone()));
+
+    idp.controls().set_response_iss(ResponseIss::Omit);
+    let response = client().get(&url).send().await.unwrap();
+    assert_eq!(iss_of(&response), None);
+    idp.controls().set_response_iss(ResponseIss::Wrong);
+    let response = client().get(&url).send().await.unwrap();
+    let wrong = iss_of(&response).unwrap();
+    assert_ne!(wrong, issuer);
+}
+
+#[tokio::test]
+async fn discovery_advertises_rfc9207_unless_told_not_to() {
+    let idp = start().await;
+    let url = format!("{}/.well-known/openid-configuration", idp.issuer());
+    let doc: Value = client()
+        .get(&url)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(doc["authorization_response_iss_parameter_supported"], true);
+    idp.controls().set_advertise_response_iss(false);
+    let doc: Value = client()
+        .get(&url)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        doc.get("authorization_response_iss_parameter_supported")
+            .is_none()
+    );
+}
