@@ -258,14 +258,19 @@ async fn probe_reports_rfc9207_and_acr_values() {
         "{report}"
     );
     assert!(
-        report.contains("info     acr_values_supported: none listed"),
+        report.contains("info     acr_values_supported: urn:devidp:pwd urn:devidp:mfa"),
         "{report}"
     );
     idp.controls().set_advertise_response_iss(false);
+    idp.controls().set_acr_values_supported(Vec::new());
     let (code, report) = run_probe(config).await;
     assert_eq!(code, Some(0), "{report}");
     assert!(
         report.contains("info     authorization response iss parameter (RFC 9207) not advertised"),
+        "{report}"
+    );
+    assert!(
+        report.contains("info     acr_values_supported: none listed"),
         "{report}"
     );
 }

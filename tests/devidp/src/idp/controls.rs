@@ -120,6 +120,9 @@ pub(crate) struct Settings {
     pub(crate) id_token_tamper: Option<IdTokenTamper>,
     pub(crate) response_iss: ResponseIss,
     pub(crate) advertise_response_iss: bool,
+    pub(crate) acr: Option<String>,
+    pub(crate) authenticated_ago: Duration,
+    pub(crate) acr_values_supported: Vec<String>,
 }
 
 #[derive(Debug, Default)]
@@ -155,6 +158,9 @@ impl Controls {
             id_token_tamper: None,
             response_iss: ResponseIss::Correct,
             advertise_response_iss: true,
+            acr: None,
+            authenticated_ago: Duration::ZERO,
+            acr_values_supported: vec!["urn:devidp:pwd".into(), "urn:devidp:mfa".into()],
         };
         Self {
             settings: Mutex::new(settings),
@@ -241,6 +247,26 @@ impl Controls {
     /// (default true).
     pub fn set_advertise_response_iss(&self, on: bool) {
         lock(&self.settings).advertise_response_iss = on;
+    }
+
+    /// `Some(acr)`: the `acr` of every login from now on, whatever the client asked for (a
+    /// provider that cannot meet a step-up). `None` (default): the first `acr_values` value
+    /// the authorization request asked for, and no `acr` claim when it asked for none.
+    pub fn set_acr(&self, acr: Option<String>) {
+        lock(&self.settings).acr = acr;
+    }
+
+    /// The `auth_time` of logins from now on is this long before the login (a provider that
+    /// reuses an earlier authentication, ignoring `max_age`). Default zero: the user
+    /// authenticates at every authorization request.
+    pub fn set_authenticated_ago(&self, ago: Duration) {
+        lock(&self.settings).authenticated_ago = ago;
+    }
+
+    /// The discovery document's `acr_values_supported` (default `urn:devidp:pwd`,
+    /// `urn:devidp:mfa`); empty: not listed.
+    pub fn set_acr_values_supported(&self, values: Vec<String>) {
+        lock(&self.settings).acr_values_supported = values;
     }
 
     // --- users ---
