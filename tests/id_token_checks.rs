@@ -148,6 +148,9 @@ async fn an_azp_naming_another_client_is_refused() {
     refused_at_login(IdTokenTamper::AuthorizedPartyOther).await;
 }
 
+/// OpenID Connect Core 3.1.3.7: several audiences need an `azp`. (openidconnect already
+/// refuses an audience it was not told to trust, so this pins the outcome through the flow;
+/// the gateway's own `azp` rule is unit-tested in `oidc::checks`.)
 #[tokio::test]
 async fn two_audiences_without_azp_are_refused() {
     refused_at_login(IdTokenTamper::TwoAudiencesNoAzp).await;

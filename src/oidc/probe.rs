@@ -6,6 +6,7 @@ use openidconnect::core::CoreGrantType;
 use super::{DiscoveryFailed, Oidc};
 use crate::config::Config;
 use crate::error::OidcSetupError;
+use crate::logging::log_safe;
 
 /// One line of the probe's report.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,7 +81,8 @@ pub fn assess(config: &Config, provider: &super::Provider) -> Vec<Finding> {
     out.push(Finding::Info(if acr.is_empty() {
         "acr_values_supported: none listed".into()
     } else {
-        format!("acr_values_supported: {}", acr.join(" "))
+        // The provider's text: escaped like every logged value (no terminal escapes).
+        format!("acr_values_supported: {}", log_safe(acr.join(" ")))
     }));
     let offline = config.oidc.scopes.iter().any(|s| s == "offline_access");
     out.push(check(offline, "offline_access requested", "offline_access is not among oidc.scopes: most providers then issue no refresh token and users are logged out at the first expiry"));
