@@ -113,6 +113,7 @@ fn minimal_config_gets_the_contract_defaults() {
     assert!(c.oidc.extra_auth_params.is_empty());
     assert_eq!(c.oidc.timeout, Duration::from_secs(10));
     assert_eq!(c.oidc.refresh_timeout, Duration::from_secs(10));
+    assert_eq!(c.oidc.id_token_max_age, Duration::from_secs(600));
     assert_eq!(
         c.oidc.token_endpoint_auth,
         TokenEndpointAuth::ClientSecretBasic
@@ -617,6 +618,8 @@ fn durations_must_parse_and_be_positive() {
     assert_error(&errors, "session.idle_timeout", "must be greater than 0");
     assert_error(&errors, "session.login_timeout", "invalid duration");
     assert_error(&errors, "upstream.timeout", "must be greater than 0");
+    let errors = load_err(&with("oidc", "id_token_max_age = \"0s\""));
+    assert_error(&errors, "oidc.id_token_max_age", "must be greater than 0");
     // Zero grace is a valid choice: exit at once.
     let c = load_ok(&with("server", "shutdown_grace = \"0s\""));
     assert_eq!(c.server.shutdown_grace, Duration::ZERO);
@@ -1107,6 +1110,7 @@ refresh_timeout = "3s"
 token_endpoint_auth = "client_secret_post"
 post_logout_redirect_uri = "https://app.example.com/bye"
 bearer_audiences = ["aud-1", "aud-2"]
+id_token_max_age = "15m"
 
 [session]
 {session_secrets}
@@ -1221,6 +1225,7 @@ url = "https://backend.internal:9000/app"
 bearer_audiences = ["aud-1", "aud-2"]
 client_id = "abc"
 client_secret = "[redacted]"
+id_token_max_age = "15m"
 issuer = "https://tenant.logto.app/oidc"
 post_logout_redirect_uri = "https://app.example.com/bye"
 refresh_timeout = "3s"
@@ -1338,6 +1343,7 @@ url = "http://127.0.0.1:8080/"
 bearer_audiences = []
 client_id = "authgate-example-client"
 client_secret = "[redacted]"
+id_token_max_age = "10m"
 issuer = "https://tenant.logto.app/oidc"
 refresh_timeout = "10s"
 resource = []

@@ -132,6 +132,7 @@ pub(crate) struct RawOidc {
     /// Unset = `resource` when non-empty, else `[client_id]` (decided in validation).
     #[serde(deserialize_with = "lenient::string_list")]
     pub bearer_audiences: Vec<String>,
+    pub id_token_max_age: String,
 }
 
 impl Default for RawOidc {
@@ -151,6 +152,7 @@ impl Default for RawOidc {
             token_endpoint_auth: "client_secret_basic".into(),
             post_logout_redirect_uri: None,
             bearer_audiences: Vec::new(),
+            id_token_max_age: "10m".into(),
         }
     }
 }

@@ -149,6 +149,9 @@ pub struct OidcConfig {
     /// Audiences accepted on bearer-passthrough routes. No default: required when a route
     /// uses passthrough (contract Details 29).
     pub bearer_audiences: Vec<String>,
+    /// An ID token whose `iat` is older than this (plus leeway) is refused. Default 10m.
+    #[serde(serialize_with = "ser::duration")]
+    pub id_token_max_age: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

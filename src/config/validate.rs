@@ -240,6 +240,7 @@ fn oidc(raw: &RawOidc, c: &mut Checker) -> Option<OidcConfig> {
     let scopes = scopes(&raw.scopes, c);
     let timeout = c.duration("oidc.timeout", &raw.timeout, true);
     let refresh_timeout = c.opt_duration("oidc.refresh_timeout", raw.refresh_timeout.as_deref());
+    let id_token_max_age = c.duration("oidc.id_token_max_age", &raw.id_token_max_age, true);
     let auth = c.choice(
         "oidc.token_endpoint_auth",
         &raw.token_endpoint_auth,
@@ -272,6 +273,7 @@ fn oidc(raw: &RawOidc, c: &mut Checker) -> Option<OidcConfig> {
         refresh_timeout: refresh_timeout?.unwrap_or(timeout),
         token_endpoint_auth: auth?,
         post_logout_redirect_uri: post_logout?,
+        id_token_max_age: id_token_max_age?,
     })
 }
 

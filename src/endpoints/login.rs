@@ -102,6 +102,16 @@ impl Login {
                 "This login has expired, was already used, or was started in another browser.",
             ));
         };
+        // RFC 9207 (the mix-up defence): the response must come from this provider, before
+        // its code is redeemed anywhere.
+        let provider = self.oidc.provider().ok_or(Unavailable::ProviderNotReady)?;
+        if let Err(e) = provider.check_response_issuer(&query_values(uri, "iss")) {
+            tracing::warn!(reason = %e, "login refused: authorization response issuer");
+            let page = Err(Reply::LoginFailed(
+                "The login response did not come from the expected identity provider.",
+            ));
+            return finished(page, Some(&pending), logins);
+        }
         let used_up = || Err(Reply::LoginFailed("This login was already used."));
         match logins.was_used(&state).await {
             Ok(false) => {}
@@ -189,6 +199,16 @@ impl Login {
         }
         Ok(response)
     }
+}
+
+/// The first two values of the query parameter `name`, decoded (two tell "repeated").
+fn query_values(uri: &http::Uri, name: &str) -> Vec<String> {
+    let query = uri.query().unwrap_or_default();
+    url::form_urlencoded::parse(query.as_bytes())
+        .filter(|(k, _)| k == name)
+        .take(2)
+        .map(|(_, v)| v.into_owned())
+        .collect()
 }
 
 /// `result`, clearing the login cookie of `pending` (a login the callback has used up).
