@@ -190,7 +190,7 @@ async fn one_refresh_across_replicas() {
     assert_eq!(idp.controls().revoked_tokens().len(), 0);
 }
 
-/// Contract Details 28 on the shared store: a sign-out on another replica, or a back-channel
+/// An ended session stays ended on the shared store: a sign-out on another replica, or a back-channel
 /// logout on the refreshing replica itself, that lands while the provider is slow to answer
 /// a refresh stays final. The flight's compare-and-set finds the record gone and writes
 /// nothing: no replica serves the session again, and Redis holds no record of it.
@@ -278,7 +278,7 @@ async fn a_logout_during_a_refresh_stays_final_on_every_replica() {
     }
 }
 
-/// Contract Details 30 on the shared store: a logout token used on one replica is a replay
+/// On the shared store a logout token used on one replica is a replay
 /// on every other one.
 #[tokio::test]
 async fn a_logout_token_is_used_once_cluster_wide() {

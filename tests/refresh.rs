@@ -3,7 +3,7 @@
 //! other sessions, surviving a disconnected client, `invalid_grant` ends the session,
 //! transient failures keep it (forward while valid, 503 + `Retry-After` after), backoff,
 //! expiry sources (`expires_in`, JWT `exp`, `max_token_age`), identity updates from the
-//! refreshed ID token, Details 8 (no refresh token), `resource` re-sent, `/oauth2/auth`.
+//! refreshed ID token, no refresh token, `resource` re-sent, `/oauth2/auth`.
 //!
 //! Timing: the harness sets `refresh_before_expiry = "10s"`. A token issued with a lifetime
 //! of 10 s or less is therefore "near expiry" from the moment it is issued, so most tests log
@@ -837,7 +837,7 @@ async fn refreshed_id_token_updates_identity_headers() {
     );
 }
 
-// --- Details 8: no refresh token ---
+// --- no refresh token ---
 
 #[tokio::test]
 async fn session_without_refresh_token_ends_when_the_token_expires() {

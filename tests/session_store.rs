@@ -185,7 +185,7 @@ async fn conformance<S: SessionStore>(store: S, absolute: Duration) {
     drop(store.refresh_lease(&b.0).await.unwrap());
 }
 
-/// Contract Details 28: an update (a refresh's result) is written only over the version it
+/// An ended session stays ended: an update (a refresh's result) is written only over the version it
 /// read, and never re-creates a record that a delete (sign-out, back-channel logout, rejected
 /// refresh) removed in between.
 async fn ended_sessions_stay_ended<S: SessionStore>(store: &S) {

@@ -1,6 +1,5 @@
 //! Sessions: bad cookies, cookie secret rotation, identity header stripping, the session
-//! cookie kept from the upstream, idle and absolute timeouts, capacity, pending-login floods
-//! (contract "Behaviour", Details 3, 10, 18).
+//! cookie kept from the upstream, idle and absolute timeouts, capacity, pending-login floods.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod support;
 
@@ -464,7 +463,7 @@ async fn absolute_timeout_ends_a_session_in_continuous_use() {
 
 // --- capacity ---
 
-/// Contract Details 18 under real request timing: logins and requests back to back, as
+/// A full store drops the least recently used session, under real request timing: logins and requests back to back, as
 /// browsers make them, and no help from the test (no store maintenance, no waiting): each
 /// login that finds the store full drops the least recently used session at once.
 #[tokio::test]

@@ -311,7 +311,7 @@ pub async fn start_idp() -> Arc<DevIdp> {
         .unwrap()
 }
 
-/// The test configuration: the contract's keys, plain http, fast refresh-ahead.
+/// The test configuration: the required keys, plain http, fast refresh-ahead.
 pub fn config(
     public_url: &str,
     issuer: &str,

@@ -21,7 +21,7 @@
 //!   [`CACHE_TTL`] (1 s) without a round trip. That bounds how long a session deleted on
 //!   another replica (sign-out, rejected refresh, back-channel logout) still works here; on
 //!   the replica that deleted it, it is dead at once (see [`Inner::deletions`]).
-//! - An ended session stays ended (contract Details 28): a refresh writes its result with the
+//! - An ended session stays ended: a refresh writes its result with the
 //!   `REPLACE` script, a compare-and-set on the exact sealed value it read, so a record
 //!   deleted (or rewritten) meanwhile is never written back, and nothing is ever written from
 //!   the local cache.
