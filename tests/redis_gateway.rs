@@ -254,8 +254,9 @@ async fn a_logout_during_a_refresh_stays_final_on_every_replica() {
             .await
             .expect("the request in flight is answered")
             .unwrap();
-        // Past the local read caches: what each replica serves now comes from Redis.
-        tokio::time::sleep(Duration::from_millis(1200)).await;
+        // Past the local read caches (1 s, by each replica's clock): what each replica serves
+        // now comes from Redis.
+        support::advance_all(&[&a, &b], Duration::from_millis(1200));
         for (name, h) in [("A", &a), ("B", &b)] {
             for _ in 0..2 {
                 assert_eq!(
@@ -582,8 +583,8 @@ async fn sign_out_while_redis_is_down_is_503_not_a_false_success() {
     let cookie = h.login(&h.client(), "heidi").await;
     echo(&h, &cookie, "/hello").await;
     redis.kill();
-    // Past the 1 s local read cache, so the store itself is asked.
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    // Past the 1 s local read cache (by the gateway's clock), so the store itself is asked.
+    h.advance(Duration::from_millis(1200));
     let out = bare_client()
         .get(h.at("/oauth2/sign_out"))
         .header(header::COOKIE, format!("authgate_session={cookie}"))
