@@ -261,7 +261,7 @@ impl Gateway {
             }
             Policy::Public => {}
             // Browsers send no credentials on a preflight: a route may let the app answer
-            // CORS itself, without identity (contract Details 26).
+            // CORS itself, without identity.
             Policy::Authenticated
                 if route.rule.preflight == Preflight::Forward && is_preflight(&req) => {}
             Policy::Authenticated => {
@@ -298,8 +298,7 @@ impl Gateway {
         route: &Route,
         path: &str,
     ) -> Outcome {
-        // Our cookies never reach the upstream, on every route (contract Behaviour: "the
-        // session cookie is not forwarded upstream"), public routes and CORS preflights
+        // Our cookies never reach the upstream, on every route, public routes and CORS preflights
         // included. Done here, once, after authentication has read them.
         headers::remove_cookies(req.headers_mut(), |name| {
             name == self.sessions.cookie().name() || self.logins.is_login_cookie(name)

@@ -2,8 +2,7 @@
 //!
 //! The browser keeps them, sealed, in its own login cookies; the gateway keeps nothing when
 //! a login starts. So no flood of `/oauth2/start` can evict, refuse or outnumber another
-//! browser's login, nor fill memory or Redis, and the callback may land on any replica
-//! (contract Details 27).
+//! browser's login, nor fill memory or Redis, and the callback may land on any replica.
 //!
 //! - One cookie per login, `<cookie_name>_login_<tag>`, `tag` a hash of the login's `state`
 //!   (several tabs log in at once, also when they start together). Its value is the state,
@@ -21,7 +20,7 @@
 //!   never to the app.
 //! - The callback opens only the cookie named for its `state` and compares the sealed state
 //!   with it (constant time): a callback replayed from another browser finds nothing, and
-//!   nothing is consumed (contract Details 31). The matched cookie is cleared once used.
+//!   nothing is consumed. The matched cookie is cleared once used.
 //! - Single use: after a successful code redemption the state is remembered as used until it
 //!   would have expired anyway, with a single-use marker of the session store
 //!   ([`SessionStore::claim_once`]; memory: a bounded LRU cache, `max_pending_logins` used

@@ -1,4 +1,4 @@
-//! Same-origin redirect targets (CONTRACT Details 15): the `rd` parameter of `/oauth2/start` and
+//! Same-origin redirect targets: the `rd` parameter of `/oauth2/start` and
 //! `/oauth2/sign_out`, and the post-login landing URL.
 //!
 //! [`SafeRedirect::parse`] turns untrusted input into a path that starts with exactly one `/`,
@@ -42,7 +42,7 @@ use url::Url;
 /// Where every rejected target lands.
 const ROOT: &str = "/";
 
-/// Longest target kept, in bytes, before and after parsing (contract Details 27): a landing
+/// Longest target kept, in bytes, before and after parsing: a landing
 /// URL travels in the browser's login cookie, which must stay small.
 pub const MAX_TARGET_BYTES: usize = 2048;
 

@@ -82,7 +82,7 @@ fn assert_error(errors: &ConfigErrors, key: &str, needle: &str) {
 // === valid configs ===
 
 #[test]
-fn minimal_config_gets_the_contract_defaults() {
+fn minimal_config_gets_the_documented_defaults() {
     let c = load_ok(&minimal());
     assert_eq!(c.server.listen.to_string(), "0.0.0.0:4180");
     assert_eq!(c.server.public_url.as_str(), "https://app.example.com/");
@@ -119,10 +119,7 @@ fn minimal_config_gets_the_contract_defaults() {
         TokenEndpointAuth::ClientSecretBasic
     );
     assert!(c.oidc.post_logout_redirect_uri.is_none());
-    assert!(
-        c.oidc.bearer_audiences.is_empty(),
-        "no default (Details 29)"
-    );
+    assert!(c.oidc.bearer_audiences.is_empty(), "no default");
 
     let s = &c.session;
     assert_eq!(s.cookie_name, "authgate_session");
@@ -358,7 +355,7 @@ policy = "deny"
     });
 }
 
-/// Contract Details 29: a passthrough route needs `oidc.bearer_audiences`, said explicitly;
+/// A passthrough route needs `oidc.bearer_audiences`, said explicitly;
 /// the client id (what ID tokens carry as `aud`) or a resource is never assumed.
 #[test]
 fn passthrough_routes_need_explicit_bearer_audiences() {

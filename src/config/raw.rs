@@ -1,7 +1,7 @@
 //! The configuration exactly as written: serde structs mirroring the TOML file.
 //!
 //! Every section rejects unknown keys (a typo must not silently disable security) and fills
-//! absent keys with the contract's defaults. Durations, URLs and names stay strings here so
+//! absent keys with their documented defaults (`gateway.toml`). Durations, URLs and names stay strings here so
 //! that `validate.rs` can report a bad value together with the key that holds it.
 //!
 //! These structs are also the schema of the environment overrides: `schema.rs` reads from each

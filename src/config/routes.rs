@@ -1,4 +1,4 @@
-//! `[[route]]` validation: raw routes -> [`RouteConfig`]s (CONTRACT Detail 16).
+//! `[[route]]` validation: raw routes -> [`RouteConfig`]s.
 //!
 //! Split from `validate.rs` only for size; the same rules apply: every error recorded under
 //! its key (`route[2].path`), nothing built unless the whole route is valid.
@@ -194,7 +194,7 @@ fn route_matcher(
     let path = c.required(&key("path"), raw.path.as_deref())?;
     match kind? {
         MatchKind::Regex => {
-            // Anchored: a regex must match the whole path (CONTRACT Detail 16).
+            // Anchored: a regex must match the whole path.
             let compiled = Regex::new(&format!("^(?:{path})$"))
                 .map_err(|e| format!("invalid regex {path:?}: {e}"));
             c.check(&key("path"), compiled).map(PathMatch::Regex)

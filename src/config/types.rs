@@ -68,8 +68,8 @@ pub struct ServerConfig {
     /// Most header fields accepted in one request. Default 100.
     #[serde(serialize_with = "ser::count")]
     pub max_headers: usize,
-    /// More request headers removed from every request of an untrusted peer (contract
-    /// Details 23), compared in any spelling like the built-in list.
+    /// More request headers removed from every request of an untrusted peer,
+    /// compared in any spelling like the built-in list.
     #[serde(serialize_with = "ser::display_list")]
     pub strip_request_headers: Vec<HeaderName>,
     /// A keep-alive connection with no request in flight for this long is closed (HTTP/2:
@@ -147,7 +147,7 @@ pub struct OidcConfig {
     )]
     pub post_logout_redirect_uri: Option<Url>,
     /// Audiences accepted on bearer-passthrough routes. No default: required when a route
-    /// uses passthrough (contract Details 29).
+    /// uses passthrough (the client id is never assumed).
     pub bearer_audiences: Vec<String>,
     /// An ID token whose `iat` is older than this (plus leeway) is refused. Default 10m.
     #[serde(serialize_with = "ser::duration")]
@@ -321,7 +321,7 @@ pub enum Policy {
 }
 
 /// CORS preflights (`OPTIONS` with `Origin` and `Access-Control-Request-Method`) on an
-/// `authenticated` route (contract Details 26).
+/// `authenticated` route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Preflight {

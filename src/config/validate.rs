@@ -286,7 +286,7 @@ fn scopes(raw: &[String], c: &mut Checker) -> Option<Vec<String>> {
     Some(raw.to_vec())
 }
 
-/// Contract Details 29: bearer passthrough accepts the audiences the configuration names,
+/// Bearer passthrough accepts the audiences the configuration names,
 /// never a default. The obvious default, the client id, is the audience of the ID tokens
 /// this client gets, so an ID token (which reaches the browser) would pass as a bearer token.
 fn passthrough_needs_audiences(oidc: &OidcConfig, routes: &[RouteConfig], c: &mut Checker) {

@@ -1,5 +1,5 @@
 //! `/oauth2/auth`: forward auth for nginx `auth_request`, Traefik `forwardAuth`, Caddy
-//! `forward_auth` and Envoy `ext_authz` (contract Details 12 and 22).
+//! `forward_auth` and Envoy `ext_authz`.
 //!
 //! From a peer in `trusted_proxies`, the original request is taken from `X-Forwarded-Method`
 //! and `X-Forwarded-Uri` (or `X-Original-URI`), and judged by the same route rules as a
@@ -167,7 +167,7 @@ impl ForwardAuth {
                 self.metrics.decision(route.id, Decision::Allow);
                 return Ok(HeaderMap::new());
             }
-            // As the gateway would forward it: without identity (contract Details 26).
+            // As the gateway would forward it: without identity.
             Policy::Authenticated
                 if route.rule.preflight == Preflight::Forward && is_preflight(&original) =>
             {

@@ -1,7 +1,7 @@
 //! `/oauth2/start` and `/oauth2/callback`: the authorization code flow with PKCE.
 //!
 //! Every failure a user or provider can cause answers 400 with a short HTML page and a link
-//! to try again (contract Details 14), never a 5xx; only "provider not reachable yet" and
+//! to try again, never a 5xx; only "provider not reachable yet" and
 //! "store down" are 503.
 
 use std::sync::Arc;
@@ -75,9 +75,9 @@ impl Login {
         Ok(response)
     }
 
-    /// The provider's redirect back. The browser binding is checked before anything is consumed
-    /// (contract Details 31): a callback replayed from another browser is refused and leaves the
-    /// user's own login intact.
+    /// The provider's redirect back. The browser binding is checked before anything is consumed:
+    /// a callback replayed from another browser is refused and leaves the user's own login
+    /// intact.
     pub async fn callback<B>(&self, req: &Request<B>) -> Result<Response<Body>, Reply> {
         let uri = req.uri();
         let logins = &*self.logins;

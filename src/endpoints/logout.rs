@@ -50,7 +50,7 @@ impl Logouts {
     }
 
     /// Delete the session, revoke its refresh token (RFC 7009: Logto's end-session does not revoke
-    /// `offline_access` grants), then log out at the provider (contract Details 13).
+    /// `offline_access` grants), then log out at the provider.
     pub async fn sign_out<B>(&self, req: &Request<B>) -> Result<Response<Body>, Reply> {
         // A store that cannot be read or written is answered 503: telling the user "signed out"
         // (and clearing the cookie) while the session lives on would be a lie, and the session
@@ -88,7 +88,7 @@ impl Logouts {
 
     /// Receive a `logout_token` and end the sessions of its `sid` (or of its `sub`).
     ///
-    /// A token is used once (contract Details 30): its issuer and `jti` are remembered for as
+    /// A token is used once: its issuer and `jti` are remembered for as
     /// long as its `iat` keeps it acceptable, in the session store (so, with Redis, by every
     /// replica). The sessions are ended first and the `jti` remembered after, so that a store
     /// failure in between answers 503 and the provider's retry is still honoured; a duplicate
@@ -160,7 +160,7 @@ struct Logout {
     once: Marker,
 }
 
-/// Back-Channel Logout 1.0 section 2.6 and contract Details 30, but for single use (the
+/// Back-Channel Logout 1.0 section 2.6, but for single use (the
 /// caller's): see [`Expect::LogoutToken`].
 async fn verify_logout_token(oidc: &Oidc, token: &str) -> Result<Logout, JwtError> {
     let claims = oidc.verify_jwt(token, Expect::LogoutToken).await?;

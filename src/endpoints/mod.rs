@@ -1,4 +1,4 @@
-//! The gateway's own endpoints, answered before any route is looked at (contract Details 17).
+//! The gateway's own endpoints, answered before any route is looked at.
 //!
 //! Each endpoint module gets a context of its own with what it needs (the sessions, the
 //! provider, the login cookies, ...), built once by [`Endpoints::new`], never the gateway.

@@ -134,7 +134,7 @@ impl Status {
         response
     }
 
-    /// The session's identity and expiries (contract Details 11). Never a token.
+    /// The session's identity and expiries. Never a token.
     pub async fn userinfo<B>(&self, req: &Request<B>) -> Result<Response<Body>, Reply> {
         let session = match self.sessions.lookup(req.headers()).await? {
             Lookup::Live(_, session) => session,

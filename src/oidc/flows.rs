@@ -115,7 +115,7 @@ pub enum RefreshFailure {
 
 impl Oidc {
     /// Authorization-code request with PKCE S256, state, nonce, scopes, resources and extra
-    /// parameters (contract Details 6: `prompt=consent` with `offline_access`).
+    /// parameters (`prompt=consent` with `offline_access`).
     pub fn authorize(&self, provider: &Provider) -> AuthRequest {
         let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
         let mut request = provider
@@ -357,7 +357,7 @@ impl Oidc {
         }
     }
 
-    /// RP-initiated logout URL (contract Details 13), when the provider has an end-session
+    /// RP-initiated logout URL, when the provider has an end-session
     /// endpoint.
     pub fn end_session_url(&self, id_token_hint: Option<&str>) -> Option<Url> {
         let provider = self.provider()?;
@@ -428,7 +428,7 @@ impl Oidc {
     }
 
     /// Unix expiry: `expires_in`, else the JWT `exp`, else `session.max_token_age`, else
-    /// unknown (contract Details 6).
+    /// unknown (the token is then used until the session's absolute timeout).
     fn expiry(&self, access_token: &str, expires_in: Option<std::time::Duration>) -> Option<u64> {
         let now = self.clock().unix_now();
         expires_in

@@ -1,6 +1,6 @@
 //! Per-route policies: the `[[route]]` table compiled once, matched on the normalized path.
 //!
-//! First match wins; a request no route matches is `authenticated` (contract Details 16).
+//! First match wins; a request no route matches is `authenticated`.
 //! Pure: no I/O, no session access; the pipeline asks "which route?" and later "may a user
 //! with these groups and claims pass?".
 
@@ -240,7 +240,7 @@ impl Route {
     }
 }
 
-/// Methods compare case-insensitively (contract Details 26): `http::Method` keeps a client's
+/// Methods compare case-insensitively: `http::Method` keeps a client's
 /// `delete` as an extension method distinct from `DELETE`, but servers and frameworks that
 /// uppercase the method would run it as `DELETE`, so a `methods = ["GET"]` route must not
 /// match it and a rule for `DELETE` must. Configured methods are uppercase already.
