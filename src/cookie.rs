@@ -112,7 +112,7 @@ impl CookieCodec {
         )
     }
 
-    /// `Set-Cookie` that deletes it: empty value and `Max-Age=0` (contract Details 13).
+    /// `Set-Cookie` that deletes it: empty value and `Max-Age=0`.
     pub fn clear_cookie(&self) -> HeaderValue {
         clear_cookie(&self.name, &self.attributes)
             .unwrap_or_else(|| HeaderValue::from_static("x=; Max-Age=0"))

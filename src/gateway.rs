@@ -27,12 +27,13 @@ use crate::clock::Clock;
 use crate::config::{BearerMode, Config, Policy, Preflight, ServerConfig};
 use crate::endpoints::{Builtin, Endpoints, MetricsOnly, Shared};
 use crate::headers::{self, InboundHeaders, Peer};
+use crate::host::RequestHost;
 use crate::login::Logins;
 use crate::metrics::{Decision, Metrics, RouteId};
 use crate::oidc::Oidc;
-use crate::policy::{RouteTable, path::normalize_path};
+use crate::policy::{Route, RouteTable, path::normalize_path};
 use crate::proxy::Body;
-use crate::proxy::{ProxyError, Upstream, wants_upgrade};
+use crate::proxy::{ProxyError, Upstreams, wants_upgrade};
 use crate::refresh::Refresher;
 use crate::reply::Reply;
 use crate::server::ConnectionStats;
@@ -52,7 +53,7 @@ pub struct Gateway {
     inbound: InboundHeaders,
     sessions: Arc<Sessions>,
     logins: Arc<Logins>,
-    upstream: Arc<Upstream>,
+    upstreams: Arc<Upstreams>,
     oidc: Arc<Oidc>,
     rules: Arc<IdentityRules>,
     metrics: Arc<Metrics>,
@@ -71,6 +72,8 @@ struct Outcome {
     builtin: Option<Builtin>,
     /// The `sub` of the identity the request was forwarded with.
     sub: Option<String>,
+    /// The upstream the request went to (its index in `Upstreams`), if it went to one.
+    upstream: Option<usize>,
 }
 
 impl Outcome {
@@ -81,6 +84,7 @@ impl Outcome {
             upstream_time: None,
             builtin: None,
             sub: None,
+            upstream: None,
         }
     }
 }
@@ -92,17 +96,23 @@ impl Gateway {
         cfg: Arc<Config>,
         store: Arc<Store>,
         oidc: Arc<Oidc>,
-        upstream: Upstream,
+        upstreams: Upstreams,
         rules: Arc<IdentityRules>,
         clock: Clock,
     ) -> Arc<Self> {
-        let routes = Arc::new(RouteTable::new(&cfg.routes, &cfg.oidc.resource));
+        let routes = Arc::new(RouteTable::new(
+            &cfg.routes,
+            &cfg.oidc.resource,
+            &upstreams.names(),
+        ));
         let labels: Vec<String> = routes
             .labels()
             .map(str::to_owned)
             .chain(Builtin::ALL.iter().map(|b| b.path().to_owned()))
             .collect();
-        let metrics = Arc::new(Metrics::new(labels.iter().map(String::as_str)));
+        let metrics = Arc::new(
+            Metrics::new(labels.iter().map(String::as_str)).with_upstreams(upstreams.names()),
+        );
         let refresher = Arc::new(Refresher::new(
             oidc.clone(),
             store.clone(),
@@ -124,16 +134,14 @@ impl Gateway {
             routes: routes.clone(),
             auth: auth.clone(),
             sessions: sessions.clone(),
-            logins: Arc::new(Logins::new(
-                &cfg.session,
-                &cfg.server.public_url,
-                store,
-                clock.clone(),
-            )),
+            logins: Arc::new(
+                Logins::new(&cfg.session, &cfg.server.public_url, store, clock.clone())
+                    .with_redirect_hosts(&cfg.server.allowed_redirect_hosts),
+            ),
             oidc: oidc.clone(),
             identities: rules.clone(),
             metrics: metrics.clone(),
-            upstream: Arc::new(upstream),
+            upstreams: Arc::new(upstreams),
             connections: Arc::default(),
             clock,
         };
@@ -145,7 +153,7 @@ impl Gateway {
             auth,
             sessions,
             logins: shared.logins,
-            upstream: shared.upstream,
+            upstreams: shared.upstreams,
             oidc,
             rules,
             metrics,
@@ -217,13 +225,19 @@ impl Gateway {
             Err(e) => {
                 tracing::debug!(error = ?e, "refused request path");
                 let reply = Reply::BadRequest("Bad request: path not accepted");
-                return Outcome::refused(self.routes.find(req.method(), "/").id, reply);
+                return Outcome::refused(self.routes.find(req.method(), None, "/").id, reply);
             }
         };
         if let Some(builtin) = self.endpoints.recognize(&path) {
             return self.builtin(builtin, req, peer).await;
         }
-        self.proxy(req, peer, client, &path).await
+        let host = RequestHost::of(req.uri(), req.headers());
+        if host == RequestHost::Malformed && self.routes.has_hosts() {
+            // Routing by host: a host we cannot read is refused, never routed as another.
+            let reply = Reply::BadRequest("Bad request: host not accepted");
+            return Outcome::refused(self.routes.fallback().id, reply);
+        }
+        self.proxy(req, peer, client, host.name(), &path).await
     }
 
     async fn builtin(&self, builtin: Builtin, req: Request<Incoming>, peer: Peer) -> Outcome {
@@ -233,6 +247,7 @@ impl Gateway {
             upstream_time: None,
             builtin: Some(builtin),
             sub: None,
+            upstream: None,
         }
     }
 
@@ -242,9 +257,10 @@ impl Gateway {
         mut req: Request<Incoming>,
         peer: Peer,
         client: &Arc<ClientConnection>,
+        host: Option<&str>,
         path: &str,
     ) -> Outcome {
-        let route = self.routes.find(req.method(), path);
+        let route = self.routes.find(req.method(), host, path);
         let offered_bearer = match route.rule.bearer {
             BearerMode::Passthrough => headers::bearer_token(req.headers()),
             BearerMode::Off => None,
@@ -259,7 +275,7 @@ impl Gateway {
             }
             Policy::Public => {}
             // Browsers send no credentials on a preflight: a route may let the app answer
-            // CORS itself, without identity (contract Details 26).
+            // CORS itself, without identity.
             Policy::Authenticated
                 if route.rule.preflight == Preflight::Forward && is_preflight(&req) => {}
             Policy::Authenticated => {
@@ -271,8 +287,9 @@ impl Gateway {
                     Ok(auth) => auth,
                     Err(reply) => return Outcome::refused(route.id, reply),
                 };
+                let identity = auth.identity();
                 if let Err(refusal) =
-                    route.authorize(auth.identity().groups(), auth.identity().claims())
+                    route.authorize(identity.groups(), identity.email(), identity.claims())
                 {
                     self.metrics.decision(route.id, Decision::Forbid);
                     return Outcome::refused(route.id, refusal.into());
@@ -283,26 +300,25 @@ impl Gateway {
                 let sub = auth.identity().sub().to_owned();
                 drop(auth);
                 self.metrics.decision(route.id, Decision::Allow);
-                let mut outcome = self.forward(req, peer, client, route.id, path).await;
+                let mut outcome = self.forward(req, peer, client, route, path).await;
                 outcome.sub = Some(sub);
                 return outcome;
             }
         }
         self.metrics.decision(route.id, Decision::Allow);
-        self.forward(req, peer, client, route.id, path).await
+        self.forward(req, peer, client, route, path).await
     }
 
-    /// Steps 5b and 6.
+    /// Steps 5b and 6: to the route's upstream, without its prefix when it strips it.
     async fn forward(
         &self,
         mut req: Request<Incoming>,
         peer: Peer,
         client: &Arc<ClientConnection>,
-        route: RouteId,
+        route: &Route,
         path: &str,
     ) -> Outcome {
-        // Our cookies never reach the upstream, on every route (contract Behaviour: "the
-        // session cookie is not forwarded upstream"), public routes and CORS preflights
+        // Our cookies never reach the upstream, on every route, public routes and CORS preflights
         // included. Done here, once, after authentication has read them.
         headers::remove_cookies(req.headers_mut(), |name| {
             name == self.sessions.cookie().name() || self.logins.is_login_cookie(name)
@@ -314,15 +330,18 @@ impl Gateway {
             self.server.forwarded_proto,
         );
         let started = Instant::now();
-        let result = self.upstream.forward(req, path).await;
+        let upstream = self.upstreams.get(route.upstream);
+        let result = upstream.forward(req, &route.upstream_path(path)).await;
         let upstream_time = started.elapsed();
-        self.metrics.upstream_finished(upstream_time);
+        self.metrics
+            .upstream_finished(route.upstream, upstream_time);
         Outcome {
-            route,
+            route: route.id,
             result: result.map_err(Reply::from),
             upstream_time: Some(upstream_time),
             builtin: None,
             sub: None,
+            upstream: Some(route.upstream),
         }
     }
 
@@ -387,6 +406,8 @@ impl crate::server::Handler for Gateway {
             seen: &seen,
             request_id: &request_id,
             sub: outcome.sub.as_deref(),
+            route: self.metrics.route_label(outcome.route),
+            upstream: outcome.upstream.map(|i| self.upstreams.name(i)),
             status,
             elapsed,
             upstream_time: outcome.upstream_time,

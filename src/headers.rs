@@ -90,7 +90,7 @@ fn trim_ows(bytes: &[u8]) -> &[u8] {
     }
 }
 
-// === cookies (contract Details 25) ===
+// === cookies ===
 
 /// Every `name=value` pair of every `Cookie` header (HTTP/2 may split them), parsed as
 /// bytes: one cookie holding `José` must not hide the ones beside it. A pair without `=`

@@ -22,6 +22,7 @@ pub mod fold;
 pub mod gateway;
 pub mod headers;
 pub mod healthcheck;
+pub mod host;
 pub mod lint;
 pub mod logging;
 pub mod login;
@@ -49,7 +50,7 @@ use crate::config::{Config, StoreConfig};
 use crate::error::StartupError;
 use crate::gateway::Gateway;
 use crate::oidc::Oidc;
-use crate::proxy::Upstream;
+use crate::proxy::Upstreams;
 use crate::session::Store;
 use crate::session::identity::IdentityRules;
 use crate::session::memory::{MAX_LOGOUT_MARKERS, MemoryOptions, MemoryStore};
@@ -103,7 +104,7 @@ pub fn build_with(config: Config, clock: Clock) -> Result<Arc<Gateway>, StartupE
         config.session.max_token_age,
     )?
     .with_clock(clock.clone());
-    let upstream = Upstream::new(&config.upstream)?;
+    let upstream = Upstreams::new(&config.upstream, &config.upstreams)?;
     Ok(Gateway::new(
         config,
         Arc::new(store),

@@ -8,7 +8,7 @@ use std::fmt;
 
 use http::Method;
 
-use crate::config::{Config, PathMatch, RouteConfig, SameSite};
+use crate::config::{Config, HostPattern, PathMatch, RouteConfig, SameSite};
 use crate::error::Chain;
 use crate::policy::path_matches;
 
@@ -134,7 +134,8 @@ pub fn warnings(config: &Config) -> Vec<Finding> {
 /// be: a regex against a prefix or another regex is not compared, except for the same
 /// pattern).
 fn shadows(earlier: &RouteConfig, later: &RouteConfig) -> bool {
-    methods_cover(&earlier.methods, &later.methods)
+    hosts_cover(earlier.host.as_ref(), later.host.as_ref())
+        && methods_cover(&earlier.methods, &later.methods)
         && match (&earlier.matcher, &later.matcher) {
             // Every path of `later` extends its own path at a segment boundary (or is it):
             // if that path is matched by the prefix, so is every extension.
@@ -146,6 +147,19 @@ fn shadows(earlier: &RouteConfig, later: &RouteConfig) -> bool {
             (PathMatch::Regex(a), PathMatch::Regex(b)) => a.as_str() == b.as_str(),
             _ => false,
         }
+}
+
+/// Whether every host `later` matches is matched by `earlier` (none: every host).
+fn hosts_cover(earlier: Option<&HostPattern>, later: Option<&HostPattern>) -> bool {
+    match (earlier, later) {
+        (None, _) => true,
+        (Some(_), None) => false,
+        (Some(e), Some(HostPattern::Exact(host))) => e.matches(host),
+        (Some(HostPattern::Subdomains(e)), Some(HostPattern::Subdomains(l))) => {
+            l.ends_with(e.as_str())
+        }
+        (Some(HostPattern::Exact(_)), Some(HostPattern::Subdomains(_))) => false,
+    }
 }
 
 /// Whether `earlier`'s methods include all of `later`'s (empty: every method).

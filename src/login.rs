@@ -2,8 +2,7 @@
 //!
 //! The browser keeps them, sealed, in its own login cookies; the gateway keeps nothing when
 //! a login starts. So no flood of `/oauth2/start` can evict, refuse or outnumber another
-//! browser's login, nor fill memory or Redis, and the callback may land on any replica
-//! (contract Details 27).
+//! browser's login, nor fill memory or Redis, and the callback may land on any replica.
 //!
 //! - One cookie per login, `<cookie_name>_login_<tag>`, `tag` a hash of the login's `state`
 //!   (several tabs log in at once, also when they start together). Its value is the state,
@@ -21,7 +20,7 @@
 //!   never to the app.
 //! - The callback opens only the cookie named for its `state` and compares the sealed state
 //!   with it (constant time): a callback replayed from another browser finds nothing, and
-//!   nothing is consumed (contract Details 31). The matched cookie is cleared once used.
+//!   nothing is consumed. The matched cookie is cleared once used.
 //! - Single use: after a successful code redemption the state is remembered as used until it
 //!   would have expired anyway, with a single-use marker of the session store
 //!   ([`SessionStore::claim_once`]; memory: a bounded LRU cache, `max_pending_logins` used
@@ -81,6 +80,8 @@ pub struct Logins {
     lifetime: Duration,
     max_age_secs: u64,
     public_url: Url,
+    /// `server.allowed_redirect_hosts`: the landing URL may be on one of them.
+    redirect_hosts: Vec<String>,
     clock: Clock,
 }
 
@@ -104,8 +105,15 @@ impl Logins {
             lifetime: cfg.login_timeout,
             max_age_secs: cfg.login_timeout.as_secs().max(60),
             public_url: public_url.clone(),
+            redirect_hosts: Vec::new(),
             clock,
         }
+    }
+
+    /// Landing URLs may also be absolute URLs on these hosts (`server.allowed_redirect_hosts`).
+    pub fn with_redirect_hosts(mut self, hosts: &[String]) -> Self {
+        self.redirect_hosts = hosts.to_vec();
+        self
     }
 
     /// Whether a cookie of this name is one of ours (never forwarded upstream).
@@ -232,7 +240,7 @@ impl Logins {
         if deadline <= self.clock.unix_now() {
             return None;
         }
-        decode(&plain, &self.public_url)
+        decode(&plain, &self.public_url, &self.redirect_hosts)
     }
 
     fn clear(&self, name: &str) -> Option<HeaderValue> {
@@ -290,7 +298,7 @@ fn encode(login: &PendingLogin, started: u64) -> Option<Vec<u8>> {
 
 /// The landing path is parsed again (a fixed point of `SafeRedirect::parse`), so even a
 /// sealed value can never carry an off-origin redirect.
-fn decode(bytes: &[u8], public_url: &Url) -> Option<(PendingLogin, u64)> {
+fn decode(bytes: &[u8], public_url: &Url, hosts: &[String]) -> Option<(PendingLogin, u64)> {
     let (started, mut bytes) = bytes.split_first_chunk::<8>()?;
     let mut field = || {
         let (len, rest) = bytes.split_first()?;
@@ -304,7 +312,7 @@ fn decode(bytes: &[u8], public_url: &Url) -> Option<(PendingLogin, u64)> {
         state,
         nonce,
         pkce_verifier,
-        landing: SafeRedirect::parse(landing, public_url),
+        landing: SafeRedirect::parse_allowing(landing, public_url, hosts),
     };
     Some((login, u64::from_be_bytes(*started)))
 }

@@ -1,7 +1,7 @@
 //! The `authgate` command: run the gateway, check a configuration, probe a running gateway
 //! (`healthcheck`), or run the demo (builds with the `demo` feature, the default).
 //!
-//! Exit codes (contract): 0 clean shutdown, 2 bad configuration, 1 any other fatal error.
+//! Exit codes: 0 clean shutdown, 2 bad configuration, 1 any other fatal error.
 //! The configuration is loaded and validated before anything binds a port.
 
 use std::io::IsTerminal;

@@ -148,8 +148,9 @@ pub struct Metrics {
     pub refresh_latency: Histogram,
     refresh_coalesced: AtomicU64,
     sessions_ended_by_refresh: AtomicU64,
-    /// Time to the upstream's response head (or its failure).
-    upstream_latency: Histogram,
+    /// Time to the upstream's response head (or its failure), per upstream by index (0:
+    /// `[upstream]`, then `[upstreams.NAME]` in order), with its name.
+    upstream_latency: Vec<(String, Histogram)>,
     logins: [AtomicU64; LOGIN_EVENTS.len()],
 }
 
@@ -169,14 +170,27 @@ impl Metrics {
             refresh_latency: Histogram::new(),
             refresh_coalesced: AtomicU64::new(0),
             sessions_ended_by_refresh: AtomicU64::new(0),
-            upstream_latency: Histogram::new(),
+            upstream_latency: vec![(DEFAULT_UPSTREAM.to_owned(), Histogram::new())],
             logins: std::array::from_fn(|_| AtomicU64::new(0)),
         }
     }
 
-    /// One call to the upstream took `elapsed` to its response head (or to its failure).
-    pub fn upstream_finished(&self, elapsed: Duration) {
-        self.upstream_latency.observe(elapsed);
+    /// One latency series per `[upstreams.NAME]` besides `[upstream]`'s, in index order.
+    pub fn with_upstreams<'a>(mut self, names: impl IntoIterator<Item = &'a str>) -> Self {
+        (self.upstream_latency).extend(names.into_iter().map(|n| (n.to_owned(), Histogram::new())));
+        self
+    }
+
+    /// One call to upstream `index` took `elapsed` to its response head (or to its failure).
+    /// The label of `route`'s series (`-` for an index no route holds).
+    pub fn route_label(&self, route: RouteId) -> &str {
+        self.routes.get(route.0).map_or("-", |r| r.label.as_str())
+    }
+
+    pub fn upstream_finished(&self, index: usize, elapsed: Duration) {
+        if let Some((_, histogram)) = self.upstream_latency.get(index) {
+            histogram.observe(elapsed);
+        }
     }
 
     pub fn login(&self, event: LoginEvent) {
@@ -263,11 +277,13 @@ impl Metrics {
             "# HELP authgate_upstream_duration_seconds Time to the upstream's response head, by upstream.\n",
         );
         out.push_str("# TYPE authgate_upstream_duration_seconds histogram\n");
-        self.upstream_latency.render(
-            &mut out,
-            "authgate_upstream_duration_seconds",
-            &format!("upstream=\"{DEFAULT_UPSTREAM}\""),
-        );
+        for (name, histogram) in &self.upstream_latency {
+            histogram.render(
+                &mut out,
+                "authgate_upstream_duration_seconds",
+                &format!("upstream=\"{name}\""),
+            );
+        }
         out.push_str(
             "# HELP authgate_logins_total Logins started, succeeded, and failed by reason.\n",
         );

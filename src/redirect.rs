@@ -1,4 +1,4 @@
-//! Same-origin redirect targets (CONTRACT Details 15): the `rd` parameter of `/oauth2/start` and
+//! Same-origin redirect targets: the `rd` parameter of `/oauth2/start` and
 //! `/oauth2/sign_out`, and the post-login landing URL.
 //!
 //! [`SafeRedirect::parse`] turns untrusted input into a path that starts with exactly one `/`,
@@ -42,7 +42,7 @@ use url::Url;
 /// Where every rejected target lands.
 const ROOT: &str = "/";
 
-/// Longest target kept, in bytes, before and after parsing (contract Details 27): a landing
+/// Longest target kept, in bytes, before and after parsing: a landing
 /// URL travels in the browser's login cookie, which must stay small.
 pub const MAX_TARGET_BYTES: usize = 2048;
 
@@ -67,7 +67,8 @@ const NOT_PATH_OR_QUERY: &AsciiSet = &CONTROLS
     .add(b'|')
     .add(b'}');
 
-/// A redirect target proven same-origin: always a path starting with exactly one '/'.
+/// A redirect target proven same-origin: a path starting with exactly one '/', or an absolute
+/// URL on a host of `server.allowed_redirect_hosts` ([`SafeRedirect::parse_allowing`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SafeRedirect(String);
 
@@ -77,6 +78,20 @@ impl SafeRedirect {
     /// `public_url` is the gateway's external origin (e.g. https://app.example.com, no trailing
     /// slash). Anything not provably same-origin becomes "/".
     pub fn parse(raw: &str, public_url: &url::Url) -> SafeRedirect {
+        Self::parse_allowing(raw, public_url, &[])
+    }
+
+    /// [`SafeRedirect::parse`], also keeping an absolute URL whose host is in
+    /// `allowed_hosts` (`server.allowed_redirect_hosts`, lowercase): an entry is a host
+    /// (`app.example.com`), or, starting with `.`, every subdomain of the rest on a label
+    /// boundary (`.example.com`: `a.example.com`, never `example.com` nor `badexample.com`).
+    /// Such a URL must be `https` (`http` only when `public_url` is), without userinfo, and
+    /// its path and query pass as a same-origin path would. The result is then that URL.
+    pub fn parse_allowing(
+        raw: &str,
+        public_url: &url::Url,
+        allowed_hosts: &[String],
+    ) -> SafeRedirect {
         if raw.len() > MAX_TARGET_BYTES {
             return SafeRedirect(ROOT.to_owned());
         }
@@ -84,6 +99,7 @@ impl SafeRedirect {
             same_origin_path(raw)
         } else {
             same_origin_url_path(raw, public_url)
+                .or_else(|| allowed_host_url(raw, public_url, allowed_hosts))
         };
         // Percent-encoding may have grown it: the bound holds for what is kept, too.
         let target = target.filter(|t| t.len() <= MAX_TARGET_BYTES);
@@ -206,6 +222,56 @@ fn same_origin_url_path(raw: &str, public_url: &Url) -> Option<String> {
         None => url.path().to_owned(),
     };
     same_origin_path(&path_and_query)
+}
+
+/// `raw` when it is an absolute URL on one of `allowed` (see [`SafeRedirect::parse_allowing`]),
+/// rebuilt from its parts: `scheme://host[:port]` and the checked path and query.
+fn allowed_host_url(raw: &str, public_url: &Url, allowed: &[String]) -> Option<String> {
+    if allowed.is_empty() {
+        return None;
+    }
+    // The same gate as a same-origin URL: plain `scheme://`, ASCII, nothing stripped or
+    // rewritten by the parser, no userinfo.
+    let plain_scheme =
+        starts_with_ignore_case(raw, "https://") || starts_with_ignore_case(raw, "http://");
+    if !plain_scheme || !raw.is_ascii() || !raw.chars().all(is_plain) {
+        return None;
+    }
+    if raw_authority(raw).contains('@') {
+        return None;
+    }
+    let url = Url::parse(raw).ok()?;
+    let scheme_ok = match url.scheme() {
+        "https" => true,
+        "http" => public_url.scheme() == "http",
+        _ => false,
+    };
+    let Some(url::Host::Domain(host)) = url.host() else {
+        return None;
+    };
+    if !scheme_ok || !host_allowed(host, allowed) {
+        return None;
+    }
+    let path_and_query = match url.query() {
+        Some(query) => format!("{}?{query}", url.path()),
+        None => url.path().to_owned(),
+    };
+    let path = same_origin_path(&path_and_query)?;
+    let port = url.port().map(|p| format!(":{p}")).unwrap_or_default();
+    Some(format!("{}://{host}{port}{path}", url.scheme()))
+}
+
+/// Whether `host` (lowercase) is listed, exactly or under a `.parent` entry on a label
+/// boundary: the entry's leading dot must be the character before the parent, and at least
+/// one label must come before it.
+fn host_allowed(host: &str, allowed: &[String]) -> bool {
+    allowed.iter().any(|entry| {
+        if entry.starts_with('.') {
+            host.len() > entry.len() && host.ends_with(entry.as_str())
+        } else {
+            host == entry
+        }
+    })
 }
 
 /// The authority of an ASCII `scheme://authority/...` holding no `\` (RFC 3986 §3.2: it ends at
@@ -392,6 +458,71 @@ mod tests {
         ("https://app.example.com?a=b", "/?a=b"),
         ("https://app.example.com/a/./b/../c", "/a/c"),
     ];
+
+    /// `allowed_redirect_hosts`: the cross-host cases (oauth2-proxy CVE-2021-21291:
+    /// `.example.com` matched `badexample.com`).
+    #[test]
+    fn allowed_redirect_hosts_match_on_label_boundaries() {
+        let allowed = ["b.example.com".to_owned(), ".corp.example".to_owned()];
+        let parse = |raw: &str| {
+            SafeRedirect::parse_allowing(raw, &public_url(), &allowed)
+                .as_str()
+                .to_owned()
+        };
+        for (raw, expected) in [
+            ("https://b.example.com/x?y=1", "https://b.example.com/x?y=1"),
+            ("https://B.Example.COM/x", "https://b.example.com/x"),
+            (
+                "https://b.example.com:8443/x",
+                "https://b.example.com:8443/x",
+            ),
+            ("https://wiki.corp.example/", "https://wiki.corp.example/"),
+            (
+                "https://a.b.corp.example/p#frag",
+                "https://a.b.corp.example/p",
+            ),
+            // Still same-origin URLs and paths as before.
+            ("https://app.example.com/x", "/x"),
+            ("/x", "/x"),
+        ] {
+            assert_eq!(parse(raw), expected, "{raw}");
+        }
+        for hostile in [
+            "https://corp.example/",
+            "https://badcorp.example/",
+            "https://evilcorp.example/",
+            "https://corp.example.evil.com/",
+            "https://b.example.com.evil.com/",
+            "https://xb.example.com/",
+            "https://evil.com/.corp.example",
+            "https://evil.com?.corp.example",
+            "https://evil.com#.corp.example",
+            "https://b.example.com@evil.com/",
+            "https://evil.com\\@b.example.com/",
+            "https://user@b.example.com/",
+            "http://b.example.com/",
+            "ftp://b.example.com/",
+            "//b.example.com/",
+            "https:b.example.com/",
+            "https://b.example.com//evil.com",
+            "https://b.example.com/%2F%2Fevil.com",
+            "https://b.example.com/\tx",
+            "https://wiki.corp.example./",
+            "https://127.0.0.1/",
+            "https://b.ex\u{0430}mple.com/",
+        ] {
+            assert_eq!(parse(hostile), "/", "{hostile:?}");
+        }
+        // No allowed hosts: absolute URLs off the origin are refused, as before.
+        assert_eq!(safe("https://b.example.com/x"), "/");
+        // A plain-http gateway may name plain-http hosts.
+        let http_public = Url::parse("http://app.example.com").unwrap();
+        let kept = SafeRedirect::parse_allowing("http://b.example.com/x", &http_public, &allowed);
+        assert_eq!(kept.as_str(), "http://b.example.com/x");
+        // A fixed point: what is kept parses to itself (it travels in the login cookie).
+        let again = SafeRedirect::parse_allowing(kept.as_str(), &http_public, &allowed);
+        assert_eq!(again, kept);
+    }
 
     #[test]
     fn hostile_targets_become_root() {

@@ -12,8 +12,8 @@
 //! - `invalid_grant` ends the session; anything else is transient: the session stays, the
 //!   current token is used while valid, and the next attempt waits for a backoff.
 //! - A flight writes its result only over the very record it read (`SessionStore::replace`):
-//!   a sign-out or back-channel logout that lands while the provider is slow stays final
-//!   (contract Details 28); the flight then ends the request's session too.
+//!   a sign-out or back-channel logout that lands while the provider is slow stays final;
+//!   the flight then ends the request's session too.
 //!
 //! The in-flight map is behind a plain mutex held for a map operation only, and is touched
 //! only by requests that need a refresh: never on the hot path.
@@ -112,7 +112,7 @@ impl Refresher {
     /// The cases that need no token-endpoint call: no refresh token, or backing off.
     fn decide_without_provider(&self, session: &Arc<Session>, now: u64) -> Option<Fresh> {
         if session.tokens.refresh_token.is_none() {
-            // Contract Details 8: an expired token without a refresh token ends the session.
+            // An expired token without a refresh token ends the session.
             return Some(if session.access_valid(now) {
                 Fresh::Ready(session.clone())
             } else {

@@ -4,7 +4,7 @@
 //! client never blocks `accept`. On shutdown the listener is dropped at once (new connections
 //! are refused), in-flight requests get `shutdown_grace`, then we return.
 //!
-//! Limits no client can push others past (contract Details 27):
+//! Limits no client can push others past:
 //! - at most `max_connections` client connections: at the limit the loop stops accepting, and
 //!   new connections wait in the kernel's backlog until one closes. The slot is held by the
 //!   socket itself ([`Slotted`]), so a WebSocket tunnel keeps it for as long as it lives;
@@ -46,7 +46,7 @@ use crate::config::ServerConfig;
 use crate::headers::{self, Peer};
 use crate::logging::log_safe;
 
-/// Concurrent streams allowed on one HTTP/2 connection (Details 27). A client opening more
+/// Concurrent streams allowed on one HTTP/2 connection. A client opening more
 /// waits for one to finish (RFC 9113 5.1.2), or has the extra ones refused.
 pub const MAX_CONCURRENT_STREAMS: u32 = 100;
 

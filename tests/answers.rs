@@ -322,7 +322,7 @@ async fn refresh_backing_off() {
     h.idp
         .controls()
         .set_token_fault(Some(TokenFault::Status(500, "{}".into())));
-    tokio::time::sleep(Duration::from_millis(3100)).await; // past the token's expiry
+    h.advance(Duration::from_millis(3100)); // past the token's expiry
     let r = send(
         &client,
         Method::GET,
@@ -388,7 +388,7 @@ async fn store_failures() {
     let cookie = h.login(&h.client(), "erin").await;
     let sid = h.idp.controls().last_issued_sid().unwrap();
     redis.kill();
-    tokio::time::sleep(Duration::from_millis(1200)).await; // the local read cache expires
+    h.advance(Duration::from_millis(1200)); // the local read cache (1 s) expires
     let with = |accept: &str| {
         [
             ("cookie", format!("authgate_session={cookie}")),

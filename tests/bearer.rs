@@ -3,7 +3,7 @@
 //! `oidc.bearer_audiences`, `exp`, `nbf`, 60 s leeway), is forwarded as it came, with identity
 //! headers from its claims; anything else is 401 with
 //! `WWW-Authenticate: Bearer error="invalid_token", error_description="..."`. Only access
-//! tokens: an ID token (or a token shaped like one) is refused (contract Details 29).
+//! tokens: an ID token (or a token shaped like one) is refused.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod support;
@@ -464,7 +464,7 @@ async fn a_bad_token_on_a_browser_route_is_401_not_a_login_redirect() {
     accepted(&h, "/mixed/page", &good).await;
 }
 
-/// Contract Details 29. Even when the operator lists the client id among the audiences (its
+/// Even when the operator lists the client id among the audiences (its
 /// own access tokens carry it), an ID token is no bearer credential: the one the gateway
 /// hands the browser at sign-out (`id_token_hint`) is refused, and so is anything shaped like
 /// an ID token. The provider's real access token for the same client still passes.
@@ -517,7 +517,7 @@ async fn id_tokens_are_not_bearer_tokens() {
         let token = h.idp.sign_jwt_with_header(&json!({ "typ": typ }), &plain);
         accepted(&h, "/api/x", &token).await;
     }
-    // Contract Details 30: a `crit` header is refused (the gateway understands none).
+    // A `crit` header is refused (the gateway understands none).
     for crit in [json!(["urn:example:x"]), json!(["exp"])] {
         let token = h.idp.sign_jwt_with_header(&json!({ "crit": crit }), &plain);
         rejected(&h, "/api/x", &token, "critical header").await;

@@ -281,7 +281,7 @@ async fn the_check_itself_is_not_reachable_through_caddy() {
 }
 
 /// Caddy forwards `{http.request.uri}` as it arrived, raw bytes included; each is judged on
-/// its path (contract Details 22).
+/// its path.
 struct Hostile {
     attack: &'static str,
     method: &'static [u8],

@@ -588,6 +588,17 @@ match = "exact"
 [[route]]
 path = "/v2/y"
 match = "exact"
+[[route]]
+host = "*.example.com"
+path = "/h/"
+[[route]]
+host = "other.example.org"
+path = "/h/"
+[[route]]
+host = "a.example.com"
+path = "/h/x"
+[[route]]
+path = "/h/"
 "#;
     let config = dir.write("gateway.toml", &config);
     let (output, stdout, stderr) = run(&mut check(&config));
@@ -606,6 +617,7 @@ match = "exact"
         "warning: route[3].methods: `PSOT` is not an HTTP method",
         "warning: route[4]: never matches: every request it would match is taken by route[3]",
         "warning: route[7]: never matches: every request it would match is taken by route[6]",
+        "warning: route[11]: never matches: every request it would match is taken by route[9]",
     ] {
         assert!(
             warnings.iter().any(|w| w.starts_with(expected)),
@@ -613,8 +625,9 @@ match = "exact"
         );
     }
     // `prompt` is the user's to set; GET on /upload/get is not taken by a POST route; /v2/y
-    // is not matched by the regex.
-    assert_eq!(warnings.len(), 8, "{stderr}");
+    // is not matched by the regex; a route for another host, or for every host after a
+    // host-scoped one, is not shadowed.
+    assert_eq!(warnings.len(), 9, "{stderr}");
 }
 
 /// One wrong value does not hide the next one in the same table, and a typo gets the key

@@ -82,7 +82,7 @@ fn assert_error(errors: &ConfigErrors, key: &str, needle: &str) {
 // === valid configs ===
 
 #[test]
-fn minimal_config_gets_the_contract_defaults() {
+fn minimal_config_gets_the_documented_defaults() {
     let c = load_ok(&minimal());
     assert_eq!(c.server.listen.to_string(), "0.0.0.0:4180");
     assert_eq!(c.server.public_url.as_str(), "https://app.example.com/");
@@ -113,15 +113,13 @@ fn minimal_config_gets_the_contract_defaults() {
     assert!(c.oidc.extra_auth_params.is_empty());
     assert_eq!(c.oidc.timeout, Duration::from_secs(10));
     assert_eq!(c.oidc.refresh_timeout, Duration::from_secs(10));
+    assert_eq!(c.oidc.id_token_max_age, Duration::from_secs(600));
     assert_eq!(
         c.oidc.token_endpoint_auth,
         TokenEndpointAuth::ClientSecretBasic
     );
     assert!(c.oidc.post_logout_redirect_uri.is_none());
-    assert!(
-        c.oidc.bearer_audiences.is_empty(),
-        "no default (Details 29)"
-    );
+    assert!(c.oidc.bearer_audiences.is_empty(), "no default");
 
     let s = &c.session;
     assert_eq!(s.cookie_name, "authgate_session");
@@ -357,7 +355,7 @@ policy = "deny"
     });
 }
 
-/// Contract Details 29: a passthrough route needs `oidc.bearer_audiences`, said explicitly;
+/// A passthrough route needs `oidc.bearer_audiences`, said explicitly;
 /// the client id (what ID tokens carry as `aud`) or a resource is never assumed.
 #[test]
 fn passthrough_routes_need_explicit_bearer_audiences() {
@@ -617,6 +615,8 @@ fn durations_must_parse_and_be_positive() {
     assert_error(&errors, "session.idle_timeout", "must be greater than 0");
     assert_error(&errors, "session.login_timeout", "invalid duration");
     assert_error(&errors, "upstream.timeout", "must be greater than 0");
+    let errors = load_err(&with("oidc", "id_token_max_age = \"0s\""));
+    assert_error(&errors, "oidc.id_token_max_age", "must be greater than 0");
     // Zero grace is a valid choice: exit at once.
     let c = load_ok(&with("server", "shutdown_grace = \"0s\""));
     assert_eq!(c.server.shutdown_grace, Duration::ZERO);
@@ -1108,6 +1108,7 @@ refresh_timeout = "3s"
 token_endpoint_auth = "client_secret_post"
 post_logout_redirect_uri = "https://app.example.com/bye"
 bearer_audiences = ["aud-1", "aud-2"]
+id_token_max_age = "15m"
 
 [session]
 {session_secrets}
@@ -1195,6 +1196,7 @@ const FILE_SESSION_SECRETS: &str =
 const EVERY_KEY_PRINTOUT: &str = r#"
 [server]
 forwarded_proto = "https"
+allowed_redirect_hosts = []
 header_read_timeout = "3s"
 idle_timeout = "1m 30s"
 listen = "127.0.0.1:8443"
@@ -1222,6 +1224,7 @@ url = "https://backend.internal:9000/app"
 bearer_audiences = ["aud-1", "aud-2"]
 client_id = "abc"
 client_secret = "[redacted]"
+id_token_max_age = "15m"
 issuer = "https://tenant.logto.app/oidc"
 post_logout_redirect_uri = "https://app.example.com/bye"
 refresh_timeout = "3s"
@@ -1273,6 +1276,10 @@ path = "/public/"
 policy = "public"
 preflight = "authenticate"
 require_groups = []
+name = "/public/"
+require_email_domains = []
+require_emails = []
+strip_prefix = false
 
 [[route]]
 api = true
@@ -1284,6 +1291,10 @@ path = "/admin"
 policy = "authenticated"
 preflight = "forward"
 require_groups = ["admins", "ops"]
+name = "/admin"
+require_email_domains = []
+require_emails = []
+strip_prefix = false
 
 [route.require_claims]
 region = ["eu", "us"]
@@ -1298,12 +1309,17 @@ path = "/files/[0-9]+"
 policy = "deny"
 preflight = "authenticate"
 require_groups = []
+name = "/files/[0-9]+"
+require_email_domains = []
+require_emails = []
+strip_prefix = false
 "#;
 
 /// Same for the repository's `gateway.toml`, secrets from the environment.
 const GATEWAY_TOML_PRINTOUT: &str = r#"
 [server]
 forwarded_proto = "auto"
+allowed_redirect_hosts = []
 header_read_timeout = "10s"
 idle_timeout = "1m"
 listen = "0.0.0.0:4180"
@@ -1327,6 +1343,7 @@ url = "http://127.0.0.1:8080/"
 bearer_audiences = []
 client_id = "authgate-example-client"
 client_secret = "[redacted]"
+id_token_max_age = "10m"
 issuer = "https://tenant.logto.app/oidc"
 refresh_timeout = "10s"
 resource = []
@@ -1365,6 +1382,10 @@ path = "/public/"
 policy = "public"
 preflight = "authenticate"
 require_groups = []
+name = "/public/"
+require_email_domains = []
+require_emails = []
+strip_prefix = false
 "#;
 
 /// Every `path = value` of a TOML document, one a line, sorted (tables flattened, so a

@@ -271,3 +271,33 @@ async fn probe_exits_1_when_the_provider_is_unreachable() {
     assert_eq!(code, Some(1), "{report}");
     assert!(report.contains("provider unreachable"), "{report}");
 }
+
+/// The probe says whether the provider advertises the authorization response's `iss`
+/// parameter (RFC 9207), and which `acr` values it lists.
+#[tokio::test]
+async fn probe_reports_rfc9207_and_acr_values() {
+    let idp = support::start_idp().await;
+    let config = probe_config(&idp.issuer(), r#"["openid", "offline_access"]"#);
+    let (code, report) = run_probe(config.clone()).await;
+    assert_eq!(code, Some(0), "{report}");
+    assert!(
+        report.contains("ok       authorization response iss parameter (RFC 9207) advertised"),
+        "{report}"
+    );
+    assert!(
+        report.contains("info     acr_values_supported: urn:devidp:pwd urn:devidp:mfa"),
+        "{report}"
+    );
+    idp.controls().set_advertise_response_iss(false);
+    idp.controls().set_acr_values_supported(Vec::new());
+    let (code, report) = run_probe(config).await;
+    assert_eq!(code, Some(0), "{report}");
+    assert!(
+        report.contains("info     authorization response iss parameter (RFC 9207) not advertised"),
+        "{report}"
+    );
+    assert!(
+        report.contains("info     acr_values_supported: none listed"),
+        "{report}"
+    );
+}

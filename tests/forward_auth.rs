@@ -1,5 +1,5 @@
 //! `/oauth2/auth`, the forward-auth check for nginx `auth_request`, Traefik `forwardAuth` and
-//! Envoy `ext_authz` (CONTRACT Details 12): 202 with the upstream's headers, 401 JSON with
+//! Envoy `ext_authz`: 202 with the upstream's headers, 401 JSON with
 //! `login_url` (never a redirect), 403; route rules applied to the ORIGINAL request, which is
 //! believed only from `trusted_proxies`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -110,7 +110,7 @@ async fn without_a_session_401_json_with_login_url_never_a_redirect() {
     .await;
     assert_401_json(r, &h, "%2Fapp%2Fpage%3Fx%3D1").await;
     // Without an original request, a trusted proxy's question cannot be answered: never
-    // judged as `GET /` (contract Details 22).
+    // judged as `GET /`.
     let r = check_exact(&h, &c, &[]).await;
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     let r = check_exact(&h, &c, &[("X-Forwarded-Uri", "/app")]).await;

@@ -546,6 +546,8 @@ async fn login(env: &Env, client: &reqwest::Client, path: &str) -> Value {
     let cq = query(&url);
     assert!(cq.contains_key("code"), "no code: {url}");
     assert_eq!(cq.get("state"), q.get("state"));
+    // RFC 9207: the provider names itself in the authorization response.
+    assert_eq!(cq.get("iss"), Some(&env.issuer()), "iss: {url}");
 
     // 4. The callback sets the session and lands on the original path.
     let response = navigate(client, url.as_str()).await;
@@ -577,6 +579,24 @@ async fn login(env: &Env, client: &reqwest::Client, path: &str) -> Value {
         "the session cookie went upstream: {seen}"
     );
     seen
+}
+
+/// Steps 1 to 3 of [`login`] without their checks: the callback URL the provider sends the
+/// browser back to.
+async fn callback_from_provider(env: &Env, client: &reqwest::Client) -> Url {
+    let response = navigate(client, &env.gw("/oauth2/start?rd=/")).await;
+    assert_eq!(response.status(), StatusCode::FOUND, "{response:?}");
+    let mut url = location(&response, &env.gateway_url);
+    let callback = env.gw("/oauth2/callback");
+    let mut hops = 0;
+    while !url.as_str().starts_with(&callback) {
+        let response = navigate(client, url.as_str()).await;
+        assert!(response.status().is_redirection(), "{response:?}");
+        url = location(&response, url.as_str());
+        hops += 1;
+        assert!(hops < 12, "redirect loop at the provider");
+    }
+    url
 }
 
 /// Runs one scenario with a start-up'd environment, under the scenario timeout.
@@ -678,6 +698,64 @@ async fn login_without_resource_forwards_a_token_userinfo_accepts() {
         .await;
         assert_eq!(seen["headers"]["x-forwarded-user"], "alice");
         assert_eq!(bearer_of(&seen), bearer);
+    })
+    .await;
+}
+
+/// RFC 9207 against a provider that advertises it and sends `iss`: a callback whose `iss`
+/// names another issuer, or has none, is refused before its code is redeemed; the untouched
+/// callback logs in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authorization_response_iss_is_checked() {
+    scenario(Options::default(), |env| async move {
+        let discovery: Value = plain_client()
+            .get(format!("{}/.well-known/openid-configuration", env.issuer()))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(
+            discovery["authorization_response_iss_parameter_supported"], true,
+            "{discovery}"
+        );
+        let client = browser();
+        for (what, iss) in [
+            ("wrong", Some("https://attacker.example/oidc")),
+            ("missing", None),
+        ] {
+            let mut url = callback_from_provider(&env, &client).await;
+            let pairs: Vec<(String, String)> = url
+                .query_pairs()
+                .filter(|(k, _)| k != "iss")
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect();
+            {
+                let mut q = url.query_pairs_mut();
+                q.clear();
+                for (k, v) in &pairs {
+                    q.append_pair(k, v);
+                }
+                if let Some(iss) = iss {
+                    q.append_pair("iss", iss);
+                }
+            }
+            let response = navigate(&client, url.as_str()).await;
+            assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{what} iss");
+            assert!(session_set_cookie(&response).is_none(), "{what} iss");
+        }
+        let events = env.events().await;
+        assert_eq!(count(&events, "authorization_code"), 0, "{events}");
+        assert!(
+            events["grant_errors"].as_array().is_some_and(Vec::is_empty),
+            "a code was sent to the token endpoint: {events}"
+        );
+        // The provider's own response, untouched, logs in.
+        let url = callback_from_provider(&env, &client).await;
+        let response = navigate(&client, url.as_str()).await;
+        assert_eq!(response.status(), StatusCode::FOUND, "{response:?}");
+        assert_eq!(count(&env.events().await, "authorization_code"), 1);
     })
     .await;
 }

@@ -16,7 +16,7 @@ use std::path::Path;
 const LAYERS: &[&[&str]] = &[
     // plain data and helpers, no I/O
     &[
-        "secret", "clock", "claims", "metrics", "redirect", "error", "logging", "fold",
+        "secret", "clock", "claims", "metrics", "redirect", "error", "logging", "fold", "host",
     ],
     // parsed once, read-only; keys derived from the cookie secrets
     &["config", "seal"],

@@ -1,5 +1,4 @@
-//! Login: the authorization code flow hop by hop (contract "Behaviour", Details 6, 9, 14,
-//! 20), ID token checks, state binding, session fixation, provider key rotation, userinfo.
+//! Login: the authorization code flow hop by hop, ID token checks, state binding, session fixation, provider key rotation, userinfo.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod support;
 
@@ -390,7 +389,7 @@ async fn expired_id_token_is_refused() {
     tampered_id_token_is_refused(IdTokenTamper::Expired).await;
 }
 
-/// Contract Details 30: a `crit` header the gateway does not understand (it understands
+/// A `crit` header the gateway does not understand (it understands
 /// none) refuses the ID token, as every JWT it verifies.
 #[tokio::test]
 async fn id_token_with_a_critical_header_is_refused() {

@@ -1,4 +1,4 @@
-//! Logins under attack (contract Details 27 and 31): a flood of `/oauth2/start` never stops
+//! Logins under attack: a flood of `/oauth2/start` never stops
 //! another browser's login, pending logins cost the gateway nothing (memory or Redis), a
 //! callback replayed from another browser or replayed later is refused without burning the
 //! user's own login, and nothing a provider or client sends can forge a log line or put

@@ -1,5 +1,4 @@
-//! Sign-out (RP-initiated, contract Details 13) and back-channel logout (OpenID Back-Channel
-//! Logout 1.0 as the contract's endpoint table describes it).
+//! Sign-out (RP-initiated) and back-channel logout (OpenID Back-Channel Logout 1.0).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod support;
 
@@ -320,7 +319,7 @@ async fn backchannel_logout_after_key_rotation_is_accepted() {
     );
 }
 
-/// Contract Details 30: a logout token is used once. A replay is refused (400) and ends
+/// A logout token is used once. A replay is refused (400) and ends
 /// nothing, so a captured token cannot end the user's later sessions; another token (another
 /// `jti`) for the same user still works. `exp` is optional: a recent `iat` is what counts.
 #[tokio::test]
@@ -359,7 +358,7 @@ async fn a_logout_token_is_used_once() {
     );
 }
 
-// --- a logout during a refresh flight (contract Details 28) ---
+// --- a logout during a refresh flight ---
 
 /// How a session is ended while its refresh is at the provider.
 #[derive(Clone, Copy, Debug)]
@@ -489,7 +488,7 @@ async fn backchannel_within_one_second(
 /// Claims made for the second `t` they are sent in, and the refusal expected (`None`: accepted).
 type EdgeCase = (fn(u64) -> Value, Option<&'static str>);
 
-/// Contract Details 30 with the common 60 s leeway, at its edges: one second inside is
+/// A logout token's `iat` within 10 minutes, with the common 60 s leeway, at its edges: one second inside is
 /// accepted, one outside refused (with today's descriptions). `nbf` is honoured too (RFC 7519
 /// section 4.1.5), and a huge time is far away, not an overflow.
 #[tokio::test]
@@ -599,7 +598,6 @@ async fn invalid_logout_tokens_are_refused_and_touch_nothing() {
                 c.remove("iat");
             })),
         ),
-        // Contract Details 30.
         (
             "a year old, no exp",
             h.idp.sign_jwt(&with(&|c| {

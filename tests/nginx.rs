@@ -342,7 +342,7 @@ async fn authgate_cookies_never_reach_the_app_through_nginx() {
 }
 
 /// nginx passes `$request_uri` raw in `X-Forwarded-Uri`: quotes, spaces and UTF-8 bytes that a
-/// URI may not hold. Each is judged on its path (contract Details 22), never as `GET /`.
+/// URI may not hold. Each is judged on its path, never as `GET /`.
 struct Hostile {
     attack: &'static str,
     target: &'static [u8],

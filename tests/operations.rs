@@ -130,6 +130,8 @@ async fn access_lines_name_the_user_the_host_and_the_user_agent() {
         "escaped like every client value"
     );
     assert_eq!(line["status"], 200);
+    assert_eq!(line["route"], "default", "the fallback route's label");
+    assert_eq!(line["upstream"], "default");
 
     // No identity: `-`, and a missing header is `-` too.
     let r = bare_client()
@@ -141,6 +143,7 @@ async fn access_lines_name_the_user_the_host_and_the_user_agent() {
     assert_eq!(r.status(), StatusCode::OK);
     let line = log.line_of("/public/x");
     assert_eq!(line["sub"], "-");
+    assert_eq!(line["route"], "/public/");
     assert_eq!(line["user_agent"], "");
     let raw =
         support::raw::send(h.addr, &support::raw::request(b"GET", b"/public/bare", &[])).await;
@@ -156,7 +159,9 @@ async fn access_lines_name_the_user_the_host_and_the_user_agent() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
-    assert_eq!(log.line_of("/app/other")["sub"], "-");
+    let line = log.line_of("/app/other");
+    assert_eq!(line["sub"], "-");
+    assert_eq!(line["upstream"], "-", "it never went upstream");
 }
 
 #[tokio::test]

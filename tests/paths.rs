@@ -1,4 +1,4 @@
-//! Path normalization through the real gateway (CONTRACT Details 16), with raw HTTP/1.1
+//! Path normalization through the real gateway, with raw HTTP/1.1
 //! requests written byte for byte on a TCP stream: HTTP clients (reqwest's `url`) resolve dot
 //! segments themselves, which would hide exactly what is under test.
 //!

@@ -1,4 +1,4 @@
-//! Open redirects through the real endpoints (contract "Behaviour", Details 15): whatever
+//! Open redirects through the real endpoints: whatever
 //! `rd` says, a completed login and a sign-out without a session land on a same-origin path.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod support;

@@ -190,7 +190,7 @@ async fn one_refresh_across_replicas() {
     assert_eq!(idp.controls().revoked_tokens().len(), 0);
 }
 
-/// Contract Details 28 on the shared store: a sign-out on another replica, or a back-channel
+/// An ended session stays ended on the shared store: a sign-out on another replica, or a back-channel
 /// logout on the refreshing replica itself, that lands while the provider is slow to answer
 /// a refresh stays final. The flight's compare-and-set finds the record gone and writes
 /// nothing: no replica serves the session again, and Redis holds no record of it.
@@ -254,8 +254,9 @@ async fn a_logout_during_a_refresh_stays_final_on_every_replica() {
             .await
             .expect("the request in flight is answered")
             .unwrap();
-        // Past the local read caches: what each replica serves now comes from Redis.
-        tokio::time::sleep(Duration::from_millis(1200)).await;
+        // Past the local read caches (1 s, by each replica's clock): what each replica serves
+        // now comes from Redis.
+        support::advance_all(&[&a, &b], Duration::from_millis(1200));
         for (name, h) in [("A", &a), ("B", &b)] {
             for _ in 0..2 {
                 assert_eq!(
@@ -278,7 +279,7 @@ async fn a_logout_during_a_refresh_stays_final_on_every_replica() {
     }
 }
 
-/// Contract Details 30 on the shared store: a logout token used on one replica is a replay
+/// On the shared store a logout token used on one replica is a replay
 /// on every other one.
 #[tokio::test]
 async fn a_logout_token_is_used_once_cluster_wide() {
@@ -589,8 +590,8 @@ async fn sign_out_while_redis_is_down_is_503_not_a_false_success() {
     let cookie = h.login(&h.client(), "heidi").await;
     echo(&h, &cookie, "/hello").await;
     redis.kill();
-    // Past the 1 s local read cache, so the store itself is asked.
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    // Past the 1 s local read cache (by the gateway's clock), so the store itself is asked.
+    h.advance(Duration::from_millis(1200));
     let out = bare_client()
         .get(h.at("/oauth2/sign_out"))
         .header(header::COOKIE, format!("authgate_session={cookie}"))

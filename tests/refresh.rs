@@ -3,19 +3,20 @@
 //! other sessions, surviving a disconnected client, `invalid_grant` ends the session,
 //! transient failures keep it (forward while valid, 503 + `Retry-After` after), backoff,
 //! expiry sources (`expires_in`, JWT `exp`, `max_token_age`), identity updates from the
-//! refreshed ID token, Details 8 (no refresh token), `resource` re-sent, `/oauth2/auth`.
+//! refreshed ID token, no refresh token, `resource` re-sent, `/oauth2/auth`.
 //!
 //! Timing: the harness sets `refresh_before_expiry = "10s"`. A token issued with a lifetime
 //! of 10 s or less is therefore "near expiry" from the moment it is issued, so most tests log
 //! in with a short `access_ttl` and raise it to 300 s before the refresh: the first request
 //! refreshes at once and the refreshed token does not need another one. No test sleeps for
-//! the refresh window to arrive.
+//! the refresh window, an expiry or a backoff to arrive: they move the gateway's clock (and
+//! its provider's) with `Harness::advance`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod support;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use authgate::session::{Session, SessionStore};
 use base64::Engine;
@@ -94,36 +95,18 @@ fn metric(text: &str, series: &str) -> f64 {
     support::metric(text, series).unwrap_or(0.0)
 }
 
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
+/// Unix seconds by the gateway's clock.
+fn unix_now(h: &Harness) -> u64 {
+    h.unix_millis() / 1000
 }
 
-/// Sleep until the Unix time (whole seconds, as the gateway counts) reaches `t`.
-async fn sleep_until_unix(t: u64) {
-    while unix_now() < t {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
-        let left = Duration::from_secs(t).saturating_sub(now);
-        tokio::time::sleep(left + Duration::from_millis(20)).await;
-    }
-}
-
-/// Sleep until just after the next whole Unix second, so that a one-second backoff measured
-/// in whole seconds has (almost) a full second left.
-async fn align_to_second() {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
-    let next = Duration::from_secs(now.as_secs() + 1);
-    tokio::time::sleep(next - now + Duration::from_millis(10)).await;
-}
-
-/// Wait (the whole-second way the gateway counts) until the session's access token expired.
-async fn wait_for_token_expiry(h: &Harness, client: &Client) {
+/// Move the clock (the whole-second way the gateway counts) until the session's access token
+/// expired.
+async fn advance_past_token_expiry(h: &Harness, client: &Client) {
     let exp = userinfo(h, client).await["access_token_expires_at"]
         .as_u64()
         .expect("an expiry");
-    sleep_until_unix(exp).await;
+    h.advance_to(exp);
 }
 
 fn jwt_claims(token: &str) -> Value {
@@ -196,7 +179,10 @@ async fn token_refreshed_once_it_enters_the_window() {
     let exp = userinfo(&h, &client).await["access_token_expires_at"]
         .as_u64()
         .unwrap();
-    sleep_until_unix(exp - 10).await;
+    h.advance_to(exp - 11); // one second before the window: still no refresh
+    assert_eq!(h.echo(&client, "/before").await.bearer().unwrap(), old);
+    assert_eq!(h.idp.controls().refresh_calls(), 0);
+    h.advance_to(exp - 10);
     let echo = h.echo(&client, "/late").await;
     assert_ne!(echo.bearer().unwrap(), old);
     assert_eq!(h.idp.controls().refresh_calls(), 1);
@@ -583,7 +569,7 @@ async fn transient_failure(fault: TokenFault, config: &str) {
     assert!(stored(&h, &cookie).await.is_some(), "session kept");
 
     // Expired: 503 with Retry-After, cookie untouched, session kept.
-    wait_for_token_expiry(&h, &client).await;
+    advance_past_token_expiry(&h, &client).await;
     let response = get(&client, h.at("/after-expiry"), JSON).await;
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert!(retry_after(&response) >= 1);
@@ -603,11 +589,13 @@ async fn transient_failure(fault: TokenFault, config: &str) {
     // The provider recovers: once the backoff passed, the same cookie works, no new login.
     controls.set_token_fault(None);
     let code_calls = controls.code_calls();
-    let mut recovered = None;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while recovered.is_none() && Instant::now() < deadline {
+    let mut recovered = try_echo(&h, &client, "/recovered").await;
+    for _ in 0..20 {
+        if recovered.is_some() {
+            break;
+        }
+        h.advance(Duration::from_millis(500)); // 10 s at most, in steps
         recovered = try_echo(&h, &client, "/recovered").await;
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let echo = recovered.expect("the session recovered after the backoff");
     assert_ne!(echo.bearer().unwrap(), old);
@@ -658,39 +646,40 @@ async fn transient_failure_backs_off_one_second_then_doubles() {
     controls.set_access_ttl(LONG);
     controls.set_token_fault(Some(TokenFault::Status(500, "oops".into())));
 
+    // The backoff is counted in whole seconds: start just past one, so that the first
+    // failure's second has (almost) all of it left. Real time keeps flowing on top of the
+    // moves below; each check allows 180 ms of it.
+    h.align_to_second(); // s + 0.02
     // First failure: an immediate second request does not call the provider again.
-    align_to_second().await;
-    let first = Instant::now();
     h.echo(&client, "/1").await;
     assert_eq!(controls.refresh_calls(), 1);
     h.echo(&client, "/2").await;
     assert_eq!(controls.refresh_calls(), 1, "inside the 1 s backoff");
-    // After the backoff a request does.
-    while controls.refresh_calls() < 2 {
-        assert!(first.elapsed() < Duration::from_secs(4), "never retried");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        h.echo(&client, "/poll").await;
-    }
-    let waited = first.elapsed();
-    assert!(
-        waited >= Duration::from_millis(800),
-        "retried after {waited:?}"
-    );
-
-    // Second failure: the backoff doubles to 2 s.
-    let second = Instant::now();
+    h.advance(Duration::from_millis(800)); // s + 0.82
     h.echo(&client, "/3").await;
-    assert_eq!(controls.refresh_calls(), 2, "inside the 2 s backoff");
-    while controls.refresh_calls() < 3 {
-        assert!(second.elapsed() < Duration::from_secs(5), "never retried");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        h.echo(&client, "/poll").await;
-    }
-    let waited = second.elapsed();
-    assert!(
-        waited >= Duration::from_millis(1500),
-        "retried after {waited:?}"
+    assert_eq!(
+        controls.refresh_calls(),
+        1,
+        "inside the 1 s backoff, 0.8 s on"
     );
+    // After the backoff a request does.
+    h.advance(Duration::from_millis(400)); // s + 1.22
+    h.echo(&client, "/4").await;
+    assert_eq!(controls.refresh_calls(), 2, "retried after the 1 s backoff");
+
+    // Second failure (at s + 1): the backoff doubles to 2 s.
+    h.echo(&client, "/5").await;
+    assert_eq!(controls.refresh_calls(), 2, "inside the 2 s backoff");
+    h.advance(Duration::from_millis(1500)); // s + 2.72
+    h.echo(&client, "/6").await;
+    assert_eq!(
+        controls.refresh_calls(),
+        2,
+        "inside the 2 s backoff, 1.5 s on"
+    );
+    h.advance(Duration::from_millis(700)); // s + 3.42
+    h.echo(&client, "/7").await;
+    assert_eq!(controls.refresh_calls(), 3, "retried after the 2 s backoff");
 }
 
 // --- what a refresh response may leave out ---
@@ -776,20 +765,20 @@ async fn max_token_age_bounds_a_token_without_expiry() {
     let controls = h.idp.controls();
     controls.set_omit_expires_in(true);
     let client = h.client();
-    let before_login = unix_now();
+    let before_login = unix_now(&h);
     let cookie = h.login(&client, "alice").await;
     let old = stored_token(&h, &cookie).await;
     let exp = userinfo(&h, &client).await["access_token_expires_at"]
         .as_u64()
         .expect("max_token_age gives an expiry");
     assert!(
-        (before_login + 12..=unix_now() + 12).contains(&exp),
+        (before_login + 12..=unix_now(&h) + 12).contains(&exp),
         "{exp}"
     );
     assert_eq!(h.echo(&client, "/early").await.bearer().unwrap(), old);
     assert_eq!(controls.refresh_calls(), 0);
 
-    sleep_until_unix(exp - 10).await; // enters the 10 s window ~2 s after login
+    h.advance_to(exp - 10); // enters the 10 s window 2 s after login
     let new = h.echo(&client, "/late").await.bearer().unwrap();
     assert_ne!(new, old);
     assert_eq!(controls.refresh_calls(), 1);
@@ -837,7 +826,7 @@ async fn refreshed_id_token_updates_identity_headers() {
     );
 }
 
-// --- Details 8: no refresh token ---
+// --- no refresh token ---
 
 #[tokio::test]
 async fn session_without_refresh_token_ends_when_the_token_expires() {
@@ -867,8 +856,8 @@ async fn session_without_refresh_token_ends_when_the_token_expires() {
     assert_eq!(controls.refresh_calls(), 0);
 
     // Expired: ended like a rejected refresh.
-    wait_for_token_expiry(&h, &browser).await;
-    wait_for_token_expiry(&h, &api).await;
+    advance_past_token_expiry(&h, &browser).await;
+    advance_past_token_expiry(&h, &api).await;
     let response = get(&browser, h.at("/page?x=1"), HTML).await;
     assert_eq!(response.status(), StatusCode::FOUND);
     assert_eq!(

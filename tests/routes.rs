@@ -1,8 +1,7 @@
 //! Per-route policies through the real gateway: matching (prefix on segment boundaries, exact,
 //! anchored regex that never sees the query, methods), first match wins, `public`, `deny`,
 //! `require_groups`, `require_claims`, `api = true`, CORS preflights (`preflight`), built-in
-//! endpoints before routes, and the decision metrics (CONTRACT `[[route]]`, Details 9, 10, 16,
-//! 17, 26).
+//! endpoints before routes, and the decision metrics.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod support;
@@ -298,7 +297,7 @@ async fn require_groups_reads_a_comma_separated_groups_string() {
     assert_eq!(status(&h, &erin, "/ops").await, StatusCode::FORBIDDEN);
 }
 
-/// Contract Details 32: a comma (or `%`) inside one group name is percent-encoded in
+/// A comma (or `%`) inside one group name is percent-encoded in
 /// `X-Forwarded-Groups`, so `users,admins` never reads as the two groups `users` and
 /// `admins` upstream, nor to `require_groups`, and `/oauth2/userinfo` keeps the names as
 /// they are. The same header reaches forward auth.
@@ -455,7 +454,7 @@ async fn api_routes_answer_401_json_never_a_redirect() {
         to.starts_with(&h.idp.issuer()) || to.contains("/oauth2/start"),
         "{to}"
     );
-    // ... but never a non-GET request (Details 9).
+    // ... but never a non-GET request.
     let r = client_post_html(&c, h.at("/page")).await;
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     // Logged in, the api route is an ordinary authenticated route.
@@ -536,8 +535,8 @@ async fn cors_preflight_is_authenticated_unless_the_route_forwards_it() {
             .header(header::ACCESS_CONTROL_REQUEST_HEADERS, "content-type")
             .header(header::ACCEPT, "application/json")
     };
-    // By default a preflight is a request like any other: no session, 401 (contract
-    // Details 26), never the app's answer.
+    // By default a preflight is a request like any other: no session, 401,
+    // never the app's answer.
     let anonymous = h.client();
     let r = preflight(&anonymous, "/private/thing")
         .send()

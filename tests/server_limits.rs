@@ -1,4 +1,4 @@
-//! Client connections cannot be hoarded (contract Details 27): a connection that completes no
+//! Client connections cannot be hoarded: a connection that completes no
 //! request head within `header_read_timeout` is closed, whatever the protocol; an idle
 //! keep-alive connection closes after `idle_timeout` (HTTP/2 with GOAWAY), but a request in
 //! flight is never cut; at most `max_connections` connections are served, and at most 100

@@ -8,10 +8,11 @@ mod support;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use authgate::clock::{Clock, ClockHand};
 use authgate::config::HeadersConfig;
 use authgate::secret::Secret;
 use authgate::session::identity::IdentityRules;
-use authgate::session::memory::MemoryStore;
+use authgate::session::memory::{MAX_LOGOUT_MARKERS, MemoryOptions, MemoryStore};
 use authgate::session::redis::{RedisOptions, RedisStore};
 use authgate::session::{
     Identity, Marker, Replaced, Session, SessionKey, SessionStore, Tokens, new_key, unix_now,
@@ -19,10 +20,65 @@ use authgate::session::{
 use support::eventually;
 use support::redis::RedisServer;
 
-/// Short timeouts so the suite runs in seconds. Idle must stay well above the Redis store's
-/// 1 s local read cache (a cache hit does not touch Redis, so not its idle timer).
+/// The memory store's idle timeout (whole seconds): its clock is moved, never slept on.
 const IDLE: Duration = Duration::from_secs(3);
+/// The Redis stores' idle timeout: Redis' own TTLs, on Redis' clock, so the conformance suite
+/// sleeps through it. Short, but well above the local read cache of these tests (a cache
+/// hit does not touch Redis, so not its idle timer).
+const REDIS_IDLE: Duration = Duration::from_millis(1500);
+/// The Redis stores' local read cache lifetime in these tests (the gateway's is `CACHE_TTL`,
+/// 1 s): what a test of idleness or of another replica's view waits for on real time.
+const REDIS_CACHE_TTL: Duration = Duration::from_millis(250);
 const ABSOLUTE: Duration = Duration::from_secs(3600);
+
+/// Time as a store under test sees it. Its own deadlines (absolute timeout, idleness of the
+/// memory store, markers of the memory store) follow its clock, which the test moves. Redis'
+/// TTLs (idle timeout, markers) follow Redis' clock, which only real time moves.
+struct Time {
+    clock: Clock,
+    hand: ClockHand,
+    /// The store keeps TTLs on Redis: [`Time::pass`] sleeps as well.
+    redis: bool,
+    /// How long past a deadline a read may still be answered (whole seconds of the memory
+    /// store; the local read cache of the Redis store).
+    settle: Duration,
+}
+
+impl Time {
+    fn new(redis: bool) -> Time {
+        let (clock, hand) = Clock::adjustable();
+        let settle = if redis {
+            REDIS_CACHE_TTL + Duration::from_millis(250)
+        } else {
+            Duration::from_secs(1)
+        };
+        Time {
+            clock,
+            hand,
+            redis,
+            settle,
+        }
+    }
+
+    /// Unix seconds by the store's clock.
+    fn now(&self) -> u64 {
+        self.clock.unix_now()
+    }
+
+    /// `by` passes for the store's own deadlines (its clock).
+    fn advance(&self, by: Duration) {
+        self.hand.advance(by);
+    }
+
+    /// `by` passes for every deadline: the store's clock moves, and a Redis store's TTLs need
+    /// the time to pass for real.
+    async fn pass(&self, by: Duration) {
+        self.hand.advance(by);
+        if self.redis {
+            tokio::time::sleep(by).await;
+        }
+    }
+}
 
 fn session(sub: &str, sid: Option<&str>, token: &str) -> Arc<Session> {
     session_at(sub, sid, token, unix_now())
@@ -71,7 +127,7 @@ async fn token_of<S: SessionStore>(store: &S, key: &SessionKey) -> Option<String
 
 /// What every store must do. `fresh_view` reads as another replica would (for the Redis
 /// store: no local cache), so deletions are checked where it matters.
-async fn conformance<S: SessionStore>(store: S, absolute: Duration) {
+async fn conformance<S: SessionStore>(store: S, absolute: Duration, idle: Duration, time: &Time) {
     assert!(store.ready().await);
     // save / load / replace / delete
     let k1 = new_key();
@@ -98,30 +154,33 @@ async fn conformance<S: SessionStore>(store: S, absolute: Duration) {
     store.delete(&k1).await.unwrap(); // idempotent
 
     ended_sessions_stay_ended(&store).await;
-    single_use_ids(&store).await;
+    single_use_ids(&store, time).await;
 
     // absolute timeout: counted from login_at, whatever the activity
     let old = new_key();
-    let past = unix_now() - absolute.as_secs() - 1;
+    let past = time.now() - absolute.as_secs() - 1;
     store
         .save(old, session_at("u9", None, "at-old", past))
         .await
         .unwrap();
     assert!(store.load(&old).await.unwrap().is_none(), "past absolute");
     let ending = new_key();
-    let almost = unix_now() + 2 - absolute.as_secs();
+    let almost = time.now() + 2 - absolute.as_secs();
     store
         .save(ending, session_at("u9", None, "at-ending", almost))
         .await
         .unwrap();
     assert!(store.load(&ending).await.unwrap().is_some());
-    assert!(
-        eventually(Duration::from_secs(6), || async {
-            store.load(&ending).await.unwrap().is_none()
-        })
-        .await,
-        "the absolute deadline passes while the session is in use"
-    );
+    let mut in_use = 0;
+    while store.load(&ending).await.unwrap().is_some() {
+        in_use += 1;
+        assert!(
+            in_use <= 12,
+            "the absolute deadline passes while the session is in use"
+        );
+        time.advance(Duration::from_millis(500)); // 6 s at most
+    }
+    assert!(in_use >= 2, "ended {in_use} half seconds after its save");
 
     // back-channel logout: by sid, by sub, by both
     let a = (new_key(), session("u1", Some("sid-a"), "t-a"));
@@ -159,25 +218,23 @@ async fn conformance<S: SessionStore>(store: S, absolute: Duration) {
     assert!(store.load(&b.0).await.unwrap().is_some(), "nothing named");
 
     // idle timeout: reset by loads, ends the session without them
-    let idle = new_key();
+    let idle_key = new_key();
     store
-        .save(idle, session("u4", None, "t-idle"))
+        .save(idle_key, session("u4", None, "t-idle"))
         .await
         .unwrap();
-    let started = Instant::now();
-    for _ in 0..3 {
-        tokio::time::sleep(IDLE * 2 / 3).await;
+    // Used every 2/3 of the idle timeout, 3 times: kept alive past two idle timeouts.
+    for i in 1..=3 {
+        time.pass(idle * 2 / 3).await;
         assert!(
-            store.load(&idle).await.unwrap().is_some(),
-            "in use after {:?}",
-            started.elapsed()
+            store.load(&idle_key).await.unwrap().is_some(),
+            "in use after {i} x 2/3 of the idle timeout"
         );
     }
-    assert!(started.elapsed() > IDLE, "kept alive past one idle timeout");
     // No polling here: every load would reset the idle timer.
-    tokio::time::sleep(IDLE + Duration::from_millis(1500)).await;
+    time.pass(idle + time.settle).await;
     assert!(
-        store.load(&idle).await.unwrap().is_none(),
+        store.load(&idle_key).await.unwrap().is_none(),
         "idle session dropped"
     );
 
@@ -185,7 +242,7 @@ async fn conformance<S: SessionStore>(store: S, absolute: Duration) {
     drop(store.refresh_lease(&b.0).await.unwrap());
 }
 
-/// Contract Details 28: an update (a refresh's result) is written only over the version it
+/// An ended session stays ended: an update (a refresh's result) is written only over the version it
 /// read, and never re-creates a record that a delete (sign-out, back-channel logout, rejected
 /// refresh) removed in between.
 async fn ended_sessions_stay_ended<S: SessionStore>(store: &S) {
@@ -239,8 +296,8 @@ async fn ended_sessions_stay_ended<S: SessionStore>(store: &S) {
 
 /// Single-use markers (a used login state, a used logout token): set once, for the time
 /// asked, each on its own.
-async fn single_use_ids<S: SessionStore>(store: &S) {
-    let ttl = Duration::from_secs(1);
+async fn single_use_ids<S: SessionStore>(store: &S, time: &Time) {
+    let ttl = Duration::from_millis(500);
     let a = Marker {
         kind: "once",
         id: [1u8; 32],
@@ -257,8 +314,9 @@ async fn single_use_ids<S: SessionStore>(store: &S) {
             .unwrap(),
         "single use"
     );
+    time.pass(ttl).await;
     assert!(
-        eventually(Duration::from_secs(5), || async {
+        eventually(Duration::from_secs(2), || async {
             !store.is_claimed(&a).await.unwrap()
         })
         .await,
@@ -280,33 +338,44 @@ fn redis_store(server: &RedisServer, secret_bytes: &[u8], lease: Duration) -> Re
 }
 
 fn redis_store_at(url: &str, secret_bytes: &[u8], lease: Duration) -> RedisStore {
-    RedisStore::new(
-        RedisOptions {
-            url: Secret::new(url.to_owned()),
-            key_prefix: "test:".into(),
-            timeout: Duration::from_secs(1),
-            idle_timeout: IDLE,
-            absolute_timeout: ABSOLUTE,
-            cache_capacity: 1000,
-            cache_ttl: authgate::session::redis::CACHE_TTL,
-            lease,
-            lease_wait: Duration::from_secs(10),
-            identity_rules: rules(),
-        },
-        &secrets(secret_bytes),
-    )
-    .unwrap()
+    RedisStore::new(redis_options(url, lease), &secrets(secret_bytes)).unwrap()
+}
+
+fn redis_options(url: &str, lease: Duration) -> RedisOptions {
+    RedisOptions {
+        url: Secret::new(url.to_owned()),
+        key_prefix: "test:".into(),
+        timeout: Duration::from_secs(1),
+        idle_timeout: REDIS_IDLE,
+        absolute_timeout: ABSOLUTE,
+        cache_capacity: 1000,
+        cache_ttl: REDIS_CACHE_TTL,
+        lease,
+        lease_wait: Duration::from_secs(10),
+        identity_rules: rules(),
+    }
 }
 
 #[tokio::test]
 async fn memory_store_conformance() {
-    conformance(MemoryStore::new(1000, IDLE, ABSOLUTE), ABSOLUTE).await;
+    let time = Time::new(false);
+    let store = MemoryStore::with_options(MemoryOptions {
+        max_sessions: 1000,
+        idle_timeout: IDLE,
+        absolute_timeout: ABSOLUTE,
+        max_markers: MAX_LOGOUT_MARKERS,
+        clock: time.clock.clone(),
+    });
+    conformance(store, ABSOLUTE, IDLE, &time).await;
 }
 
 #[tokio::test]
 async fn redis_store_conformance() {
     let server = RedisServer::start();
-    conformance(redis_store(&server, &[1], Duration::from_secs(5)), ABSOLUTE).await;
+    let time = Time::new(true);
+    let options = redis_options(&server.url(), Duration::from_secs(5));
+    let store = RedisStore::with_clock(options, &secrets(&[1]), time.clock.clone()).unwrap();
+    conformance(store, ABSOLUTE, REDIS_IDLE, &time).await;
 }
 
 /// Two replicas: the lease is exclusive, kept alive past its nominal length while held, and

@@ -1,10 +1,9 @@
 //! Sessions: bad cookies, cookie secret rotation, identity header stripping, the session
-//! cookie kept from the upstream, idle and absolute timeouts, capacity, pending-login floods
-//! (contract "Behaviour", Details 3, 10, 18).
+//! cookie kept from the upstream, idle and absolute timeouts, capacity, pending-login floods.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod support;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use authgate::session::{CookieCodec, SessionStore, Store};
 use base64::Engine;
@@ -388,11 +387,10 @@ async fn idle_timeout_is_reset_by_use_and_ends_an_unused_session() {
         .await;
     let client = h.client();
     let cookie = h.login(&client, "alice").await;
-    let started = Instant::now();
-    // Used every half second (userinfo and proxied requests both count), it survives 4 s.
-    let mut uses = 0;
-    while started.elapsed() < Duration::from_secs(4) {
-        tokio::time::sleep(Duration::from_millis(500)).await;
+    // Used every half second (userinfo and proxied requests both count), it survives 4 s of
+    // the gateway's clock (moved, not slept).
+    for uses in 0..8 {
+        h.advance(Duration::from_millis(500));
         let status = if uses % 2 == 0 {
             userinfo_status(&h, &client).await
         } else {
@@ -401,13 +399,12 @@ async fn idle_timeout_is_reset_by_use_and_ends_an_unused_session() {
         assert_eq!(
             status,
             StatusCode::OK,
-            "use {uses} at {:?}",
-            started.elapsed()
+            "use {uses} at {} ms",
+            (uses + 1) * 500
         );
-        uses += 1;
     }
     // Unused for 3 s: gone, and the signed cookie is cleared.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    h.advance(Duration::from_secs(3));
     let r = api_with(&h, &cookie).await;
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     assert!(is_cleared(&r), "an expired session's cookie is cleared");
@@ -427,7 +424,8 @@ async fn absolute_timeout_ends_a_session_in_continuous_use() {
     let h = Harness::builder()
         .config(
             // absolute_timeout may not be shorter than idle_timeout: both 3 s, and the
-            // session is used every 200 ms, so only the absolute deadline can end it.
+            // session is used every 200 ms of the gateway's clock, so only the absolute
+            // deadline can end it.
             r#"[session]
             idle_timeout = "3s"
             absolute_timeout = "3s"
@@ -437,26 +435,31 @@ async fn absolute_timeout_ends_a_session_in_continuous_use() {
         .await;
     let client = h.client();
     let cookie = h.login(&client, "alice").await;
-    let logged_in = Instant::now();
+    // Time moved since the login (real time adds a little on top).
+    let mut moved = Duration::ZERO;
     let mut ok = 0;
     let ended_after = loop {
         let status = api_with(&h, &cookie).await.status();
         if status == StatusCode::UNAUTHORIZED {
-            break logged_in.elapsed();
+            break moved;
         }
         assert_eq!(status, StatusCode::OK);
         ok += 1;
         assert!(
-            logged_in.elapsed() < Duration::from_secs(10),
-            "still alive after {:?}",
-            logged_in.elapsed()
+            moved < Duration::from_secs(10),
+            "still alive after {moved:?}"
         );
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        h.advance(Duration::from_millis(200));
+        moved += Duration::from_millis(200);
     };
     // login_at has second precision: the session lives between 2 and 3 s.
     assert!(
         ended_after >= Duration::from_millis(1500),
         "ended too early: {ended_after:?}"
+    );
+    assert!(
+        ended_after <= Duration::from_secs(3),
+        "ended late: {ended_after:?}"
     );
     assert!(ok >= 3, "it was usable before: {ok} requests");
     assert_eq!(userinfo_status(&h, &client).await, StatusCode::UNAUTHORIZED);
@@ -464,7 +467,7 @@ async fn absolute_timeout_ends_a_session_in_continuous_use() {
 
 // --- capacity ---
 
-/// Contract Details 18 under real request timing: logins and requests back to back, as
+/// A full store drops the least recently used session, under real request timing: logins and requests back to back, as
 /// browsers make them, and no help from the test (no store maintenance, no waiting): each
 /// login that finds the store full drops the least recently used session at once.
 #[tokio::test]

@@ -1,4 +1,4 @@
-//! The trust boundary, attacked as a client would (contract Details 12 and 22 to 26): nothing
+//! The trust boundary, attacked as a client would: nothing
 //! a client sends changes the decision or the identity the app sees. One table per class:
 //! forwarded-header trust (forward auth), header aliases, `Connection` tricks, method case,
 //! cookie bytes, CORS preflights. Each case names the attack, the status it must get and how
@@ -172,7 +172,7 @@ fn folded(name: &str) -> String {
         .collect()
 }
 
-// === forwarded-header trust (forward auth, Details 12 and 22) ===
+// === forwarded-header trust (forward auth) ===
 
 const AUTH: &[u8] = b"/oauth2/auth";
 const FM: &[u8] = b"X-Forwarded-Method";
@@ -250,7 +250,7 @@ async fn forward_auth_from_an_untrusted_peer_is_a_plain_session_check() {
     }
 }
 
-// === header aliases (Details 23) ===
+// === header aliases ===
 
 /// Headers a legacy framework believes, in the spellings CGI-style servers fold together.
 const ALIASES: &[(&str, &str)] = &[
@@ -334,7 +334,7 @@ async fn header_aliases_from_a_trusted_proxy_pass_unchanged() {
     }
 }
 
-// === `Connection` tricks (Details 24) ===
+// === `Connection` tricks ===
 
 const CONNECTION: &[u8] = b"Connection";
 
@@ -399,7 +399,7 @@ async fn connection_never_removes_what_the_gateway_sets() {
     }
 }
 
-// === method case (Details 26) ===
+// === method case ===
 
 #[rustfmt::skip]
 const METHOD_CASE: &[Case] = &[
@@ -422,7 +422,7 @@ async fn route_methods_compare_case_insensitively() {
     run(&h, &session, METHOD_CASE).await;
 }
 
-// === cookie bytes (Details 25) ===
+// === cookie bytes ===
 
 const COOKIE: &[u8] = b"Cookie";
 
@@ -483,7 +483,7 @@ async fn our_cookies_never_reach_the_upstream_whatever_else_the_header_holds() {
     assert!(wrong.is_empty(), "\n{}", wrong.join("\n"));
 }
 
-// === CORS preflights (Details 26) ===
+// === CORS preflights ===
 
 const ORIGIN: (&[u8], &[u8]) = (b"Origin", b"https://other.example");
 const ACRM: (&[u8], &[u8]) = (b"Access-Control-Request-Method", b"PUT");

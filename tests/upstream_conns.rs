@@ -154,13 +154,9 @@ async fn a_client_connection_reuses_its_upstream_connection() {
     assert_eq!(connections_opened(&h).await, 1.0);
 }
 
-/// `authgate_upstream_connections_opened_total` from `/metrics`.
+/// `authgate_upstream_connections_opened_total{upstream="default"}` from `/metrics`.
 async fn connections_opened(h: &Harness) -> f64 {
-    metric(
-        &h.metrics().await,
-        "authgate_upstream_connections_opened_total",
-    )
-    .expect("the metric is exposed")
+    gauge(h, "authgate_upstream_connections_opened_total").await
 }
 
 #[tokio::test]
@@ -355,8 +351,10 @@ async fn h2_burst(
     futures_util::future::join_all(requests).await
 }
 
+/// The series `name` of `[upstream]` (labelled `upstream="default"`).
 async fn gauge(h: &Harness, name: &str) -> f64 {
-    metric(&h.metrics().await, name).unwrap_or_else(|| panic!("{name} is exposed"))
+    let series = format!("{name}{{upstream=\"default\"}}");
+    metric(&h.metrics().await, &series).unwrap_or_else(|| panic!("{series} is exposed"))
 }
 
 /// One HTTP/2 client with 150 concurrent streams: the upstream never sees more than

@@ -3,7 +3,7 @@
 //! A request with `Authorization: Bearer <JWT>` and no session is accepted when the JWT
 //! verifies as an access token ([`crate::oidc::Oidc::verify_jwt`]: the provider's JWKS, an
 //! advertised asymmetric algorithm, `iss`, `aud` one of `oidc.bearer_audiences`, `exp` and
-//! `nbf` with the common leeway, and not shaped like an ID token: contract Details 29). It is
+//! `nbf` with the common leeway, and not shaped like an ID token). It is
 //! then forwarded with that same token, and identity headers from its claims.
 //! `bearer_audiences` has no default when a route uses passthrough (the configuration says
 //! which APIs' tokens are meant for the upstream; the client id is the ID tokens' audience).

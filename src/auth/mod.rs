@@ -133,7 +133,7 @@ impl Authenticator {
             Lookup::Gone(_) => true,
             Lookup::NoCookie => false,
         };
-        // Contract Details 5: while the provider is undiscovered nobody can log in (and no
+        // While the provider is undiscovered nobody can log in (and no
         // bearer token can be verified), so a request without a live session is told to come
         // back later (503 + Retry-After, as `/oauth2/start` answers) instead of being sent to
         // a login that cannot work (302) or told its credentials are wrong (401).
@@ -159,7 +159,7 @@ impl Authenticator {
     }
 
     /// 302 to login for a browser navigation (when `navigation` allows it), else 401
-    /// (contract Behaviour, Details 9). Counted as a redirect decision when the request is a
+    /// (never a redirect for a non-GET request or an API client). Counted as a redirect decision when the request is a
     /// browser navigation, whoever turns it into one (forward auth: the proxy).
     fn unauthenticated<B>(
         &self,

@@ -11,7 +11,7 @@ use serde::de::DeserializeOwned;
 
 use super::ConfigError;
 use super::env::{ENV_SOURCE_NAME, variable_name};
-use super::raw::{RawConfig, RawRoute, SECTIONS};
+use super::raw::{RawConfig, RawRoute, RawUpstream, SECTIONS};
 
 /// Key of errors that belong to no key: the file is missing or not valid TOML.
 const ROOT_KEY: &str = "config";
@@ -39,6 +39,7 @@ pub(crate) fn extract(figment: &Figment, errors: &mut Vec<ConfigError>) -> Optio
     Some(RawConfig {
         server: section(figment, "server", errors),
         upstream: section(figment, "upstream", errors),
+        upstreams: upstreams(figment, errors),
         oidc: section(figment, "oidc", errors),
         session: section(figment, "session", errors),
         headers: section(figment, "headers", errors),
@@ -76,6 +77,42 @@ fn section<T: DeserializeOwned + Default>(
             None
         }
     }
+}
+
+/// `[upstreams.NAME]`: each named upstream deserialized alone, in name order.
+fn upstreams(
+    figment: &Figment,
+    errors: &mut Vec<ConfigError>,
+) -> Option<Vec<(String, Option<RawUpstream>)>> {
+    let names: Vec<String> = match figment.find_value("upstreams") {
+        Err(_) => return Some(Vec::new()),
+        Ok(Value::Dict(_, dict)) => dict.keys().cloned().collect(),
+        Ok(other) => {
+            let message = format!(
+                "expected a table of upstreams ([upstreams.NAME]), found {}",
+                kind_of(&other)
+            );
+            let md = figment.find_metadata("upstreams");
+            errors.push(ConfigError::new(
+                "upstreams",
+                with_source(message, md, &["upstreams"]),
+            ));
+            return None;
+        }
+    };
+    let upstreams = names
+        .into_iter()
+        .map(|name| {
+            let key = format!("upstreams.{name}");
+            // A name holding a dot would read as a nested key: it cannot be focused.
+            let section = match name.contains('.') {
+                true => None,
+                false => section::<RawUpstream>(figment, &key, errors),
+            };
+            (name, section)
+        })
+        .collect();
+    Some(upstreams)
 }
 
 /// `[[route]]`: each element deserialized alone, so one bad route hides no other.

@@ -5,7 +5,7 @@
 //! 1. [`figment_for`]: the file (`Toml::file_exact`: it must exist) merged with the environment
 //!    overrides of `env.rs` (string keys stay strings; `AUTHGATE_CONFIG` is ignored).
 //! 2. `extract.rs`: each section, and each `[[route]]`, deserialized on its own into the raw
-//!    serde structs of `raw.rs` (`deny_unknown_fields`, contract defaults), so the serde
+//!    serde structs of `raw.rs` (`deny_unknown_fields`, documented defaults), so the serde
 //!    errors of every section are reported together, each with its key path.
 //! 3. `validate.rs` (and `routes.rs`): raw -> typed, resolving `*_file` secrets, decoding cookie secrets,
 //!    parsing URLs, durations, CIDRs, header names and regexes, and the rules that span keys.

@@ -1,7 +1,7 @@
 //! The configuration exactly as written: serde structs mirroring the TOML file.
 //!
 //! Every section rejects unknown keys (a typo must not silently disable security) and fills
-//! absent keys with the contract's defaults. Durations, URLs and names stay strings here so
+//! absent keys with their documented defaults (`gateway.toml`). Durations, URLs and names stay strings here so
 //! that `validate.rs` can report a bad value together with the key that holds it.
 //!
 //! These structs are also the schema of the environment overrides: `schema.rs` reads from each
@@ -12,7 +12,15 @@ use serde::Deserialize;
 use super::lenient;
 
 /// The top-level keys of the file, in the order `authgate check` prints them.
-pub(crate) const SECTIONS: &[&str] = &["server", "upstream", "oidc", "session", "headers", "route"];
+pub(crate) const SECTIONS: &[&str] = &[
+    "server",
+    "upstream",
+    "upstreams",
+    "oidc",
+    "session",
+    "headers",
+    "route",
+];
 
 /// Every section; `None` where the section failed to deserialize (its errors are reported,
 /// and validation skips it rather than piling "missing" errors on top).
@@ -20,6 +28,8 @@ pub(crate) const SECTIONS: &[&str] = &["server", "upstream", "oidc", "session", 
 pub(crate) struct RawConfig {
     pub server: Option<RawServer>,
     pub upstream: Option<RawUpstream>,
+    /// `[upstreams.NAME]`, in file order; `None` for one that failed to deserialize.
+    pub upstreams: Option<Vec<(String, Option<RawUpstream>)>>,
     pub oidc: Option<RawOidc>,
     pub session: Option<RawSession>,
     pub headers: Option<RawHeaders>,
@@ -49,6 +59,8 @@ pub(crate) struct RawServer {
     pub idle_timeout: String,
     pub max_connections: usize,
     pub forwarded_proto: String,
+    #[serde(deserialize_with = "lenient::string_list")]
+    pub allowed_redirect_hosts: Vec<String>,
 }
 
 impl Default for RawServer {
@@ -70,6 +82,7 @@ impl Default for RawServer {
             idle_timeout: "60s".into(),
             max_connections: 10_000,
             forwarded_proto: "auto".into(),
+            allowed_redirect_hosts: Vec::new(),
         }
     }
 }
@@ -121,6 +134,7 @@ pub(crate) struct RawOidc {
     /// Unset = `resource` when non-empty, else `[client_id]` (decided in validation).
     #[serde(deserialize_with = "lenient::string_list")]
     pub bearer_audiences: Vec<String>,
+    pub id_token_max_age: String,
 }
 
 impl Default for RawOidc {
@@ -140,6 +154,7 @@ impl Default for RawOidc {
             token_endpoint_auth: "client_secret_basic".into(),
             post_logout_redirect_uri: None,
             bearer_audiences: Vec::new(),
+            id_token_max_age: "10m".into(),
         }
     }
 }
@@ -243,6 +258,17 @@ pub(crate) struct RawRoute {
     pub bearer: String,
     pub bearer_resource: Option<String>,
     pub preflight: String,
+    /// Metrics label; default derived from `host` and `path`.
+    pub name: Option<String>,
+    /// `app.example.com` or `*.example.com`; unset = every host.
+    pub host: Option<String>,
+    /// An `[upstreams.NAME]`; unset = `[upstream]`.
+    pub upstream: Option<String>,
+    pub strip_prefix: bool,
+    #[serde(deserialize_with = "lenient::string_list")]
+    pub require_email_domains: Vec<String>,
+    #[serde(deserialize_with = "lenient::string_list")]
+    pub require_emails: Vec<String>,
 }
 
 impl Default for RawRoute {
@@ -258,6 +284,12 @@ impl Default for RawRoute {
             bearer: "off".into(),
             bearer_resource: None,
             preflight: "authenticate".into(),
+            name: None,
+            host: None,
+            upstream: None,
+            strip_prefix: false,
+            require_email_domains: Vec::new(),
+            require_emails: Vec::new(),
         }
     }
 }

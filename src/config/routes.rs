@@ -1,4 +1,4 @@
-//! `[[route]]` validation: raw routes -> [`RouteConfig`]s (CONTRACT Detail 16).
+//! `[[route]]` validation: raw routes -> [`RouteConfig`]s.
 //!
 //! Split from `validate.rs` only for size; the same rules apply: every error recorded under
 //! its key (`route[2].path`), nothing built unless the whole route is valid.
@@ -8,27 +8,125 @@ use regex::Regex;
 
 use super::check::{Checker, non_empty};
 use super::raw::RawRoute;
-use super::types::{BearerMode, PathMatch, Policy, Preflight, RouteConfig};
+use super::types::{BearerMode, HostPattern, PathMatch, Policy, Preflight, RouteConfig};
 
+/// Metrics labels no route may take: the route of no match, and the built-in endpoints'.
+const RESERVED_NAMES: &[&str] = &["default"];
+
+/// `upstreams`: the names of `[upstreams.NAME]`, `None` when that section failed (a route's
+/// `upstream` is then not judged: the section's own errors are reported).
 pub(crate) fn routes(
     raw: &[Option<RawRoute>],
     resources: Option<&[String]>,
+    upstreams: Option<&[&str]>,
     c: &mut Checker,
 ) -> Option<Vec<RouteConfig>> {
     let routes: Vec<_> = (raw.iter().enumerate())
-        .map(|(i, r)| r.as_ref().and_then(|r| route(i, r, resources, c)))
+        .map(|(i, r)| {
+            r.as_ref()
+                .and_then(|r| route(i, r, resources, upstreams, c))
+        })
         .collect();
-    routes.into_iter().collect()
+    let mut routes: Vec<RouteConfig> = routes.into_iter().collect::<Option<_>>()?;
+    name_routes(raw, &mut routes, c)?;
+    Some(routes)
+}
+
+/// Every route's metrics label: a configured `name` must be unique (and not a reserved
+/// label); a route without one is named after its host and path (`billing.example.com/api/`,
+/// `/api/`), with `#<index>` appended when an earlier route holds that name already.
+fn name_routes(
+    raw: &[Option<RawRoute>],
+    routes: &mut [RouteConfig],
+    c: &mut Checker,
+) -> Option<()> {
+    let mut taken: Vec<(String, usize)> = Vec::new();
+    let mut ok = true;
+    for (i, raw) in raw.iter().enumerate() {
+        let Some(name) = raw.as_ref().and_then(|r| r.name.as_deref()) else {
+            continue;
+        };
+        let key = format!("route[{i}].name");
+        let name = name.trim();
+        let printable = (name.bytes()).all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\');
+        if name.is_empty() || name.len() > 128 || !printable {
+            c.error(
+                key,
+                "must be 1 to 128 visible ASCII characters, without \" or \\",
+            );
+            ok = false;
+        } else if RESERVED_NAMES.contains(&name) || name.starts_with("/oauth2/") {
+            c.error(
+                key,
+                format!("{name:?} is reserved for the gateway's own series"),
+            );
+            ok = false;
+        } else if let Some((_, first)) = taken.iter().find(|(n, _)| n == name) {
+            c.error(
+                key,
+                format!("{name:?} is already the name of route[{first}]"),
+            );
+            ok = false;
+        } else {
+            taken.push((name.to_owned(), i));
+            routes[i].name = name.to_owned();
+        }
+    }
+    if !ok {
+        return None;
+    }
+    for (i, route) in routes.iter_mut().enumerate() {
+        if !route.name.is_empty() {
+            continue;
+        }
+        let path = match &route.matcher {
+            PathMatch::Prefix(p) | PathMatch::Exact(p) => p.clone(),
+            PathMatch::Regex(re) => super::types::unanchored(re.as_str()).to_owned(),
+        };
+        let base = match &route.host {
+            Some(host) => format!("{host}{path}"),
+            None => path,
+        };
+        let mut name = base.clone();
+        if taken.iter().any(|(n, _)| *n == name) || RESERVED_NAMES.contains(&name.as_str()) {
+            name = format!("{base}#{i}");
+        }
+        taken.push((name.clone(), i));
+        route.name = name;
+    }
+    Some(())
 }
 
 fn route(
     i: usize,
     raw: &RawRoute,
     resources: Option<&[String]>,
+    upstreams: Option<&[&str]>,
     c: &mut Checker,
 ) -> Option<RouteConfig> {
     let key = |field: &str| format!("route[{i}].{field}");
     let matcher = route_matcher(raw, &key, c);
+    let host = match non_empty(raw.host.as_deref()) {
+        Some(h) => c.check(&key("host"), HostPattern::parse(h)).map(Some),
+        None => Some(None),
+    };
+    let upstream = route_upstream(raw, upstreams, &key("upstream"), c);
+    if raw.strip_prefix
+        && let Some(kind) = matcher.as_ref().and_then(|m| match m {
+            PathMatch::Prefix(_) => None,
+            PathMatch::Exact(_) => Some("exact"),
+            PathMatch::Regex(_) => Some("regex"),
+        })
+    {
+        let m = format!("applies to prefix routes only (this route has match = \"{kind}\")");
+        c.error(key("strip_prefix"), m);
+    }
+    let email_domains: Vec<_> = (raw.require_email_domains.iter().enumerate())
+        .map(|(j, d)| email_domain(&key(&format!("require_email_domains[{j}]")), d, c))
+        .collect();
+    let emails: Vec<_> = (raw.require_emails.iter().enumerate())
+        .map(|(j, e)| email_address(&key(&format!("require_emails[{j}]")), e, c))
+        .collect();
     let methods: Vec<_> = (raw.methods.iter().enumerate())
         .map(|(j, m)| method(&format!("route[{i}].methods[{j}]"), m, c))
         .collect();
@@ -59,7 +157,14 @@ fn route(
             ("forward", Preflight::Forward),
         ],
     );
+    let strip_ok = !raw.strip_prefix || matches!(matcher, Some(PathMatch::Prefix(_)));
     Some(RouteConfig {
+        name: String::new(),
+        host: host?,
+        upstream: upstream?,
+        strip_prefix: strip_ok.then_some(raw.strip_prefix)?,
+        require_email_domains: email_domains.into_iter().collect::<Option<_>>()?,
+        require_emails: emails.into_iter().collect::<Option<_>>()?,
         matcher: matcher?,
         methods: methods.into_iter().collect::<Option<_>>()?,
         policy: policy?,
@@ -89,7 +194,7 @@ fn route_matcher(
     let path = c.required(&key("path"), raw.path.as_deref())?;
     match kind? {
         MatchKind::Regex => {
-            // Anchored: a regex must match the whole path (CONTRACT Detail 16).
+            // Anchored: a regex must match the whole path.
             let compiled = Regex::new(&format!("^(?:{path})$"))
                 .map_err(|e| format!("invalid regex {path:?}: {e}"));
             c.check(&key("path"), compiled).map(PathMatch::Regex)
@@ -137,6 +242,76 @@ fn require_claims(
     ok.then(|| raw.require_claims.clone())
 }
 
+fn route_upstream(
+    raw: &RawRoute,
+    upstreams: Option<&[&str]>,
+    key: &str,
+    c: &mut Checker,
+) -> Option<Option<String>> {
+    let Some(wanted) = non_empty(raw.upstream.as_deref()) else {
+        return Some(None);
+    };
+    let known = upstreams?;
+    if !known.contains(&wanted) {
+        let listed = match known.is_empty() {
+            true => "there is no [upstreams.NAME] section".to_owned(),
+            false => format!("known: {}", known.join(", ")),
+        };
+        c.error(
+            key,
+            format!("{wanted:?} is not an [upstreams.NAME] ({listed})"),
+        );
+        return None;
+    }
+    Some(Some(wanted.to_owned()))
+}
+
+/// An email domain as the rules compare it: lowercase ASCII. A non-ASCII (internationalized)
+/// domain is refused here: write its IDNA form (`xn--...`). Claims holding a non-ASCII domain
+/// never match, so a look-alike Unicode domain can never pass for an ASCII one.
+fn email_domain(key: &str, raw: &str, c: &mut Checker) -> Option<String> {
+    let lower = raw.trim().to_ascii_lowercase();
+    if !lower.is_ascii() {
+        c.error(
+            key,
+            format!("{raw:?}: write an internationalized domain in its ASCII (xn--) form"),
+        );
+        return None;
+    }
+    match HostPattern::parse(&lower) {
+        Ok(HostPattern::Exact(domain)) => Some(domain),
+        _ => {
+            c.error(
+                key,
+                format!("{raw:?} is not a domain (\"example.com\", without \"@\")"),
+            );
+            None
+        }
+    }
+}
+
+/// An address as the rules compare it: lowercase, exactly one `@`, an ASCII domain.
+fn email_address(key: &str, raw: &str, c: &mut Checker) -> Option<String> {
+    let lower = raw.trim().to_ascii_lowercase();
+    let valid = match lower.split_once('@') {
+        Some((local, domain)) => {
+            !local.is_empty()
+                && !domain.contains('@')
+                && local.bytes().all(|b| b.is_ascii_graphic())
+                && matches!(HostPattern::parse(domain), Ok(HostPattern::Exact(_)))
+        }
+        None => false,
+    };
+    if !valid {
+        c.error(
+            key,
+            format!("{raw:?} is not an email address (one \"@\", an ASCII domain)"),
+        );
+        return None;
+    }
+    Some(lower)
+}
+
 fn bearer_resource(
     raw: &RawRoute,
     resources: Option<&[String]>,
@@ -178,7 +353,7 @@ mod tests {
     #[test]
     fn regex_is_anchored_and_alternation_stays_inside() {
         let mut c = Checker::default();
-        let route = route(0, &raw("/a|/b", "regex"), Some(&[]), &mut c).unwrap();
+        let route = route(0, &raw("/a|/b", "regex"), Some(&[]), None, &mut c).unwrap();
         let PathMatch::Regex(re) = route.matcher else {
             panic!("expected a regex")
         };
@@ -189,7 +364,7 @@ mod tests {
     #[test]
     fn defaults_are_prefix_authenticated_off() {
         let mut c = Checker::default();
-        let route = route(0, &raw("/x", "prefix"), None, &mut c).unwrap();
+        let route = route(0, &raw("/x", "prefix"), None, None, &mut c).unwrap();
         assert!(matches!(route.matcher, PathMatch::Prefix(ref p) if p == "/x"));
         assert_eq!(route.policy, Policy::Authenticated);
         assert_eq!(route.bearer, BearerMode::Off);

@@ -19,6 +19,7 @@ use serde::ser::{SerializeStruct, Serializer};
 use url::Url;
 
 use super::ser;
+pub use crate::host::HostPattern;
 use crate::secret::Secret;
 
 /// The whole gateway configuration.
@@ -26,6 +27,9 @@ use crate::secret::Secret;
 pub struct Config {
     pub server: ServerConfig,
     pub upstream: UpstreamConfig,
+    /// `[upstreams.NAME]`, by name (sorted).
+    #[serde(skip_serializing_if = "Vec::is_empty", serialize_with = "ser::table")]
+    pub upstreams: Vec<(String, UpstreamConfig)>,
     pub oidc: OidcConfig,
     pub session: SessionConfig,
     pub headers: HeadersConfig,
@@ -64,8 +68,8 @@ pub struct ServerConfig {
     /// Most header fields accepted in one request. Default 100.
     #[serde(serialize_with = "ser::count")]
     pub max_headers: usize,
-    /// More request headers removed from every request of an untrusted peer (contract
-    /// Details 23), compared in any spelling like the built-in list.
+    /// More request headers removed from every request of an untrusted peer,
+    /// compared in any spelling like the built-in list.
     #[serde(serialize_with = "ser::display_list")]
     pub strip_request_headers: Vec<HeaderName>,
     /// A keep-alive connection with no request in flight for this long is closed (HTTP/2:
@@ -79,6 +83,9 @@ pub struct ServerConfig {
     /// `X-Forwarded-Proto` sent upstream for a peer not in `trusted_proxies` (and for a
     /// trusted one that sent none).
     pub forwarded_proto: ForwardedProto,
+    /// Hosts an absolute `rd` may name besides `public_url`'s (lowercase): `app.example.com`,
+    /// or `.example.com` for every subdomain of `example.com`.
+    pub allowed_redirect_hosts: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -154,8 +161,11 @@ pub struct OidcConfig {
     )]
     pub post_logout_redirect_uri: Option<Url>,
     /// Audiences accepted on bearer-passthrough routes. No default: required when a route
-    /// uses passthrough (contract Details 29).
+    /// uses passthrough (the client id is never assumed).
     pub bearer_audiences: Vec<String>,
+    /// An ID token whose `iat` is older than this (plus leeway) is refused. Default 10m.
+    #[serde(serialize_with = "ser::duration")]
+    pub id_token_max_age: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -248,6 +258,20 @@ pub struct HeadersConfig {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct RouteConfig {
+    /// Label of the route's metrics series: as configured, else derived from `host` and the
+    /// path (made unique with `#<index>`).
+    pub name: String,
+    /// Only requests for this host match; `None`: every host.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "ser::opt_display"
+    )]
+    pub host: Option<HostPattern>,
+    /// An `[upstreams.NAME]`; `None`: `[upstream]`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<String>,
+    /// Prefix routes: the prefix is removed before forwarding (keeping a leading `/`).
+    pub strip_prefix: bool,
     /// Prints as `path` and `match`.
     #[serde(flatten)]
     pub matcher: PathMatch,
@@ -260,6 +284,10 @@ pub struct RouteConfig {
     /// Claim name -> accepted values (any one of them).
     #[serde(skip_serializing_if = "Vec::is_empty", serialize_with = "ser::table")]
     pub require_claims: Vec<(String, Vec<String>)>,
+    /// Lowercase ASCII domains; the `email` claim must be in one of them.
+    pub require_email_domains: Vec<String>,
+    /// Lowercase ASCII addresses; the `email` claim must be one of them.
+    pub require_emails: Vec<String>,
     pub bearer: BearerMode,
     /// Which configured `oidc.resource` token goes upstream on this route (default: the first).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -292,7 +320,7 @@ impl Serialize for PathMatch {
     }
 }
 
-fn unanchored(compiled: &str) -> &str {
+pub(crate) fn unanchored(compiled: &str) -> &str {
     (compiled.strip_prefix("^(?:"))
         .and_then(|s| s.strip_suffix(")$"))
         .unwrap_or(compiled)
@@ -307,7 +335,7 @@ pub enum Policy {
 }
 
 /// CORS preflights (`OPTIONS` with `Origin` and `Access-Control-Request-Method`) on an
-/// `authenticated` route (contract Details 26).
+/// `authenticated` route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Preflight {

@@ -13,18 +13,26 @@ use crate::secret::Secret;
 /// Validates every section; `None` when `checker` holds at least one error.
 pub(crate) fn validate(raw: &RawConfig, c: &mut Checker) -> Option<Config> {
     let server = raw.server.as_ref().and_then(|s| server(s, c));
-    let upstream = raw.upstream.as_ref().and_then(|u| upstream(u, c));
+    let upstream = raw
+        .upstream
+        .as_ref()
+        .and_then(|u| upstream("upstream", u, c));
+    let upstreams = raw.upstreams.as_ref().and_then(|u| upstreams(u, c));
     let oidc = raw.oidc.as_ref().and_then(|o| oidc(o, c));
     let session = raw.session.as_ref().and_then(|s| session(s, c));
     let headers = raw.headers.as_ref().and_then(|h| headers(h, c));
     let resources = raw.oidc.as_ref().map(|o| o.resource.as_slice());
-    let routes = raw.routes.as_ref().and_then(|r| routes(r, resources, c));
+    let upstream_names: Option<Vec<&str>> =
+        (raw.upstreams.as_ref()).map(|u| u.iter().map(|(name, _)| name.as_str()).collect());
+    let routes =
+        (raw.routes.as_ref()).and_then(|r| routes(r, resources, upstream_names.as_deref(), c));
     if let (Some(oidc), Some(routes)) = (&oidc, &routes) {
         passthrough_needs_audiences(oidc, routes, c);
     }
     let config = Config {
         server: server?,
         upstream: upstream?,
+        upstreams: upstreams?,
         oidc: oidc?,
         session: session?,
         headers: headers?,
@@ -76,6 +84,9 @@ fn server(raw: &RawServer, c: &mut Checker) -> Option<ServerConfig> {
             ("http", ForwardedProto::Http),
         ],
     );
+    let redirect_hosts: Vec<_> = (raw.allowed_redirect_hosts.iter().enumerate())
+        .map(|(i, h)| redirect_host(&format!("server.allowed_redirect_hosts[{i}]"), h, c))
+        .collect();
     Some(ServerConfig {
         listen: listen?,
         public_url: public_url?,
@@ -92,7 +103,25 @@ fn server(raw: &RawServer, c: &mut Checker) -> Option<ServerConfig> {
         idle_timeout: idle_timeout?,
         max_connections: max_connections?,
         forwarded_proto: forwarded_proto?,
+        allowed_redirect_hosts: redirect_hosts.into_iter().collect::<Option<_>>()?,
     })
+}
+
+/// `app.example.com`, or `.example.com` for its subdomains; lowercase, no port, no wildcard.
+fn redirect_host(key: &str, raw: &str, c: &mut Checker) -> Option<String> {
+    let lower = raw.trim().to_ascii_lowercase();
+    let name = lower.strip_prefix('.').unwrap_or(&lower);
+    match crate::host::HostPattern::parse(name) {
+        Ok(crate::host::HostPattern::Exact(_)) => Some(lower),
+        _ => {
+            let m = format!(
+                "{raw:?} is not a host name (\"app.example.com\", or \".example.com\" for its \
+                 subdomains; no scheme, port or \"*\")"
+            );
+            c.error(key, m);
+            None
+        }
+    }
 }
 
 /// A header name to strip from untrusted requests; never one the gateway itself needs to
@@ -153,17 +182,19 @@ fn tls(raw: &RawServer, c: &mut Checker) -> Option<Option<TlsFiles>> {
 
 // === upstream ===
 
-fn upstream(raw: &RawUpstream, c: &mut Checker) -> Option<UpstreamConfig> {
+/// `[upstream]`, or one `[upstreams.NAME]` (`section` is the key path of either).
+fn upstream(section: &str, raw: &RawUpstream, c: &mut Checker) -> Option<UpstreamConfig> {
+    let key = |field: &str| format!("{section}.{field}");
     let url = c
-        .required("upstream.url", raw.url.as_deref())
-        .and_then(|u| c.base_url("upstream.url", u));
-    let timeout = c.duration("upstream.timeout", &raw.timeout, true);
+        .required(&key("url"), raw.url.as_deref())
+        .and_then(|u| c.base_url(&key("url"), u));
+    let timeout = c.duration(&key("timeout"), &raw.timeout, true);
     let ca_file = match non_empty(raw.ca_file.as_deref()) {
-        Some(path) => c.readable_file("upstream.ca_file", path).map(Some),
+        Some(path) => c.readable_file(&key("ca_file"), path).map(Some),
         None => Some(None),
     };
-    let max_connections = c.connection_count("upstream.max_connections", raw.max_connections);
-    let idle_timeout = c.duration("upstream.idle_timeout", &raw.idle_timeout, true);
+    let max_connections = c.connection_count(&key("max_connections"), raw.max_connections);
+    let idle_timeout = c.duration(&key("idle_timeout"), &raw.idle_timeout, true);
     Some(UpstreamConfig {
         url: url?,
         timeout: timeout?,
@@ -171,6 +202,37 @@ fn upstream(raw: &RawUpstream, c: &mut Checker) -> Option<UpstreamConfig> {
         max_connections: max_connections?,
         idle_timeout: idle_timeout?,
     })
+}
+
+/// `[upstreams.NAME]`: a name is a metrics label and what routes write in `upstream`, so
+/// letters, digits, `-` and `_`, and never `default` (the label of `[upstream]`).
+fn upstreams(
+    raw: &[(String, Option<RawUpstream>)],
+    c: &mut Checker,
+) -> Option<Vec<(String, UpstreamConfig)>> {
+    let checked: Vec<_> = (raw.iter())
+        .map(|(name, section)| {
+            let key = format!("upstreams.{name}");
+            let name_ok = !name.is_empty()
+                && name.len() <= 64
+                && (name.bytes()).all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            if !name_ok {
+                let m = format!("{name:?} is not an upstream name (letters, digits, - and _)");
+                c.error(&key, m);
+                return None;
+            }
+            if name == "default" {
+                c.error(
+                    &key,
+                    "\"default\" is the name of [upstream]: choose another",
+                );
+                return None;
+            }
+            let config = upstream(&key, section.as_ref()?, c)?;
+            Some((name.clone(), config))
+        })
+        .collect();
+    checked.into_iter().collect()
 }
 
 // === oidc ===
@@ -188,6 +250,7 @@ fn oidc(raw: &RawOidc, c: &mut Checker) -> Option<OidcConfig> {
     let scopes = scopes(&raw.scopes, c);
     let timeout = c.duration("oidc.timeout", &raw.timeout, true);
     let refresh_timeout = c.opt_duration("oidc.refresh_timeout", raw.refresh_timeout.as_deref());
+    let id_token_max_age = c.duration("oidc.id_token_max_age", &raw.id_token_max_age, true);
     let auth = c.choice(
         "oidc.token_endpoint_auth",
         &raw.token_endpoint_auth,
@@ -220,6 +283,7 @@ fn oidc(raw: &RawOidc, c: &mut Checker) -> Option<OidcConfig> {
         refresh_timeout: refresh_timeout?.unwrap_or(timeout),
         token_endpoint_auth: auth?,
         post_logout_redirect_uri: post_logout?,
+        id_token_max_age: id_token_max_age?,
     })
 }
 
@@ -232,7 +296,7 @@ fn scopes(raw: &[String], c: &mut Checker) -> Option<Vec<String>> {
     Some(raw.to_vec())
 }
 
-/// Contract Details 29: bearer passthrough accepts the audiences the configuration names,
+/// Bearer passthrough accepts the audiences the configuration names,
 /// never a default. The obvious default, the client id, is the audience of the ID tokens
 /// this client gets, so an ID token (which reaches the browser) would pass as a bearer token.
 fn passthrough_needs_audiences(oidc: &OidcConfig, routes: &[RouteConfig], c: &mut Checker) {

@@ -1,5 +1,5 @@
 //! `/oauth2/auth`: forward auth for nginx `auth_request`, Traefik `forwardAuth`, Caddy
-//! `forward_auth` and Envoy `ext_authz` (contract Details 12 and 22).
+//! `forward_auth` and Envoy `ext_authz`.
 //!
 //! From a peer in `trusted_proxies`, the original request is taken from `X-Forwarded-Method`
 //! and `X-Forwarded-Uri` (or `X-Original-URI`), and judged by the same route rules as a
@@ -23,15 +23,17 @@ use super::Shared;
 use crate::auth::{Authenticator, Navigation, is_preflight};
 use crate::config::{BearerMode, Policy, Preflight};
 use crate::headers::{self, Peer};
+use crate::host::RequestHost;
 use crate::metrics::{Decision, Metrics};
-use crate::policy::RouteTable;
 use crate::policy::path::normalize_path;
+use crate::policy::{Route, RouteTable};
 use crate::proxy::Body;
 use crate::reply::{self, Reply};
 
 static X_FORWARDED_METHOD: HeaderName = HeaderName::from_static("x-forwarded-method");
 static X_FORWARDED_URI: HeaderName = HeaderName::from_static("x-forwarded-uri");
 static X_ORIGINAL_URI: HeaderName = HeaderName::from_static("x-original-uri");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 /// Bytes a request-target may not hold (RFC 3986 `pchar`, `/` and `?` are kept, and `%`,
 /// whose escapes `normalize_path` checks): controls, space, non-ASCII and `"<>[\]^`{|}`.
@@ -85,13 +87,77 @@ impl ForwardAuth {
                 return Err(Reply::BadRequest("Bad request: path not accepted"));
             };
             let path = path.into_owned();
+            let host = original_host(&parts.uri, &parts.headers);
+            if host == RequestHost::Malformed && self.routes.has_hosts() {
+                return Err(Reply::BadRequest("Bad request: host not accepted"));
+            }
             (parts.method, parts.uri) = (method, uri);
-            (self.routes.find(&parts.method, &path), path)
+            (self.routes.find(&parts.method, host.name(), &path), path)
         } else {
             (parts.method, parts.uri) = (Method::GET, Uri::from_static("/"));
             (self.routes.fallback(), "/".to_owned())
         };
-        let original = Request::from_parts(parts, ());
+        let mut vouched = self
+            .judge(Request::from_parts(parts, ()), route, &path)
+            .await?;
+        if !trusted {
+            // Only a proxy needs the token. Anyone else calling this directly is most likely a
+            // script in the app's own pages (same origin, so it can read response headers):
+            // handing it the access token would turn an XSS into token theft.
+            vouched.remove(AUTHORIZATION);
+        }
+        Ok(accepted(StatusCode::ACCEPTED, vouched))
+    }
+
+    /// `ANY /oauth2/ext_authz/<original path>`: Envoy's and Istio's HTTP `ext_authz`, which
+    /// send the original method, the original path after a configured prefix (with its
+    /// query), and the original `Host`; they allow the request only on 200. Trusted proxies
+    /// only: anyone else gets 403 (this dialect carries the original request in the request
+    /// line itself, so no header could be ignored instead). Same decision, refresh and
+    /// headers as `/oauth2/auth`.
+    pub async fn ext_authz<B>(
+        &self,
+        req: Request<B>,
+        peer: Peer,
+        prefix: &str,
+    ) -> Result<Response<Body>, Reply> {
+        if !peer.trusted {
+            return Err(Reply::Deny);
+        }
+        let (mut parts, _) = req.into_parts();
+        let raw = parts.uri.path_and_query().map_or("", PathAndQuery::as_str);
+        // The prefix as sent (an encoded prefix was recognized on the normalized path: its
+        // original path cannot be told apart from the prefix, so it is refused).
+        let Some(original) = raw.strip_prefix(prefix).filter(|o| o.starts_with('/')) else {
+            return Err(Reply::BadRequest(
+                "Bad request: the forwarded URI is not a path",
+            ));
+        };
+        let uri = original_uri(original.as_bytes()).map_err(Reply::BadRequest)?;
+        let Ok(path) = normalize_path(uri.path()) else {
+            return Err(Reply::BadRequest("Bad request: path not accepted"));
+        };
+        let path = path.into_owned();
+        let host = original_host(&parts.uri, &parts.headers);
+        if host == RequestHost::Malformed && self.routes.has_hosts() {
+            return Err(Reply::BadRequest("Bad request: host not accepted"));
+        }
+        let route = self.routes.find(&parts.method, host.name(), &path);
+        parts.uri = uri;
+        let vouched = self
+            .judge(Request::from_parts(parts, ()), route, &path)
+            .await?;
+        Ok(accepted(StatusCode::OK, vouched))
+    }
+
+    /// The decision on the original request (`original`: its method, URI and this request's
+    /// credentials): the headers the upstream would get, or why not.
+    async fn judge(
+        &self,
+        original: Request<()>,
+        route: &Route,
+        path: &str,
+    ) -> Result<HeaderMap, Reply> {
         match route.rule.policy {
             Policy::Deny => {
                 self.metrics.decision(route.id, Decision::Deny);
@@ -99,14 +165,14 @@ impl ForwardAuth {
             }
             Policy::Public => {
                 self.metrics.decision(route.id, Decision::Allow);
-                return Ok(accepted(HeaderMap::new()));
+                return Ok(HeaderMap::new());
             }
-            // As the gateway would forward it: without identity (contract Details 26).
+            // As the gateway would forward it: without identity.
             Policy::Authenticated
                 if route.rule.preflight == Preflight::Forward && is_preflight(&original) =>
             {
                 self.metrics.decision(route.id, Decision::Allow);
-                return Ok(accepted(HeaderMap::new()));
+                return Ok(HeaderMap::new());
             }
             Policy::Authenticated => {}
         }
@@ -116,27 +182,24 @@ impl ForwardAuth {
         };
         // A proxy turns our 401 into a login redirect itself: never answer 302 here.
         let auth = (self.auth)
-            .authenticate(&original, route, offered, &path, Navigation::Never)
+            .authenticate(&original, route, offered, path, Navigation::Never)
             .await?;
-        if let Err(refusal) = route.authorize(auth.identity().groups(), auth.identity().claims()) {
+        let identity = auth.identity();
+        if let Err(refusal) =
+            route.authorize(identity.groups(), identity.email(), identity.claims())
+        {
             self.metrics.decision(route.id, Decision::Forbid);
             return Err(refusal.into());
         }
         self.metrics.decision(route.id, Decision::Allow);
         let mut vouched = HeaderMap::new();
         self.auth.vouch(&mut vouched, &auth, route)?;
-        if !trusted {
-            // Only a proxy needs the token. Anyone else calling this directly is most likely a
-            // script in the app's own pages (same origin, so it can read response headers):
-            // handing it the access token would turn an XSS into token theft.
-            vouched.remove(AUTHORIZATION);
-        }
-        Ok(accepted(vouched))
+        Ok(vouched)
     }
 }
 
-fn accepted(headers: HeaderMap) -> Response<Body> {
-    let mut response = reply::text(StatusCode::ACCEPTED, "ok");
+fn accepted(status: StatusCode, headers: HeaderMap) -> Response<Body> {
+    let mut response = reply::text(status, "ok");
     response.headers_mut().extend(headers);
     response.headers_mut().remove(SET_COOKIE);
     response
@@ -159,6 +222,18 @@ fn original_request(headers: &HeaderMap) -> Result<(Method, Uri), &'static str> 
     let uri =
         uri.ok_or("Bad request: X-Forwarded-Uri or X-Original-URI must be sent exactly once")?;
     Ok((method, original_uri(uri)?))
+}
+
+/// The host of the request a trusted proxy asks about: its one `X-Forwarded-Host`, else
+/// the check request's own host (nginx and Envoy keep the original `Host`).
+fn original_host(uri: &Uri, headers: &HeaderMap) -> RequestHost {
+    if headers.contains_key(&X_FORWARDED_HOST) {
+        return match single(headers, &X_FORWARDED_HOST) {
+            Some(host) => RequestHost::parse(host),
+            None => RequestHost::Malformed,
+        };
+    }
+    RequestHost::of(uri, headers)
 }
 
 /// The value of a header sent exactly once.

@@ -1,7 +1,7 @@
 //! `/oauth2/start` and `/oauth2/callback`: the authorization code flow with PKCE.
 //!
 //! Every failure a user or provider can cause answers 400 with a short HTML page and a link
-//! to try again (contract Details 14), never a 5xx; only "provider not reachable yet" and
+//! to try again, never a 5xx; only "provider not reachable yet" and
 //! "store down" are 503.
 
 use std::sync::Arc;
@@ -34,6 +34,8 @@ pub struct Login {
     sessions: Arc<Sessions>,
     identities: Arc<IdentityRules>,
     public_url: Url,
+    /// `server.allowed_redirect_hosts`.
+    redirect_hosts: Vec<String>,
     clock: Clock,
     metrics: Arc<Metrics>,
 }
@@ -48,6 +50,7 @@ impl Login {
             sessions: shared.sessions.clone(),
             identities: shared.identities.clone(),
             public_url: cfg.server.public_url.clone(),
+            redirect_hosts: cfg.server.allowed_redirect_hosts.clone(),
             clock: shared.clock.clone(),
             metrics: shared.metrics.clone(),
         }
@@ -55,13 +58,13 @@ impl Login {
 
     pub async fn start<B>(&self, req: &Request<B>) -> Result<Response<Body>, Reply> {
         let provider = self.oidc.provider().ok_or(Unavailable::ProviderNotReady)?;
-        let rd = query_param(req.uri(), "rd").unwrap_or_else(|| "/".into());
+        let rd = query_param(req.uri(), "rd").unwrap_or_else(|| super::home(&self.public_url));
         let auth = self.oidc.authorize(&provider);
         let pending = PendingLogin {
             state: auth.state,
             nonce: auth.nonce,
             pkce_verifier: auth.pkce_verifier,
-            landing: SafeRedirect::parse(&rd, &self.public_url),
+            landing: SafeRedirect::parse_allowing(&rd, &self.public_url, &self.redirect_hosts),
         };
         // Nothing is stored here: the browser carries the sealed login (see `crate::login`).
         let Some(cookies) = self.logins.begin(req.headers(), &pending) else {
@@ -83,9 +86,9 @@ impl Login {
         result
     }
 
-    /// The provider's redirect back. The browser binding is checked before anything is consumed
-    /// (contract Details 31): a callback replayed from another browser is refused and leaves the
-    /// user's own login intact.
+    /// The provider's redirect back. The browser binding is checked before anything is consumed:
+    /// a callback replayed from another browser is refused and leaves the user's own login
+    /// intact.
     async fn callback_inner<B>(
         &self,
         req: &Request<B>,
@@ -116,6 +119,18 @@ impl Login {
             ));
             return (page, InvalidState);
         };
+        // RFC 9207 (the mix-up defence): the response must come from this provider, before
+        // its code is redeemed anywhere.
+        let Some(provider) = self.oidc.provider() else {
+            return (Err(Unavailable::ProviderNotReady.into()), Down);
+        };
+        if let Err(e) = provider.check_response_issuer(&query_values(uri, "iss")) {
+            tracing::warn!(reason = %e, "login refused: authorization response issuer");
+            let page = Err(Reply::LoginFailed(
+                "The login response did not come from the expected identity provider.",
+            ));
+            return (finished(page, Some(&pending), logins), Rejected);
+        }
         let used_up = || Err(Reply::LoginFailed("This login was already used."));
         match logins.was_used(&state).await {
             Ok(false) => {}
@@ -206,6 +221,16 @@ impl Login {
         }
         Ok(response)
     }
+}
+
+/// The first two values of the query parameter `name`, decoded (two tell "repeated").
+fn query_values(uri: &http::Uri, name: &str) -> Vec<String> {
+    let query = uri.query().unwrap_or_default();
+    url::form_urlencoded::parse(query.as_bytes())
+        .filter(|(k, _)| k == name)
+        .take(2)
+        .map(|(_, v)| v.into_owned())
+        .collect()
 }
 
 /// `result`, clearing the login cookie of `pending` (a login the callback has used up).

@@ -33,6 +33,8 @@ pub struct Logouts {
     sessions: Arc<Sessions>,
     oidc: Arc<Oidc>,
     public_url: Url,
+    /// `server.allowed_redirect_hosts`.
+    redirect_hosts: Vec<String>,
 }
 
 // === impl Logouts ===
@@ -43,11 +45,12 @@ impl Logouts {
             sessions: shared.sessions.clone(),
             oidc: shared.oidc.clone(),
             public_url: cfg.server.public_url.clone(),
+            redirect_hosts: cfg.server.allowed_redirect_hosts.clone(),
         }
     }
 
     /// Delete the session, revoke its refresh token (RFC 7009: Logto's end-session does not revoke
-    /// `offline_access` grants), then log out at the provider (contract Details 13).
+    /// `offline_access` grants), then log out at the provider.
     pub async fn sign_out<B>(&self, req: &Request<B>) -> Result<Response<Body>, Reply> {
         // A store that cannot be read or written is answered 503: telling the user "signed out"
         // (and clearing the cookie) while the session lives on would be a lie, and the session
@@ -71,8 +74,8 @@ impl Logouts {
                 .map(String::from);
         }
         let target = target.unwrap_or_else(|| {
-            let rd = query_param(req.uri(), "rd").unwrap_or_else(|| "/".into());
-            SafeRedirect::parse(&rd, &self.public_url)
+            let rd = query_param(req.uri(), "rd").unwrap_or_else(|| super::home(&self.public_url));
+            SafeRedirect::parse_allowing(&rd, &self.public_url, &self.redirect_hosts)
                 .as_str()
                 .to_owned()
         });
@@ -85,7 +88,7 @@ impl Logouts {
 
     /// Receive a `logout_token` and end the sessions of its `sid` (or of its `sub`).
     ///
-    /// A token is used once (contract Details 30): its issuer and `jti` are remembered for as
+    /// A token is used once: its issuer and `jti` are remembered for as
     /// long as its `iat` keeps it acceptable, in the session store (so, with Redis, by every
     /// replica). The sessions are ended first and the `jti` remembered after, so that a store
     /// failure in between answers 503 and the provider's retry is still honoured; a duplicate
@@ -157,7 +160,7 @@ struct Logout {
     once: Marker,
 }
 
-/// Back-Channel Logout 1.0 section 2.6 and contract Details 30, but for single use (the
+/// Back-Channel Logout 1.0 section 2.6, but for single use (the
 /// caller's): see [`Expect::LogoutToken`].
 async fn verify_logout_token(oidc: &Oidc, token: &str) -> Result<Logout, JwtError> {
     let claims = oidc.verify_jwt(token, Expect::LogoutToken).await?;

@@ -1,4 +1,4 @@
-//! The gateway's own endpoints, answered before any route is looked at (contract Details 17).
+//! The gateway's own endpoints, answered before any route is looked at.
 //!
 //! Each endpoint module gets a context of its own with what it needs (the sessions, the
 //! provider, the login cookies, ...), built once by [`Endpoints::new`], never the gateway.
@@ -23,11 +23,14 @@ use crate::metrics::Metrics;
 use crate::oidc::Oidc;
 use crate::policy::RouteTable;
 use crate::proxy::Body;
-use crate::proxy::Upstream;
+use crate::proxy::Upstreams;
 use crate::reply::Reply;
 use crate::server::ConnectionStats;
 use crate::session::Sessions;
 use crate::session::identity::IdentityRules;
+
+/// Envoy's and Istio's `ext_authz` path prefix: the original path follows it.
+const EXT_AUTHZ_PREFIX: &str = "/oauth2/ext_authz/";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Builtin {
@@ -40,12 +43,14 @@ pub enum Builtin {
     Healthz,
     Readyz,
     Metrics,
+    /// `/oauth2/ext_authz/<original path>`.
+    ExtAuthz,
     /// Any other `/oauth2/...` path: the prefix is reserved.
     UnknownOauth2,
 }
 
 impl Builtin {
-    pub const ALL: [Builtin; 10] = [
+    pub const ALL: [Builtin; 11] = [
         Builtin::Start,
         Builtin::Callback,
         Builtin::SignOut,
@@ -55,6 +60,7 @@ impl Builtin {
         Builtin::Healthz,
         Builtin::Readyz,
         Builtin::Metrics,
+        Builtin::ExtAuthz,
         Builtin::UnknownOauth2,
     ];
 
@@ -69,6 +75,7 @@ impl Builtin {
             Builtin::Healthz => "/healthz",
             Builtin::Readyz => "/readyz",
             Builtin::Metrics => "/metrics",
+            Builtin::ExtAuthz => "/oauth2/ext_authz/*",
             Builtin::UnknownOauth2 => "/oauth2/*",
         }
     }
@@ -80,6 +87,7 @@ impl Builtin {
         match found {
             Some(Builtin::Metrics) if metrics_elsewhere => None,
             Some(b) => Some(b),
+            None if path.starts_with(EXT_AUTHZ_PREFIX) => Some(Builtin::ExtAuthz),
             None if path.starts_with("/oauth2/") => Some(Builtin::UnknownOauth2),
             None => None,
         }
@@ -95,7 +103,7 @@ pub struct Shared {
     pub oidc: Arc<Oidc>,
     pub identities: Arc<IdentityRules>,
     pub metrics: Arc<Metrics>,
-    pub upstream: Arc<Upstream>,
+    pub upstreams: Arc<Upstreams>,
     /// Client connections of the main listener.
     pub connections: Arc<ConnectionStats>,
     pub clock: Clock,
@@ -109,6 +117,9 @@ pub struct Endpoints {
     forward_auth: auth::ForwardAuth,
     /// `server.metrics_listen` is set: `/metrics` is served there, not here.
     metrics_elsewhere: bool,
+    /// The path of `public_url` without a trailing slash (`/app`; empty for none): the
+    /// `/oauth2/` endpoints live below it.
+    base_path: String,
 }
 
 // === impl Endpoints ===
@@ -121,12 +132,30 @@ impl Endpoints {
             status: Arc::new(status::Status::new(cfg, shared)),
             forward_auth: auth::ForwardAuth::new(shared),
             metrics_elsewhere: cfg.server.metrics_listen.is_some(),
+            base_path: cfg
+                .server
+                .public_url
+                .path()
+                .trim_end_matches('/')
+                .to_owned(),
         }
     }
 
-    /// The built-in endpoint at `path`, if any.
+    /// The built-in endpoint at `path`, if any. With a base path (`public_url` =
+    /// `https://example.com/app`), the `/oauth2/` endpoints are at `/app/oauth2/...` (and
+    /// `/oauth2/...` is an ordinary path of the upstream); `/healthz`, `/readyz` and
+    /// `/metrics` stay at the root, where probes and scrapers look for them.
     pub fn recognize(&self, path: &str) -> Option<Builtin> {
-        Builtin::recognize(path, self.metrics_elsewhere)
+        if self.base_path.is_empty() {
+            return Builtin::recognize(path, self.metrics_elsewhere);
+        }
+        match path.strip_prefix(self.base_path.as_str()) {
+            Some(below) if below.starts_with("/oauth2/") => {
+                Builtin::recognize(below, self.metrics_elsewhere)
+            }
+            _ if path.starts_with("/oauth2/") => None,
+            _ => Builtin::recognize(path, self.metrics_elsewhere),
+        }
     }
 
     /// The handler of `server.metrics_listen`.
@@ -158,10 +187,20 @@ impl Endpoints {
             }
             Builtin::Userinfo if read_only => self.status.userinfo(&req).await,
             Builtin::Auth => self.forward_auth.check(req, peer).await,
+            Builtin::ExtAuthz => {
+                let prefix = format!("{}/oauth2/ext_authz", self.base_path);
+                self.forward_auth.ext_authz(req, peer, &prefix).await
+            }
             Builtin::UnknownOauth2 => Err(Reply::NotFound),
             _ => Err(Reply::MethodNotAllowed),
         }
     }
+}
+
+/// Where a login or sign-out without `rd` lands: the root of `public_url`, base path
+/// included (`/app/` for `https://example.com/app`).
+pub fn home(public_url: &url::Url) -> String {
+    format!("{}/", public_url.path().trim_end_matches('/'))
 }
 
 /// First value of a query parameter, decoded.

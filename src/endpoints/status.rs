@@ -14,7 +14,7 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::oidc::Oidc;
 use crate::proxy::Body;
-use crate::proxy::Upstream;
+use crate::proxy::{Upstream, Upstreams};
 use crate::reply::{self, Reply, Unavailable};
 use crate::server::ConnectionStats;
 use crate::session::{Lookup, SessionStore, Sessions, Store};
@@ -24,7 +24,7 @@ pub struct Status {
     oidc: Arc<Oidc>,
     sessions: Arc<Sessions>,
     metrics: Arc<Metrics>,
-    upstream: Arc<Upstream>,
+    upstreams: Arc<Upstreams>,
     connections: Arc<ConnectionStats>,
     /// `server.public_url` without a trailing slash (the login URL of a 401).
     public_url: String,
@@ -43,7 +43,7 @@ impl Status {
             oidc: shared.oidc.clone(),
             sessions: shared.sessions.clone(),
             metrics: shared.metrics.clone(),
-            upstream: shared.upstream.clone(),
+            upstreams: shared.upstreams.clone(),
             connections: shared.connections.clone(),
             public_url: public_base(&cfg.server.public_url),
             clock: shared.clock.clone(),
@@ -66,6 +66,50 @@ impl Status {
             ))
         } else {
             Err(Unavailable::NotReady { provider, store }.into())
+        }
+    }
+
+    /// The connection series of every upstream, labelled `upstream="default"` (`[upstream]`)
+    /// or `upstream="<NAME>"` (`[upstreams.NAME]`).
+    fn render_upstreams(&self, text: &mut String) {
+        type Read = fn(&Upstream) -> u64;
+        let series: [(&str, &str, &str, Read); 5] = [
+            (
+                "authgate_upstream_connections_opened_total",
+                "counter",
+                "Upstream connections opened.",
+                Upstream::connections_opened,
+            ),
+            (
+                "authgate_upstream_connections",
+                "gauge",
+                "Upstream connections open (or being opened), idle ones included.",
+                |u| u.connections_open() as u64,
+            ),
+            (
+                "authgate_upstream_connections_idle",
+                "gauge",
+                "Idle upstream connections kept for the next requests.",
+                |u| u.connections_idle() as u64,
+            ),
+            (
+                "authgate_upstream_connection_waits_total",
+                "counter",
+                "Requests that found upstream max_connections reached and waited.",
+                Upstream::connection_waits,
+            ),
+            (
+                "authgate_upstream_connection_wait_timeouts_total",
+                "counter",
+                "Requests that waited upstream timeout for a connection in vain (503).",
+                Upstream::connection_wait_timeouts,
+            ),
+        ];
+        for (name, kind, help, read) in series {
+            let _ = writeln!(text, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (upstream, u) in self.upstreams.iter() {
+                let _ = writeln!(text, "{name}{{upstream=\"{upstream}\"}} {}", read(u));
+            }
         }
     }
 
@@ -106,30 +150,7 @@ impl Status {
              authgate_store_up {}",
             u8::from(store_up)
         );
-        let upstream = &self.upstream;
-        let _ = writeln!(
-            text,
-            "# HELP authgate_upstream_connections_opened_total Upstream connections opened.\n\
-         # TYPE authgate_upstream_connections_opened_total counter\n\
-         authgate_upstream_connections_opened_total {}\n\
-         # HELP authgate_upstream_connections Upstream connections open (or being opened), idle ones included.\n\
-         # TYPE authgate_upstream_connections gauge\n\
-         authgate_upstream_connections {}\n\
-         # HELP authgate_upstream_connections_idle Idle upstream connections kept for the next requests.\n\
-         # TYPE authgate_upstream_connections_idle gauge\n\
-         authgate_upstream_connections_idle {}\n\
-         # HELP authgate_upstream_connection_waits_total Requests that found upstream max_connections reached and waited.\n\
-         # TYPE authgate_upstream_connection_waits_total counter\n\
-         authgate_upstream_connection_waits_total {}\n\
-         # HELP authgate_upstream_connection_wait_timeouts_total Requests that waited upstream timeout for a connection in vain (503).\n\
-         # TYPE authgate_upstream_connection_wait_timeouts_total counter\n\
-         authgate_upstream_connection_wait_timeouts_total {}",
-            upstream.connections_opened(),
-            upstream.connections_open(),
-            upstream.connections_idle(),
-            upstream.connection_waits(),
-            upstream.connection_wait_timeouts(),
-        );
+        self.render_upstreams(&mut text);
         let connections = &self.connections;
         let _ = writeln!(
             text,
@@ -155,7 +176,7 @@ impl Status {
         response
     }
 
-    /// The session's identity and expiries (contract Details 11). Never a token.
+    /// The session's identity and expiries. Never a token.
     pub async fn userinfo<B>(&self, req: &Request<B>) -> Result<Response<Body>, Reply> {
         let session = match self.sessions.lookup(req.headers()).await? {
             Lookup::Live(_, session) => session,

@@ -101,6 +101,10 @@ pub struct Line<'a> {
     pub seen: &'a Seen,
     pub request_id: &'a HeaderValue,
     pub sub: Option<&'a str>,
+    /// The route's metrics label (its `name`, else host and path).
+    pub route: &'a str,
+    /// The upstream's name (`default` for `[upstream]`), when the request went to one.
+    pub upstream: Option<&'a str>,
     pub status: u16,
     pub elapsed: Duration,
     pub upstream_time: Option<Duration>,
@@ -117,6 +121,8 @@ impl Line<'_> {
         let host = text(self.seen.host.as_ref());
         let user_agent = text(self.seen.user_agent.as_ref());
         let sub = self.sub.unwrap_or("-");
+        let route = self.route;
+        let upstream = self.upstream.unwrap_or("-");
         let status = self.status;
         let latency_us = self.elapsed.as_micros() as u64;
         let upstream_us = self.upstream_time.map(|d| d.as_micros() as u64);
@@ -127,6 +133,7 @@ impl Line<'_> {
                     target: "authgate::access",
                     request_id = %log_safe(&request_id), %method, path = %log_safe(path),
                     host = %log_safe(&host), sub = %log_safe(sub),
+                    route = %log_safe(route), upstream = %log_safe(upstream),
                     user_agent = %log_safe(&user_agent),
                     status, latency_us, upstream_us, %peer $(, $($extra)+)?
                 )

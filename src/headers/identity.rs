@@ -99,8 +99,8 @@ impl ClaimHeaders {
 }
 
 /// The `X-Forwarded-Groups` value: the names comma-joined, with a `,` or `%` inside a name
-/// percent-encoded (`%2C`, `%25`), so that one group never reads as two (contract Details
-/// 32) and the encoding itself stays unambiguous.
+/// percent-encoded (`%2C`, `%25`), so that one group never reads as two, and the
+/// encoding itself stays unambiguous.
 fn groups_header(names: &[Cow<'_, str>]) -> String {
     let mut out = String::new();
     for (i, name) in names.iter().enumerate() {

@@ -1,4 +1,4 @@
-//! What a client's request may carry past the gateway (contract Details 23 and 24).
+//! What a client's request may carry past the gateway.
 //!
 //! One pass over the request's header names, before the gateway sets any header of its own,
 //! removes:

@@ -12,6 +12,7 @@ use openidconnect::{
 use serde_json::{Map, Value};
 use url::Url;
 
+use super::checks::{self, IdTokenCheckError, IdTokenContext};
 use super::{HttpError, Oidc, Provider, error_chain, jwt};
 use crate::clock::Clock;
 use crate::config::TokenEndpointAuth;
@@ -69,9 +70,12 @@ pub enum LoginError {
 pub enum IdTokenError {
     #[error("provider not discovered")]
     NotReady,
-    /// Signature, iss, aud, azp, exp, iat or nonce (openidconnect's checks).
+    /// Signature, iss, aud, exp or nonce (openidconnect's checks).
     #[error("claims not accepted")]
     Claims(#[source] ClaimsVerificationError),
+    /// `azp`, `at_hash` or the age of `iat` (see [`checks`]).
+    #[error("claims not accepted")]
+    Check(#[source] IdTokenCheckError),
     #[error("unreadable claims")]
     Unreadable,
 }
@@ -111,7 +115,7 @@ pub enum RefreshFailure {
 
 impl Oidc {
     /// Authorization-code request with PKCE S256, state, nonce, scopes, resources and extra
-    /// parameters (contract Details 6: `prompt=consent` with `offline_access`).
+    /// parameters (`prompt=consent` with `offline_access`).
     pub fn authorize(&self, provider: &Provider) -> AuthRequest {
         let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
         let mut request = provider
@@ -159,8 +163,8 @@ impl Oidc {
         }
     }
 
-    /// Exchange the authorization code and verify the ID token (signature, iss, aud, azp,
-    /// exp, iat, nonce).
+    /// Exchange the authorization code and verify the ID token (signature, iss, aud, exp,
+    /// nonce, then azp, at_hash and the age of iat).
     pub async fn exchange_code(
         &self,
         code: &str,
@@ -185,7 +189,7 @@ impl Oidc {
         let id_token = response.id_token().ok_or(LoginError::NoIdToken)?;
         let expected = Nonce::new(nonce.to_owned());
         let claims = self
-            .verify_id_token(id_token, Some(&expected))
+            .verify_id_token(id_token, Some(&expected), response.access_token())
             .await
             .map_err(LoginError::IdToken)?;
         let mut set = self.token_set(
@@ -215,7 +219,7 @@ impl Oidc {
         let id = match response.id_token() {
             Some(id_token) => {
                 let claims = self
-                    .verify_id_token(id_token, None)
+                    .verify_id_token(id_token, None, response.access_token())
                     .await
                     .map_err(|e| RefreshError::Transient(RefreshFailure::IdToken(e)))?;
                 if claims.get("sub").and_then(Value::as_str) != Some(sub) {
@@ -353,7 +357,7 @@ impl Oidc {
         }
     }
 
-    /// RP-initiated logout URL (contract Details 13), when the provider has an end-session
+    /// RP-initiated logout URL, when the provider has an end-session
     /// endpoint.
     pub fn end_session_url(&self, id_token_hint: Option<&str>) -> Option<Url> {
         let provider = self.provider()?;
@@ -369,11 +373,13 @@ impl Oidc {
         Some(url)
     }
 
-    /// Verify an ID token; on an unknown key id, refetch the JWKS once and try again.
+    /// Verify an ID token that came with `access_token`; on an unknown key id, refetch the
+    /// JWKS once and try again.
     async fn verify_id_token(
         &self,
         id_token: &CoreIdToken,
         nonce: Option<&Nonce>,
+        access_token: &AccessToken,
     ) -> Result<Map<String, Value>, IdTokenError> {
         let provider = self.provider().ok_or(IdTokenError::NotReady)?;
         let (_, claims) = self
@@ -383,6 +389,18 @@ impl Oidc {
                 |p, _| jwt::names_unknown_kid(&id_token.to_string(), p.jwks()),
             )
             .await?;
+        // The signing algorithm was one of `provider.algorithms` (openidconnect checked it).
+        let alg = id_token
+            .signing_alg()
+            .map_err(|e| IdTokenError::Claims(ClaimsVerificationError::SignatureVerification(e)))?;
+        let context = IdTokenContext {
+            client_id: &self.cfg.client_id,
+            access_token: access_token.secret(),
+            alg,
+            now: self.clock().unix_now(),
+            max_age: self.cfg.id_token_max_age,
+        };
+        checks::id_token_claims(&claims, &context).map_err(IdTokenError::Check)?;
         Ok(claims)
     }
 
@@ -410,7 +428,7 @@ impl Oidc {
     }
 
     /// Unix expiry: `expires_in`, else the JWT `exp`, else `session.max_token_age`, else
-    /// unknown (contract Details 6).
+    /// unknown (the token is then used until the session's absolute timeout).
     fn expiry(&self, access_token: &str, expires_in: Option<std::time::Duration>) -> Option<u64> {
         let now = self.clock().unix_now();
         expires_in
@@ -445,7 +463,8 @@ fn verify_with(
             .map(drop),
     };
     checked.map_err(IdTokenError::Claims)?;
-    // openidconnect checked signature, iss, aud, azp, exp, iat, nonce; read every claim.
+    // openidconnect checked signature, iss, aud, exp and nonce (not azp, at_hash nor iat:
+    // [`checks`] does); read every claim.
     jwt::decode_payload(&id_token.to_string()).ok_or(IdTokenError::Unreadable)
 }
 

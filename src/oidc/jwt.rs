@@ -6,7 +6,7 @@
 //!
 //! `alg=none` and every HMAC algorithm are refused outright: accepting `HS256` would let
 //! anyone sign with the provider's *public* key as the HMAC secret. So is every token with a
-//! `crit` header (contract Details 30): RFC 7515 section 4.1.11 says a recipient MUST refuse
+//! `crit` header: RFC 7515 section 4.1.11 says a recipient MUST refuse
 //! a JWS naming a critical extension it does not understand, and this gateway understands
 //! none. (ID tokens are verified by openidconnect, which refuses any `crit` too.)
 
@@ -19,8 +19,7 @@ use serde_json::{Map, Value};
 /// Clock skew tolerated on every time claim (`exp`, `nbf`, `iat`) of the tokens verified
 /// here: 60 s, the common default (the jsonwebtoken crate's).
 pub const LEEWAY_SECS: u64 = 60;
-/// A logout token is accepted only this long after its `iat` (plus leeway): contract
-/// Details 30.
+/// A logout token is accepted only this long after its `iat` (plus leeway): 10 minutes.
 pub const LOGOUT_TOKEN_MAX_AGE_SECS: u64 = 600;
 /// The OpenID Back-Channel Logout event (section 2.4).
 pub const BACKCHANNEL_EVENT: &str = "http://schemas.openid.net/event/backchannel-logout";
@@ -32,10 +31,10 @@ pub type Claims = Map<String, Value>;
 #[derive(Debug, Clone, Copy)]
 pub enum Expect<'a> {
     /// A machine client's access token on a passthrough route: `iss`, `aud` one of
-    /// `audiences`, `exp` (required) and `nbf`; not shaped like an ID token (contract
-    /// Details 29).
+    /// `audiences`, `exp` (required) and `nbf`; not shaped like an ID token
+    /// (see `is_access_token`).
     AccessToken { audiences: &'a [String] },
-    /// A back-channel logout token (Back-Channel Logout 1.0 section 2.6, contract Details 30):
+    /// A back-channel logout token (Back-Channel Logout 1.0 section 2.6):
     /// `iss`, `aud` the client id, a recent `iat`, `exp` and `nbf` when present, a `jti`, the
     /// back-channel event as a JSON object, a `sid` or `sub` (strings), no `nonce`.
     LogoutToken,
@@ -224,7 +223,7 @@ fn numeric_date(claims: &Claims, name: &str) -> Result<Option<u64>, JwtError> {
     }
 }
 
-/// The rest of Back-Channel Logout 1.0 section 2.6 and contract Details 30 (the texts are the
+/// The rest of Back-Channel Logout 1.0 section 2.6 (the texts are the
 /// 400 answer's `error_description`).
 fn check_logout_claims(claims: &Claims) -> Result<(), JwtError> {
     match claims.get("jti") {
@@ -259,7 +258,7 @@ fn check_logout_claims(claims: &Claims) -> Result<(), JwtError> {
     Ok(())
 }
 
-/// Not shaped like an ID token (contract Details 29). An ID token is signed by the same
+/// Not shaped like an ID token. An ID token is signed by the same
 /// provider, and its audience is the client id; it also reaches the browser (the sign-out
 /// redirect carries it as `id_token_hint`). So a token is refused whatever its audience when
 /// it has a `nonce`, `at_hash` or `c_hash` claim (only ID tokens carry them), or a `typ`
@@ -423,7 +422,7 @@ mod tests {
         );
     }
 
-    /// Contract Details 30: `iat` within the last 10 minutes, plus the leeway either way.
+    /// A logout token's `iat` is within the last 10 minutes, plus the leeway either way.
     #[test]
     fn logout_tokens_are_recent() {
         let at = |iat: u64, exp: Option<u64>| logout(json!({"iat": iat, "exp": exp}), NOW);

@@ -6,6 +6,7 @@
 //! `kid`: key rotation at the provider) swaps in a new one, at most once per
 //! [`JWKS_REFETCH_INTERVAL`]. The HTTP client never follows redirects (SSRF) and has timeouts.
 
+pub mod checks;
 pub mod flows;
 pub mod jwt;
 pub mod probe;
@@ -48,6 +49,8 @@ pub struct ExtraMetadata {
     pub revocation_endpoint: Option<RevocationUrl>,
     pub end_session_endpoint: Option<EndSessionUrl>,
     pub code_challenge_methods_supported: Option<Vec<String>>,
+    /// RFC 9207 section 3: the provider puts `iss` in every authorization response.
+    pub authorization_response_iss_parameter_supported: Option<bool>,
 }
 impl AdditionalProviderMetadata for ExtraMetadata {}
 
@@ -97,6 +100,21 @@ impl Provider {
             .additional_metadata()
             .revocation_endpoint
             .as_ref()
+    }
+
+    /// Whether the provider advertises the authorization response's `iss` parameter (RFC
+    /// 9207): then a response without one is refused.
+    pub fn advertises_response_iss(&self) -> bool {
+        self.metadata
+            .additional_metadata()
+            .authorization_response_iss_parameter_supported
+            == Some(true)
+    }
+
+    /// RFC 9207: the `iss` values of an authorization response, judged against this
+    /// provider (see [`checks::response_issuer`]).
+    pub fn check_response_issuer(&self, iss: &[String]) -> Result<(), checks::ResponseIssuerError> {
+        checks::response_issuer(self.issuer(), self.advertises_response_iss(), iss)
     }
 
     pub fn end_session_endpoint(&self) -> Option<&EndSessionUrl> {

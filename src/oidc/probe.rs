@@ -6,12 +6,15 @@ use openidconnect::core::CoreGrantType;
 use super::{DiscoveryFailed, Oidc};
 use crate::config::Config;
 use crate::error::OidcSetupError;
+use crate::logging::log_safe;
 
 /// One line of the probe's report.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Finding {
     Ok(String),
     Warning(String),
+    /// A fact about the provider, neither good nor bad for this gateway.
+    Info(String),
 }
 
 /// Why the probe could not assess the provider (print it with [`crate::error::Chain`]).
@@ -32,6 +35,7 @@ pub async fn run(config: &Config) -> Result<(), ProbeError> {
         match finding {
             Finding::Ok(line) => eprintln!("  ok       {line}"),
             Finding::Warning(line) => eprintln!("  WARNING  {line}"),
+            Finding::Info(line) => eprintln!("  info     {line}"),
         }
     }
     Ok(())
@@ -65,6 +69,21 @@ pub fn assess(config: &Config, provider: &super::Provider) -> Vec<Finding> {
         "end-session endpoint present",
         "no end_session_endpoint: sign-out cannot end the provider session",
     ));
+    out.push(if provider.advertises_response_iss() {
+        Finding::Ok("authorization response iss parameter (RFC 9207) advertised: a callback without it is refused".into())
+    } else {
+        Finding::Info("authorization response iss parameter (RFC 9207) not advertised: a callback without it is accepted, one naming another issuer is refused".into())
+    });
+    let acr: Vec<&str> = meta
+        .acr_values_supported()
+        .map(|values| values.iter().map(|v| v.as_str()).collect())
+        .unwrap_or_default();
+    out.push(Finding::Info(if acr.is_empty() {
+        "acr_values_supported: none listed".into()
+    } else {
+        // The provider's text: escaped like every logged value (no terminal escapes).
+        format!("acr_values_supported: {}", log_safe(acr.join(" ")))
+    }));
     let scopes_supported: Option<Vec<&str>> = meta
         .scopes_supported()
         .map(|s| s.iter().map(|s| s.as_str()).collect());

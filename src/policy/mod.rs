@@ -1,6 +1,6 @@
 //! Per-route policies: the `[[route]]` table compiled once, matched on the normalized path.
 //!
-//! First match wins; a request no route matches is `authenticated` (contract Details 16).
+//! First match wins; a request no route matches is `authenticated`.
 //! Pure: no I/O, no session access; the pipeline asks "which route?" and later "may a user
 //! with these groups and claims pass?".
 
@@ -18,11 +18,14 @@ use crate::metrics::RouteId;
 #[derive(Debug, Clone)]
 pub struct Route {
     pub id: RouteId,
-    /// Metrics label: the configured path pattern, or `default`.
+    /// Metrics label: the route's `name`, or `default`.
     pub label: String,
     pub rule: RouteConfig,
     /// Index of `rule.bearer_resource` in `oidc.resource` (0: the first, the default).
     pub bearer_index: usize,
+    /// Which upstream the route forwards to: 0 is `[upstream]`, `n` the n-th
+    /// `[upstreams.NAME]` in the order given to [`RouteTable::new`], plus one.
+    pub upstream: usize,
 }
 
 /// Why an authenticated user is turned away (a short, clear 403 body).
@@ -30,6 +33,8 @@ pub struct Route {
 pub enum Refusal {
     MissingGroup,
     MissingClaim,
+    /// `require_email_domains` / `require_emails` not met, or the email is not verified.
+    Email,
 }
 
 impl Refusal {
@@ -41,29 +46,39 @@ impl Refusal {
             Refusal::MissingClaim => {
                 "Forbidden: your account lacks an attribute this page requires"
             }
+            Refusal::Email => "Forbidden: this page requires a verified email address it accepts",
         }
     }
 }
 
 pub struct RouteTable {
     routes: Vec<Route>,
+    /// Some route has a `host`: a request whose host cannot be read is refused.
+    has_hosts: bool,
     /// Used when nothing matches: authenticated, no requirements.
     fallback: Route,
 }
 
 impl RouteTable {
-    /// `resources`: `oidc.resource`, to resolve each route's `bearer_resource` once.
-    pub fn new(configs: &[RouteConfig], resources: &[String]) -> Self {
+    /// `resources`: `oidc.resource`, to resolve each route's `bearer_resource` once;
+    /// `upstreams`: the names of `[upstreams.NAME]`, to resolve each route's `upstream`.
+    pub fn new(configs: &[RouteConfig], resources: &[String], upstreams: &[&str]) -> Self {
         let routes = configs
             .iter()
             .enumerate()
-            .map(|(i, cfg)| Route::from_config(RouteId(i), cfg, resources))
+            .map(|(i, cfg)| Route::from_config(RouteId(i), cfg, resources, upstreams))
             .collect();
         // Never matched against (`find` only searches `routes`): its matcher is moot.
         let fallback = Route {
             id: RouteId(configs.len()),
             label: "default".into(),
             rule: RouteConfig {
+                name: "default".into(),
+                host: None,
+                upstream: None,
+                strip_prefix: false,
+                require_email_domains: Vec::new(),
+                require_emails: Vec::new(),
                 matcher: PathMatch::Prefix("/".into()),
                 methods: Vec::new(),
                 policy: Policy::Authenticated,
@@ -75,16 +90,30 @@ impl RouteTable {
                 preflight: Preflight::Authenticate,
             },
             bearer_index: 0,
+            upstream: 0,
         };
-        RouteTable { routes, fallback }
+        let has_hosts = configs.iter().any(|c| c.host.is_some());
+        RouteTable {
+            routes,
+            has_hosts,
+            fallback,
+        }
     }
 
-    /// The first route matching `method` and the normalized `path`, else the fallback.
-    pub fn find(&self, method: &Method, path: &str) -> &Route {
+    /// The first route matching `method`, the request's `host` (lowercase, without port, as
+    /// `crate::host::RequestHost` reads it; `None`: no host, only routes without one match)
+    /// and the normalized `path`, else the fallback.
+    pub fn find(&self, method: &Method, host: Option<&str>, path: &str) -> &Route {
         self.routes
             .iter()
-            .find(|r| r.matches(method, path))
+            .find(|r| r.matches(method, host, path))
             .unwrap_or(&self.fallback)
+    }
+
+    /// Whether some route has a `host` (then a request whose host cannot be read must be
+    /// refused, not routed as if it had none).
+    pub fn has_hosts(&self) -> bool {
+        self.has_hosts
     }
 
     /// The route of a request no route matches: `authenticated`, no requirements. Forward
@@ -107,14 +136,19 @@ impl RouteTable {
 }
 
 impl Route {
-    fn from_config(id: RouteId, cfg: &RouteConfig, resources: &[String]) -> Self {
-        let label = match &cfg.matcher {
-            PathMatch::Prefix(p) | PathMatch::Exact(p) => p.clone(),
-            PathMatch::Regex(r) => r.as_str().to_owned(),
-        };
+    fn from_config(
+        id: RouteId,
+        cfg: &RouteConfig,
+        resources: &[String],
+        upstreams: &[&str],
+    ) -> Self {
         Route {
             id,
-            label,
+            label: cfg.name.clone(),
+            // Validation guarantees the name is configured; unknown would mean the default.
+            upstream: (cfg.upstream.as_deref())
+                .and_then(|u| upstreams.iter().position(|x| *x == u))
+                .map_or(0, |i| i + 1),
             rule: cfg.clone(),
             // Validation guarantees the resource is configured; unknown would mean the first.
             bearer_index: cfg
@@ -132,9 +166,14 @@ impl Route {
     /// through to such an upstream. A `public` route matches the path as sent only: treating
     /// `/public;x/y` as public could open a different resource on an upstream that keeps `;`,
     /// while asking for a login there costs a Tomcat user nothing.
-    fn matches(&self, method: &Method, path: &str) -> bool {
+    fn matches(&self, method: &Method, host: Option<&str>, path: &str) -> bool {
         let rule = &self.rule;
         if !rule.methods.is_empty() && !rule.methods.iter().any(|m| same_method(m, method)) {
+            return false;
+        }
+        if let Some(pattern) = &rule.host
+            && !host.is_some_and(|h| pattern.matches(h))
+        {
             return false;
         }
         let matcher = &rule.matcher;
@@ -144,14 +183,45 @@ impl Route {
                 && path_matches(matcher, &without_path_parameters(path)))
     }
 
-    /// `require_groups` (any one of them) and `require_claims` (every claim, any listed value),
-    /// judged on the user's `groups` and `claims`.
+    /// The path the upstream receives: with `strip_prefix`, `path` without the route's
+    /// prefix, keeping a leading `/` (`/billing/x` -> `/x`, `/billing` -> `/`).
+    pub fn upstream_path<'p>(&self, path: &'p str) -> std::borrow::Cow<'p, str> {
+        use std::borrow::Cow;
+        let PathMatch::Prefix(prefix) = &self.rule.matcher else {
+            return Cow::Borrowed(path);
+        };
+        if !self.rule.strip_prefix {
+            return Cow::Borrowed(path);
+        }
+        // A route that matched through `;` parameters (see `matches`) does not start with
+        // its prefix as sent: it is forwarded unchanged rather than cut at a wrong place.
+        let Some(rest) = path.strip_prefix(prefix.trim_end_matches('/')) else {
+            return Cow::Borrowed(path);
+        };
+        if rest.starts_with('/') {
+            Cow::Borrowed(rest)
+        } else if rest.is_empty() {
+            Cow::Borrowed("/")
+        } else {
+            // The prefix matched inside a segment: only possible through `;` parameters.
+            Cow::Borrowed(path)
+        }
+    }
+
+    /// `require_groups` (any one of them), `require_claims` (every claim, any listed value)
+    /// and the email rules, judged on the user's `groups`, `email` and `claims` (which hold
+    /// `email_verified` when a route has email rules).
     pub fn authorize<'a>(
         &self,
         mut groups: impl Iterator<Item = &'a str>,
+        email: Option<&str>,
         claims: &Map<String, Value>,
     ) -> Result<(), Refusal> {
         let rule = &self.rule;
+        let email_rules = !rule.require_email_domains.is_empty() || !rule.require_emails.is_empty();
+        if email_rules && !email_accepted(rule, email, claims.get("email_verified")) {
+            return Err(Refusal::Email);
+        }
         if !rule.require_groups.is_empty()
             && !groups.any(|g| rule.require_groups.iter().any(|r| r == g))
         {
@@ -170,7 +240,7 @@ impl Route {
     }
 }
 
-/// Methods compare case-insensitively (contract Details 26): `http::Method` keeps a client's
+/// Methods compare case-insensitively: `http::Method` keeps a client's
 /// `delete` as an extension method distinct from `DELETE`, but servers and frameworks that
 /// uppercase the method would run it as `DELETE`, so a `methods = ["GET"]` route must not
 /// match it and a rule for `DELETE` must. Configured methods are uppercase already.
@@ -212,6 +282,32 @@ fn without_path_parameters(path: &str) -> String {
     out
 }
 
+/// The email rules: `email_verified` not false, exactly one `@`, a non-empty local part of
+/// visible ASCII, and a domain (compared lowercase, ASCII only: a Unicode look-alike never
+/// equals an ASCII domain) in `require_email_domains`, or the whole address (lowercase) in
+/// `require_emails`. Either list matching is enough when both are set.
+fn email_accepted(rule: &RouteConfig, email: Option<&str>, verified: Option<&Value>) -> bool {
+    // Absent: the provider does not say (accepted). Anything but true is refused: some
+    // providers send the string "false".
+    let verified_ok = match verified {
+        None | Some(Value::Bool(true)) => true,
+        Some(Value::String(s)) => s.eq_ignore_ascii_case("true"),
+        Some(_) => false,
+    };
+    let Some(email) = email.filter(|_| verified_ok) else {
+        return false;
+    };
+    let Some((local, domain)) = email.split_once('@') else {
+        return false;
+    };
+    if local.is_empty() || domain.contains('@') || !email.bytes().all(|b| b.is_ascii_graphic()) {
+        return false;
+    }
+    let domain = domain.to_ascii_lowercase();
+    let address = email.to_ascii_lowercase();
+    rule.require_email_domains.contains(&domain) || rule.require_emails.contains(&address)
+}
+
 /// A claim satisfies a requirement when it equals one accepted value, or, for a list claim,
 /// when one of its items does.
 fn claim_satisfies(value: &Value, accepted: &[String]) -> bool {
@@ -229,6 +325,12 @@ mod tests {
 
     fn route(matcher: PathMatch, policy: Policy) -> RouteConfig {
         RouteConfig {
+            name: String::new(),
+            host: None,
+            upstream: None,
+            strip_prefix: false,
+            require_email_domains: vec![],
+            require_emails: vec![],
             matcher,
             methods: vec![],
             policy,
@@ -268,22 +370,26 @@ mod tests {
                 ),
             ],
             &[],
+            &[],
         );
-        assert_eq!(table.find(&Method::GET, "/a").rule.policy, Policy::Public);
-        assert_eq!(table.find(&Method::POST, "/a").rule.policy, Policy::Deny);
         assert_eq!(
-            table.find(&Method::GET, "/r/12").rule.policy,
+            table.find(&Method::GET, None, "/a").rule.policy,
             Policy::Public
         );
-        let fallback = table.find(&Method::GET, "/r/12x");
+        assert_eq!(
+            table.find(&Method::POST, None, "/a").rule.policy,
+            Policy::Deny
+        );
+        assert_eq!(
+            table.find(&Method::GET, None, "/r/12").rule.policy,
+            Policy::Public
+        );
+        let fallback = table.find(&Method::GET, None, "/r/12x");
         assert_eq!(
             (fallback.rule.policy, fallback.id),
             (Policy::Authenticated, RouteId(3))
         );
-        assert_eq!(
-            table.labels().collect::<Vec<_>>(),
-            ["/a", "/a", "^(?:/r/[0-9]+)$", "default"]
-        );
+        assert_eq!(table.labels().collect::<Vec<_>>(), ["", "", "", "default"]);
     }
 
     #[test]
@@ -292,22 +398,22 @@ mod tests {
         get_only.methods = vec![Method::GET];
         let mut delete = route(PathMatch::Prefix("/b".into()), Policy::Deny);
         delete.methods = vec![Method::DELETE];
-        let table = RouteTable::new(&[get_only, delete], &[]);
+        let table = RouteTable::new(&[get_only, delete], &[], &[]);
         let method = |m: &str| Method::from_bytes(m.as_bytes()).unwrap();
         for m in ["delete", "Delete", "post", "gEt2", "GETX"] {
-            let r = table.find(&method(m), "/a");
+            let r = table.find(&method(m), None, "/a");
             assert_eq!(r.rule.policy, Policy::Authenticated, "{m} /a");
         }
         for m in ["get", "Get", "GET"] {
             assert_eq!(
-                table.find(&method(m), "/a").rule.policy,
+                table.find(&method(m), None, "/a").rule.policy,
                 Policy::Public,
                 "{m}"
             );
         }
         for m in ["delete", "Delete", "DELETE"] {
             assert_eq!(
-                table.find(&method(m), "/b").rule.policy,
+                table.find(&method(m), None, "/b").rule.policy,
                 Policy::Deny,
                 "{m}"
             );
@@ -334,6 +440,7 @@ mod tests {
                 route(PathMatch::Prefix("/public/".into()), Policy::Public),
             ],
             &[],
+            &[],
         );
         for denied in [
             "/admin;x=1",
@@ -343,7 +450,7 @@ mod tests {
             "/r/1;x",
         ] {
             assert_eq!(
-                table.find(&Method::GET, denied).rule.policy,
+                table.find(&Method::GET, None, denied).rule.policy,
                 Policy::Deny,
                 "{denied}"
             );
@@ -351,26 +458,26 @@ mod tests {
         // Methods still apply; `;` elsewhere in a name is no boundary; public routes match
         // the path as sent only.
         assert_eq!(
-            table.find(&Method::POST, "/secret;x").rule.policy,
+            table.find(&Method::POST, None, "/secret;x").rule.policy,
             Policy::Authenticated
         );
         assert_eq!(
-            table.find(&Method::GET, "/adminx;y").rule.policy,
+            table.find(&Method::GET, None, "/adminx;y").rule.policy,
             Policy::Authenticated
         );
         assert_eq!(
-            table.find(&Method::GET, "/public;x/a").rule.policy,
+            table.find(&Method::GET, None, "/public;x/a").rule.policy,
             Policy::Authenticated
         );
         assert_eq!(
-            table.find(&Method::GET, "/public/a;x").rule.policy,
+            table.find(&Method::GET, None, "/public/a;x").rule.policy,
             Policy::Public
         );
     }
 
     /// `authorize` on these groups and claims.
     fn judge(route: &Route, groups: &[&str], claims: Value) -> Result<(), Refusal> {
-        route.authorize(groups.iter().copied(), claims.as_object().unwrap())
+        route.authorize(groups.iter().copied(), None, claims.as_object().unwrap())
     }
 
     #[test]
@@ -381,8 +488,8 @@ mod tests {
             ("tier".into(), vec!["gold".into(), "platinum".into()]),
             ("verified".into(), vec!["true".into()]),
         ];
-        let table = RouteTable::new(&[cfg], &[]);
-        let r = table.find(&Method::GET, "/admin");
+        let table = RouteTable::new(&[cfg], &[], &[]);
+        let r = table.find(&Method::GET, None, "/admin");
         let ok = json!({"tier": "gold", "verified": true});
         assert_eq!(judge(r, &["ops"], ok.clone()), Ok(()));
         assert_eq!(judge(r, &["users"], ok), Err(Refusal::MissingGroup));
@@ -392,5 +499,47 @@ mod tests {
         assert_eq!(judge(r, &["admins"], wrong), Err(Refusal::MissingClaim));
         let missing = json!({"tier": "gold"});
         assert_eq!(judge(r, &["admins"], missing), Err(Refusal::MissingClaim));
+    }
+
+    #[test]
+    fn email_rules() {
+        let mut cfg = route(PathMatch::Prefix("/m".into()), Policy::Authenticated);
+        cfg.require_email_domains = vec!["example.com".into()];
+        cfg.require_emails = vec!["boss@corp.test".into()];
+        let table = RouteTable::new(&[cfg], &[], &[]);
+        let r = table.find(&Method::GET, None, "/m");
+        let judge = |email: Option<&str>, verified: Value| {
+            let claims = match verified {
+                Value::Null => json!({}),
+                v => json!({ "email_verified": v }),
+            };
+            r.authorize(std::iter::empty(), email, claims.as_object().unwrap())
+        };
+        let ok = Ok(());
+        let no = Err(Refusal::Email);
+        for (email, verified, expected) in [
+            (Some("a@example.com"), Value::Null, ok),
+            (Some("A@EXAMPLE.COM"), json!(true), ok),
+            (Some("a@example.com"), json!("true"), ok),
+            (Some("Boss@Corp.Test"), Value::Null, ok),
+            (Some("a@example.com"), json!(false), no),
+            (Some("a@example.com"), json!("false"), no),
+            (Some("a@example.com"), json!(0), no),
+            (Some("a@evil.com@example.com"), Value::Null, no),
+            (Some("\"a@b\"@example.com"), Value::Null, no),
+            (Some("a@ex\u{0430}mple.com"), Value::Null, no),
+            (Some("a@sub.example.com"), Value::Null, no),
+            (Some("@example.com"), Value::Null, no),
+            (Some("a b@example.com"), Value::Null, no),
+            (Some("a@example.com\n"), Value::Null, no),
+            (Some("example.com"), Value::Null, no),
+            (None, Value::Null, no),
+        ] {
+            assert_eq!(
+                judge(email, verified.clone()),
+                expected,
+                "{email:?} {verified}"
+            );
+        }
     }
 }

@@ -1,4 +1,4 @@
-//! Request path normalization (CONTRACT Details 16).
+//! Request path normalization.
 //!
 //! The route table matches on the normalized path and the upstream receives exactly that same
 //! path, so the gateway and the upstream can never disagree about which resource was asked for.

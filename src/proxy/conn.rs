@@ -1,7 +1,7 @@
 //! Upstream connections: a bounded pool per upstream, shared by every client connection.
 //!
 //! At most `max_connections` connections to the upstream are open at once, idle ones
-//! included (contract Details 27): each holds a permit of the pool's semaphore for as long as
+//! included: each holds a permit of the pool's semaphore for as long as
 //! its connection task runs. A request takes the most recently used idle connection; when
 //! there is none it opens one if a permit is free, and otherwise waits, first in line, for
 //! whichever comes first: a connection handed back (given straight to the oldest waiter, so

@@ -53,7 +53,65 @@ pub enum ProxyError {
     BadUri(#[from] http::Error),
 }
 
-/// The one upstream app: where it is, how long it may take, and its connections.
+/// Every upstream: `[upstream]` (index 0, named `default`) and each `[upstreams.NAME]`, in
+/// the order routes refer to them (`crate::policy::Route::upstream`).
+pub struct Upstreams {
+    default: Upstream,
+    named: Vec<(String, Upstream)>,
+}
+
+// === impl Upstreams ===
+
+impl Upstreams {
+    /// `[upstream]` and the named ones; each with its own pool, timeout and TLS settings.
+    pub fn new(
+        default: &UpstreamConfig,
+        named: &[(String, UpstreamConfig)],
+    ) -> Result<Self, StartupError> {
+        let named = (named.iter())
+            .map(|(name, cfg)| Ok((name.clone(), Upstream::new(cfg)?)))
+            .collect::<Result<_, StartupError>>()?;
+        Ok(Upstreams {
+            default: Upstream::new(default)?,
+            named,
+        })
+    }
+
+    /// Only `[upstream]` (tests and benchmarks).
+    pub fn single(upstream: Upstream) -> Self {
+        Upstreams {
+            default: upstream,
+            named: Vec::new(),
+        }
+    }
+
+    /// Upstream `index` (0: `[upstream]`); an index no route can hold means the default.
+    pub fn get(&self, index: usize) -> &Upstream {
+        (index.checked_sub(1))
+            .and_then(|i| self.named.get(i))
+            .map_or(&self.default, |(_, upstream)| upstream)
+    }
+
+    /// The name of upstream `index` (`default` for `[upstream]`, as [`Upstreams::get`]).
+    pub fn name(&self, index: usize) -> &str {
+        (index.checked_sub(1))
+            .and_then(|i| self.named.get(i))
+            .map_or("default", |(name, _)| name.as_str())
+    }
+
+    /// Every upstream with its name (`default` first), for the metrics.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Upstream)> {
+        std::iter::once(("default", &self.default))
+            .chain(self.named.iter().map(|(name, u)| (name.as_str(), u)))
+    }
+
+    /// The names of `[upstreams.NAME]`, in index order (index = position + 1).
+    pub fn names(&self) -> Vec<&str> {
+        self.named.iter().map(|(name, _)| name.as_str()).collect()
+    }
+}
+
+/// One upstream app: where it is, how long it may take, and its connections.
 pub struct Upstream {
     connector: Connector,
     pool: Arc<Pool>,

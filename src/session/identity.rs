@@ -1,6 +1,6 @@
 //! Who the user is: the claims the gateway needs, and the upstream headers derived from them.
 //!
-//! Built once per login or refresh (contract Details 7: from the ID token), and held by every
+//! Built once per login or refresh (from the ID token), and held by every
 //! live session, so an identity is compact (issue 8: 1 M sessions). All of its text lives in
 //! ONE buffer; its fields and its upstream header values are spans of it, so the user header
 //! IS the `sub` text, the email header the email text, and so on: nothing is stored twice.
@@ -183,11 +183,15 @@ impl IdentityRules {
         IdentityRules { headers, kept }
     }
 
-    /// The rules of a configuration: its `[headers]`, and the claims its routes require.
+    /// The rules of a configuration: its `[headers]`, and the claims its routes require
+    /// (`email_verified` too when a route has email rules).
     pub fn for_config(cfg: &Config) -> Self {
         let route_claims =
             (cfg.routes.iter()).flat_map(|r| r.require_claims.iter().map(|(name, _)| name.clone()));
-        IdentityRules::new(&cfg.headers, route_claims)
+        let email_rules = (cfg.routes.iter())
+            .any(|r| !(r.require_email_domains.is_empty() && r.require_emails.is_empty()));
+        let verified = email_rules.then(|| "email_verified".to_owned());
+        IdentityRules::new(&cfg.headers, route_claims.chain(verified))
     }
 
     /// The configured identity headers (their names: the list identities share).
@@ -223,7 +227,7 @@ impl IdentityRules {
             });
         }
         let text = text.finish();
-        // A header whose claim is absent or empty is not set (contract Details 10). CR/LF
+        // A header whose claim is absent or empty is not set. CR/LF
         // and other control characters are refused by `HeaderValue`, so no header injection.
         for span in &mut spans {
             if !is_header_value(&text, *span) || span.start == span.end {
@@ -451,7 +455,7 @@ mod tests {
         assert_eq!(
             groups(&id).unwrap().1,
             "a%2Cb,c d,100%25",
-            "Details 32: one group never reads as two"
+            "one group never reads as two"
         );
         let id = identity(json!({"sub": "u", "groups": ["x,y"]})).unwrap();
         assert!(id.groups().eq(["x,y"]));

@@ -3,7 +3,7 @@
 //!
 //! moka's time-to-live restarts on every update (a refresh is an update), so the absolute
 //! deadline is computed from `Session::login_at` by an `Expiry` and checked again on read.
-//! When full, the least recently used session is dropped (contract Details 18): moka's
+//! When full, the least recently used session is dropped: moka's
 //! eviction policy is set to LRU. Its default, TinyLFU, admits a new entry only when it is
 //! used more often than the one it would evict, so on a full store a fresh login (inserted
 //! once) was refused: the user was logged in, then immediately unauthenticated, while idle
@@ -29,7 +29,7 @@
 //! time-to-idle and expiry run on real time; they reclaim memory, and in production they
 //! end a session first (the stamp's whole seconds only ever judge later).
 //!
-//! An ended session stays ended (contract Details 28): updates go through `and_compute_with`
+//! An ended session stays ended: updates go through `and_compute_with`
 //! (`replace`: only over the very record the flight read, never an insert), and so do
 //! deletions, so that moka serializes the two per key: a replace can no longer read the
 //! record, lose the race to a delete, and then write it back.

@@ -125,7 +125,7 @@ pub enum Replaced {
 /// Where session records live. The request path only ever talks to this trait, through
 /// [`Store`], so a shared store drops in without touching it.
 ///
-/// An ended session stays ended (contract Details 28): only a login creates a record
+/// An ended session stays ended: only a login creates a record
 /// ([`SessionStore::save`], under a fresh random id); everything that updates one (a refresh,
 /// a refresh backoff) goes through [`SessionStore::replace`], which writes only over the very
 /// version it read and never re-creates a deleted record.

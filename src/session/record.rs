@@ -122,7 +122,7 @@ pub struct RefreshBackoff {
 }
 
 impl RefreshBackoff {
-    /// Contract Details 8: starts at 1 s, doubles up to 30 s.
+    /// Starts at 1 s, doubles up to 30 s.
     pub fn after_failure(previous: Option<RefreshBackoff>, now: u64) -> RefreshBackoff {
         let failures = previous.map_or(NonZeroU32::MIN, |b| b.failures.saturating_add(1));
         let delay = 1u64 << (failures.get() - 1).min(5);

@@ -58,6 +58,8 @@ pub struct Harness {
     owns_idp: bool,
     /// Moves the gateway's clock ([`Harness::advance`]).
     clock: ClockHand,
+    /// The gateway's clock ([`Harness::unix_millis`]).
+    time: Clock,
 }
 
 pub struct Builder {
@@ -150,6 +152,27 @@ impl Harness {
     pub fn advance(&self, by: Duration) {
         self.clock.advance(by);
         self.idp.controls().advance_clock(by);
+    }
+
+    /// Milliseconds since the Unix epoch by the gateway's clock (moved by [`Harness::advance`]).
+    pub fn unix_millis(&self) -> u64 {
+        self.time.unix_millis()
+    }
+
+    /// Move the gateway's clock (and its provider's) to just past the start of Unix second `t`,
+    /// as the gateway counts (whole seconds); no move when it is there already.
+    pub fn advance_to(&self, t: u64) {
+        let target = t * 1000 + 20;
+        let now = self.unix_millis();
+        if target > now {
+            self.advance(Duration::from_millis(target - now));
+        }
+    }
+
+    /// Move the clock to just past the next whole second, so that a deadline counted in whole
+    /// seconds from now has (almost) all of its first second left.
+    pub fn align_to_second(&self) {
+        self.advance_to(self.unix_millis() / 1000 + 1);
     }
 
     /// The gateway's `/metrics` text (asserting 200).
@@ -272,6 +295,7 @@ impl Builder {
         let url = format!("http://{addr}");
         let config = config(&url, &idp.issuer(), upstream_addr, &self.overrides);
         let (clock, hand) = Clock::adjustable();
+        let clock_now = clock.clone();
         let gateway = authgate::build_with(config, clock).unwrap();
         let (tx, rx) = oneshot::channel::<()>();
         let server = tokio::spawn({
@@ -296,11 +320,23 @@ impl Builder {
             upstream,
             owns_idp,
             clock: hand,
+            time: clock_now,
         };
         if self.wait_ready {
             wait_ready(&harness).await;
         }
         harness
+    }
+}
+
+/// Move time forward by `by` for several gateways that share one provider ([`Builder::idp`]):
+/// each gateway's clock, and the provider's once.
+pub fn advance_all(replicas: &[&Harness], by: Duration) {
+    for h in replicas {
+        h.clock.advance(by);
+    }
+    if let Some(h) = replicas.first() {
+        h.idp.controls().advance_clock(by);
     }
 }
 
@@ -311,7 +347,7 @@ pub async fn start_idp() -> Arc<DevIdp> {
         .unwrap()
 }
 
-/// The test configuration: the contract's keys, plain http, fast refresh-ahead.
+/// The test configuration: the required keys, plain http, fast refresh-ahead.
 pub fn config(
     public_url: &str,
     issuer: &str,
@@ -343,6 +379,16 @@ pub fn config(
         figment = figment.merge(Toml::string(o));
     }
     Config::from_figment(figment).unwrap_or_else(|e| panic!("test config invalid:\n{e}"))
+}
+
+/// Another echo upstream (tests with several upstreams): its address, and the count of
+/// requests it received. Stops when the returned task is dropped or aborted.
+pub async fn echo_upstream() -> (SocketAddr, Arc<AtomicUsize>, JoinHandle<()>) {
+    let listener = bind().await;
+    let addr = listener.local_addr().unwrap();
+    let hits = Arc::new(AtomicUsize::new(0));
+    let task = tokio::spawn(devidp::echo::serve_echo_counting(listener, hits.clone()));
+    (addr, hits, task)
 }
 
 pub async fn bind() -> TcpListener {

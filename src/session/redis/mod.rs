@@ -20,8 +20,10 @@
 //! - A replica-local read cache (moka) answers a session's requests for at most
 //!   [`CACHE_TTL`] (1 s) without a round trip. That bounds how long a session deleted on
 //!   another replica (sign-out, rejected refresh, back-channel logout) still works here; on
-//!   the replica that deleted it, it is dead at once (see [`Inner::deletions`]).
-//! - An ended session stays ended (contract Details 28): a refresh writes its result with the
+//!   the replica that deleted it, it is dead at once (see [`Inner::deletions`]). An entry's
+//!   age is judged by the gateway's clock (`crate::clock`; moka's own time-to-live, on real
+//!   time, only reclaims memory).
+//! - An ended session stays ended: a refresh writes its result with the
 //!   `REPLACE` script, a compare-and-set on the exact sealed value it read, so a record
 //!   deleted (or rewritten) meanwhile is never written back, and nothing is ever written from
 //!   the local cache.
@@ -128,7 +130,7 @@ struct Inner {
     conn: ConnectionManager,
     keys: Keyring,
     opts: RedisOptions,
-    cache: Cache<SessionKey, Arc<Session>>,
+    cache: Cache<SessionKey, Cached>,
     metrics: Arc<StoreMetrics>,
     load: Script,
     replace: Script,
@@ -140,6 +142,14 @@ struct Inner {
     clock: Clock,
 }
 
+/// A record in the local read cache, and until when it may answer (Unix milliseconds by the
+/// store's clock).
+#[derive(Clone)]
+struct Cached {
+    session: Arc<Session>,
+    until_ms: u64,
+}
+
 impl RedisStore {
     /// Set up the client; connects on first use (needs a Tokio runtime).
     pub fn new(
@@ -149,8 +159,8 @@ impl RedisStore {
         RedisStore::with_clock(opts, secrets, Clock::system())
     }
 
-    /// [`RedisStore::new`], deciding absolute deadlines by `clock` (idle timeouts are Redis'
-    /// own TTLs, on Redis' clock).
+    /// [`RedisStore::new`], deciding absolute deadlines and the local read cache's lifetime by
+    /// `clock` (idle timeouts are Redis' own TTLs, on Redis' clock).
     pub fn with_clock(
         opts: RedisOptions,
         secrets: &[Secret<Vec<u8>>],
@@ -323,7 +333,9 @@ impl RedisStore {
     /// the entry itself.
     async fn cache_insert(&self, key: SessionKey, session: Arc<Session>, generation: u64) {
         let inner = &self.inner;
-        inner.cache.insert(key, session).await;
+        let ttl_ms = u64::try_from(inner.opts.cache_ttl.as_millis()).unwrap_or(u64::MAX);
+        let until_ms = inner.clock.unix_millis().saturating_add(ttl_ms);
+        inner.cache.insert(key, Cached { session, until_ms }).await;
         if inner.deletions.load(Ordering::SeqCst) != generation {
             inner.cache.invalidate(&key).await;
         }
@@ -465,10 +477,14 @@ impl Inner {
 impl SessionStore for RedisStore {
     async fn load(&self, key: &SessionKey) -> Result<Option<Arc<Session>>, StoreError> {
         let inner = &self.inner;
-        if let Some(session) = inner.cache.get(key).await {
-            if inner.clock.unix_now() < session.absolute_deadline(inner.opts.absolute_timeout) {
+        if let Some(cached) = inner.cache.get(key).await {
+            let now_ms = inner.clock.unix_millis();
+            let deadline = cached
+                .session
+                .absolute_deadline(inner.opts.absolute_timeout);
+            if now_ms < cached.until_ms && now_ms / 1000 < deadline {
                 inner.metrics.cache(true);
-                return Ok(Some(session));
+                return Ok(Some(cached.session));
             }
             inner.cache.invalidate(key).await;
         }
@@ -555,7 +571,7 @@ impl SessionStore for RedisStore {
         let deleted = self.delete_indexed(pipe, fetched).await;
         // This replica's cache (even when Redis failed); the others' expire within CACHE_TTL.
         let cached: Vec<SessionKey> = (inner.cache.iter())
-            .filter(|(_, s)| matches_logout(s, sid, sub))
+            .filter(|(_, c)| matches_logout(&c.session, sid, sub))
             .map(|(k, _)| *k)
             .collect();
         self.forget_locally(cached).await;

@@ -233,3 +233,160 @@ async fn public_client_needs_only_its_id() {
         Some(ClientAuth::None)
     );
 }
+
+// === RFC 9207: the authorization response's `iss` ===
+
+#[tokio::test]
+async fn authorization_responses_carry_iss_as_the_controls_say() {
+    use devidp::idp::ResponseIss;
+    let idp = start().await;
+    let issuer = idp.issuer();
+    idp.controls().set_auto_login(Some("alice".into()));
+    let (_, challenge) = pkce();
+    let iss_of = |response: &reqwest::Response| query_of(&location(response)).get("iss").cloned();
+    let url = authorize_url(&idp, "openid", &challenge, &[]).await;
+    let response = client().get(&url).send().await.unwrap();
+    assert_eq!(
+        iss_of(&response),
+        Some(issuer.clone()),
+        "default: the issuer"
+    );
+    // An error response names the issuer too (RFC 9207 section 2).
+    let bad = url.replace("response_type=code", "response_type=token");
+    let response = client().get(&bad).send().await.unwrap();
+    assert!(location(&response).contains("error=unsupported_response_type"));
+    assert_eq!(iss_of(&response), Some(issuer.clone()));
+
+    idp.controls().set_response_iss(ResponseIss::Omit);
+    let response = client().get(&url).send().await.unwrap();
+    assert_eq!(iss_of(&response), None);
+    idp.controls().set_response_iss(ResponseIss::Wrong);
+    let response = client().get(&url).send().await.unwrap();
+    let wrong = iss_of(&response).unwrap();
+    assert_ne!(wrong, issuer);
+}
+
+#[tokio::test]
+async fn discovery_advertises_rfc9207_unless_told_not_to() {
+    let idp = start().await;
+    let url = format!("{}/.well-known/openid-configuration", idp.issuer());
+    let doc: Value = client()
+        .get(&url)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(doc["authorization_response_iss_parameter_supported"], true);
+    idp.controls().set_advertise_response_iss(false);
+    let doc: Value = client()
+        .get(&url)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        doc.get("authorization_response_iss_parameter_supported")
+            .is_none()
+    );
+}
+
+// === acr and auth_time (step-up) ===
+
+fn now_unix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// The ID token's claims of a fresh login asking for `extra` parameters.
+async fn login_claims(idp: &DevIdp, extra: &[(&str, &str)]) -> Value {
+    let login = login(idp, "alice", "openid offline_access", extra).await;
+    let body: Value = exchange(idp, &login.code, &login.verifier)
+        .await
+        .json()
+        .await
+        .unwrap();
+    payload(str_of(&body, "id_token"))
+}
+
+#[tokio::test]
+async fn acr_follows_acr_values_unless_forced_and_auth_time_is_the_login() {
+    let idp = start().await;
+    let claims = login_claims(&idp, &[]).await;
+    assert!(claims.get("acr").is_none(), "{claims}");
+    let auth_time = claims["auth_time"].as_u64().unwrap();
+    assert!(auth_time.abs_diff(now_unix()) <= 5, "{claims}");
+
+    let asked = [("acr_values", "urn:devidp:mfa urn:devidp:pwd")];
+    let claims = login_claims(&idp, &asked).await;
+    assert_eq!(claims["acr"], "urn:devidp:mfa", "the first value asked for");
+    assert_eq!(idp.controls().last_authorize_query()["acr_values"].len(), 1);
+
+    // A provider that cannot meet the step-up, and one reusing an hour-old authentication.
+    idp.controls().set_acr(Some("urn:devidp:pwd".into()));
+    idp.controls()
+        .set_authenticated_ago(std::time::Duration::from_secs(3600));
+    let claims = login_claims(&idp, &asked).await;
+    assert_eq!(claims["acr"], "urn:devidp:pwd");
+    let auth_time = claims["auth_time"].as_u64().unwrap();
+    assert!(auth_time.abs_diff(now_unix() - 3600) <= 5, "{claims}");
+}
+
+#[tokio::test]
+async fn a_refreshed_id_token_keeps_the_logins_acr_and_auth_time() {
+    let idp = start().await;
+    let login = login(
+        &idp,
+        "alice",
+        "openid offline_access",
+        &[("acr_values", "urn:devidp:mfa")],
+    )
+    .await;
+    let body: Value = exchange(&idp, &login.code, &login.verifier)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let first = payload(str_of(&body, "id_token"));
+    let refreshed: Value = refresh(&idp, str_of(&body, "refresh_token"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let second = payload(str_of(&refreshed, "id_token"));
+    assert_eq!(second["acr"], "urn:devidp:mfa");
+    assert_eq!(second["auth_time"], first["auth_time"]);
+}
+
+#[tokio::test]
+async fn discovery_lists_acr_values_supported_as_set() {
+    let idp = start().await;
+    let url = format!("{}/.well-known/openid-configuration", idp.issuer());
+    let doc: Value = client()
+        .get(&url)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        doc["acr_values_supported"],
+        json!(["urn:devidp:pwd", "urn:devidp:mfa"])
+    );
+    idp.controls().set_acr_values_supported(Vec::new());
+    let doc: Value = client()
+        .get(&url)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(doc.get("acr_values_supported").is_none());
+}

@@ -3,10 +3,13 @@
 //! logout at `GET /end_session` (OpenID Connect RP-Initiated Logout 1.0 §2). Any user name
 //! logs in: this is a development provider.
 
+use std::time::UNIX_EPOCH;
+
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 
 use super::Shared;
+use super::controls::ResponseIss;
 use super::grants::LoginRequest;
 use super::web::{self, Body, Params, first};
 use crate::html;
@@ -20,6 +23,8 @@ struct Pending {
     scope: String,
     code_challenge: String,
     resources: Vec<String>,
+    /// `acr_values` as sent (space-separated, OpenID Connect Core 3.1.2.1).
+    acr_values: Option<String>,
 }
 
 /// Why an authorization request cannot go on.
@@ -94,10 +99,14 @@ fn validate(shared: &Shared, params: &Params) -> Result<Pending, Rejection> {
         return Err(Rejection::Page("Missing redirect_uri."));
     };
     let state = first(params, "state").map(str::to_owned);
+    let iss = response_iss(shared);
     let reject = |error: &str, description: &str| {
         let mut pairs = vec![("error", error), ("error_description", description)];
         if let Some(state) = state.as_deref() {
             pairs.push(("state", state));
+        }
+        if let Some(iss) = iss.as_deref() {
+            pairs.push(("iss", iss));
         }
         Rejection::Redirect(web::with_query(redirect_uri, &pairs))
     };
@@ -122,11 +131,26 @@ fn validate(shared: &Shared, params: &Params) -> Result<Pending, Rejection> {
         scope: first(params, "scope").unwrap_or("openid").to_owned(),
         code_challenge: code_challenge.to_owned(),
         resources: params.get("resource").cloned().unwrap_or_default(),
+        acr_values: first(params, "acr_values").map(str::to_owned),
     })
 }
 
 /// Issues a code for `user` and 302s back to the client.
 fn complete(shared: &Shared, pending: Pending, user: String) -> Response<Body> {
+    let settings = shared.controls.settings();
+    let acr = settings.acr.clone().or_else(|| {
+        let requested = pending.acr_values.as_deref().unwrap_or_default();
+        requested.split_whitespace().next().map(str::to_owned)
+    });
+    let authenticated = shared
+        .controls
+        .now()
+        .checked_sub(settings.authenticated_ago)
+        .unwrap_or(UNIX_EPOCH);
+    let auth_time = authenticated
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default();
     let code = shared.controls.grants.issue_code(LoginRequest {
         user,
         scope: pending.scope,
@@ -134,12 +158,28 @@ fn complete(shared: &Shared, pending: Pending, user: String) -> Response<Body> {
         nonce: pending.nonce,
         redirect_uri: pending.redirect_uri.clone(),
         code_challenge: pending.code_challenge,
+        acr,
+        auth_time,
     });
     let mut pairs = vec![("code", code.as_str())];
     if let Some(state) = pending.state.as_deref() {
         pairs.push(("state", state));
     }
+    let iss = response_iss(shared);
+    if let Some(iss) = iss.as_deref() {
+        pairs.push(("iss", iss));
+    }
     web::redirect(&web::with_query(&pending.redirect_uri, &pairs))
+}
+
+/// The `iss` parameter of an authorization response (RFC 9207 section 2), as the controls
+/// say: the issuer, none, or another provider's.
+fn response_iss(shared: &Shared) -> Option<String> {
+    match shared.controls.settings().response_iss {
+        ResponseIss::Correct => Some(shared.issuer.clone()),
+        ResponseIss::Omit => None,
+        ResponseIss::Wrong => Some("https://attacker.example".to_owned()),
+    }
 }
 
 fn login_page(shared: &Shared, pending: &Pending, message: Option<&str>) -> Response<Body> {
@@ -154,6 +194,7 @@ fn login_page(shared: &Shared, pending: &Pending, message: Option<&str>) -> Resp
     hidden.extend(pending.state.as_deref().map(|s| ("state", s)));
     hidden.extend(pending.nonce.as_deref().map(|n| ("nonce", n)));
     hidden.extend(pending.resources.iter().map(|r| ("resource", r.as_str())));
+    hidden.extend(pending.acr_values.as_deref().map(|a| ("acr_values", a)));
     let fields: String = hidden
         .iter()
         .map(|(name, value)| {

@@ -51,6 +51,27 @@ pub enum IdTokenTamper {
     Expired,
     /// A `crit` header naming an extension (RFC 7515 section 4.1.11) nobody understands.
     CriticalHeader,
+    /// `azp` (authorized party) names another client; `aud` is still the right one.
+    AuthorizedPartyOther,
+    /// `aud` lists the client and another audience, and there is no `azp`.
+    TwoAudiencesNoAzp,
+    /// `at_hash` is the hash of another access token.
+    WrongAtHash,
+    /// `iat` a week in the past, `exp` still an hour ahead.
+    IssuedLongAgo,
+}
+
+/// The `iss` parameter of the authorization response (RFC 9207) the provider sends back
+/// with the code (and with an error).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ResponseIss {
+    /// The provider's issuer (the default).
+    #[default]
+    Correct,
+    /// No `iss` parameter.
+    Omit,
+    /// Another provider's issuer (the mix-up attack).
+    Wrong,
 }
 
 /// Which client authentication a token or revocation request used (RFC 6749 §2.3.1).
@@ -99,6 +120,11 @@ pub(crate) struct Settings {
     pub(crate) auto_login: Option<String>,
     pub(crate) user_claims: HashMap<String, serde_json::Value>,
     pub(crate) id_token_tamper: Option<IdTokenTamper>,
+    pub(crate) response_iss: ResponseIss,
+    pub(crate) advertise_response_iss: bool,
+    pub(crate) acr: Option<String>,
+    pub(crate) authenticated_ago: Duration,
+    pub(crate) acr_values_supported: Vec<String>,
 }
 
 #[derive(Debug, Default)]
@@ -133,6 +159,11 @@ impl Controls {
             auto_login: None,
             user_claims: HashMap::new(),
             id_token_tamper: None,
+            response_iss: ResponseIss::Correct,
+            advertise_response_iss: true,
+            acr: None,
+            authenticated_ago: Duration::ZERO,
+            acr_values_supported: vec!["urn:devidp:pwd".into(), "urn:devidp:mfa".into()],
         };
         Self {
             settings: Mutex::new(settings),
@@ -213,6 +244,38 @@ impl Controls {
     /// `Some(defect)`: every ID token issued from now on has it; `None` (default): sound ones.
     pub fn set_id_token_tamper(&self, tamper: Option<IdTokenTamper>) {
         lock(&self.settings).id_token_tamper = tamper;
+    }
+
+    /// What the authorization response says in its `iss` parameter (RFC 9207); default:
+    /// the issuer.
+    pub fn set_response_iss(&self, iss: ResponseIss) {
+        lock(&self.settings).response_iss = iss;
+    }
+
+    /// Whether discovery advertises `authorization_response_iss_parameter_supported`
+    /// (default true).
+    pub fn set_advertise_response_iss(&self, on: bool) {
+        lock(&self.settings).advertise_response_iss = on;
+    }
+
+    /// `Some(acr)`: the `acr` of every login from now on, whatever the client asked for (a
+    /// provider that cannot meet a step-up). `None` (default): the first `acr_values` value
+    /// the authorization request asked for, and no `acr` claim when it asked for none.
+    pub fn set_acr(&self, acr: Option<String>) {
+        lock(&self.settings).acr = acr;
+    }
+
+    /// The `auth_time` of logins from now on is this long before the login (a provider that
+    /// reuses an earlier authentication, ignoring `max_age`). Default zero: the user
+    /// authenticates at every authorization request.
+    pub fn set_authenticated_ago(&self, ago: Duration) {
+        lock(&self.settings).authenticated_ago = ago;
+    }
+
+    /// The discovery document's `acr_values_supported` (default `urn:devidp:pwd`,
+    /// `urn:devidp:mfa`); empty: not listed.
+    pub fn set_acr_values_supported(&self, values: Vec<String>) {
+        lock(&self.settings).acr_values_supported = values;
     }
 
     // --- users ---

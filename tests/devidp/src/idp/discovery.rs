@@ -20,7 +20,7 @@ pub(crate) fn configuration(shared: &Shared) -> Response<Body> {
             .map(String::from)
             .to_vec()
     });
-    let document = serde_json::json!({
+    let mut document = serde_json::json!({
         "issuer": issuer,
         "authorization_endpoint": format!("{issuer}/authorize"),
         "token_endpoint": format!("{issuer}/token"),
@@ -40,10 +40,17 @@ pub(crate) fn configuration(shared: &Shared) -> Response<Body> {
             ["client_secret_basic", "client_secret_post", "none"],
         "scopes_supported": scopes,
         "claims_supported":
-            ["sub", "iss", "aud", "exp", "iat", "nonce", "sid", "email", "preferred_username", "groups"],
+            ["sub", "iss", "aud", "exp", "iat", "nonce", "sid", "auth_time", "acr", "email", "preferred_username", "groups"],
         "backchannel_logout_supported": true,
         "backchannel_logout_session_supported": true,
     });
+    let settings = controls.settings();
+    if settings.advertise_response_iss {
+        document["authorization_response_iss_parameter_supported"] = serde_json::json!(true);
+    }
+    if !settings.acr_values_supported.is_empty() {
+        document["acr_values_supported"] = serde_json::json!(settings.acr_values_supported);
+    }
     web::json(StatusCode::OK, &document)
 }
 

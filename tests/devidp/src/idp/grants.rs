@@ -27,6 +27,10 @@ pub(crate) struct GrantView {
     pub(crate) resources: Vec<String>,
     /// Set only when the grant was just redeemed from a code.
     pub(crate) nonce: Option<String>,
+    /// The `acr` of the login, if any.
+    pub(crate) acr: Option<String>,
+    /// When the user authenticated (Unix seconds, the provider's clock).
+    pub(crate) auth_time: u64,
 }
 
 /// A login request the user completed, waiting to become a code.
@@ -38,6 +42,8 @@ pub(crate) struct LoginRequest {
     pub(crate) nonce: Option<String>,
     pub(crate) redirect_uri: String,
     pub(crate) code_challenge: String,
+    pub(crate) acr: Option<String>,
+    pub(crate) auth_time: u64,
 }
 
 /// What a refresh does with the refresh token it was given.
@@ -75,6 +81,8 @@ struct Grant {
     sid: String,
     scope: String,
     resources: Vec<String>,
+    acr: Option<String>,
+    auth_time: u64,
     revoked: bool,
 }
 
@@ -115,6 +123,8 @@ impl GrantStore {
             sid: random_token(),
             scope: login.scope,
             resources: login.resources,
+            acr: login.acr,
+            auth_time: login.auth_time,
             revoked: false,
         };
         inner.grants.insert(id, grant);
@@ -265,6 +275,8 @@ impl Inner {
             scope: grant.scope.clone(),
             resources: grant.resources.clone(),
             nonce: None,
+            acr: grant.acr.clone(),
+            auth_time: grant.auth_time,
         })
     }
 
@@ -307,6 +319,8 @@ mod tests {
             nonce: Some("n".into()),
             redirect_uri: "http://rp/cb".into(),
             code_challenge: s256_challenge("verifier"),
+            acr: None,
+            auth_time: 0,
         }
     }
 

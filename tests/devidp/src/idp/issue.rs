@@ -1,6 +1,7 @@
 //! Building token responses (RFC 6749 §5.1, OpenID Connect Core §3.1.3.3): the access token
 //! (opaque or an RS256 JWT whose `aud` is the requested RFC 8707 resource), the ID token with
-//! the user's claims, `sid` and `at_hash`, and the optional parts the controls switch off.
+//! the user's claims, `sid`, `at_hash`, `auth_time` and the login's `acr`, and the optional
+//! parts the controls switch off.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -123,6 +124,10 @@ fn id_token(
     claims.insert("iat".into(), json!(unix(now)));
     claims.insert("exp".into(), json!(unix(now + ID_TOKEN_TTL)));
     claims.insert("sid".into(), json!(issue.grant.sid));
+    claims.insert("auth_time".into(), json!(issue.grant.auth_time));
+    if let Some(acr) = &issue.grant.acr {
+        claims.insert("acr".into(), json!(acr));
+    }
     claims.insert("at_hash".into(), json!(at_hash(access_token)));
     match &issue.grant.nonce {
         Some(nonce) => claims.insert("nonce".into(), json!(nonce)),
@@ -156,6 +161,24 @@ fn id_token(
                 .controls
                 .keys
                 .sign_with_header(&Value::Object(claims), &header);
+        }
+        Some(IdTokenTamper::AuthorizedPartyOther) => {
+            claims.insert("azp".into(), json!("some-other-client"));
+        }
+        Some(IdTokenTamper::TwoAudiencesNoAzp) => {
+            let aud = json!([shared.options.client_id, "some-other-client"]);
+            claims.insert("aud".into(), aud);
+            claims.remove("azp");
+        }
+        Some(IdTokenTamper::WrongAtHash) => {
+            claims.insert("at_hash".into(), json!(at_hash("another-access-token")));
+        }
+        Some(IdTokenTamper::IssuedLongAgo) => {
+            let week_ago = now
+                .checked_sub(Duration::from_secs(7 * 24 * 3600))
+                .unwrap_or(UNIX_EPOCH);
+            claims.insert("iat".into(), json!(unix(week_ago)));
+            claims.insert("exp".into(), json!(unix(now + Duration::from_secs(3600))));
         }
     }
     shared.controls.keys.sign(&Value::Object(claims))

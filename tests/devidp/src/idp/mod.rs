@@ -30,7 +30,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use crate::log_safe;
-pub use controls::{AccessTokenFormat, ClientAuth, Controls, IdTokenTamper, TokenFault};
+pub use controls::{
+    AccessTokenFormat, ClientAuth, Controls, IdTokenTamper, ResponseIss, TokenFault,
+};
 use keys::KeyRing;
 use web::Body;
 
