@@ -59,11 +59,15 @@ RUN mkdir src tests/devidp/src \
 #    .ci/no-demo then shows the binary has no development provider: clap refuses `demo`,
 #    and neither the keys (copied into this build stage only to be looked for) nor the
 #    demo's banner are in the file.
+#    build.rs stamps the git revision into `authgate_build_info`: the context has no .git, so
+#    it comes from the REVISION build argument (the same one the image label shows).
+COPY build.rs ./
 COPY src ./src
 COPY .ci/no-demo /check/no-demo
 COPY tests/devidp/keys /check/keys
+ARG REVISION=unknown
 RUN touch src/main.rs src/lib.rs \
-    && cargo build --release --locked --no-default-features \
+    && AUTHGATE_REVISION="${REVISION}" cargo build --release --locked --no-default-features \
     && ./target/release/authgate --version | grep -q '^authgate ' \
     && /check/no-demo target/release/authgate /check/keys \
     && install -D -m 0755 target/release/authgate /out/authgate

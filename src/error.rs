@@ -45,8 +45,8 @@ pub enum TlsSetupError {
         #[source]
         source: rustls_pki_types::pem::Error,
     },
-    #[error("server.tls_cert_file {}: no certificate found", path.display())]
-    NoCertificate { path: PathBuf },
+    #[error("{key} {}: no certificate found", path.display())]
+    NoCertificate { key: &'static str, path: PathBuf },
     #[error("certificate and key do not fit")]
     KeyMismatch(#[source] rustls::Error),
     #[error("upstream.ca_file {}: not usable as a trust anchor", path.display())]

@@ -17,10 +17,9 @@
 //! gateway's handler turns it into the answer in one place (`Gateway::rescue`).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use http::{HeaderName, HeaderValue, Request, Response};
+use http::{HeaderValue, Request, Response};
 use hyper::body::Incoming;
 
 use crate::auth::{Authenticator, Navigation, is_preflight};
@@ -29,7 +28,6 @@ use crate::config::{BearerMode, Config, Policy, Preflight, ServerConfig};
 use crate::endpoints::{Builtin, Endpoints, MetricsOnly, Shared};
 use crate::headers::{self, InboundHeaders, Peer};
 use crate::host::RequestHost;
-use crate::logging::log_safe;
 use crate::login::Logins;
 use crate::metrics::{Decision, Metrics, RouteId};
 use crate::oidc::Oidc;
@@ -42,7 +40,9 @@ use crate::server::ConnectionStats;
 use crate::session::identity::IdentityRules;
 use crate::session::{CookieCodec, Sessions, Store};
 
-static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+mod access;
+
+use access::{RequestIds, Seen, X_REQUEST_ID};
 
 /// Shared state of one gateway instance: the pipeline's parts, each built once.
 pub struct Gateway {
@@ -59,7 +59,7 @@ pub struct Gateway {
     metrics: Arc<Metrics>,
     /// Client connections of the main listener.
     connections: Arc<ConnectionStats>,
-    request_ids: AtomicU64,
+    request_ids: RequestIds,
 }
 
 /// What `dispatch` hands back for metrics and the access log.
@@ -68,6 +68,12 @@ struct Outcome {
     /// The answer, or why the gateway answers itself.
     result: Result<Response<Body>, Reply>,
     upstream_time: Option<Duration>,
+    /// The built-in endpoint that answered, if one did.
+    builtin: Option<Builtin>,
+    /// The `sub` of the identity the request was forwarded with.
+    sub: Option<String>,
+    /// The upstream the request went to (its index in `Upstreams`), if it went to one.
+    upstream: Option<usize>,
 }
 
 impl Outcome {
@@ -76,6 +82,9 @@ impl Outcome {
             route,
             result: Err(reply),
             upstream_time: None,
+            builtin: None,
+            sub: None,
+            upstream: None,
         }
     }
 }
@@ -101,7 +110,9 @@ impl Gateway {
             .map(str::to_owned)
             .chain(Builtin::ALL.iter().map(|b| b.path().to_owned()))
             .collect();
-        let metrics = Arc::new(Metrics::new(labels.iter().map(String::as_str)));
+        let metrics = Arc::new(
+            Metrics::new(labels.iter().map(String::as_str)).with_upstreams(upstreams.names()),
+        );
         let refresher = Arc::new(Refresher::new(
             oidc.clone(),
             store.clone(),
@@ -147,7 +158,7 @@ impl Gateway {
             rules,
             metrics,
             connections: shared.connections,
-            request_ids: AtomicU64::new(rand::random::<u32>() as u64 * 1_000_000),
+            request_ids: RequestIds::new(),
         })
     }
 
@@ -234,6 +245,9 @@ impl Gateway {
             route: self.builtin_route_id(builtin),
             result: self.endpoints.answer(builtin, req, peer).await,
             upstream_time: None,
+            builtin: Some(builtin),
+            sub: None,
+            upstream: None,
         }
     }
 
@@ -283,6 +297,12 @@ impl Gateway {
                 if let Err(reply) = self.auth.vouch(req.headers_mut(), &auth, route) {
                     return Outcome::refused(route.id, reply);
                 }
+                let sub = auth.identity().sub().to_owned();
+                drop(auth);
+                self.metrics.decision(route.id, Decision::Allow);
+                let mut outcome = self.forward(req, peer, client, route, path).await;
+                outcome.sub = Some(sub);
+                return outcome;
             }
         }
         self.metrics.decision(route.id, Decision::Allow);
@@ -303,14 +323,25 @@ impl Gateway {
         headers::remove_cookies(req.headers_mut(), |name| {
             name == self.sessions.cookie().name() || self.logins.is_login_cookie(name)
         });
-        headers::set_forwarded(req.headers_mut(), peer, client.peer_address.as_ref());
+        headers::set_forwarded(
+            req.headers_mut(),
+            peer,
+            client.peer_address.as_ref(),
+            self.server.forwarded_proto,
+        );
         let started = Instant::now();
         let upstream = self.upstreams.get(route.upstream);
         let result = upstream.forward(req, &route.upstream_path(path)).await;
+        let upstream_time = started.elapsed();
+        self.metrics
+            .upstream_finished(route.upstream, upstream_time);
         Outcome {
             route: route.id,
             result: result.map_err(Reply::from),
-            upstream_time: Some(started.elapsed()),
+            upstream_time: Some(upstream_time),
+            builtin: None,
+            sub: None,
+            upstream: Some(route.upstream),
         }
     }
 
@@ -333,23 +364,6 @@ impl Gateway {
             tracing::debug!(?reply, "request answered by the gateway");
         }
         (reply.into_response(), upstream_error)
-    }
-
-    /// Keep a client's `X-Request-Id`, or make one, so logs on both sides correlate. Kept
-    /// only when it is one value of at most 128 visible ASCII characters (what the log line
-    /// can show); anything else is replaced, every line of it.
-    fn request_id(&self, req: &mut Request<Incoming>) -> HeaderValue {
-        let mut ids = req.headers().get_all(&X_REQUEST_ID).iter();
-        if let (Some(id), None) = (ids.next(), ids.next())
-            && (1..=128).contains(&id.len())
-            && id.to_str().is_ok()
-        {
-            return id.clone();
-        }
-        let n = self.request_ids.fetch_add(1, Ordering::Relaxed);
-        let id = HeaderValue::from(n);
-        req.headers_mut().insert(X_REQUEST_ID.clone(), id.clone());
-        id
     }
 }
 
@@ -377,11 +391,10 @@ impl crate::server::Handler for Gateway {
     ) -> Response<Body> {
         let started = Instant::now();
         self.metrics.request_started();
-        let method = req.method().clone();
-        let uri = req.uri().clone();
-        let request_id = self.request_id(&mut req);
-        let outcome = self.dispatch(req, peer, &client, &uri).await;
-        let (response, upstream_error) = match outcome.result {
+        let seen = Seen::of(req.method(), req.uri(), req.headers());
+        let request_id = self.request_ids.assign(req.headers_mut(), peer.trusted);
+        let outcome = self.dispatch(req, peer, &client, &seen.uri).await;
+        let (mut response, upstream_error) = match outcome.result {
             Ok(response) => (response, None),
             Err(reply) => self.rescue(reply),
         };
@@ -389,22 +402,24 @@ impl crate::server::Handler for Gateway {
         let status = response.status().as_u16();
         self.metrics
             .request_finished(outcome.route, status, elapsed);
-        let request_id = request_id.to_str().unwrap_or("-");
-        let upstream_us = outcome.upstream_time.map(|d| d.as_micros() as u64);
-        let latency_us = elapsed.as_micros() as u64;
-        match &upstream_error {
-            None => tracing::info!(
-                target: "authgate::access",
-                request_id = %log_safe(request_id), %method, path = %log_safe(uri.path()),
-                status, latency_us, upstream_us, peer = %peer.addr,
-            ),
-            Some(error) => tracing::warn!(
-                target: "authgate::access",
-                request_id = %log_safe(request_id), %method, path = %log_safe(uri.path()),
-                status, latency_us, upstream_us, peer = %peer.addr,
-                upstream_error = %log_safe(error),
-            ),
+        access::Line {
+            seen: &seen,
+            request_id: &request_id,
+            sub: outcome.sub.as_deref(),
+            route: self.metrics.route_label(outcome.route),
+            upstream: outcome.upstream.map(|i| self.upstreams.name(i)),
+            status,
+            elapsed,
+            upstream_time: outcome.upstream_time,
+            peer: peer.addr,
+            probe: access::is_probe(outcome.builtin),
+            upstream_error: upstream_error.as_deref(),
         }
+        .emit();
+        // The answer names the id the logs (ours and the upstream's) know the request by.
+        response
+            .headers_mut()
+            .insert(X_REQUEST_ID.clone(), request_id);
         response
     }
 }

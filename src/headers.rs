@@ -15,6 +15,8 @@ use http::header::{AUTHORIZATION, CONNECTION, COOKIE, HOST};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use ipnet::IpNet;
 
+use crate::config::ForwardedProto;
+
 pub use identity::ClaimHeaders;
 pub use inbound::InboundHeaders;
 
@@ -200,8 +202,14 @@ pub fn peer_address_value(peer: &Peer) -> Option<HeaderValue> {
 /// convention: the address the gateway took the request from). A trusted proxy's values are
 /// kept (`X-Forwarded-For` extended with its address); anyone else's are replaced (their other
 /// spellings are gone already, [`InboundHeaders::sanitize`]), so the upstream can believe
-/// them. `peer_value`: from [`peer_address_value`].
-pub fn set_forwarded(headers: &mut HeaderMap, peer: Peer, peer_value: Option<&HeaderValue>) {
+/// them. `peer_value`: from [`peer_address_value`]. `proto`: `server.forwarded_proto`, the
+/// `X-Forwarded-Proto` of a peer whose own is not believed.
+pub fn set_forwarded(
+    headers: &mut HeaderMap,
+    peer: Peer,
+    peer_value: Option<&HeaderValue>,
+    proto: ForwardedProto,
+) {
     let xff = match peer.trusted {
         true if headers.contains_key(&X_FORWARDED_FOR) => {
             extended_xff(headers, peer).or_else(|| peer_value.cloned())
@@ -219,7 +227,12 @@ pub fn set_forwarded(headers: &mut HeaderMap, peer: Peer, peer_value: Option<&He
         };
     }
     if !peer.trusted || !headers.contains_key(&X_FORWARDED_PROTO) {
-        let proto = if peer.tls { "https" } else { "http" };
+        let https = match proto {
+            ForwardedProto::Auto => peer.tls,
+            ForwardedProto::Https => true,
+            ForwardedProto::Http => false,
+        };
+        let proto = if https { "https" } else { "http" };
         headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
     }
     if !peer.trusted || !headers.contains_key(&X_FORWARDED_HOST) {
@@ -374,7 +387,7 @@ mod tests {
             ("host", "app.example.com"),
         ];
         let mut h = map(&incoming);
-        set_forwarded(&mut h, untrusted, value.as_ref());
+        set_forwarded(&mut h, untrusted, value.as_ref(), ForwardedProto::Auto);
         assert_eq!(h["x-forwarded-for"], "10.0.0.9");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "app.example.com");
@@ -386,11 +399,39 @@ mod tests {
         let mut h = map(&incoming);
         h.append("x-forwarded-for", HeaderValue::from_static("5.6.7.8"));
         h.insert("x-real-ip", HeaderValue::from_static("1.2.3.4"));
-        set_forwarded(&mut h, trusted, value.as_ref());
+        set_forwarded(&mut h, trusted, value.as_ref(), ForwardedProto::Http);
         assert_eq!(h["x-forwarded-for"], "1.2.3.4, 5.6.7.8, 10.0.0.9");
         assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(h["x-forwarded-host"], "evil.example");
         assert_eq!(h["x-real-ip"], "1.2.3.4");
+    }
+
+    #[test]
+    fn forwarded_proto_as_configured_unless_a_trusted_proxy_said() {
+        let plain = Peer {
+            addr: "10.0.0.9:1234".parse().unwrap(),
+            tls: false,
+            trusted: false,
+        };
+        let tls = Peer { tls: true, ..plain };
+        let trusted = Peer {
+            trusted: true,
+            ..plain
+        };
+        let proto = |peer: Peer, incoming: &[(&str, &str)], configured| {
+            let mut h = map(incoming);
+            set_forwarded(&mut h, peer, None, configured);
+            h["x-forwarded-proto"].to_str().unwrap().to_owned()
+        };
+        let spoofed = [("x-forwarded-proto", "ftp")];
+        assert_eq!(proto(plain, &spoofed, ForwardedProto::Auto), "http");
+        assert_eq!(proto(tls, &spoofed, ForwardedProto::Auto), "https");
+        assert_eq!(proto(plain, &spoofed, ForwardedProto::Https), "https");
+        assert_eq!(proto(tls, &[], ForwardedProto::Http), "http");
+        // A trusted proxy's own value is kept; without one, the configured value.
+        let said = [("x-forwarded-proto", "http")];
+        assert_eq!(proto(trusted, &said, ForwardedProto::Https), "http");
+        assert_eq!(proto(trusted, &[], ForwardedProto::Https), "https");
     }
 
     #[test]

@@ -23,6 +23,7 @@ pub mod gateway;
 pub mod headers;
 pub mod healthcheck;
 pub mod host;
+pub mod lint;
 pub mod logging;
 pub mod login;
 pub mod metrics;

@@ -16,6 +16,13 @@
 
 use std::fmt::{self, Display, Write};
 
+/// Whether text logs get ANSI colour codes: only on a terminal, and never when `NO_COLOR` is
+/// set to anything but the empty string (<https://no-color.org>). A pipe, a file or a log
+/// shipper gets plain text.
+pub fn wants_colour(stderr_is_terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    stderr_is_terminal && no_color.is_none_or(|v| v.is_empty())
+}
+
 /// Longest logged value, in characters of output.
 pub const MAX_CHARS: usize = 2048;
 
@@ -91,6 +98,16 @@ mod tests {
 
     fn safe(s: &str) -> String {
         log_safe(s).to_string()
+    }
+
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        use std::ffi::OsStr;
+        assert!(wants_colour(true, None));
+        assert!(wants_colour(true, Some(OsStr::new(""))));
+        assert!(!wants_colour(true, Some(OsStr::new("1"))));
+        assert!(!wants_colour(false, None));
+        assert!(!wants_colour(false, Some(OsStr::new(""))));
     }
 
     #[test]

@@ -123,9 +123,23 @@ async fn check(path: &std::path::Path, probe: bool) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    // Files the gateway would refuse at start are configuration errors here too.
+    let file_errors = authgate::lint::file_errors(&config);
+    if !file_errors.is_empty() {
+        let lines: Vec<String> = file_errors.iter().map(ToString::to_string).collect();
+        eprintln!(
+            "authgate: invalid configuration ({}):\n{}",
+            path.display(),
+            lines.join("\n")
+        );
+        return ExitCode::from(EXIT_CONFIG);
+    }
     #[allow(clippy::print_stdout)]
     {
         print!("{}", config.redacted_toml());
+    }
+    for warning in authgate::lint::warnings(&config) {
+        eprintln!("warning: {warning}");
     }
     if probe {
         return match authgate::oidc::probe::run(&config).await {
@@ -179,7 +193,10 @@ fn init_logging(format: LogFormat) {
     // Colours only on a terminal: a log file or collector gets no escape sequences at all.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
+        .with_ansi(authgate::logging::wants_colour(
+            std::io::stderr().is_terminal(),
+            std::env::var_os("NO_COLOR").as_deref(),
+        ))
         .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => builder.try_init(),

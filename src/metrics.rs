@@ -41,6 +41,36 @@ pub enum RefreshOutcome {
 
 const OUTCOMES: [&str; 3] = ["ok", "rejected", "transient"];
 
+/// How a login ended, as `authgate_logins_total{result}` counts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoginEvent {
+    /// `/oauth2/start` sent the browser to the provider.
+    Started = 0,
+    /// The callback established a session.
+    Succeeded,
+    /// The provider answered with an `error` (the user declined, `login_required`, ...).
+    ProviderError,
+    /// The callback's `state` was missing, unknown, expired, or already used (a replay, or
+    /// a login started in another browser or on a replica with other cookie secrets).
+    InvalidState,
+    /// The code exchange or the ID token was refused (including identity checks).
+    Rejected,
+    /// The provider or the session store was unavailable.
+    Unavailable,
+}
+
+const LOGIN_EVENTS: [(&str, &str); 6] = [
+    ("started", ""),
+    ("succeeded", ""),
+    ("failed", "provider_error"),
+    ("failed", "invalid_state"),
+    ("failed", "rejected"),
+    ("failed", "unavailable"),
+];
+
+/// Label of the only upstream until named upstreams exist.
+const DEFAULT_UPSTREAM: &str = "default";
+
 pub struct Histogram {
     buckets: [AtomicU64; BUCKETS.len()],
     count: AtomicU64,
@@ -118,6 +148,10 @@ pub struct Metrics {
     pub refresh_latency: Histogram,
     refresh_coalesced: AtomicU64,
     sessions_ended_by_refresh: AtomicU64,
+    /// Time to the upstream's response head (or its failure), per upstream by index (0:
+    /// `[upstream]`, then `[upstreams.NAME]` in order), with its name.
+    upstream_latency: Vec<(String, Histogram)>,
+    logins: [AtomicU64; LOGIN_EVENTS.len()],
 }
 
 /// Index of a route's series in [`Metrics`].
@@ -136,7 +170,31 @@ impl Metrics {
             refresh_latency: Histogram::new(),
             refresh_coalesced: AtomicU64::new(0),
             sessions_ended_by_refresh: AtomicU64::new(0),
+            upstream_latency: vec![(DEFAULT_UPSTREAM.to_owned(), Histogram::new())],
+            logins: std::array::from_fn(|_| AtomicU64::new(0)),
         }
+    }
+
+    /// One latency series per `[upstreams.NAME]` besides `[upstream]`'s, in index order.
+    pub fn with_upstreams<'a>(mut self, names: impl IntoIterator<Item = &'a str>) -> Self {
+        (self.upstream_latency).extend(names.into_iter().map(|n| (n.to_owned(), Histogram::new())));
+        self
+    }
+
+    /// One call to upstream `index` took `elapsed` to its response head (or to its failure).
+    /// The label of `route`'s series (`-` for an index no route holds).
+    pub fn route_label(&self, route: RouteId) -> &str {
+        self.routes.get(route.0).map_or("-", |r| r.label.as_str())
+    }
+
+    pub fn upstream_finished(&self, index: usize, elapsed: Duration) {
+        if let Some((_, histogram)) = self.upstream_latency.get(index) {
+            histogram.observe(elapsed);
+        }
+    }
+
+    pub fn login(&self, event: LoginEvent) {
+        self.logins[event as usize].fetch_add(1, Relaxed);
     }
 
     pub fn request_started(&self) {
@@ -215,6 +273,31 @@ impl Metrics {
             self.upstream_unreachable.load(Relaxed),
             self.upstream_timeout.load(Relaxed)
         );
+        out.push_str(
+            "# HELP authgate_upstream_duration_seconds Time to the upstream's response head, by upstream.\n",
+        );
+        out.push_str("# TYPE authgate_upstream_duration_seconds histogram\n");
+        for (name, histogram) in &self.upstream_latency {
+            histogram.render(
+                &mut out,
+                "authgate_upstream_duration_seconds",
+                &format!("upstream=\"{name}\""),
+            );
+        }
+        out.push_str(
+            "# HELP authgate_logins_total Logins started, succeeded, and failed by reason.\n",
+        );
+        out.push_str("# TYPE authgate_logins_total counter\n");
+        for (i, (result, reason)) in LOGIN_EVENTS.iter().enumerate() {
+            let n = self.logins[i].load(Relaxed);
+            let _ = match *reason {
+                "" => writeln!(out, "authgate_logins_total{{result=\"{result}\"}} {n}"),
+                reason => writeln!(
+                    out,
+                    "authgate_logins_total{{result=\"{result}\",reason=\"{reason}\"}} {n}"
+                ),
+            };
+        }
         out
     }
 

@@ -22,6 +22,7 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsSe
     let certs = read_certificates(cert, "server.tls_cert_file")?;
     if certs.is_empty() {
         return Err(TlsSetupError::NoCertificate {
+            key: "server.tls_cert_file",
             path: cert.to_owned(),
         });
     }
@@ -45,7 +46,16 @@ pub fn client_config(ca_file: Option<&Path>) -> Result<ClientConfig, TlsSetupErr
     let mut roots = RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     if let Some(path) = ca_file {
-        for cert in read_certificates(path, "upstream.ca_file")? {
+        let certs = read_certificates(path, "upstream.ca_file")?;
+        // A bundle with no certificate in it is a mistake (the wrong file, a key): trusting
+        // only the public roots then would fail later, far from the cause.
+        if certs.is_empty() {
+            return Err(TlsSetupError::NoCertificate {
+                key: "upstream.ca_file",
+                path: path.to_owned(),
+            });
+        }
+        for cert in certs {
             roots
                 .add(cert)
                 .map_err(|source| TlsSetupError::TrustAnchor {

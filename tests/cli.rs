@@ -496,3 +496,164 @@ fn unusable_tls_files_exit_1_naming_the_file_and_the_cause() {
     );
     assert!(stderr.contains(&told), "{stderr}");
 }
+
+// === check: files, warnings, every error ===
+
+/// A certificate, key or CA file the gateway would refuse at start is refused by `check`
+/// too (exit 2, naming the setting and the file), instead of `check` passing and the run
+/// then exiting 1.
+#[test]
+fn check_parses_the_tls_and_ca_files() {
+    let dir = TempDir::new();
+    let one = rcgen::generate_simple_self_signed(vec!["a.example".to_owned()]).unwrap();
+    let cert = dir.write("tls.crt", &one.cert.pem());
+    let key = dir.write("tls.key", &one.key_pair.serialize_pem());
+    let garbage = dir.write("garbage.pem", "-----BEGIN CERTIFICATE-----\nnot base64\n");
+    let with = |cert: &Path, key: &Path, ca: Option<&Path>| {
+        let ca = ca
+            .map(|ca| format!("ca_file = \"{}\"\n", ca.display()))
+            .unwrap_or_default();
+        let config = valid_config(free_port(), None).replace(
+            "[upstream]\n",
+            &format!(
+                "tls_cert_file = \"{}\"\ntls_key_file = \"{}\"\n[upstream]\n{ca}",
+                cert.display(),
+                key.display()
+            ),
+        );
+        let config = dir.write("gateway.toml", &config);
+        let (output, stdout, stderr) = run(&mut check(&config));
+        (output.status.code(), stdout, stderr)
+    };
+    let (code, _, stderr) = with(&cert, &key, Some(&cert));
+    assert_eq!(code, Some(0), "{stderr}");
+
+    let (code, stdout, stderr) = with(&garbage, &key, None);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stdout.is_empty(), "{stdout}");
+    assert!(
+        stderr.contains("server.tls_cert_file") && stderr.contains("garbage.pem"),
+        "{stderr}"
+    );
+    let (code, _, stderr) = with(&cert, &garbage, None);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("garbage.pem"), "{stderr}");
+    let no_pem = dir.write("empty-bundle.pem", "no certificate here\n");
+    for ca in [&garbage, &no_pem] {
+        let (code, _, stderr) = with(&cert, &key, Some(ca));
+        assert_eq!(code, Some(2), "{stderr}");
+        let file = ca.file_name().unwrap().to_str().unwrap();
+        assert!(
+            stderr.contains("upstream.ca_file") && stderr.contains(file),
+            "{stderr}"
+        );
+    }
+}
+
+/// Valid but almost certainly wrong: warned about on stderr, exit 0.
+#[test]
+fn check_warns_about_likely_mistakes() {
+    let dir = TempDir::new();
+    let config = valid_config(free_port(), None)
+        .replace("cookie_secure = false", "cookie_secure = false\ncookie_samesite = \"strict\"")
+        .replace(
+            "client_id = \"cli-test-client\"",
+            "client_id = \"cli-test-client\"\nextra_auth_params = { redirect_uri = \"https://x\", nonce = \"n\", prompt = \"login\" }",
+        )
+        + r#"
+[[route]]
+path = "/api/"
+[[route]]
+path = "/api/admin/"
+policy = "deny"
+[[route]]
+path = "/api/admin"
+match = "exact"
+methods = ["GET"]
+[[route]]
+path = "/upload"
+methods = ["POST", "PSOT"]
+[[route]]
+path = "/upload/big"
+methods = ["POST"]
+[[route]]
+path = "/upload/get"
+methods = ["GET"]
+[[route]]
+path = '^/v[0-9]+/x$'
+match = "regex"
+[[route]]
+path = "/v2/x"
+match = "exact"
+[[route]]
+path = "/v2/y"
+match = "exact"
+[[route]]
+host = "*.example.com"
+path = "/h/"
+[[route]]
+host = "other.example.org"
+path = "/h/"
+[[route]]
+host = "a.example.com"
+path = "/h/x"
+[[route]]
+path = "/h/"
+"#;
+    let config = dir.write("gateway.toml", &config);
+    let (output, stdout, stderr) = run(&mut check(&config));
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert!(stdout.contains("[server]"), "{stdout}");
+    let warnings: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("warning: "))
+        .collect();
+    for expected in [
+        "warning: oidc.extra_auth_params.redirect_uri: ",
+        "warning: oidc.extra_auth_params.nonce: ",
+        "warning: session.cookie_samesite: ",
+        "warning: route[1]: never matches: every request it would match is taken by route[0]",
+        "warning: route[2]: never matches: every request it would match is taken by route[0]",
+        "warning: route[3].methods: `PSOT` is not an HTTP method",
+        "warning: route[4]: never matches: every request it would match is taken by route[3]",
+        "warning: route[7]: never matches: every request it would match is taken by route[6]",
+        "warning: route[11]: never matches: every request it would match is taken by route[9]",
+    ] {
+        assert!(
+            warnings.iter().any(|w| w.starts_with(expected)),
+            "missing {expected:?} in:\n{stderr}"
+        );
+    }
+    // `prompt` is the user's to set; GET on /upload/get is not taken by a POST route; /v2/y
+    // is not matched by the regex; a route for another host, or for every host after a
+    // host-scoped one, is not shadowed.
+    assert_eq!(warnings.len(), 9, "{stderr}");
+}
+
+/// One wrong value does not hide the next one in the same table, and a typo gets the key
+/// that was meant.
+#[test]
+fn check_lists_every_error_and_suggests_the_key_meant() {
+    let dir = TempDir::new();
+    let config = valid_config(free_port(), None)
+        .replace(
+            "shutdown_grace = \"5s\"",
+            "shutdown_grace = \"5s\"\nmax_connections = \"lots\"\nidle_timout = \"1m\"\nmax_headers = -1",
+        )
+        + "[[route]]\npath = \"/a\"\nmatchh = \"exact\"\napi = \"yes\"\n";
+    let config = dir.write("gateway.toml", &config);
+    let (output, _, stderr) = run(&mut check(&config));
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    for expected in [
+        "server.max_connections: invalid type",
+        "server.idle_timout: unknown field `idle_timout` (did you mean `idle_timeout`?)",
+        "server.max_headers: invalid",
+        "route[0].matchh: unknown field `matchh` (did you mean `match`?)",
+        "route[0].api: invalid type",
+    ] {
+        assert!(
+            stderr.contains(expected),
+            "missing {expected:?} in:\n{stderr}"
+        );
+    }
+}

@@ -1087,6 +1087,7 @@ max_headers = 50
 strip_request_headers = ["X-Legacy-User", "X_Debug"]
 idle_timeout = "90s"
 max_connections = 500
+forwarded_proto = "https"
 
 [upstream]
 url = "https://backend.internal:9000/app"
@@ -1194,6 +1195,7 @@ const FILE_SESSION_SECRETS: &str =
 /// the derived one keeps the typed config's field order.
 const EVERY_KEY_PRINTOUT: &str = r#"
 [server]
+forwarded_proto = "https"
 allowed_redirect_hosts = []
 header_read_timeout = "3s"
 idle_timeout = "1m 30s"
@@ -1316,6 +1318,7 @@ strip_prefix = false
 /// Same for the repository's `gateway.toml`, secrets from the environment.
 const GATEWAY_TOML_PRINTOUT: &str = r#"
 [server]
+forwarded_proto = "auto"
 allowed_redirect_hosts = []
 header_read_timeout = "10s"
 idle_timeout = "1m"

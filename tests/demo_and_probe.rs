@@ -184,11 +184,11 @@ cookie_secrets = ["{COOKIE_SECRET_A}"]
 
 async fn run_probe(config: String) -> (Option<i32>, String) {
     tokio::task::spawn_blocking(move || {
-        let path = std::env::temp_dir().join(format!(
-            "authgate-probe-{}-{}.toml",
-            std::process::id(),
-            config.len()
-        ));
+        // One file per run: tests run in parallel, and configs of one length are common.
+        static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path =
+            std::env::temp_dir().join(format!("authgate-probe-{}-{run}.toml", std::process::id(),));
         std::fs::write(&path, config).unwrap();
         let out = authgate()
             .args(["check", "--probe", "--config"])
@@ -233,6 +233,33 @@ async fn probe_reports_what_matters_and_warns_without_offline_access() {
         "{report}"
     );
     assert!(!report.contains("WARNING"), "{report}");
+}
+
+/// The `offline_access` verdict follows the provider's discovery: a provider that does not
+/// list the scope issues refresh tokens by its own rules (no warning without it), and may
+/// refuse a login that asks for it (a warning with it).
+#[tokio::test]
+async fn probe_judges_offline_access_by_the_providers_scopes() {
+    let idp = support::start_idp().await;
+    idp.controls()
+        .set_scopes_supported(Some(vec!["openid".into(), "email".into()]));
+    let (code, report) = run_probe(probe_config(&idp.issuer(), r#"["openid", "email"]"#)).await;
+    assert_eq!(code, Some(0), "{report}");
+    assert!(
+        report.contains("ok       offline_access not requested, and the provider does not list it"),
+        "{report}"
+    );
+    assert!(!report.contains("WARNING"), "{report}");
+    let (code, report) = run_probe(probe_config(
+        &idp.issuer(),
+        r#"["openid", "email", "offline_access"]"#,
+    ))
+    .await;
+    assert_eq!(code, Some(0), "{report}");
+    assert!(
+        report.contains("WARNING  offline_access is requested but the provider does not list it"),
+        "{report}"
+    );
 }
 
 #[tokio::test]

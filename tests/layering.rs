@@ -22,8 +22,8 @@ const LAYERS: &[&[&str]] = &[
     &["config", "seal"],
     // pure decisions and rewrites: a route decision, a `HeaderMap` rewrite
     &["policy", "headers", "tls"],
-    // the cookies the gateway sets (it reads them with `headers`)
-    &["cookie"],
+    // the cookies the gateway sets (it reads them with `headers`); what `check` warns about
+    &["cookie", "lint"],
     // I/O: upstream, accept loop, provider client, stores
     &["proxy", "server", "oidc", "session", "healthcheck"],
     // flows over sessions and the provider

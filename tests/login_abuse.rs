@@ -431,7 +431,7 @@ async fn provider_text_cannot_forge_a_log_line() {
         raw_request(&gateway.url, b"GET /a\x1bb HTTP/1.1\r\nHost: x\r\n\r\n").await;
         raw_request(
             &gateway.url,
-            b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Request-Id: a\tb\r\n\r\n",
+            b"GET /x HTTP/1.1\r\nHost: x\ty\r\nUser-Agent: a\tb\r\nX-Request-Id: a\tb\r\n\r\n",
         )
         .await;
         let log = gateway.stop_and_read_log().await;

@@ -14,7 +14,7 @@ use authgate::session::SessionStore;
 use devidp::idp::{DevIdp, TokenFault};
 use reqwest::{Client, Response, StatusCode, header};
 use support::redis::RedisServer;
-use support::{Echo, Harness, eventually, location, set_cookie, start_idp};
+use support::{Echo, Harness, eventually, location, metric, set_cookie, start_idp};
 
 fn redis_config(redis: &RedisServer) -> String {
     format!(
@@ -385,7 +385,9 @@ async fn lease_holder_dying_mid_refresh_hands_over() {
 }
 
 /// Redis killed: authenticated requests answer 503 with `Retry-After` (never a logout),
-/// `/readyz` 503, public routes still work. Redis back: the same session works again.
+/// public routes still work, and the replica stays ready (`/readyz` 200, its body and
+/// `authgate_store_up` say the store is down): an outage must not empty the Service of
+/// endpoints. Redis back: the same session works again.
 #[tokio::test]
 async fn redis_outage_is_503_then_sessions_survive() {
     let mut redis = RedisServer::start_persistent();
@@ -406,7 +408,9 @@ async fn redis_outage_is_503_then_sessions_survive() {
         "Retry-After on the 503"
     );
     let ready = bare_client().get(h.at("/readyz")).send().await.unwrap();
-    assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(ready.status(), StatusCode::OK, "still ready");
+    let body = ready.text().await.unwrap();
+    assert!(body.contains("session store answering=false"), "{body}");
     let public = get(&h, &cookie, "/public/page").await;
     assert_eq!(
         public.status(),
@@ -414,6 +418,7 @@ async fn redis_outage_is_503_then_sessions_survive() {
         "public routes need no store"
     );
     let metrics = h.metrics().await;
+    assert_eq!(metric(&metrics, "authgate_store_up"), Some(0.0));
     assert!(
         !metrics.contains("authgate_store_errors_total{kind=\"error\"} 0")
             || !metrics.contains("authgate_store_errors_total{kind=\"timeout\"} 0"),
@@ -423,9 +428,11 @@ async fn redis_outage_is_503_then_sessions_survive() {
     let back = eventually(Duration::from_secs(15), || async {
         let r = bare_client().get(h.at("/readyz")).send().await.unwrap();
         r.status() == StatusCode::OK
+            && (r.text().await.unwrap()).contains("session store answering=true")
     })
     .await;
-    assert!(back, "ready again once Redis is back");
+    assert!(back, "the store answers again once Redis is back");
+    assert_eq!(metric(&h.metrics().await, "authgate_store_up"), Some(1.0));
     assert_eq!(echo(&h, &cookie, "/hello").await.bearer(), before);
     assert_eq!(idp.controls().code_calls(), 1, "no new login");
 }

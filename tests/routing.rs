@@ -158,6 +158,9 @@ async fn routes_pick_their_upstream_by_host_and_path() {
         let series =
             format!("authgate_upstream_connections_opened_total{{upstream=\"{upstream}\"}}");
         assert!(metric(&text, &series).unwrap() >= 1.0, "{series}");
+        // The latency of each upstream is its own series too.
+        let series = format!("authgate_upstream_duration_seconds_count{{upstream=\"{upstream}\"}}");
+        assert!(metric(&text, &series).unwrap() >= 1.0, "{series}");
     }
 }
 

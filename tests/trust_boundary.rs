@@ -541,28 +541,46 @@ async fn forward_auth_judges_preflights_like_the_gateway() {
 
 // === other request values parsed strictly ===
 
+/// The id that ties the gateway's log lines to the upstream's is the gateway's own, unless a
+/// trusted proxy already named the request: a client cannot choose it.
 #[tokio::test]
-async fn a_request_id_the_logs_cannot_show_is_replaced() {
-    let (h, _) = start(false).await;
-    let ids = async |lines: &[(&[u8], &[u8])]| -> Vec<String> {
-        let answer = raw::send(h.addr, &raw::request(b"GET", b"/public/x", lines)).await;
-        let values = answer.echo()["headers"]["x-request-id"].clone();
-        (values.as_array().unwrap().iter())
-            .map(|v| v.as_str().unwrap().to_owned())
-            .collect()
-    };
-    assert_eq!(ids(&[(b"X-Request-Id", b"abc-123")]).await, ["abc-123"]);
-    for lines in [
-        &[(&b"X-Request-Id"[..], &b"\xc3\xa9t\xe9"[..])][..],
-        &[(b"X-Request-Id", b"one"), (b"X-Request-Id", b"two")],
-        &[(b"X-Request-Id", b"")],
-    ] {
-        let ids = ids(lines).await;
-        // One id, made by the gateway (a number).
-        assert_eq!(ids.len(), 1, "{lines:?}: {ids:?}");
-        assert!(
-            ids[0].bytes().all(|b| b.is_ascii_digit()),
-            "{lines:?}: {ids:?}"
+async fn a_request_id_is_kept_only_from_a_trusted_proxy_and_only_when_loggable() {
+    for trusted in [true, false] {
+        let (h, _) = start(trusted).await;
+        let ids = async |lines: &[(&[u8], &[u8])]| -> (Vec<String>, String) {
+            let answer = raw::send(h.addr, &raw::request(b"GET", b"/public/x", lines)).await;
+            let values = answer.echo()["headers"]["x-request-id"].clone();
+            let sent = (values.as_array().unwrap().iter())
+                .map(|v| v.as_str().unwrap().to_owned())
+                .collect();
+            (sent, answer.header("x-request-id").unwrap().to_owned())
+        };
+        let (sent, answered) = ids(&[(b"X-Request-Id", b"abc-123")]).await;
+        assert_eq!(sent.len(), 1, "{sent:?}");
+        assert_eq!(
+            answered, sent[0],
+            "the answer names the id the upstream saw"
         );
+        if trusted {
+            assert_eq!(sent, ["abc-123"]);
+        } else {
+            assert!(sent[0].bytes().all(|b| b.is_ascii_digit()), "{sent:?}");
+        }
+        for lines in [
+            &[(&b"X-Request-Id"[..], &b"\xc3\xa9t\xe9"[..])][..],
+            &[(b"X-Request-Id", b"one"), (b"X-Request-Id", b"two")],
+            &[(b"X-Request-Id", b"")],
+            &[(b"X-Request-Id", b"a b")],
+            &[(b"X-Request-Id", &[b'a'; 129])],
+        ] {
+            let (ids, answered) = ids(lines).await;
+            // One id, made by the gateway (a number).
+            assert_eq!(ids.len(), 1, "{lines:?}: {ids:?}");
+            assert!(
+                ids[0].bytes().all(|b| b.is_ascii_digit()),
+                "{lines:?}: {ids:?}"
+            );
+            assert_eq!(answered, ids[0]);
+        }
     }
 }

@@ -27,7 +27,10 @@ pub(crate) fn extract(figment: &Figment, errors: &mut Vec<ConfigError>) -> Optio
         }
     };
     for name in top.keys().filter(|k| !SECTIONS.contains(&k.as_str())) {
-        let message = format!("unknown section; expected one of {}", SECTIONS.join(", "));
+        let message = match nearest(name, SECTIONS) {
+            Some(near) => format!("unknown section; did you mean `{near}`?"),
+            None => format!("unknown section; expected one of {}", SECTIONS.join(", ")),
+        };
         errors.push(ConfigError::new(
             name.as_str(),
             with_source(message, figment.find_metadata(name), &[name.as_str()]),
@@ -52,10 +55,17 @@ fn section<T: DeserializeOwned + Default>(
 ) -> Option<T> {
     match figment.find_value(name) {
         Err(_) => Some(T::default()),
-        Ok(Value::Dict(..)) => match figment.focus(name).extract::<T>() {
+        Ok(Value::Dict(tag, dict)) => match figment.focus(name).extract::<T>() {
             Ok(section) => Some(section),
             Err(e) => {
-                errors.extend(convert(figment, e, &[name]));
+                // serde stops at the first bad key of a table: read each key alone to
+                // report the others too.
+                let each = each_key::<T>(tag, &dict, |e| convert(figment, e, &[name]), name);
+                errors.extend(if each.is_empty() {
+                    convert(figment, e, &[name])
+                } else {
+                    each
+                });
                 None
             }
         },
@@ -129,16 +139,89 @@ fn routes(figment: &Figment, errors: &mut Vec<ConfigError>) -> Option<Vec<Option
         .map(|(i, item)| {
             <RawRoute as serde::Deserialize>::deserialize(item).map_err(|e| {
                 let md = figment.get_metadata(item.tag());
-                for err in e {
-                    let key = format!("route[{i}]{}", suffix(&err.path));
-                    let message = with_source(err.kind.to_string(), md, &["route"]);
-                    errors.push(ConfigError::new(key, message));
-                }
+                let name = format!("route[{i}]");
+                let one = |e: figment::Error| -> Vec<ConfigError> {
+                    (e.into_iter())
+                        .map(|err| {
+                            let key = format!("{name}{}", suffix(&err.path));
+                            let message = with_source(message_of(&err.kind), md, &["route"]);
+                            ConfigError::new(key, message)
+                        })
+                        .collect()
+                };
+                let each = match item {
+                    Value::Dict(tag, dict) => each_key::<RawRoute>(*tag, dict, one, &name),
+                    _ => Vec::new(),
+                };
+                errors.extend(if each.is_empty() { one(e) } else { each });
             })
         })
         .map(Result::ok)
         .collect();
     Some(routes)
+}
+
+/// The errors of a table's keys, each key deserialized alone into `T` (whose fields all have
+/// defaults); `to_errors` turns one deserialization error into keyed errors (an error that
+/// names no key is put under `table.key`).
+fn each_key<T: DeserializeOwned>(
+    tag: figment::value::Tag,
+    dict: &Dict,
+    to_errors: impl Fn(figment::Error) -> Vec<ConfigError>,
+    table: &str,
+) -> Vec<ConfigError> {
+    let mut out = Vec::new();
+    for (key, value) in dict {
+        let alone = Value::Dict(tag, Dict::from([(key.clone(), value.clone())]));
+        if let Err(e) = T::deserialize(&alone) {
+            for mut error in to_errors(e) {
+                if error.key == table {
+                    error.key = format!("{table}.{key}");
+                }
+                out.push(error);
+            }
+        }
+    }
+    out
+}
+
+/// serde's message, with the nearest known key suggested for an unknown one.
+fn message_of(kind: &figment::error::Kind) -> String {
+    if let figment::error::Kind::UnknownField(found, expected) = kind
+        && let Some(near) = nearest(found, expected)
+    {
+        return format!("unknown field `{found}` (did you mean `{near}`?)");
+    }
+    kind.to_string().trim_end().to_owned()
+}
+
+/// The candidate closest to `typo` when it is close enough to be what was meant: at most a
+/// third of its length in edits (at least 1, at most 3).
+fn nearest<'a>(typo: &str, candidates: &[&'a str]) -> Option<&'a str> {
+    let budget = (typo.chars().count() / 3).clamp(1, 3);
+    (candidates.iter())
+        .map(|c| (edit_distance(typo, c), *c))
+        .filter(|(d, _)| *d <= budget)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
+}
+
+/// Levenshtein distance, by characters.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = (above + 1)
+                .min(row[j] + 1)
+                .min(diagonal + usize::from(ca != *cb));
+            diagonal = above;
+        }
+    }
+    row[b.len()]
 }
 
 /// Every error of a figment error chain, as `ConfigError`s keyed under `prefix`.
@@ -162,7 +245,7 @@ fn convert(figment: &Figment, error: figment::Error, prefix: &[&str]) -> Vec<Con
                 .filter(|_| !path.is_empty())
                 .or(err.metadata.as_ref());
             // Some messages (I/O, TOML syntax) end with a newline: keep one error a line.
-            let message = err.kind.to_string().trim_end().to_owned();
+            let message = message_of(&err.kind);
             ConfigError::new(key.clone(), with_source(message, md, &path))
         })
         .collect()
@@ -211,5 +294,24 @@ fn kind_of(value: &Value) -> &'static str {
         Value::Empty(..) => "an empty value",
         Value::Dict(..) => "a table",
         Value::Array(..) => "an array",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearest_key_is_suggested_only_when_close() {
+        let keys = ["idle_timeout", "max_connections", "listen", "public_url"];
+        assert_eq!(nearest("idle_timout", &keys), Some("idle_timeout"));
+        assert_eq!(nearest("listn", &keys), Some("listen"));
+        assert_eq!(nearest("max_conections", &keys), Some("max_connections"));
+        assert_eq!(nearest("publicurl", &keys), Some("public_url"));
+        assert_eq!(nearest("colour", &keys), None);
+        assert_eq!(nearest("x", &keys), None);
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+        assert_eq!(edit_distance("", "abc"), 3);
+        assert_eq!(edit_distance("é", "e"), 1);
     }
 }

@@ -58,6 +58,7 @@ pub(crate) struct RawServer {
     pub strip_request_headers: Vec<String>,
     pub idle_timeout: String,
     pub max_connections: usize,
+    pub forwarded_proto: String,
     #[serde(deserialize_with = "lenient::string_list")]
     pub allowed_redirect_hosts: Vec<String>,
 }
@@ -80,6 +81,7 @@ impl Default for RawServer {
             strip_request_headers: Vec::new(),
             idle_timeout: "60s".into(),
             max_connections: 10_000,
+            forwarded_proto: "auto".into(),
             allowed_redirect_hosts: Vec::new(),
         }
     }

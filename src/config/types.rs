@@ -80,6 +80,9 @@ pub struct ServerConfig {
     /// closes. Default 10 000.
     #[serde(serialize_with = "ser::count")]
     pub max_connections: usize,
+    /// `X-Forwarded-Proto` sent upstream for a peer not in `trusted_proxies` (and for a
+    /// trusted one that sent none).
+    pub forwarded_proto: ForwardedProto,
     /// Hosts an absolute `rd` may name besides `public_url`'s (lowercase): `app.example.com`,
     /// or `.example.com` for every subdomain of `example.com`.
     pub allowed_redirect_hosts: Vec<String>,
@@ -91,6 +94,17 @@ pub struct TlsFiles {
     pub cert: PathBuf,
     #[serde(rename = "tls_key_file", serialize_with = "ser::path")]
     pub key: PathBuf,
+}
+
+/// `server.forwarded_proto`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ForwardedProto {
+    /// The listener's own scheme: `https` with `tls_cert_file`, else `http`.
+    Auto,
+    /// Always `https`: a TLS-terminating proxy that is not trusted sits in front.
+    Https,
+    Http,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -75,6 +75,15 @@ fn server(raw: &RawServer, c: &mut Checker) -> Option<ServerConfig> {
         .collect();
     let idle_timeout = c.duration("server.idle_timeout", &raw.idle_timeout, true);
     let max_connections = c.connection_count("server.max_connections", raw.max_connections);
+    let forwarded_proto = c.choice(
+        "server.forwarded_proto",
+        &raw.forwarded_proto,
+        &[
+            ("auto", ForwardedProto::Auto),
+            ("https", ForwardedProto::Https),
+            ("http", ForwardedProto::Http),
+        ],
+    );
     let redirect_hosts: Vec<_> = (raw.allowed_redirect_hosts.iter().enumerate())
         .map(|(i, h)| redirect_host(&format!("server.allowed_redirect_hosts[{i}]"), h, c))
         .collect();
@@ -93,6 +102,7 @@ fn server(raw: &RawServer, c: &mut Checker) -> Option<ServerConfig> {
         strip_request_headers: strip.into_iter().collect::<Option<_>>()?,
         idle_timeout: idle_timeout?,
         max_connections: max_connections?,
+        forwarded_proto: forwarded_proto?,
         allowed_redirect_hosts: redirect_hosts.into_iter().collect::<Option<_>>()?,
     })
 }

@@ -17,6 +17,7 @@ use crate::config::Config;
 use crate::error::Chain;
 use crate::logging::log_safe;
 use crate::login::{Logins, PendingLogin};
+use crate::metrics::{LoginEvent, Metrics};
 use crate::oidc::Oidc;
 use crate::oidc::flows::LoginError;
 use crate::proxy::Body;
@@ -36,6 +37,7 @@ pub struct Login {
     /// `server.allowed_redirect_hosts`.
     redirect_hosts: Vec<String>,
     clock: Clock,
+    metrics: Arc<Metrics>,
 }
 
 // === impl Login ===
@@ -50,6 +52,7 @@ impl Login {
             public_url: cfg.server.public_url.clone(),
             redirect_hosts: cfg.server.allowed_redirect_hosts.clone(),
             clock: shared.clock.clone(),
+            metrics: shared.metrics.clone(),
         }
     }
 
@@ -72,13 +75,25 @@ impl Login {
         for cookie in cookies {
             response.headers_mut().append(SET_COOKIE, cookie);
         }
+        self.metrics.login(LoginEvent::Started);
         Ok(response)
+    }
+
+    /// [`Login::callback_inner`], counted in `authgate_logins_total`.
+    pub async fn callback<B>(&self, req: &Request<B>) -> Result<Response<Body>, Reply> {
+        let (result, event) = self.callback_inner(req).await;
+        self.metrics.login(event);
+        result
     }
 
     /// The provider's redirect back. The browser binding is checked before anything is consumed:
     /// a callback replayed from another browser is refused and leaves the user's own login
     /// intact.
-    pub async fn callback<B>(&self, req: &Request<B>) -> Result<Response<Body>, Reply> {
+    async fn callback_inner<B>(
+        &self,
+        req: &Request<B>,
+    ) -> (Result<Response<Body>, Reply>, LoginEvent) {
+        use LoginEvent::{InvalidState, ProviderError, Rejected, Succeeded, Unavailable as Down};
         let uri = req.uri();
         let logins = &*self.logins;
         let state = query_param(uri, "state");
@@ -92,33 +107,37 @@ impl Login {
             );
             // Its code only, never its free text: the page is on our origin.
             let page = Err(Reply::LoginFailed(provider_error(&error)));
-            return finished(page, pending.as_ref(), logins);
+            return (finished(page, pending.as_ref(), logins), ProviderError);
         }
         let (Some(state), Some(code)) = (state, query_param(uri, "code")) else {
-            return Err(Reply::LoginFailed("The login response is incomplete."));
+            let page = Err(Reply::LoginFailed("The login response is incomplete."));
+            return (page, InvalidState);
         };
         let Some(pending) = pending else {
-            return Err(Reply::LoginFailed(
+            let page = Err(Reply::LoginFailed(
                 "This login has expired, was already used, or was started in another browser.",
             ));
+            return (page, InvalidState);
         };
         // RFC 9207 (the mix-up defence): the response must come from this provider, before
         // its code is redeemed anywhere.
-        let provider = self.oidc.provider().ok_or(Unavailable::ProviderNotReady)?;
+        let Some(provider) = self.oidc.provider() else {
+            return (Err(Unavailable::ProviderNotReady.into()), Down);
+        };
         if let Err(e) = provider.check_response_issuer(&query_values(uri, "iss")) {
             tracing::warn!(reason = %e, "login refused: authorization response issuer");
             let page = Err(Reply::LoginFailed(
                 "The login response did not come from the expected identity provider.",
             ));
-            return finished(page, Some(&pending), logins);
+            return (finished(page, Some(&pending), logins), Rejected);
         }
         let used_up = || Err(Reply::LoginFailed("This login was already used."));
         match logins.was_used(&state).await {
             Ok(false) => {}
-            Ok(true) => return finished(used_up(), Some(&pending), logins),
+            Ok(true) => return (finished(used_up(), Some(&pending), logins), InvalidState),
             Err(e) => {
                 tracing::warn!(error = %log_safe(Chain(&e)), "could not check a login's state");
-                return Err(e.into());
+                return (Err(e.into()), Down);
             }
         }
         let tokens = match self
@@ -127,13 +146,15 @@ impl Login {
             .await
         {
             Ok(tokens) => tokens,
-            Err(LoginError::NotReady) => return Err(Unavailable::ProviderNotReady.into()),
+            Err(LoginError::NotReady) => {
+                return (Err(Unavailable::ProviderNotReady.into()), Down);
+            }
             Err(e) => {
                 tracing::warn!(error = %log_safe(Chain(&e)), "login failed");
                 let page = Err(Reply::LoginFailed(
                     "The identity provider's answer could not be accepted.",
                 ));
-                return finished(page, Some(&pending), logins);
+                return (finished(page, Some(&pending), logins), Rejected);
             }
         };
         let claims = tokens.claims.as_ref();
@@ -144,15 +165,15 @@ impl Login {
             let page = Err(Reply::LoginFailed(
                 "The identity provider's answer lacks a user or a usable token.",
             ));
-            return finished(page, Some(&pending), logins);
+            return (finished(page, Some(&pending), logins), Rejected);
         };
         // Single use, on every replica: only a login that got this far is recorded.
         match logins.mark_used(&state).await {
             Ok(true) => {}
-            Ok(false) => return finished(used_up(), Some(&pending), logins),
+            Ok(false) => return (finished(used_up(), Some(&pending), logins), InvalidState),
             Err(e) => {
                 tracing::warn!(error = %log_safe(Chain(&e)), "could not record a login's state as used");
-                return Err(e.into());
+                return (Err(e.into()), Down);
             }
         }
         let session = Session {
@@ -171,7 +192,8 @@ impl Login {
         let result = self
             .create_session(req, session, pending.landing.as_str())
             .await;
-        finished(result, Some(&pending), logins)
+        let event = if result.is_ok() { Succeeded } else { Down };
+        (finished(result, Some(&pending), logins), event)
     }
 
     /// Store the session under a NEW id (no session fixation), drop any previous one, set the

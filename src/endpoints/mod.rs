@@ -6,6 +6,7 @@
 mod auth;
 mod login;
 mod logout;
+mod process;
 mod status;
 
 use std::sync::Arc;
@@ -175,7 +176,7 @@ impl Endpoints {
         match builtin {
             Builtin::Healthz => Ok(status::healthz()),
             Builtin::Readyz => self.status.readyz().await,
-            Builtin::Metrics => Ok(self.status.metrics()),
+            Builtin::Metrics => Ok(self.status.metrics().await),
             Builtin::Start if read_only => self.login.start(&req).await,
             Builtin::Callback if read_only => self.login.callback(&req).await,
             Builtin::SignOut if read_only || method == Method::POST => {
@@ -225,7 +226,7 @@ impl crate::server::Handler for MetricsOnly {
         _connection: Arc<()>,
     ) -> Response<Body> {
         match req.uri().path() {
-            "/metrics" => self.0.metrics(),
+            "/metrics" => self.0.metrics().await,
             "/healthz" => status::healthz(),
             _ => Reply::NotFound.into_response(),
         }

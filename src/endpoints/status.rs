@@ -17,7 +17,7 @@ use crate::proxy::Body;
 use crate::proxy::{Upstream, Upstreams};
 use crate::reply::{self, Reply, Unavailable};
 use crate::server::ConnectionStats;
-use crate::session::{Lookup, SessionStore, Sessions};
+use crate::session::{Lookup, SessionStore, Sessions, Store};
 
 /// What `/readyz`, `/metrics` and `/oauth2/userinfo` read.
 pub struct Status {
@@ -50,12 +50,20 @@ impl Status {
         }
     }
 
-    /// Ready once discovery has succeeded and the session store answers.
+    /// Ready once discovery has succeeded: this replica can then serve everything it can
+    /// serve. The session store's health is reported in the body (and as
+    /// `authgate_store_up`), but does not make the replica unready: were every replica
+    /// unready during a store outage, the Service would lose all its endpoints and public
+    /// routes would fail too, while authenticated requests already answer 503 with
+    /// `Retry-After` on their own.
     pub async fn readyz(&self) -> Result<Response<Body>, Reply> {
         let provider = self.oidc.is_ready();
         let store = self.sessions.store().ready().await;
-        if provider && store {
-            Ok(reply::text(StatusCode::OK, "ready"))
+        if provider {
+            Ok(reply::text(
+                StatusCode::OK,
+                &format!("ready: provider discovered=true, session store answering={store}"),
+            ))
         } else {
             Err(Unavailable::NotReady { provider, store }.into())
         }
@@ -105,9 +113,43 @@ impl Status {
         }
     }
 
-    pub fn metrics(&self) -> Response<Body> {
+    /// The exposition. The session store is asked once (a `PING` to Redis, bounded by
+    /// `session.redis_timeout`), so `authgate_store_up` is as of this scrape.
+    pub async fn metrics(&self) -> Response<Body> {
         let store = self.sessions.store();
+        let store_up = store.ready().await;
+        if let Store::Memory(memory) = &**store {
+            // moka applies removals lazily: without this, a session signed out a moment ago
+            // would still be counted. One maintenance pass per scrape, nothing on the hot path.
+            memory.sync().await;
+        }
         let mut text = self.metrics.render(store.live());
+        if let Store::Memory(memory) = &**store {
+            let _ = writeln!(
+                text,
+                "# HELP authgate_sessions_evicted_total Sessions dropped before their timeouts because session.max_sessions was reached.\n\
+                 # TYPE authgate_sessions_evicted_total counter\n\
+                 authgate_sessions_evicted_total {}",
+                memory.evicted_for_capacity()
+            );
+        }
+        let _ = writeln!(
+            text,
+            "# HELP authgate_provider_failures_total Failed calls to the provider's discovery document (JWKS included) and JWKS refetches.\n\
+             # TYPE authgate_provider_failures_total counter\n\
+             authgate_provider_failures_total{{kind=\"discovery\"}} {}\n\
+             authgate_provider_failures_total{{kind=\"jwks\"}} {}",
+            self.oidc.discovery_failures(),
+            self.oidc.jwks_failures()
+        );
+        super::process::render(&mut text);
+        let _ = writeln!(
+            text,
+            "# HELP authgate_store_up Whether the session store answered at this scrape (1) or not (0).\n\
+             # TYPE authgate_store_up gauge\n\
+             authgate_store_up {}",
+            u8::from(store_up)
+        );
         self.render_upstreams(&mut text);
         let connections = &self.connections;
         let _ = writeln!(

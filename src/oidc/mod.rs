@@ -160,6 +160,10 @@ pub struct Oidc {
     started: Instant,
     /// Milliseconds since `started` of the last JWKS fetch (0 = never refetched).
     last_jwks_fetch_ms: AtomicU64,
+    /// Failed discovery attempts (the JWKS fetched with it included), for `/metrics`.
+    discovery_failures: AtomicU64,
+    /// Failed JWKS refetches, for `/metrics`.
+    jwks_failures: AtomicU64,
 }
 
 impl Oidc {
@@ -186,6 +190,8 @@ impl Oidc {
             clock: Clock::system(),
             started: Instant::now(),
             last_jwks_fetch_ms: AtomicU64::new(0),
+            discovery_failures: AtomicU64::new(0),
+            jwks_failures: AtomicU64::new(0),
         })
     }
 
@@ -216,6 +222,16 @@ impl Oidc {
         &self.refresh_http
     }
 
+    /// Failed discovery attempts so far (each retry counts).
+    pub fn discovery_failures(&self) -> u64 {
+        self.discovery_failures.load(Ordering::Relaxed)
+    }
+
+    /// Failed JWKS refetches so far.
+    pub fn jwks_failures(&self) -> u64 {
+        self.jwks_failures.load(Ordering::Relaxed)
+    }
+
     /// Discover until it works: 1 s backoff doubling up to 30 s.
     pub async fn discover_until_ready(self: Arc<Self>) {
         let mut delay = Duration::from_secs(1);
@@ -230,6 +246,7 @@ impl Oidc {
                     return;
                 }
                 Err(e) => {
+                    self.discovery_failures.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(
                         error = %log_safe(Chain(&e)),
                         retry_in = ?delay,
@@ -322,7 +339,10 @@ impl Oidc {
         let current = self.provider()?;
         let jwks = JsonWebKeySet::fetch_async(current.metadata.jwks_uri(), &self.http)
             .await
-            .map_err(|e| tracing::warn!(error = %log_safe(error_chain(&e)), "JWKS refetch failed"))
+            .map_err(|e| {
+                self.jwks_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %log_safe(error_chain(&e)), "JWKS refetch failed")
+            })
             .ok()?;
         tracing::info!(keys = jwks.keys().len(), "refetched provider keys");
         let metadata = current.metadata.clone().set_jwks(jwks);

@@ -251,7 +251,7 @@ fn same_method(configured: &Method, request: &Method) -> bool {
 /// A prefix matches on segment boundaries: `/public` matches `/public` and `/public/x`, not
 /// `/publicity`; `/public/` matches `/public/x`, not `/public`. Regexes are anchored at
 /// compile time (`^(?:..)$`) and never see the query.
-fn path_matches(matcher: &PathMatch, path: &str) -> bool {
+pub fn path_matches(matcher: &PathMatch, path: &str) -> bool {
     match matcher {
         PathMatch::Exact(p) => path == p,
         PathMatch::Regex(r) => r.is_match(path),

@@ -92,6 +92,13 @@ impl Upstreams {
             .map_or(&self.default, |(_, upstream)| upstream)
     }
 
+    /// The name of upstream `index` (`default` for `[upstream]`, as [`Upstreams::get`]).
+    pub fn name(&self, index: usize) -> &str {
+        (index.checked_sub(1))
+            .and_then(|i| self.named.get(i))
+            .map_or("default", |(name, _)| name.as_str())
+    }
+
     /// Every upstream with its name (`default` first), for the metrics.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &Upstream)> {
         std::iter::once(("default", &self.default))

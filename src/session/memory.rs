@@ -35,10 +35,12 @@
 //! record, lose the race to a delete, and then write it back.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use moka::Expiry;
 use moka::future::Cache;
+use moka::notification::RemovalCause;
 use moka::ops::compute::{CompResult, Op};
 use moka::policy::EvictionPolicy;
 
@@ -62,6 +64,8 @@ pub struct MemoryStore {
     /// and provider-signed logout tokens set one, so no anonymous flood grows it; past its
     /// bound the least recently seen are forgotten first.
     markers: Cache<Marker, Held>,
+    /// See [`MemoryStore::evicted_for_capacity`].
+    evicted: Arc<AtomicU64>,
 }
 
 /// A marker's lifetime: `ttl` on moka's (real-time) clock, and its deadline on ours.
@@ -97,8 +101,16 @@ impl MemoryStore {
 
     pub fn with_options(opts: MemoryOptions) -> Self {
         let absolute_timeout = opts.absolute_timeout;
+        let evicted = Arc::new(AtomicU64::new(0));
+        let counter = evicted.clone();
         let cache = Cache::builder()
             .max_capacity(opts.max_sessions)
+            // Only `Size`: an expiry or an explicit removal is not a capacity problem.
+            .eviction_listener(move |_key, _session, cause| {
+                if cause == RemovalCause::Size {
+                    counter.fetch_add(1, Ordering::Relaxed);
+                }
+            })
             .eviction_policy(EvictionPolicy::lru())
             .time_to_idle(opts.idle_timeout)
             .expire_after(AbsoluteExpiry {
@@ -119,7 +131,14 @@ impl MemoryStore {
             idle_secs: opts.idle_timeout.as_secs(),
             clock: opts.clock,
             markers,
+            evicted,
         }
+    }
+
+    /// Sessions dropped so far because `max_sessions` was reached (least recently used
+    /// first), before their timeouts.
+    pub fn evicted_for_capacity(&self) -> u64 {
+        self.evicted.load(Ordering::Relaxed)
     }
 
     /// Run moka's pending maintenance (tests and metrics want exact counts).

@@ -115,6 +115,8 @@ pub(crate) struct Settings {
     pub(crate) issue_id_token_on_refresh: bool,
     pub(crate) refresh_returns_refresh_token: bool,
     pub(crate) discovery_unavailable: bool,
+    /// Discovery's `scopes_supported`: `None` = the default list (with `offline_access`).
+    pub(crate) scopes_supported: Option<Vec<String>>,
     pub(crate) auto_login: Option<String>,
     pub(crate) user_claims: HashMap<String, serde_json::Value>,
     pub(crate) id_token_tamper: Option<IdTokenTamper>,
@@ -153,6 +155,7 @@ impl Controls {
             issue_id_token_on_refresh: true,
             refresh_returns_refresh_token: true,
             discovery_unavailable: false,
+            scopes_supported: None,
             auto_login: None,
             user_claims: HashMap::new(),
             id_token_tamper: None,
@@ -230,6 +233,12 @@ impl Controls {
     /// Discovery answers 503 while set.
     pub fn set_discovery_unavailable(&self, unavailable: bool) {
         lock(&self.settings).discovery_unavailable = unavailable;
+    }
+
+    /// `Some(scopes)`: discovery advertises these in `scopes_supported` (like a provider that
+    /// does not know `offline_access`); `None` (default): the usual list.
+    pub fn set_scopes_supported(&self, scopes: Option<Vec<String>>) {
+        lock(&self.settings).scopes_supported = scopes;
     }
 
     /// `Some(defect)`: every ID token issued from now on has it; `None` (default): sound ones.

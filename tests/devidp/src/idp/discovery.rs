@@ -15,6 +15,11 @@ pub(crate) fn configuration(shared: &Shared) -> Response<Body> {
         return web::text(StatusCode::SERVICE_UNAVAILABLE, "discovery unavailable");
     }
     let issuer = &shared.issuer;
+    let scopes = (controls.settings().scopes_supported.clone()).unwrap_or_else(|| {
+        ["openid", "profile", "email", "offline_access", "groups"]
+            .map(String::from)
+            .to_vec()
+    });
     let mut document = serde_json::json!({
         "issuer": issuer,
         "authorization_endpoint": format!("{issuer}/authorize"),
@@ -33,7 +38,7 @@ pub(crate) fn configuration(shared: &Shared) -> Response<Body> {
             ["client_secret_basic", "client_secret_post", "none"],
         "revocation_endpoint_auth_methods_supported":
             ["client_secret_basic", "client_secret_post", "none"],
-        "scopes_supported": ["openid", "profile", "email", "offline_access", "groups"],
+        "scopes_supported": scopes,
         "claims_supported":
             ["sub", "iss", "aud", "exp", "iat", "nonce", "sid", "auth_time", "acr", "email", "preferred_username", "groups"],
         "backchannel_logout_supported": true,
