@@ -28,6 +28,9 @@
 # column sustains, default 200), CONNS (default 32),
 # SESSION_STEPS (default 0,10000,100000,1000000), STORM_SESSIONS / STORM_FANOUT (passed to
 # the storm test), SKIP (space-separated: columns fwdauth sessions storm report),
+# BASELINE=<path of another authgate binary> (an extra column "authgate-baseline": that
+# binary, same config, same provider, measured just before "authgate" in the same run: how
+# before/after comparisons of a change are made), SKIP=node (leave the Node peer out),
 # QUICK=1 (2 s phases, 10 k sessions at most: for debugging the scripts), PROFILE=1 (perf
 # profile of each proxy during its saturation phase, in $OUT/perf-<column>.txt).
 set -euo pipefail
@@ -52,6 +55,12 @@ NGX_PORT=18082
 NODE_PORT=18083
 GW_PORT=18084
 IDP_PORT=18085
+BASE_PORT=18086
+BASELINE="${BASELINE:-}"
+if [ -n "$BASELINE" ] && [ ! -x "$BASELINE" ]; then
+    echo "BASELINE=$BASELINE is not an executable" >&2
+    exit 1
+fi
 CLIENT_ID=bench
 CLIENT_SECRET=bench-client-secret
 RESOURCE=https://api.example.test
@@ -83,6 +92,7 @@ fi
 
 # ---- processes: every one started here is killed on exit -----------------------------
 PIDS=()
+NODE_COOKIE="" BASE_COOKIE="" BASE_PID=""
 cleanup() {
     for pid in "${PIDS[@]}"; do
         kill "$pid" 2>/dev/null || true
@@ -140,7 +150,7 @@ port_free() {
 }
 emit() { echo "$1" >>"$RESULTS"; echo "  $1"; }
 
-for p in $UP_PORT $NGX_PORT $NODE_PORT $GW_PORT $IDP_PORT; do port_free "$p"; done
+for p in $UP_PORT $NGX_PORT $NODE_PORT $GW_PORT $IDP_PORT $BASE_PORT; do port_free "$p"; done
 
 # ---- build (once; release, symbols kept for perf) ------------------------------------
 echo "== build (load before: $(load))"
@@ -300,8 +310,8 @@ if ! skipped columns || ! skipped fwdauth; then
     # ---- the real OpenID provider (core 1), access tokens valid 1 h: no refresh during load
     ACCESS_TTL=3600 AUTO_LOGIN_USER=alice CLIENT_ID="$CLIENT_ID" CLIENT_SECRET="$CLIENT_SECRET" \
         RESOURCE="$RESOURCE" \
-        REDIRECT_URI="http://127.0.0.1:$GW_PORT/oauth2/callback,http://127.0.0.1:$NODE_PORT/callback" \
-        POST_LOGOUT_REDIRECT_URI="http://127.0.0.1:$GW_PORT/,http://127.0.0.1:$NODE_PORT/" \
+        REDIRECT_URI="http://127.0.0.1:$GW_PORT/oauth2/callback,http://127.0.0.1:$NODE_PORT/callback,http://127.0.0.1:$BASE_PORT/oauth2/callback" \
+        POST_LOGOUT_REDIRECT_URI="http://127.0.0.1:$GW_PORT/,http://127.0.0.1:$NODE_PORT/,http://127.0.0.1:$BASE_PORT/" \
         taskset -c "$LOAD_CPU" node tests/interop/provider/provider.js "$IDP_PORT" >"$OUT/provider.log" 2>&1 &
     PIDS+=($!)
     wait_for "http://127.0.0.1:$IDP_PORT/oidc/.well-known/openid-configuration" "the OpenID provider"
@@ -315,11 +325,13 @@ if ! skipped columns || ! skipped fwdauth; then
     PIDS+=("$NGX_PID")
 
     # ---- c. the Node auth proxy (core 0)
+    if ! skipped node; then
     ISSUER="$ISSUER" UPSTREAM="http://127.0.0.1:$UP_PORT" PORT="$NODE_PORT" CLIENT_ID="$CLIENT_ID" \
         CLIENT_SECRET="$CLIENT_SECRET" RESOURCE="$RESOURCE" NODE_ENV=production \
         taskset -c "$PROXY_CPU" node bench/node-peer/peer.js >"$OUT/node-peer.log" 2>&1 &
     NODE_PID=$!
     PIDS+=("$NODE_PID")
+    fi
 
     # ---- d. authgate (core 0, one worker thread)
     cat >"$OUT/gateway.toml" <<EOF
@@ -346,12 +358,21 @@ EOF
         >"$OUT/authgate.log" 2>&1 &
     GW_PID=$!
     PIDS+=("$GW_PID")
+    if [ -n "$BASELINE" ]; then # the same configuration on its own port
+        sed "s|127.0.0.1:$GW_PORT|127.0.0.1:$BASE_PORT|g" "$OUT/gateway.toml" >"$OUT/gateway-baseline.toml"
+        TOKIO_WORKER_THREADS=1 RUST_LOG=warn taskset -c "$PROXY_CPU" "$BASELINE" \
+            --config "$OUT/gateway-baseline.toml" >"$OUT/authgate-baseline.log" 2>&1 &
+        BASE_PID=$!
+        PIDS+=("$BASE_PID")
+    fi
 
     wait_for "http://127.0.0.1:$NGX_PORT/" "nginx (proxy)"
-    wait_for "http://127.0.0.1:$NODE_PORT/" "the Node peer"
-    for _ in $(seq 1 100); do
-        [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$GW_PORT/readyz")" = 200 ] && break
-        sleep 0.1
+    skipped node || wait_for "http://127.0.0.1:$NODE_PORT/" "the Node peer"
+    for port in $GW_PORT ${BASELINE:+$BASE_PORT}; do
+        for _ in $(seq 1 100); do
+            [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/readyz")" = 200 ] && break
+            sleep 0.1
+        done
     done
 
     # ---- headless logins: follow every redirect with a cookie jar (as tests/interop.rs)
@@ -362,15 +383,22 @@ EOF
         awk -v p="$pattern" 'BEGIN{FS="\t"} $6 ~ p {printf "%s%s=%s", sep, $6, $7; sep="; "}' "$jar"
     }
     GW_COOKIE="$(login authgate "http://127.0.0.1:$GW_PORT" "$OUT/jar-authgate" '^authgate_session$')"
-    NODE_COOKIE="$(login node "http://127.0.0.1:$NODE_PORT" "$OUT/jar-node" '^appSession')"
     [ -n "$GW_COOKIE" ] || { echo "authgate login failed: $(cat "$OUT/login-authgate.code") $(head -c 300 "$OUT/login-authgate.txt")" >&2; exit 1; }
-    [ -n "$NODE_COOKIE" ] || { echo "node login failed: $(cat "$OUT/login-node.code") $(head -c 300 "$OUT/login-node.txt")" >&2; exit 1; }
+    if ! skipped node; then
+        NODE_COOKIE="$(login node "http://127.0.0.1:$NODE_PORT" "$OUT/jar-node" '^appSession')"
+        [ -n "$NODE_COOKIE" ] || { echo "node login failed: $(cat "$OUT/login-node.code") $(head -c 300 "$OUT/login-node.txt")" >&2; exit 1; }
+    fi
+    if [ -n "$BASELINE" ]; then
+        BASE_COOKIE="$(login authgate-baseline "http://127.0.0.1:$BASE_PORT" "$OUT/jar-baseline" '^authgate_session$')"
+        [ -n "$BASE_COOKIE" ] || { echo "baseline login failed: $(cat "$OUT/login-authgate-baseline.code")" >&2; exit 1; }
+    fi
 
     check_column direct "http://127.0.0.1:$UP_PORT" 8 -H "Authorization: Bearer x"
     check_column nginx "http://127.0.0.1:$NGX_PORT" 8
     # the user's JWT access token (~800+ bytes), not a fixed value
-    check_column node "http://127.0.0.1:$NODE_PORT" 300 -H "Cookie: $NODE_COOKIE"
+    skipped node || check_column node "http://127.0.0.1:$NODE_PORT" 300 -H "Cookie: $NODE_COOKIE"
     check_column authgate "http://127.0.0.1:$GW_PORT" 300 -H "Cookie: $GW_COOKIE"
+    [ -z "$BASELINE" ] || check_column authgate-baseline "http://127.0.0.1:$BASE_PORT" 300 -H "Cookie: $BASE_COOKIE"
     emit "{\"phase\":\"cookies\",\"authgate_cookie_bytes\":${#GW_COOKIE},\"node_cookie_bytes\":${#NODE_COOKIE}}"
 fi
 
@@ -378,7 +406,8 @@ if ! skipped columns; then
     echo "== columns (load before: $(load))"
     measure direct "$UP_PID" "http://127.0.0.1:$UP_PORT" "Authorization: Bearer x"
     measure nginx "$NGX_PID" "http://127.0.0.1:$NGX_PORT"
-    measure node "$NODE_PID" "http://127.0.0.1:$NODE_PORT" "Cookie: $NODE_COOKIE"
+    skipped node || measure node "$NODE_PID" "http://127.0.0.1:$NODE_PORT" "Cookie: $NODE_COOKIE"
+    [ -z "$BASELINE" ] || measure authgate-baseline "$BASE_PID" "http://127.0.0.1:$BASE_PORT" "Cookie: $BASE_COOKIE"
     measure authgate "$GW_PID" "http://127.0.0.1:$GW_PORT" "Cookie: $GW_COOKIE"
 fi
 

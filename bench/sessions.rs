@@ -3,7 +3,12 @@
 //! ```text
 //! taskset -c 0 cargo bench --bench sessions -- --upstream http://127.0.0.1:18081 \
 //!     --loadgen target/release/examples/loadgen [--steps 0,10000,100000,1000000] [--secs 10]
+//!     [--routes N]
 //! ```
+//!
+//! `--routes N` (default 1): the gateway gets N routes, the first N - 1 with a `host` and a
+//! path the load never asks for, the last (`/`, every host) the one every request matches, so
+//! each request is routed past N - 1 host routes: the cost of routing a large table.
 //!
 //! What it does, in one process (pin it to one core; the load runs on the other):
 //!
@@ -58,6 +63,7 @@ struct Args {
     load_cpu: String,
     out_dir: Option<String>,
     variant: Variant,
+    routes: usize,
 }
 
 /// What the memory steps save. Anything but `Full` only measures memory (no load phases):
@@ -83,6 +89,7 @@ fn parse_args() -> Result<Args, String> {
         load_cpu: "1".into(),
         out_dir: None,
         variant: Variant::Full,
+        routes: 1,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -110,6 +117,12 @@ fn parse_args() -> Result<Args, String> {
                     }
                 };
             }
+            "--routes" => {
+                a.routes = value()?.parse().map_err(|e| format!("--routes: {e}"))?;
+                if a.routes == 0 {
+                    return Err("--routes: at least 1".into());
+                }
+            }
             "--bench" => {}
             other => return Err(format!("unknown argument {other}")),
         }
@@ -120,6 +133,19 @@ fn parse_args() -> Result<Args, String> {
         );
     }
     Ok(a)
+}
+
+/// `n` routes: `n - 1` host routes no request of the bench matches, then `/` for every host
+/// (the route each request ends on, with the default `authenticated` policy).
+fn route_table(n: usize) -> String {
+    let mut toml = String::new();
+    for i in 1..n {
+        toml.push_str(&format!(
+            "[[route]]\nhost = \"app{i}.example.test\"\npath = \"/app{i}/\"\n"
+        ));
+    }
+    toml.push_str("[[route]]\npath = \"/\"\n");
+    toml
 }
 
 /// A fast deterministic generator (xorshift64*): 2 GB of token text must not take minutes.
@@ -384,9 +410,10 @@ client_secret = "bench-secret"
 cookie_secrets = ["AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE="]
 cookie_secure = false
 max_sessions = {max_sessions}
-"#,
+{routes}"#,
         upstream = args.upstream,
         issuer = idp.issuer(),
+        routes = route_table(args.routes),
     );
     let config = Config::from_figment(Figment::from(Toml::string(&toml)))
         .map_err(|e| format!("config: {e}"))?;
