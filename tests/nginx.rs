@@ -10,11 +10,12 @@ mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use reqwest::{Client, StatusCode, header};
-use serde_json::Value;
+use serde_json::{Value, json};
 use support::raw;
 use support::{Echo, Harness, location, set_cookie};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -83,7 +84,12 @@ fn require_nginx() {
 }
 
 /// The example configuration with its placeholders filled in, started in the foreground.
-async fn start_nginx(port: u16, authgate_port: u16, upstream_port: u16) -> Nginx {
+async fn start_nginx(
+    port: u16,
+    authgate_port: u16,
+    upstream_port: u16,
+    billing_port: u16,
+) -> Nginx {
     require_nginx();
     static N: AtomicUsize = AtomicUsize::new(0);
     let prefix = std::env::temp_dir().join(format!(
@@ -99,6 +105,7 @@ async fn start_nginx(port: u16, authgate_port: u16, upstream_port: u16) -> Nginx
         .replace("__LISTEN_PORT__", &port.to_string())
         .replace("__AUTHGATE_PORT__", &authgate_port.to_string())
         .replace("__UPSTREAM_PORT__", &upstream_port.to_string())
+        .replace("__BILLING_PORT__", &billing_port.to_string())
         .replace("__PREFIX__", prefix.to_str().unwrap());
     assert!(!conf.contains("__"), "an unreplaced placeholder:\n{conf}");
     let conf_path = prefix.join("nginx.conf");
@@ -143,8 +150,33 @@ async fn start() -> (Harness, Nginx) {
         ))
         .start()
         .await;
-    let nginx = start_nginx(port, h.addr.port(), h.upstream_addr.port()).await;
+    // The second app (`location /billing/`) is the same echo server unless a test starts
+    // its own (`start_with_billing`).
+    let nginx = start_nginx(
+        port,
+        h.addr.port(),
+        h.upstream_addr.port(),
+        h.upstream_addr.port(),
+    )
+    .await;
     (h, nginx)
+}
+
+/// As [`start`], with the `/billing/` location on a second upstream of its own, whose hits are
+/// counted.
+async fn start_with_billing() -> (Harness, Nginx, Arc<AtomicUsize>) {
+    require_nginx();
+    let port = free_port();
+    let (billing, hits, _task) = support::echo_upstream().await;
+    let h = Harness::builder()
+        .config(ROUTES)
+        .config(&format!(
+            "[server]\npublic_url = \"http://127.0.0.1:{port}\"\n[[route]]\npath = \"/billing/\"\nrequire_groups = [\"billing\"]"
+        ))
+        .start()
+        .await;
+    let nginx = start_nginx(port, h.addr.port(), h.upstream_addr.port(), billing.port()).await;
+    (h, nginx, hits)
 }
 
 async fn browse(client: &Client, url: &str) -> reqwest::Response {
@@ -416,4 +448,52 @@ async fn hostile_uris_through_nginx_are_judged_on_their_path() {
         wrong.join("\n"),
         nginx.error_log()
     );
+}
+
+/// A second `location` to a second upstream: the same login, judged by its own route (groups),
+/// the prefix stripped by nginx, the identity set, nothing reaching that app unjudged.
+#[tokio::test]
+async fn a_second_location_reaches_its_own_upstream_under_its_own_route() {
+    let (h, nginx, billing_hits) = start_with_billing().await;
+
+    // No session: to the login, and the second app never sees the request.
+    let anonymous = h.client();
+    let r = browse(&anonymous, &nginx.at("/billing/invoices")).await;
+    assert_eq!(r.status(), StatusCode::FOUND, "{}", nginx.error_log());
+    assert!(
+        location(&r).contains("/oauth2/start?rd=/billing/invoices"),
+        "{}",
+        location(&r)
+    );
+    assert_eq!(billing_hits.load(Ordering::SeqCst), 0);
+
+    // A user outside the route's group: 403 from authgate's route, still unseen.
+    let c = h.client();
+    login_through_nginx(&h, &nginx, &c, "alice").await;
+    let r = api_get(&c, &nginx.at("/billing/invoices")).await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert_eq!(billing_hits.load(Ordering::SeqCst), 0);
+    // ...while the first app serves her.
+    let r = api_get(&c, &nginx.at("/app/page")).await;
+    assert_eq!(r.status(), StatusCode::OK);
+
+    // A member of the group: the second upstream, prefix stripped, with identity and token.
+    h.idp
+        .controls()
+        .set_user_claims("bob", json!({"groups": ["billing"]}));
+    let c = h.client();
+    login_through_nginx(&h, &nginx, &c, "bob").await;
+    let r = c
+        .get(nginx.at("/billing/invoices?page=2"))
+        .header(header::ACCEPT, "application/json")
+        .header("X-Forwarded-User", "mallory")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK, "{}", nginx.error_log());
+    let echo = Echo(r.json::<Value>().await.unwrap());
+    assert_eq!(echo.path(), "/invoices");
+    assert_eq!(echo.header_values("x-forwarded-user"), ["bob"]);
+    assert!(echo.bearer().is_some_and(|b| !b.is_empty()));
+    assert_eq!(billing_hits.load(Ordering::SeqCst), 1);
 }

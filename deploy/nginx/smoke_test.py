@@ -317,6 +317,8 @@ def main():
         "__LISTEN_PORT__": str(listen_port),
         "__AUTHGATE_PORT__": str(auth_server.server_address[1]),
         "__UPSTREAM_PORT__": str(app_server.server_address[1]),
+        # the second app (location /billing/): the same stub serves here
+        "__BILLING_PORT__": str(app_server.server_address[1]),
         "__PREFIX__": prefix,
     }.items():
         conf = conf.replace(placeholder, value)
