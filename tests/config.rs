@@ -1280,6 +1280,7 @@ require_groups = []
 name = "/public/"
 require_email_domains = []
 require_emails = []
+require_acr = []
 strip_prefix = false
 
 [[route]]
@@ -1295,6 +1296,7 @@ require_groups = ["admins", "ops"]
 name = "/admin"
 require_email_domains = []
 require_emails = []
+require_acr = []
 strip_prefix = false
 
 [route.require_claims]
@@ -1313,6 +1315,7 @@ require_groups = []
 name = "/files/[0-9]+"
 require_email_domains = []
 require_emails = []
+require_acr = []
 strip_prefix = false
 "#;
 
@@ -1385,6 +1388,7 @@ require_groups = []
 name = "/public/"
 require_email_domains = []
 require_emails = []
+require_acr = []
 strip_prefix = false
 "#;
 
