@@ -334,11 +334,14 @@ fn load(routes: &str) -> Result<Config, String> {
 }
 
 #[test]
-fn step_up_keys_are_validated_and_printed() {
+fn step_up_keys_are_validated_and_printed_back() {
     let cfg =
         load("[[route]]\npath = \"/a\"\nrequire_acr = [\"gold\"]\nmax_auth_age = \"15m\"").unwrap();
     assert_eq!(cfg.routes[0].require_acr, vec!["gold".to_owned()]);
     assert_eq!(cfg.routes[0].max_auth_age, Some(Duration::from_secs(900)));
+    let printed = cfg.redacted_toml();
+    assert!(printed.contains("require_acr = [\"gold\"]"), "{printed}");
+    assert!(printed.contains("max_auth_age = \"15m\""), "{printed}");
     for (bad, key) in [
         ("require_acr = [\"a b\"]", "route[0].require_acr[0]"),
         ("require_acr = [\"a\\\"b\"]", "route[0].require_acr[0]"),

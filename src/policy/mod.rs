@@ -606,4 +606,43 @@ mod tests {
             );
         }
     }
+
+    #[test]
+    fn step_up_is_met_only_by_the_claims_it_names() {
+        let mut cfg = route(PathMatch::Prefix("/".into()), Policy::Authenticated);
+        let table = RouteTable::new(std::slice::from_ref(&cfg), &[], &[]);
+        assert!(table.find(&Method::GET, None, "/").step_up().is_none());
+        cfg.require_acr = vec!["mfa".into(), "hwk".into()];
+        cfg.max_auth_age = Some(std::time::Duration::from_secs(600));
+        let table = RouteTable::new(std::slice::from_ref(&cfg), &[], &[]);
+        let step_up = table.find(&Method::GET, None, "/").step_up().unwrap();
+        assert_eq!(step_up.acr_values().as_deref(), Some("mfa hwk"));
+        let now = 1_000_000;
+        let met = |claims: serde_json::Value| step_up.met_by(claims.as_object().unwrap(), now);
+        assert!(met(json!({"acr": "hwk", "auth_time": now - 600})));
+        assert!(met(
+            json!({"acr": "mfa", "auth_time": (now - 10) as f64 + 0.5})
+        ));
+        assert!(
+            !met(json!({"acr": "mfa", "auth_time": now - 601})),
+            "too old"
+        );
+        assert!(!met(json!({"acr": "pwd", "auth_time": now})), "another acr");
+        assert!(
+            !met(json!({"acr": ["mfa"], "auth_time": now})),
+            "acr is a string"
+        );
+        assert!(!met(json!({"auth_time": now})), "no acr");
+        assert!(!met(json!({"acr": "mfa"})), "no auth_time");
+        assert!(
+            !met(json!({"acr": "mfa", "auth_time": "1000000"})),
+            "not a number"
+        );
+        assert!(!met(json!({"acr": "mfa", "auth_time": -5})), "negative");
+        assert!(met(json!({"acr": "mfa", "auth_time": now + 60})), "skew");
+        assert!(
+            !met(json!({"acr": "mfa", "auth_time": now + 61})),
+            "in the future"
+        );
+    }
 }
