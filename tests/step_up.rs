@@ -353,3 +353,25 @@ fn step_up_keys_are_validated_and_printed_back() {
         assert!(e.contains(key), "{bad}: {e}");
     }
 }
+
+/// The Redis store upgrades the session in place too (under the same id, shared by replicas).
+#[tokio::test]
+async fn a_step_up_on_the_redis_store_keeps_the_session_id() {
+    let redis = support::redis::RedisServer::start();
+    let config = format!(
+        "{ROUTES}\n[session]\nstore = \"redis\"\nredis_url = \"{}\"\n",
+        redis.url()
+    );
+    let h = Harness::builder().config(&config).start().await;
+    let client = h.client();
+    let cookie = h.login(&client, "alice").await;
+    let authorize = step_up_authorize_url(&h, &client, "/admin").await;
+    let r = finish(&h, &client, &authorize).await;
+    assert_eq!(r.status(), StatusCode::FOUND);
+    assert!(set_cookie(&r, SESSION).is_none(), "same session id");
+    assert_eq!(stored_acr(&h, &cookie).await.as_deref(), Some(MFA));
+    assert_eq!(
+        navigate(&h, &client, "/admin").await.status(),
+        StatusCode::OK
+    );
+}
