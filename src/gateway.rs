@@ -129,6 +129,7 @@ impl Gateway {
             oidc.clone(),
             rules.clone(),
             metrics.clone(),
+            clock.clone(),
         ));
         let shared = Shared {
             routes: routes.clone(),
@@ -293,6 +294,9 @@ impl Gateway {
                 {
                     self.metrics.decision(route.id, Decision::Forbid);
                     return Outcome::refused(route.id, refusal.into());
+                }
+                if let Err(reply) = self.auth.step_up(&req, route, &auth, path, navigation) {
+                    return Outcome::refused(route.id, reply);
                 }
                 if let Err(reply) = self.auth.vouch(req.headers_mut(), &auth, route) {
                     return Outcome::refused(route.id, reply);

@@ -26,6 +26,10 @@ use crate::session::StoreError;
 pub enum Reply {
     /// No usable session or token.
     Unauthenticated(Box<Unauthenticated>),
+    /// Logged in but not as strongly or as recently as the route requires (RFC 9470).
+    StepUp(Box<StepUpChallenge>),
+    /// A step-up login that still does not meet the route's requirement: 403, never a loop.
+    StepUpFailed,
     /// Logged in but not allowed (groups, claims).
     Forbidden(Refusal),
     /// A `deny` route.
@@ -56,6 +60,19 @@ pub struct Unauthenticated {
     pub redirect: bool,
     /// The `error_description` of the `WWW-Authenticate` challenge (a bearer token refused).
     pub bearer_error: Option<&'static str>,
+}
+
+/// A session (or bearer token) that must log in again, more strongly or more recently.
+#[derive(Debug)]
+pub struct StepUpChallenge {
+    /// `<public_url>/oauth2/start?rd=<the request>`: the login asks for the route's requirement.
+    pub login_url: String,
+    /// A browser navigation: 302 to `login_url`. Anything else: 401 with the challenge.
+    pub redirect: bool,
+    /// The route's `require_acr`, space-separated.
+    pub acr_values: Option<String>,
+    /// The route's `max_auth_age`, in seconds.
+    pub max_age: Option<u64>,
 }
 
 /// Why the gateway cannot answer now.
@@ -132,6 +149,15 @@ impl Reply {
         let mut response = match self {
             Reply::Unauthenticated(u) if u.redirect => found(&u.login_url),
             Reply::Unauthenticated(u) => unauthorized(&u.login_url, u.bearer_error),
+            Reply::StepUp(s) if s.redirect => found(&s.login_url),
+            Reply::StepUp(s) => insufficient(&s),
+            Reply::StepUpFailed => html_page(
+                StatusCode::FORBIDDEN,
+                "Stronger login required",
+                "This page requires a stronger or more recent login than the identity provider \
+                 confirmed.",
+                None,
+            ),
             Reply::Forbidden(refusal) => text(StatusCode::FORBIDDEN, refusal.message()),
             Reply::Deny => text(StatusCode::FORBIDDEN, "Forbidden"),
             Reply::BadRequest(reason) => text(StatusCode::BAD_REQUEST, reason),
@@ -237,6 +263,32 @@ fn unauthorized(login_url: &str, bearer_error: Option<&str>) -> Response<Body> {
         ),
         None => "Bearer".to_owned(),
     };
+    if let Ok(value) = HeaderValue::from_str(&challenge) {
+        response.headers_mut().insert(WWW_AUTHENTICATE, value);
+    }
+    response
+}
+
+/// RFC 9470 section 3: 401 with `WWW-Authenticate: Bearer
+/// error="insufficient_user_authentication"` and the requirement (`acr_values`, `max_age`),
+/// and a JSON body naming the login URL that asks for it.
+fn insufficient(s: &StepUpChallenge) -> Response<Body> {
+    let body = serde_json::json!({
+        "error": "insufficient_user_authentication",
+        "login_url": s.login_url,
+    });
+    let mut response = json(StatusCode::UNAUTHORIZED, &body);
+    let mut challenge = String::from(
+        "Bearer error=\"insufficient_user_authentication\", \
+         error_description=\"A stronger or more recent authentication is required\"",
+    );
+    // Configured values: visible ASCII without quotes or backslashes (checked at load).
+    if let Some(acr) = &s.acr_values {
+        challenge.push_str(&format!(", acr_values=\"{acr}\""));
+    }
+    if let Some(max_age) = s.max_age {
+        challenge.push_str(&format!(", max_age={max_age}"));
+    }
     if let Ok(value) = HeaderValue::from_str(&challenge) {
         response.headers_mut().insert(WWW_AUTHENTICATE, value);
     }

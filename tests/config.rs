@@ -1279,6 +1279,7 @@ require_groups = []
 name = "/public/"
 require_email_domains = []
 require_emails = []
+require_acr = []
 strip_prefix = false
 
 [[route]]
@@ -1294,6 +1295,7 @@ require_groups = ["admins", "ops"]
 name = "/admin"
 require_email_domains = []
 require_emails = []
+require_acr = []
 strip_prefix = false
 
 [route.require_claims]
@@ -1312,6 +1314,7 @@ require_groups = []
 name = "/files/[0-9]+"
 require_email_domains = []
 require_emails = []
+require_acr = []
 strip_prefix = false
 "#;
 
@@ -1385,6 +1388,7 @@ require_groups = []
 name = "/public/"
 require_email_domains = []
 require_emails = []
+require_acr = []
 strip_prefix = false
 "#;
 

@@ -190,6 +190,10 @@ timeout = "3s"
 cookie_secrets = ["{}"]
 cookie_secure = false
 refresh_before_expiry = "2s"
+
+[[route]]
+path = "/admin"
+require_acr = ["urn:interop:mfa"]
 "#,
             STANDARD.encode(secret)
         );
@@ -756,6 +760,55 @@ async fn authorization_response_iss_is_checked() {
         let response = navigate(&client, url.as_str()).await;
         assert_eq!(response.status(), StatusCode::FOUND, "{response:?}");
         assert_eq!(count(&env.events().await, "authorization_code"), 1);
+    })
+    .await;
+}
+
+/// Step-up end to end (RFC 9470): a session from a plain login is sent back to the provider
+/// with `acr_values`, the provider prompts again and records the acr, and the session keeps
+/// its id while its identity gains the acr.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn step_up_to_the_routes_acr_keeps_the_session() {
+    scenario(Options::default(), |env| async move {
+        let client = browser();
+        login(&env, &client, "/").await;
+        let response = navigate(&client, &env.gw("/admin")).await;
+        assert_eq!(response.status(), StatusCode::FOUND, "{response:?}");
+        let mut url = location(&response, &env.gateway_url);
+        assert_eq!(url.path(), "/oauth2/start");
+        let response = navigate(&client, url.as_str()).await;
+        url = location(&response, &env.gateway_url);
+        assert_eq!(
+            query(&url).get("acr_values").map(String::as_str),
+            Some("urn:interop:mfa"),
+            "{url}"
+        );
+        let callback = env.gw("/oauth2/callback");
+        let mut hops = 0;
+        while !url.as_str().starts_with(&callback) {
+            let response = navigate(&client, url.as_str()).await;
+            assert!(response.status().is_redirection(), "{response:?}");
+            url = location(&response, url.as_str());
+            hops += 1;
+            assert!(hops < 12, "redirect loop at the provider");
+        }
+        let response = navigate(&client, url.as_str()).await;
+        assert_eq!(
+            response.status(),
+            StatusCode::FOUND,
+            "callback: {response:?}"
+        );
+        assert!(
+            session_set_cookie(&response).is_none(),
+            "the session keeps its id"
+        );
+        assert_eq!(
+            location(&response, &env.gateway_url).as_str(),
+            env.gw("/admin")
+        );
+        let seen = upstream_saw(navigate(&client, &env.gw("/admin")).await).await;
+        assert_eq!(seen["path"], "/admin");
+        assert_eq!(seen["headers"]["x-forwarded-user"], "alice", "{seen}");
     })
     .await;
 }

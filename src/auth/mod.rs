@@ -10,6 +10,7 @@ use std::sync::Arc;
 use http::header::{ACCEPT, AUTHORIZATION};
 use http::{HeaderMap, HeaderValue, Method, Request};
 
+use crate::clock::Clock;
 use crate::config::Config;
 use crate::error::Chain;
 use crate::logging::log_safe;
@@ -17,7 +18,7 @@ use crate::metrics::{Decision, Metrics};
 use crate::oidc::Oidc;
 use crate::policy::Route;
 use crate::refresh::{Fresh, Refresher};
-use crate::reply::{Reply, Unavailable};
+use crate::reply::{Reply, StepUpChallenge, Unavailable};
 use crate::session::identity::IdentityRules;
 use crate::session::{Identity, Lookup, Session, SessionKey, SessionStore, Sessions};
 
@@ -52,6 +53,8 @@ pub struct Authenticator {
     /// `server.public_url` without a trailing slash.
     public_url: String,
     metrics: Arc<Metrics>,
+    /// Judges `auth_time` against the route's `max_auth_age`.
+    clock: Clock,
 }
 
 // === impl Authenticated ===
@@ -85,6 +88,7 @@ impl Authenticator {
         oidc: Arc<Oidc>,
         identities: Arc<IdentityRules>,
         metrics: Arc<Metrics>,
+        clock: Clock,
     ) -> Self {
         Authenticator {
             sessions,
@@ -95,6 +99,7 @@ impl Authenticator {
             authorization_bearer: cfg.headers.authorization_bearer,
             public_url: public_base(&cfg.server.public_url),
             metrics,
+            clock,
         }
     }
 
@@ -188,6 +193,45 @@ impl Authenticator {
             bearer_error,
         )
         .clearing(clear_cookie.then(|| self.sessions.clear_cookie()))
+    }
+
+    /// The route's step-up requirement (RFC 9470), judged on the `acr` and `auth_time` of the
+    /// session's (or bearer token's) login. Not met: a browser navigation (when `navigation`
+    /// allows it) goes to login again, which asks the provider for the requirement; anything
+    /// else gets 401 `insufficient_user_authentication` naming it.
+    pub fn step_up<B>(
+        &self,
+        req: &Request<B>,
+        route: &Route,
+        auth: &Authenticated,
+        path: &str,
+        navigation: Navigation,
+    ) -> Result<(), Reply> {
+        let Some(step_up) = route.step_up() else {
+            return Ok(());
+        };
+        if step_up.met_by(auth.identity().claims(), self.clock.unix_now()) {
+            return Ok(());
+        }
+        // A machine client's own token cannot log in again: never a login page for it.
+        let bearer = matches!(auth, Authenticated::Bearer(..));
+        let browser = !route.rule.api && !bearer && is_browser_navigation(req);
+        let decision = if browser {
+            Decision::Redirect
+        } else {
+            Decision::Unauthorized
+        };
+        self.metrics.decision(route.id, decision);
+        let landing = match req.uri().query() {
+            Some(q) => Cow::Owned(format!("{path}?{q}")),
+            None => Cow::Borrowed(path),
+        };
+        Err(Reply::StepUp(Box::new(StepUpChallenge {
+            login_url: login_url(&self.public_url, &landing),
+            redirect: browser && navigation == Navigation::Allowed,
+            acr_values: step_up.acr_values(),
+            max_age: step_up.max_age,
+        })))
     }
 
     /// `Authorization` and identity headers in (our cookies go out when the pipeline

@@ -269,6 +269,11 @@ pub(crate) struct RawRoute {
     pub require_email_domains: Vec<String>,
     #[serde(deserialize_with = "lenient::string_list")]
     pub require_emails: Vec<String>,
+    /// Step-up: the session's `acr` must be one of these.
+    #[serde(deserialize_with = "lenient::string_list")]
+    pub require_acr: Vec<String>,
+    /// Step-up: the session's `auth_time` must be this recent (a duration).
+    pub max_auth_age: Option<String>,
 }
 
 impl Default for RawRoute {
@@ -290,6 +295,8 @@ impl Default for RawRoute {
             strip_prefix: false,
             require_email_domains: Vec::new(),
             require_emails: Vec::new(),
+            require_acr: Vec::new(),
+            max_auth_age: None,
         }
     }
 }

@@ -127,6 +127,10 @@ fn route(
     let emails: Vec<_> = (raw.require_emails.iter().enumerate())
         .map(|(j, e)| email_address(&key(&format!("require_emails[{j}]")), e, c))
         .collect();
+    let acr: Vec<_> = (raw.require_acr.iter().enumerate())
+        .map(|(j, a)| acr_value(&key(&format!("require_acr[{j}]")), a, c))
+        .collect();
+    let max_auth_age = c.opt_duration(&key("max_auth_age"), raw.max_auth_age.as_deref());
     let methods: Vec<_> = (raw.methods.iter().enumerate())
         .map(|(j, m)| method(&format!("route[{i}].methods[{j}]"), m, c))
         .collect();
@@ -165,6 +169,8 @@ fn route(
         strip_prefix: strip_ok.then_some(raw.strip_prefix)?,
         require_email_domains: email_domains.into_iter().collect::<Option<_>>()?,
         require_emails: emails.into_iter().collect::<Option<_>>()?,
+        require_acr: acr.into_iter().collect::<Option<_>>()?,
+        max_auth_age: max_auth_age?,
         matcher: matcher?,
         methods: methods.into_iter().collect::<Option<_>>()?,
         policy: policy?,
@@ -269,6 +275,23 @@ fn route_upstream(
 /// An email domain as the rules compare it: lowercase ASCII. A non-ASCII (internationalized)
 /// domain is refused here: write its IDNA form (`xn--...`). Claims holding a non-ASCII domain
 /// never match, so a look-alike Unicode domain can never pass for an ASCII one.
+/// An `acr` value: it travels space-separated in `acr_values` and quoted in a
+/// `WWW-Authenticate` challenge, so it is visible ASCII without `"` or a backslash.
+fn acr_value(key: &str, raw: &str, c: &mut Checker) -> Option<String> {
+    let ok =
+        !raw.is_empty() && (raw.bytes()).all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\');
+    if !ok {
+        c.error(
+            key.to_owned(),
+            format!(
+                "invalid acr value {raw:?}: visible ASCII without spaces, quotes or backslashes"
+            ),
+        );
+        return None;
+    }
+    Some(raw.to_owned())
+}
+
 fn email_domain(key: &str, raw: &str, c: &mut Checker) -> Option<String> {
     let lower = raw.trim().to_ascii_lowercase();
     if !lower.is_ascii() {

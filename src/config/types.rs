@@ -288,6 +288,14 @@ pub struct RouteConfig {
     pub require_email_domains: Vec<String>,
     /// Lowercase ASCII addresses; the `email` claim must be one of them.
     pub require_emails: Vec<String>,
+    /// Step-up: the `acr` claim must be one of these (empty: any).
+    pub require_acr: Vec<String>,
+    /// Step-up: the `auth_time` claim must be at most this old.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "ser::opt_duration"
+    )]
+    pub max_auth_age: Option<Duration>,
     pub bearer: BearerMode,
     /// Which configured `oidc.resource` token goes upstream on this route (default: the first).
     #[serde(skip_serializing_if = "Option::is_none")]

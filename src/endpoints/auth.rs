@@ -191,6 +191,7 @@ impl ForwardAuth {
             self.metrics.decision(route.id, Decision::Forbid);
             return Err(refusal.into());
         }
+        (self.auth).step_up(&original, route, &auth, path, Navigation::Never)?;
         self.metrics.decision(route.id, Decision::Allow);
         let mut vouched = HeaderMap::new();
         self.auth.vouch(&mut vouched, &auth, route)?;

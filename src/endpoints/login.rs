@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use http::header::SET_COOKIE;
-use http::{Request, Response};
+use http::{Method, Request, Response};
 
 use url::Url;
 
@@ -20,11 +20,13 @@ use crate::login::{Logins, PendingLogin};
 use crate::metrics::{LoginEvent, Metrics};
 use crate::oidc::Oidc;
 use crate::oidc::flows::LoginError;
+use crate::policy::path::normalize_path;
+use crate::policy::{Route, RouteTable};
 use crate::proxy::Body;
 use crate::redirect::SafeRedirect;
 use crate::reply::{self, Reply, Unavailable};
 use crate::session::identity::IdentityRules;
-use crate::session::{LastSeen, ResourceToken, Session, Sessions, Tokens};
+use crate::session::{LastSeen, Replaced, ResourceToken, Session, SessionStore, Sessions, Tokens};
 
 /// What `/oauth2/start` and the callback need: the provider, the login cookies, the
 /// sessions, the identity rules, where to land.
@@ -33,6 +35,8 @@ pub struct Login {
     logins: Arc<Logins>,
     sessions: Arc<Sessions>,
     identities: Arc<IdentityRules>,
+    /// The step-up requirement of a login comes from the route its landing page is on.
+    routes: Arc<RouteTable>,
     public_url: Url,
     /// `server.allowed_redirect_hosts`.
     redirect_hosts: Vec<String>,
@@ -49,6 +53,7 @@ impl Login {
             logins: shared.logins.clone(),
             sessions: shared.sessions.clone(),
             identities: shared.identities.clone(),
+            routes: shared.routes.clone(),
             public_url: cfg.server.public_url.clone(),
             redirect_hosts: cfg.server.allowed_redirect_hosts.clone(),
             clock: shared.clock.clone(),
@@ -59,12 +64,21 @@ impl Login {
     pub async fn start<B>(&self, req: &Request<B>) -> Result<Response<Body>, Reply> {
         let provider = self.oidc.provider().ok_or(Unavailable::ProviderNotReady)?;
         let rd = query_param(req.uri(), "rd").unwrap_or_else(|| super::home(&self.public_url));
-        let auth = self.oidc.authorize(&provider);
+        let landing = SafeRedirect::parse_allowing(&rd, &self.public_url, &self.redirect_hosts);
+        // Step-up (RFC 9470): what the landing page's route requires, never what the query
+        // asks (a client must not choose a weaker login). The callback derives it again from
+        // the sealed landing, so it needs no room in the login cookie.
+        let mut step_up = Vec::new();
+        if let Some(requirement) = self.landing_route(&landing).and_then(Route::step_up) {
+            step_up.extend(requirement.acr_values().map(|acr| ("acr_values", acr)));
+            step_up.extend(requirement.max_age.map(|age| ("max_age", age.to_string())));
+        }
+        let auth = self.oidc.authorize(&provider, &step_up);
         let pending = PendingLogin {
             state: auth.state,
             nonce: auth.nonce,
             pkce_verifier: auth.pkce_verifier,
-            landing: SafeRedirect::parse_allowing(&rd, &self.public_url, &self.redirect_hosts),
+            landing,
         };
         // Nothing is stored here: the browser carries the sealed login (see `crate::login`).
         let Some(cookies) = self.logins.begin(req.headers(), &pending) else {
@@ -167,6 +181,24 @@ impl Login {
             ));
             return (finished(page, Some(&pending), logins), Rejected);
         };
+        // Step-up: the new login must meet the landing route's requirement. Not met is a 403
+        // page, never a loop back to the provider; the session, if any, stays as it was.
+        let step_up = self
+            .landing_route(&pending.landing)
+            .and_then(Route::step_up);
+        if let Some(requirement) = step_up
+            && !requirement.met_by(identity.claims(), self.clock.unix_now())
+        {
+            tracing::info!(
+                sub = %log_safe(identity.sub()),
+                acr = %log_safe(identity.claims().get("acr").and_then(|v| v.as_str()).unwrap_or("")),
+                "step-up login refused: the provider did not confirm the required authentication"
+            );
+            return (
+                finished(Err(Reply::StepUpFailed), Some(&pending), logins),
+                Rejected,
+            );
+        }
         // Single use, on every replica: only a login that got this far is recorded.
         match logins.mark_used(&state).await {
             Ok(true) => {}
@@ -189,9 +221,11 @@ impl Login {
             backoff: None,
             last_seen: LastSeen::default(),
         };
-        let result = self
-            .create_session(req, session, pending.landing.as_str())
-            .await;
+        let landing = pending.landing.as_str();
+        let result = match step_up {
+            Some(_) => self.upgrade_session(req, session, landing).await,
+            None => self.create_session(req, session, landing).await,
+        };
         let event = if result.is_ok() { Succeeded } else { Down };
         (finished(result, Some(&pending), logins), event)
     }
@@ -220,6 +254,72 @@ impl Login {
             response.headers_mut().append(SET_COOKIE, cookie);
         }
         Ok(response)
+    }
+}
+
+impl Login {
+    /// The route a landing page is on (as a browser GET would find it: on `public_url`'s
+    /// host for a path, on its own host for an allowed absolute URL). `None` when its path is
+    /// one the gateway refuses anyway.
+    fn landing_route(&self, landing: &SafeRedirect) -> Option<&Route> {
+        let target = landing.as_str();
+        let (host, path) = if target.starts_with('/') {
+            let path = target.split(['?', '#']).next().unwrap_or(target);
+            (
+                self.public_url.host_str().map(str::to_owned),
+                path.to_owned(),
+            )
+        } else {
+            let url = Url::parse(target).ok()?;
+            (url.host_str().map(str::to_owned), url.path().to_owned())
+        };
+        let path = normalize_path(&path).ok()?;
+        Some(self.routes.find(&Method::GET, host.as_deref(), &path))
+    }
+
+    /// A step-up login: the request's live session of the same user keeps its id (and its
+    /// login time, so its absolute timeout); its identity and tokens are replaced. Without
+    /// one (no session, another user, a session ended meanwhile) this is a new login.
+    async fn upgrade_session<B>(
+        &self,
+        req: &Request<B>,
+        session: Session,
+        landing: &str,
+    ) -> Result<Response<Body>, Reply> {
+        let Some(key) = self.sessions.key(req.headers()) else {
+            return self.create_session(req, session, landing).await;
+        };
+        let store = self.sessions.store();
+        // Twice at most: a refresh that wrote in between is simply read again.
+        for _ in 0..2 {
+            let current = match store.load_for_update(&key).await {
+                Ok(Some(current)) => current,
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!(error = %log_safe(Chain(&e)), "could not read the session to upgrade");
+                    return Err(Unavailable::SessionNotSaved(e).into());
+                }
+            };
+            if current.session.identity.sub() != session.identity.sub() {
+                break;
+            }
+            let mut upgraded = session.clone();
+            upgraded.login_at = current.session.login_at;
+            match store.replace(&key, &current, Arc::new(upgraded)).await {
+                Ok(Replaced::Done) => {
+                    let sub = log_safe(session.identity.sub());
+                    tracing::info!(sub = %sub, "step-up login succeeded");
+                    return Ok(reply::found(landing));
+                }
+                Ok(Replaced::Changed) => {}
+                Ok(Replaced::Gone) => break,
+                Err(e) => {
+                    tracing::warn!(error = %log_safe(Chain(&e)), "could not store the upgraded session");
+                    return Err(Unavailable::SessionNotSaved(e).into());
+                }
+            }
+        }
+        self.create_session(req, session, landing).await
     }
 }
 

@@ -116,7 +116,13 @@ pub enum RefreshFailure {
 impl Oidc {
     /// Authorization-code request with PKCE S256, state, nonce, scopes, resources and extra
     /// parameters (`prompt=consent` with `offline_access`).
-    pub fn authorize(&self, provider: &Provider) -> AuthRequest {
+    /// `step_up`: `acr_values` / `max_age` a route requires (RFC 9470); they replace
+    /// configured extra parameters of the same name.
+    pub fn authorize(
+        &self,
+        provider: &Provider,
+        step_up: &[(&'static str, String)],
+    ) -> AuthRequest {
         let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
         let mut request = provider
             .client
@@ -151,8 +157,12 @@ impl Oidc {
             .extra_auth_params
             .iter()
             .filter(|(_, v)| !v.is_empty())
+            .filter(|(k, _)| !step_up.iter().any(|(name, _)| k == name))
         {
             request = request.add_extra_param(key.clone(), value.clone());
+        }
+        for (key, value) in step_up {
+            request = request.add_extra_param(*key, value.clone());
         }
         let (url, state, nonce) = request.url();
         AuthRequest {

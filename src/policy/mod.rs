@@ -79,6 +79,8 @@ impl RouteTable {
                 strip_prefix: false,
                 require_email_domains: Vec::new(),
                 require_emails: Vec::new(),
+                require_acr: Vec::new(),
+                max_auth_age: None,
                 matcher: PathMatch::Prefix("/".into()),
                 methods: Vec::new(),
                 policy: Policy::Authenticated,
@@ -240,6 +242,66 @@ impl Route {
     }
 }
 
+/// How far ahead of our clock a provider's `auth_time` may be (clock skew) and still count as
+/// now; further ahead, it is not believed.
+const AUTH_TIME_LEEWAY_SECS: u64 = 60;
+
+impl Route {
+    /// What this route asks of a login beyond a session (RFC 9470): `None` for none.
+    pub fn step_up(&self) -> Option<StepUp<'_>> {
+        let rule = &self.rule;
+        if rule.require_acr.is_empty() && rule.max_auth_age.is_none() {
+            return None;
+        }
+        Some(StepUp {
+            acr: &rule.require_acr,
+            max_age: rule.max_auth_age.map(|d| d.as_secs()),
+        })
+    }
+}
+
+/// A route's step-up requirement: an `acr` among `acr` (when not empty), an `auth_time` at
+/// most `max_age` seconds old (when set).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StepUp<'r> {
+    pub acr: &'r [String],
+    pub max_age: Option<u64>,
+}
+
+impl StepUp<'_> {
+    /// Whether a login with these claims (`acr`, `auth_time`) meets it at unix time `now`.
+    /// An absent or malformed claim does not: the requirement is never assumed met.
+    pub fn met_by(&self, claims: &Map<String, Value>, now: u64) -> bool {
+        let acr_ok = self.acr.is_empty()
+            || (claims.get("acr").and_then(Value::as_str))
+                .is_some_and(|acr| self.acr.iter().any(|a| a == acr));
+        let age_ok = match self.max_age {
+            None => true,
+            Some(max_age) => auth_time(claims).is_some_and(|at| {
+                at <= now.saturating_add(AUTH_TIME_LEEWAY_SECS) && now.saturating_sub(at) <= max_age
+            }),
+        };
+        acr_ok && age_ok
+    }
+
+    /// `acr_values` as the authorization request and the challenge send it: space-separated.
+    pub fn acr_values(&self) -> Option<String> {
+        (!self.acr.is_empty()).then(|| self.acr.join(" "))
+    }
+}
+
+/// The `auth_time` claim: a JSON number of seconds (an integer; a fraction is cut).
+fn auth_time(claims: &Map<String, Value>) -> Option<u64> {
+    match claims.get("auth_time")? {
+        Value::Number(n) => n.as_u64().or_else(|| {
+            n.as_f64()
+                .filter(|f| f.is_finite() && *f >= 0.0)
+                .map(|f| f as u64)
+        }),
+        _ => None,
+    }
+}
+
 /// Methods compare case-insensitively: `http::Method` keeps a client's
 /// `delete` as an extension method distinct from `DELETE`, but servers and frameworks that
 /// uppercase the method would run it as `DELETE`, so a `methods = ["GET"]` route must not
@@ -331,6 +393,8 @@ mod tests {
             strip_prefix: false,
             require_email_domains: vec![],
             require_emails: vec![],
+            require_acr: vec![],
+            max_auth_age: None,
             matcher,
             methods: vec![],
             policy,
@@ -541,5 +605,44 @@ mod tests {
                 "{email:?} {verified}"
             );
         }
+    }
+
+    #[test]
+    fn step_up_is_met_only_by_the_claims_it_names() {
+        let mut cfg = route(PathMatch::Prefix("/".into()), Policy::Authenticated);
+        let table = RouteTable::new(std::slice::from_ref(&cfg), &[], &[]);
+        assert!(table.find(&Method::GET, None, "/").step_up().is_none());
+        cfg.require_acr = vec!["mfa".into(), "hwk".into()];
+        cfg.max_auth_age = Some(std::time::Duration::from_secs(600));
+        let table = RouteTable::new(std::slice::from_ref(&cfg), &[], &[]);
+        let step_up = table.find(&Method::GET, None, "/").step_up().unwrap();
+        assert_eq!(step_up.acr_values().as_deref(), Some("mfa hwk"));
+        let now = 1_000_000;
+        let met = |claims: serde_json::Value| step_up.met_by(claims.as_object().unwrap(), now);
+        assert!(met(json!({"acr": "hwk", "auth_time": now - 600})));
+        assert!(met(
+            json!({"acr": "mfa", "auth_time": (now - 10) as f64 + 0.5})
+        ));
+        assert!(
+            !met(json!({"acr": "mfa", "auth_time": now - 601})),
+            "too old"
+        );
+        assert!(!met(json!({"acr": "pwd", "auth_time": now})), "another acr");
+        assert!(
+            !met(json!({"acr": ["mfa"], "auth_time": now})),
+            "acr is a string"
+        );
+        assert!(!met(json!({"auth_time": now})), "no acr");
+        assert!(!met(json!({"acr": "mfa"})), "no auth_time");
+        assert!(
+            !met(json!({"acr": "mfa", "auth_time": "1000000"})),
+            "not a number"
+        );
+        assert!(!met(json!({"acr": "mfa", "auth_time": -5})), "negative");
+        assert!(met(json!({"acr": "mfa", "auth_time": now + 60})), "skew");
+        assert!(
+            !met(json!({"acr": "mfa", "auth_time": now + 61})),
+            "in the future"
+        );
     }
 }

@@ -184,14 +184,22 @@ impl IdentityRules {
     }
 
     /// The rules of a configuration: its `[headers]`, and the claims its routes require
-    /// (`email_verified` too when a route has email rules).
+    /// (`email_verified` too when a route has email rules, `acr` and `auth_time` when one
+    /// has a step-up requirement).
     pub fn for_config(cfg: &Config) -> Self {
         let route_claims =
             (cfg.routes.iter()).flat_map(|r| r.require_claims.iter().map(|(name, _)| name.clone()));
         let email_rules = (cfg.routes.iter())
             .any(|r| !(r.require_email_domains.is_empty() && r.require_emails.is_empty()));
         let verified = email_rules.then(|| "email_verified".to_owned());
-        IdentityRules::new(&cfg.headers, route_claims.chain(verified))
+        // Step-up routes judge a session by how and when its user logged in.
+        let step_up =
+            (cfg.routes.iter()).any(|r| !r.require_acr.is_empty() || r.max_auth_age.is_some());
+        let login = (step_up.then(|| ["acr".to_owned(), "auth_time".to_owned()])).into_iter();
+        IdentityRules::new(
+            &cfg.headers,
+            route_claims.chain(verified).chain(login.flatten()),
+        )
     }
 
     /// The configured identity headers (their names: the list identities share).

@@ -27,7 +27,7 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import http from 'node:http';
 
-import Provider, { errors } from 'oidc-provider';
+import Provider, { errors, interactionPolicy } from 'oidc-provider';
 
 const env = (name, dflt) => (process.env[name] === undefined || process.env[name] === '' ? dflt : process.env[name]);
 const list = (value) => value.split(',').map((s) => s.trim()).filter(Boolean);
@@ -168,7 +168,9 @@ function makeProvider(issuer) {
       accountId: id,
       claims: async () => ({ sub: id, ...USERS[id] }),
     } : undefined),
-    interactions: { url: (ctx, interaction) => `/interaction/${interaction.uid}` },
+    interactions: { url: (ctx, interaction) => `/interaction/${interaction.uid}`, policy: stepUpPolicy() },
+    // Step-up (RFC 9470): a login records the first requested acr (else pwd) as the session's.
+    acrValues: ['urn:interop:pwd', 'urn:interop:mfa'],
     clientBasedCORS: () => true,
     features: {
       devInteractions: { enabled: false },
@@ -228,6 +230,20 @@ function makeProvider(issuer) {
   return provider;
 }
 
+// Like Logto: a request whose `acr_values` the session's acr is not among prompts for a login
+// again (oidc-provider itself treats voluntary acr_values as a hint only).
+function stepUpPolicy() {
+  const policy = interactionPolicy.base();
+  policy.get('login').checks.add(new interactionPolicy.Check('acr_values', 'step-up required', (ctx) => {
+    const requested = ctx.oidc.params.acr_values;
+    if (!requested || requested.split(' ').includes(ctx.oidc.session.acr)) {
+      return interactionPolicy.Check.NO_NEED_TO_PROMPT;
+    }
+    return interactionPolicy.Check.REQUEST_PROMPT;
+  }));
+  return policy;
+}
+
 // ---- the headless interaction ---------------------------------------------------------
 // GET /interaction/:uid, first for the `login` prompt (log AUTO_LOGIN_USER in), then for
 // `consent` (grant every requested scope, claim and resource scope), like a user clicking
@@ -235,7 +251,8 @@ function makeProvider(issuer) {
 async function interaction(provider, req, res) {
   const { prompt, params, session, grantId } = await provider.interactionDetails(req, res);
   if (prompt.name === 'login') {
-    await provider.interactionFinished(req, res, { login: { accountId: AUTO_LOGIN_USER } }, { mergeWithLastSubmission: false });
+    const acr = params.acr_values ? params.acr_values.split(' ')[0] : 'urn:interop:pwd';
+    await provider.interactionFinished(req, res, { login: { accountId: AUTO_LOGIN_USER, acr } }, { mergeWithLastSubmission: false });
     return;
   }
   const grant = grantId
