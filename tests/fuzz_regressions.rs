@@ -62,3 +62,46 @@ fn other_cookies_read_the_same_after_ours_are_removed() {
         assert_eq!(pairs(&h), before, "{}", String::from_utf8_lossy(header));
     }
 }
+
+const MINIMAL: &str = r#"
+[server]
+public_url = "https://app.example.com"
+[upstream]
+url = "http://127.0.0.1:8080"
+[oidc]
+issuer = "https://idp.example.com"
+client_id = "c"
+client_secret = "s"
+[session]
+cookie_secrets = ["AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE="]
+"#;
+
+fn load(vars: &[(&str, &str)]) -> Result<authgate::config::Config, authgate::config::ConfigErrors> {
+    use figment::Figment;
+    use figment::providers::{Format, Toml};
+    let vars = vars.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+    let figment =
+        Figment::from(Toml::string(MINIMAL)).merge(authgate::config::EnvOverrides::from_vars(vars));
+    authgate::config::Config::from_figment(figment)
+}
+
+/// Target `config`: an override of a key that is not plain text, whose value is a quoted
+/// string with an escape after a non-ASCII character, panicked in figment's value parser
+/// (it slices the string at a character index). Now it is an error naming the key.
+#[test]
+fn a_quoted_override_with_an_escape_after_non_ascii_is_an_error_not_a_panic() {
+    for (name, value) in [
+        (
+            "AUTHGATE_SERVER__PUBLILISSUER",
+            "\"https://id\u{fffd}.\\example_id = \"c\"",
+        ),
+        ("AUTHGATE_SERVER__MAX_CONNECTIONS", "\"é\\n\""),
+        ("AUTHGATE_OIDC__EXTRA_AUTH_PARAMS", "{ prompt = \"é\\t\" }"),
+    ] {
+        let errors = load(&[(name, value)]).expect_err(name);
+        assert!(!errors.0.is_empty(), "{name}");
+    }
+    // The same escapes without a non-ASCII character still parse as figment reads them.
+    let config = load(&[("AUTHGATE_SERVER__MAX_CONNECTIONS", "12")]).unwrap();
+    assert_eq!(config.server.max_connections, 12);
+}
