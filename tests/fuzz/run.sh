@@ -38,10 +38,15 @@ for t in "${targets[@]}"; do
   before=$(find "tests/fuzz/artifacts/$t" -type f | wc -l)
   log="$work/$t.log"
   echo "== $t: ${seconds}s"
+  start=$SECONDS
   nice -n 10 cargo +nightly fuzz run "${flags[@]}" "$t" "$work/corpus/$t" "tests/fuzz/corpus/$t" -- \
     -max_total_time="$seconds" -print_final_stats=1 -timeout=10 -rss_limit_mb=2048 -max_len=8192 \
     > "$log" 2>&1
   rc=$?
+  # Seconds fuzzed: libFuzzer's own count when it ran to the end, else (a crash stops it) the
+  # wall clock.
+  ran=$(sed -n 's/^Done [0-9]* runs in \([0-9]*\) second.*/\1/p' "$log" | tail -1)
+  ran=${ran:-$((SECONDS - start))}
   crashes=$(( $(find "tests/fuzz/artifacts/$t" -type f | wc -l) - before ))
   execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
   rate=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log" | tail -1)
@@ -50,7 +55,7 @@ for t in "${targets[@]}"; do
   ft=$(sed -n 's/.* ft: \([0-9]*\).*/\1/p' <<< "$last")
   corp=$(sed -n 's/.* corp: \([0-9]*\/[0-9A-Za-z]*\).*/\1/p' <<< "$last")
   line=$(printf '%-17s %6ss  execs %10s  exec/s %7s  cov %5s  ft %6s  corp %-10s crashes %s' \
-    "$t" "$seconds" "${execs:-?}" "${rate:-?}" "${cov:-?}" "${ft:-?}" "${corp:-?}" "$crashes")
+    "$t" "$ran" "${execs:-?}" "${rate:-?}" "${cov:-?}" "${ft:-?}" "${corp:-?}" "$crashes")
   if [ "$rc" -ne 0 ] || [ "$crashes" -gt 0 ]; then
     failed=1
     line="$line  FAILED (exit $rc, see $log)"
