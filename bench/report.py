@@ -232,10 +232,13 @@ def main():
         w("")
         w("![main figures](results.png)")
         w("")
-    analysis = os.path.join(HERE, "analysis.md")
-    if os.path.exists(analysis):
-        w(open(analysis).read().strip())
-        w("")
+    # Hand-written sections kept across regenerations: the analysis, then the fuzzing figures
+    # (tests/fuzz/run.sh).
+    for name in ("analysis.md", "fuzzing.md"):
+        extra = os.path.join(HERE, name)
+        if os.path.exists(extra):
+            w(open(extra).read().strip())
+            w("")
     open(os.path.join(HERE, "RESULTS.md"), "w").write("\n".join(out))
     if os.path.abspath(src) != os.path.join(HERE, "results-latest.jsonl"):
         shutil.copyfile(src, os.path.join(HERE, "results-latest.jsonl"))

@@ -143,7 +143,9 @@ pub fn remove_cookies(headers: &mut HeaderMap, ours: impl Fn(&str) -> bool) {
             if !kept.is_empty() {
                 kept.extend_from_slice(b"; ");
             }
-            if !name.is_empty() {
+            // A pair read without a name is written back so that it reads the same again:
+            // `=a=b` stays nameless (as `a=b` it would be a cookie named `a`, maybe ours).
+            if !name.is_empty() || value.is_empty() || value.contains(&b'=') {
                 kept.extend_from_slice(name);
                 kept.push(b'=');
             }

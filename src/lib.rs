@@ -19,6 +19,9 @@ pub mod demo;
 pub mod endpoints;
 pub mod error;
 pub mod fold;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod gateway;
 pub mod headers;
 pub mod healthcheck;

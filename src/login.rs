@@ -298,7 +298,11 @@ fn encode(login: &PendingLogin, started: u64) -> Option<Vec<u8>> {
 
 /// The landing path is parsed again (a fixed point of `SafeRedirect::parse`), so even a
 /// sealed value can never carry an off-origin redirect.
-fn decode(bytes: &[u8], public_url: &Url, hosts: &[String]) -> Option<(PendingLogin, u64)> {
+pub(crate) fn decode(
+    bytes: &[u8],
+    public_url: &Url,
+    hosts: &[String],
+) -> Option<(PendingLogin, u64)> {
     let (started, mut bytes) = bytes.split_first_chunk::<8>()?;
     let mut field = || {
         let (len, rest) = bytes.split_first()?;

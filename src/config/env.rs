@@ -113,6 +113,10 @@ fn parse_value(kind: Option<&Kind>, raw: &str) -> Value {
     match kind {
         Some(Kind::Text) => Value::from(raw.to_owned()),
         Some(Kind::List(item)) if **item == Kind::Text => Value::from(split_list(raw)),
+        // figment's parser panics on an escape after a non-ASCII character in a quoted
+        // string (`"é\n"`: it slices at a char index, figment 0.10.19): such a value is
+        // taken as the text it is, which the key's type check then judges.
+        _ if !raw.is_ascii() && raw.contains('\\') => Value::from(raw.to_owned()),
         _ => raw.parse().unwrap_or_else(|_| Value::from(raw.to_owned())),
     }
 }

@@ -209,7 +209,7 @@ fn accepted(status: StatusCode, headers: HeaderMap) -> Response<Body> {
 /// The request a trusted proxy asks about, or why it cannot be judged (the 400 body).
 /// Nothing is guessed: no method, no URI, two of either, or one that is not an origin-form
 /// path (`/...`) is refused.
-fn original_request(headers: &HeaderMap) -> Result<(Method, Uri), &'static str> {
+pub(crate) fn original_request(headers: &HeaderMap) -> Result<(Method, Uri), &'static str> {
     let method = single(headers, &X_FORWARDED_METHOD)
         .ok_or("Bad request: X-Forwarded-Method must be sent exactly once")?;
     // A token (RFC 9110 section 9.1), kept as sent: route methods compare case-insensitively.

@@ -147,7 +147,12 @@ async fn read_logout_token(req: Request<Incoming>) -> Option<String> {
         .await
         .ok()?
         .to_bytes();
-    url::form_urlencoded::parse(&body)
+    logout_token_from_form(&body)
+}
+
+/// The `logout_token` of an `application/x-www-form-urlencoded` body.
+pub(crate) fn logout_token_from_form(body: &[u8]) -> Option<String> {
+    url::form_urlencoded::parse(body)
         .find(|(k, _)| k == "logout_token")
         .map(|(_, v)| v.into_owned())
 }

@@ -9,6 +9,12 @@ mod logout;
 mod process;
 mod status;
 
+// The parsers the fuzz targets reach through `crate::fuzzing`.
+#[cfg(feature = "fuzzing")]
+pub(crate) use auth::original_request;
+#[cfg(feature = "fuzzing")]
+pub(crate) use logout::logout_token_from_form;
+
 use std::sync::Arc;
 
 use http::{Method, Request, Response};

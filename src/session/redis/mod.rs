@@ -30,7 +30,7 @@
 //! - Multi-key scripts and pipelines assume one Redis (or a primary with replicas), not
 //!   Redis Cluster.
 
-mod codec;
+pub(crate) mod codec;
 mod lease;
 
 use std::future::Future;
