@@ -6,12 +6,14 @@
 
 pub mod path;
 
+use std::collections::HashMap;
+
 use http::Method;
 
 use serde_json::{Map, Value};
 
 use crate::claims::claim_text;
-use crate::config::{BearerMode, PathMatch, Policy, Preflight, RouteConfig};
+use crate::config::{BearerMode, HostPattern, PathMatch, Policy, Preflight, RouteConfig};
 use crate::metrics::RouteId;
 
 /// A compiled route: the validated `[[route]]` entry plus what is derived from it once.
@@ -53,6 +55,12 @@ impl Refusal {
 
 pub struct RouteTable {
     routes: Vec<Route>,
+    /// Indexes into `routes`, ascending: the routes a request for this exact host (lowercase)
+    /// may match besides `any_host`. A table of many host routes costs a request one lookup,
+    /// not a comparison per route.
+    by_host: HashMap<String, Vec<usize>>,
+    /// Indexes into `routes`, ascending: routes without a host or with a `*.` pattern.
+    any_host: Vec<usize>,
     /// Some route has a `host`: a request whose host cannot be read is refused.
     has_hosts: bool,
     /// Used when nothing matches: authenticated, no requirements.
@@ -95,8 +103,18 @@ impl RouteTable {
             upstream: 0,
         };
         let has_hosts = configs.iter().any(|c| c.host.is_some());
+        let mut by_host: HashMap<String, Vec<usize>> = HashMap::new();
+        let mut any_host = Vec::new();
+        for (i, cfg) in configs.iter().enumerate() {
+            match &cfg.host {
+                Some(HostPattern::Exact(name)) => by_host.entry(name.clone()).or_default().push(i),
+                _ => any_host.push(i),
+            }
+        }
         RouteTable {
             routes,
+            by_host,
+            any_host,
             has_hosts,
             fallback,
         }
@@ -106,10 +124,28 @@ impl RouteTable {
     /// `crate::host::RequestHost` reads it; `None`: no host, only routes without one match)
     /// and the normalized `path`, else the fallback.
     pub fn find(&self, method: &Method, host: Option<&str>, path: &str) -> &Route {
-        self.routes
-            .iter()
-            .find(|r| r.matches(method, host, path))
-            .unwrap_or(&self.fallback)
+        let exact = match host {
+            Some(h) if !self.by_host.is_empty() => {
+                self.by_host.get(h).map_or(&[][..], Vec::as_slice)
+            }
+            _ => &[],
+        };
+        // The two candidate lists merged in table order: the first route that matches wins,
+        // exactly as a scan of the whole table would find it.
+        let (mut general, mut exact) = (self.any_host.iter().peekable(), exact.iter().peekable());
+        loop {
+            let next = match (general.peek(), exact.peek()) {
+                (Some(&&g), Some(&&e)) if e < g => exact.next(),
+                (Some(_), _) => general.next(),
+                (None, Some(_)) => exact.next(),
+                (None, None) => return &self.fallback,
+            };
+            if let Some(route) = next.and_then(|&i| self.routes.get(i))
+                && route.matches(method, host, path)
+            {
+                return route;
+            }
+        }
     }
 
     /// Whether some route has a `host` (then a request whose host cannot be read must be
@@ -418,6 +454,72 @@ mod tests {
         assert!(!path_matches(&slashed, "/public"));
         let root = PathMatch::Prefix("/".into());
         assert!(path_matches(&root, "/anything"));
+    }
+
+    /// The host index finds what a scan of the whole table finds: the first matching route
+    /// in table order, exact-host, wildcard and host-less routes interleaved.
+    #[test]
+    fn the_host_index_keeps_table_order() {
+        let with_host = |host: Option<HostPattern>, prefix: &str| {
+            let mut r = route(PathMatch::Prefix(prefix.into()), Policy::Public);
+            r.host = host;
+            r
+        };
+        let exact = |h: &str| Some(HostPattern::Exact(h.into()));
+        let wild = |h: &str| Some(HostPattern::Subdomains(h.into()));
+        let configs = [
+            with_host(exact("a.test"), "/x/"),
+            with_host(None, "/x/y/"),
+            with_host(wild(".a.test"), "/"),
+            with_host(exact("a.test"), "/"),
+            with_host(exact("b.a.test"), "/"),
+            with_host(None, "/x/"),
+            with_host(exact("c.test"), "/"),
+        ];
+        let table = RouteTable::new(&configs, &[], &[]);
+        let scan = |host: Option<&str>, path: &str| {
+            (table.routes.iter())
+                .find(|r| r.matches(&Method::GET, host, path))
+                .map_or(table.fallback.id, |r| r.id)
+        };
+        for host in [
+            None,
+            Some("a.test"),
+            Some("b.a.test"),
+            Some("c.test"),
+            Some("d.test"),
+        ] {
+            for path in ["/", "/x/", "/x/y/z", "/q"] {
+                let found = table.find(&Method::GET, host, path).id;
+                assert_eq!(found, scan(host, path), "{host:?} {path}");
+            }
+        }
+        // Spot checks of the order itself.
+        assert_eq!(
+            table.find(&Method::GET, Some("a.test"), "/x/y/z").id,
+            RouteId(0)
+        );
+        assert_eq!(
+            table.find(&Method::GET, Some("b.a.test"), "/x/y/z").id,
+            RouteId(1)
+        );
+        assert_eq!(
+            table.find(&Method::GET, Some("b.a.test"), "/q").id,
+            RouteId(2)
+        );
+        assert_eq!(
+            table.find(&Method::GET, Some("c.test"), "/x/1").id,
+            RouteId(5)
+        );
+        assert_eq!(
+            table.find(&Method::GET, Some("c.test"), "/q").id,
+            RouteId(6)
+        );
+        assert_eq!(
+            table.find(&Method::GET, None, "/q").id,
+            RouteId(7),
+            "the fallback"
+        );
     }
 
     #[test]
