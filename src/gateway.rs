@@ -29,6 +29,7 @@ use crate::endpoints::{Builtin, Endpoints, MetricsOnly, Shared};
 use crate::headers::{self, InboundHeaders, Peer};
 use crate::host::RequestHost;
 use crate::login::Logins;
+use crate::login::preserve::{self, FormPost, Preserved};
 use crate::metrics::{Decision, Metrics, RouteId};
 use crate::oidc::Oidc;
 use crate::policy::{Route, RouteTable, path::normalize_path};
@@ -53,6 +54,7 @@ pub struct Gateway {
     inbound: InboundHeaders,
     sessions: Arc<Sessions>,
     logins: Arc<Logins>,
+    preserved: Arc<Preserved>,
     upstreams: Arc<Upstreams>,
     oidc: Arc<Oidc>,
     rules: Arc<IdentityRules>,
@@ -136,9 +138,16 @@ impl Gateway {
             auth: auth.clone(),
             sessions: sessions.clone(),
             logins: Arc::new(
-                Logins::new(&cfg.session, &cfg.server.public_url, store, clock.clone())
-                    .with_redirect_hosts(&cfg.server.allowed_redirect_hosts),
+                Logins::new(
+                    &cfg.session,
+                    &cfg.server.public_url,
+                    store.clone(),
+                    clock.clone(),
+                )
+                .with_redirect_hosts(&cfg.server.allowed_redirect_hosts),
             ),
+            preserved: Arc::new(Preserved::new(&cfg.session, store, clock.clone())),
+            forwarded_proto: cfg.server.forwarded_proto,
             oidc: oidc.clone(),
             identities: rules.clone(),
             metrics: metrics.clone(),
@@ -154,6 +163,7 @@ impl Gateway {
             auth,
             sessions,
             logins: shared.logins,
+            preserved: shared.preserved,
             upstreams: shared.upstreams,
             oidc,
             rules,
@@ -286,7 +296,11 @@ impl Gateway {
                     .await
                 {
                     Ok(auth) => auth,
-                    Err(reply) => return Outcome::refused(route.id, reply),
+                    Err(reply) => {
+                        return self
+                            .refuse_or_keep(req, peer, route, host, path, reply)
+                            .await;
+                    }
                 };
                 let identity = auth.identity();
                 if let Err(refusal) =
@@ -311,6 +325,73 @@ impl Gateway {
         }
         self.metrics.decision(route.id, Decision::Allow);
         self.forward(req, peer, client, route, path).await
+    }
+
+    /// A request without a live session is answered `reply`, unless it is a browser form
+    /// post from the app's own origin: that one is kept for after the login, and the browser
+    /// sent to log in (`login::preserve`).
+    async fn refuse_or_keep(
+        &self,
+        req: Request<Incoming>,
+        peer: Peer,
+        route: &Route,
+        host: Option<&str>,
+        path: &str,
+        reply: Reply,
+    ) -> Outcome {
+        let no_session =
+            |r: &Reply| matches!(r, Reply::Unauthenticated(u) if u.bearer_error.is_none());
+        let clear = match &reply {
+            r if no_session(r) => None,
+            Reply::Clearing(c) if no_session(&c.0) => Some(c.1.clone()),
+            _ => return Outcome::refused(route.id, reply),
+        };
+        let server = &self.server;
+        if !self.preserved.enabled()
+            || !route.rule.preserve_form_posts
+            || route.rule.api
+            || !preserve::is_form_post(&req, &server.public_url, &server.allowed_redirect_hosts)
+        {
+            return Outcome::refused(route.id, reply);
+        }
+        let (parts, body) = req.into_parts();
+        let Some(body) = preserve::read_body(body, &parts.headers, self.preserved.max_body()).await
+        else {
+            return Outcome::refused(route.id, reply);
+        };
+        let post = FormPost {
+            host: host.map(str::to_owned),
+            path: path.to_owned(),
+            query: parts.uri.query().map(str::to_owned),
+            headers: preserve::kept_headers(&parts.headers),
+            body,
+        };
+        let landing = match &post.query {
+            Some(q) => format!("{path}?{q}"),
+            None => path.to_owned(),
+        };
+        let client = headers::client_ip(&parts.headers, peer);
+        match (self.endpoints)
+            .start_keeping(&parts.headers, &landing, &post, client)
+            .await
+        {
+            Some(mut response) => {
+                if let Some(clear) = clear {
+                    response
+                        .headers_mut()
+                        .append(http::header::SET_COOKIE, clear);
+                }
+                Outcome {
+                    route: route.id,
+                    result: Ok(response),
+                    upstream_time: None,
+                    builtin: None,
+                    sub: None,
+                    upstream: None,
+                }
+            }
+            None => Outcome::refused(route.id, reply),
+        }
     }
 
     /// Steps 5b and 6: to the route's upstream, without its prefix when it strips it.

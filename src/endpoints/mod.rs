@@ -25,6 +25,7 @@ use crate::clock::Clock;
 use crate::config::Config;
 use crate::headers::Peer;
 use crate::login::Logins;
+use crate::login::preserve::{FormPost, Preserved};
 use crate::metrics::Metrics;
 use crate::oidc::Oidc;
 use crate::policy::RouteTable;
@@ -106,6 +107,10 @@ pub struct Shared {
     pub auth: Arc<Authenticator>,
     pub sessions: Arc<Sessions>,
     pub logins: Arc<Logins>,
+    /// Form posts kept across a login.
+    pub preserved: Arc<Preserved>,
+    /// `server.forwarded_proto` (a kept post is forwarded by the callback).
+    pub forwarded_proto: crate::config::ForwardedProto,
     pub oidc: Arc<Oidc>,
     pub identities: Arc<IdentityRules>,
     pub metrics: Arc<Metrics>,
@@ -164,6 +169,19 @@ impl Endpoints {
         }
     }
 
+    /// Start a login that keeps `post` for after it (`login::Login::start_keeping`).
+    pub async fn start_keeping(
+        &self,
+        headers: &http::HeaderMap,
+        landing: &str,
+        post: &FormPost,
+        client: std::net::IpAddr,
+    ) -> Option<Response<Body>> {
+        (self.login)
+            .start_keeping(headers, landing, post, client)
+            .await
+    }
+
     /// The handler of `server.metrics_listen`.
     pub fn metrics_only(&self) -> MetricsOnly {
         MetricsOnly(self.status.clone())
@@ -184,7 +202,7 @@ impl Endpoints {
             Builtin::Readyz => self.status.readyz().await,
             Builtin::Metrics => Ok(self.status.metrics().await),
             Builtin::Start if read_only => self.login.start(&req).await,
-            Builtin::Callback if read_only => self.login.callback(&req).await,
+            Builtin::Callback if read_only => self.login.callback(&req, peer).await,
             Builtin::SignOut if read_only || method == Method::POST => {
                 self.logout.sign_out(&req).await
             }
