@@ -146,7 +146,12 @@ impl Gateway {
                 )
                 .with_redirect_hosts(&cfg.server.allowed_redirect_hosts),
             ),
-            preserved: Arc::new(Preserved::new(&cfg.session, store, clock.clone())),
+            preserved: Arc::new(Preserved::new(
+                &cfg.session,
+                &cfg.server.public_url,
+                store,
+                clock.clone(),
+            )),
             forwarded_proto: cfg.server.forwarded_proto,
             oidc: oidc.clone(),
             identities: rules.clone(),
@@ -201,6 +206,11 @@ impl Gateway {
     /// The rules that turn claims into identities (benchmarks build records with them).
     pub fn identity_rules(&self) -> &Arc<IdentityRules> {
         &self.rules
+    }
+
+    /// The form posts kept across logins (tests look at what is held).
+    pub fn preserved(&self) -> &Arc<Preserved> {
+        &self.preserved
     }
 
     /// Client connection counters of the main listener.
@@ -339,12 +349,21 @@ impl Gateway {
         path: &str,
         reply: Reply,
     ) -> Outcome {
-        let no_session =
-            |r: &Reply| matches!(r, Reply::Unauthenticated(u) if u.bearer_error.is_none());
-        let clear = match &reply {
-            r if no_session(r) => None,
-            Reply::Clearing(c) if no_session(&c.0) => Some(c.1.clone()),
-            _ => return Outcome::refused(route.id, reply),
+        // A browser without a live session (not a refused bearer token): the reply's login URL,
+        // and the `Set-Cookie` clearing a dead session's cookie, if it has one.
+        let no_session = |r: &Reply| match r {
+            Reply::Unauthenticated(u) if u.bearer_error.is_none() => Some(u.login_url.clone()),
+            _ => None,
+        };
+        let (login_url, clear) = match &reply {
+            Reply::Clearing(c) => match no_session(&c.0) {
+                Some(url) => (url, Some(c.1.clone())),
+                None => return Outcome::refused(route.id, reply),
+            },
+            r => match no_session(r) {
+                Some(url) => (url, None),
+                None => return Outcome::refused(route.id, reply),
+            },
         };
         let server = &self.server;
         if !self.preserved.enabled()
@@ -366,31 +385,26 @@ impl Gateway {
             headers: preserve::kept_headers(&parts.headers),
             body,
         };
-        let landing = match &post.query {
-            Some(q) => format!("{path}?{q}"),
-            None => path.to_owned(),
-        };
         let client = headers::client_ip(&parts.headers, peer);
-        match (self.endpoints)
-            .start_keeping(&parts.headers, &landing, &post, client)
+        let Some(ticket) = (self.preserved)
+            .keep_ticketed(&parts.headers, client, &post)
             .await
-        {
-            Some(mut response) => {
-                if let Some(clear) = clear {
-                    response
-                        .headers_mut()
-                        .append(http::header::SET_COOKIE, clear);
-                }
-                Outcome {
-                    route: route.id,
-                    result: Ok(response),
-                    upstream_time: None,
-                    builtin: None,
-                    sub: None,
-                    upstream: None,
-                }
-            }
-            None => Outcome::refused(route.id, reply),
+        else {
+            return Outcome::refused(route.id, reply);
+        };
+        // To `/oauth2/start`, which sees every login cookie of the browser: the login starts
+        // there and takes the post over.
+        let mut response = crate::reply::found(&login_url);
+        let set = response.headers_mut();
+        set.append(http::header::SET_COOKIE, ticket);
+        set.extend(clear.map(|c| (http::header::SET_COOKIE, c)));
+        Outcome {
+            route: route.id,
+            result: Ok(response),
+            upstream_time: None,
+            builtin: None,
+            sub: None,
+            upstream: None,
         }
     }
 

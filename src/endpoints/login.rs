@@ -6,10 +6,8 @@
 
 use std::sync::Arc;
 
-use std::net::IpAddr;
-
 use http::header::{COOKIE, SET_COOKIE};
-use http::{HeaderMap, HeaderValue, Method, Request, Response};
+use http::{HeaderValue, Method, Request, Response};
 
 use url::Url;
 
@@ -77,7 +75,7 @@ impl Login {
         }
     }
 
-    pub async fn start<B>(&self, req: &Request<B>) -> Result<Response<Body>, Reply> {
+    pub async fn start<B>(&self, req: &Request<B>, peer: Peer) -> Result<Response<Body>, Reply> {
         let provider = self.oidc.provider().ok_or(Unavailable::ProviderNotReady)?;
         let rd = query_param(req.uri(), "rd").unwrap_or_else(|| super::home(&self.public_url));
         let landing = SafeRedirect::parse_allowing(&rd, &self.public_url, &self.redirect_hosts);
@@ -89,11 +87,23 @@ impl Login {
             landing,
         };
         // Nothing is stored here: the browser carries the sealed login (see `crate::login`).
-        let Some(cookies) = self.logins.begin(req.headers(), &pending) else {
+        let Some((cookies, dropped)) = self.logins.begin_dropping(req.headers(), &pending) else {
             tracing::error!("could not seal a pending login");
             return Err(Unavailable::LoginNotSealed.into());
         };
+        // A form post waiting for this browser's login is bound to this login now; a login
+        // dropped to make room takes its post with it.
+        let client = headers::client_ip(req.headers(), peer);
+        let adopted = (self.preserved)
+            .adopt(req.headers(), &pending.state, client)
+            .await;
+        for state in dropped {
+            self.preserved.forget(&state).await;
+        }
         let mut response = reply::found(auth.url.as_str());
+        response
+            .headers_mut()
+            .extend(adopted.map(|c| (SET_COOKIE, c)));
         for cookie in cookies {
             response.headers_mut().append(SET_COOKIE, cookie);
         }
@@ -111,45 +121,6 @@ impl Login {
             step_up.extend(requirement.max_age.map(|age| ("max_age", age.to_string())));
         }
         step_up
-    }
-
-    /// Start a login that carries `post`, a browser form POST without a session to
-    /// `landing`: the post is kept for after the login, bound to the new login's state, and
-    /// the browser goes to the provider. `None` when it is not kept (a bound reached, the
-    /// provider not discovered yet, the store failing): the request is answered as before.
-    pub async fn start_keeping(
-        &self,
-        headers: &HeaderMap,
-        landing: &str,
-        post: &FormPost,
-        client: IpAddr,
-    ) -> Option<Response<Body>> {
-        let provider = self.oidc.provider()?;
-        let landing = SafeRedirect::parse_allowing(landing, &self.public_url, &self.redirect_hosts);
-        let auth = self.oidc.authorize(&provider, &self.step_up_for(&landing));
-        let pending = PendingLogin {
-            state: auth.state,
-            nonce: auth.nonce,
-            pkce_verifier: auth.pkce_verifier,
-            landing,
-        };
-        if !self.preserved.keep(&pending.state, client, post).await {
-            return None;
-        }
-        let Some((cookies, dropped)) = self.logins.begin_dropping(headers, &pending) else {
-            self.preserved.forget(&pending.state).await;
-            return None;
-        };
-        // A login dropped to make room takes its kept post with it.
-        for state in dropped {
-            self.preserved.forget(&state).await;
-        }
-        let mut response = reply::found(auth.url.as_str());
-        for cookie in cookies {
-            response.headers_mut().append(SET_COOKIE, cookie);
-        }
-        self.metrics.login(LoginEvent::Started);
-        Some(response)
     }
 
     /// [`Login::callback_inner`], counted in `authgate_logins_total`.

@@ -25,7 +25,7 @@ use crate::clock::Clock;
 use crate::config::Config;
 use crate::headers::Peer;
 use crate::login::Logins;
-use crate::login::preserve::{FormPost, Preserved};
+use crate::login::preserve::Preserved;
 use crate::metrics::Metrics;
 use crate::oidc::Oidc;
 use crate::policy::RouteTable;
@@ -169,19 +169,6 @@ impl Endpoints {
         }
     }
 
-    /// Start a login that keeps `post` for after it (`login::Login::start_keeping`).
-    pub async fn start_keeping(
-        &self,
-        headers: &http::HeaderMap,
-        landing: &str,
-        post: &FormPost,
-        client: std::net::IpAddr,
-    ) -> Option<Response<Body>> {
-        (self.login)
-            .start_keeping(headers, landing, post, client)
-            .await
-    }
-
     /// The handler of `server.metrics_listen`.
     pub fn metrics_only(&self) -> MetricsOnly {
         MetricsOnly(self.status.clone())
@@ -201,7 +188,7 @@ impl Endpoints {
             Builtin::Healthz => Ok(status::healthz()),
             Builtin::Readyz => self.status.readyz().await,
             Builtin::Metrics => Ok(self.status.metrics().await),
-            Builtin::Start if read_only => self.login.start(&req).await,
+            Builtin::Start if read_only => self.login.start(&req, peer).await,
             Builtin::Callback if read_only => self.login.callback(&req, peer).await,
             Builtin::SignOut if read_only || method == Method::POST => {
                 self.logout.sign_out(&req).await

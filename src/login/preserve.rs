@@ -41,7 +41,7 @@ use sha2::{Digest, Sha256};
 use url::Url;
 
 use crate::clock::Clock;
-use crate::config::SessionConfig;
+use crate::config::{SameSite, SessionConfig};
 use crate::redirect::SafeRedirect;
 use crate::seal::Keyring;
 use crate::session::{Marker, Store, StoreError};
@@ -199,6 +199,11 @@ where
 
 /// The posts kept while their logins run.
 pub struct Preserved {
+    /// `<cookie_name>_login_form`: the ticket of the browser's newest post not yet taken
+    /// over by a login (a login cookie's name: never forwarded upstream).
+    ticket_name: String,
+    /// `; Path=<public_url path>/; HttpOnly; SameSite=Lax[..]`.
+    ticket_attributes: String,
     enabled: bool,
     max_body: usize,
     keys: Option<Keyring>,
@@ -226,8 +231,16 @@ struct Held {
 }
 
 impl Preserved {
-    pub fn new(cfg: &SessionConfig, store: Arc<Store>, clock: Clock) -> Self {
+    pub fn new(cfg: &SessionConfig, public_url: &Url, store: Arc<Store>, clock: Clock) -> Self {
+        let base = public_url.path().trim_end_matches('/');
+        let path = if base.bytes().all(|b| b.is_ascii_graphic() && b != b';') {
+            format!("{base}/")
+        } else {
+            "/".to_owned()
+        };
         Preserved {
+            ticket_name: format!("{}_login_form", cfg.cookie_name),
+            ticket_attributes: crate::cookie::attributes(cfg, &path, SameSite::Lax),
             enabled: cfg.preserve_form_posts,
             max_body: usize::try_from(cfg.max_preserved_body).unwrap_or(usize::MAX),
             keys: Keyring::new(&cfg.cookie_secrets),
@@ -327,10 +340,69 @@ impl Preserved {
     /// Drop the post kept for the login with `state`, if any (its login cookie was dropped).
     pub async fn forget(&self, state: &str) {
         let id = id_for(state);
-        let held = self.ledger().remove(&id);
-        if let (Some(_), Some(redis)) = (held, self.store.redis()) {
+        self.ledger().remove(&id);
+        if let Some(redis) = self.store.redis() {
             let _ = redis.unstash(&marker(id)).await;
         }
+    }
+
+    /// Keep `post` under a new ticket (a post without a login yet): the `Set-Cookie` that
+    /// hands the ticket to the browser, or `None` when nothing is kept. The browser's
+    /// previous ticket, if any, is dropped with its post: one post per browser waits for its
+    /// login to start.
+    pub async fn keep_ticketed(
+        &self,
+        headers: &HeaderMap,
+        client: IpAddr,
+        post: &FormPost,
+    ) -> Option<HeaderValue> {
+        if let Some(previous) = self.ticket(headers) {
+            self.forget(previous).await;
+        }
+        let ticket = {
+            use rand::RngCore;
+            let mut bytes = [0u8; 32];
+            rand::rngs::OsRng.fill_bytes(&mut bytes);
+            base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, bytes)
+        };
+        if !self.keep(&ticket, client, post).await {
+            return None;
+        }
+        let max_age = self.lifetime.as_secs().max(60);
+        crate::cookie::set_cookie(&self.ticket_name, &ticket, max_age, &self.ticket_attributes)
+    }
+
+    /// A login starts in a browser that holds a ticket: its post moves under the login's
+    /// `state` (bound to the login cookie from now on). The `Set-Cookie` that clears the
+    /// ticket, when the request had one.
+    pub async fn adopt(
+        &self,
+        headers: &HeaderMap,
+        state: &str,
+        client: IpAddr,
+    ) -> Option<HeaderValue> {
+        let ticket = self.ticket(headers)?;
+        match self.take(ticket).await {
+            Ok(Some(post)) => {
+                self.keep(state, client, &post).await;
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(
+                error = %crate::logging::log_safe(crate::error::Chain(&e)),
+                "could not read a kept form post"
+            ),
+        }
+        crate::cookie::clear_cookie(&self.ticket_name, &self.ticket_attributes)
+    }
+
+    /// The request's ticket: 43 base64url characters, else none.
+    fn ticket<'h>(&'h self, headers: &'h HeaderMap) -> Option<&'h str> {
+        let value = crate::headers::find_cookie(headers, &self.ticket_name)?;
+        (value.len() == 43
+            && value
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
+        .then_some(value)
     }
 
     /// Posts and bytes kept by this replica (tests).
