@@ -302,12 +302,13 @@ impl Preserved {
             };
             ledger.insert(id, held);
         }
-        if let Some(redis) = self.store.redis() {
-            if let Err(e) = redis.stash(&marker(id), &sealed, self.lifetime).await {
-                tracing::warn!(error = %crate::logging::log_safe(crate::error::Chain(&e)), "could not keep a form post");
-                self.ledger().remove(&id);
-                return false;
-            }
+        if let Some(redis) = self.store.redis()
+            && let Err(e) = redis.stash(&marker(id), &sealed, self.lifetime).await
+        {
+            let e = crate::logging::log_safe(crate::error::Chain(&e));
+            tracing::warn!(error = %e, "could not keep a form post");
+            self.ledger().remove(&id);
+            return false;
         }
         true
     }
