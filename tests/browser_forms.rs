@@ -10,6 +10,7 @@
 mod support;
 
 use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -89,7 +90,9 @@ async fn app() -> (SocketAddr, Arc<Mutex<Vec<(String, String, Bytes)>>>) {
     (addr, posts)
 }
 
-/// `chromedriver` on a free port, killed on drop.
+/// `chromedriver` on a free port, in a process group of its own: on drop the whole group
+/// (chromedriver and every Chromium process it started) is killed, also when the test failed
+/// half-way.
 struct Driver {
     child: Child,
     url: String,
@@ -134,6 +137,7 @@ impl Driver {
         };
         let child = Command::new(&chromedriver)
             .arg(format!("--port={port}"))
+            .process_group(0)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -254,7 +258,8 @@ impl Driver {
 
 impl Drop for Driver {
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        let group = format!("-{}", self.child.id());
+        let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
         let _ = self.child.wait();
     }
 }
