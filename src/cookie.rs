@@ -212,6 +212,8 @@ mod tests {
             store: StoreConfig::Memory,
             login_timeout: Duration::from_secs(600),
             max_pending_logins: 100,
+            preserve_form_posts: true,
+            max_preserved_body: 65_536,
         }
     }
 

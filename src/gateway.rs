@@ -29,6 +29,7 @@ use crate::endpoints::{Builtin, Endpoints, MetricsOnly, Shared};
 use crate::headers::{self, InboundHeaders, Peer};
 use crate::host::RequestHost;
 use crate::login::Logins;
+use crate::login::preserve::{self, FormPost, Preserved};
 use crate::metrics::{Decision, Metrics, RouteId};
 use crate::oidc::Oidc;
 use crate::policy::{Route, RouteTable, path::normalize_path};
@@ -53,6 +54,7 @@ pub struct Gateway {
     inbound: InboundHeaders,
     sessions: Arc<Sessions>,
     logins: Arc<Logins>,
+    preserved: Arc<Preserved>,
     upstreams: Arc<Upstreams>,
     oidc: Arc<Oidc>,
     rules: Arc<IdentityRules>,
@@ -136,9 +138,21 @@ impl Gateway {
             auth: auth.clone(),
             sessions: sessions.clone(),
             logins: Arc::new(
-                Logins::new(&cfg.session, &cfg.server.public_url, store, clock.clone())
-                    .with_redirect_hosts(&cfg.server.allowed_redirect_hosts),
+                Logins::new(
+                    &cfg.session,
+                    &cfg.server.public_url,
+                    store.clone(),
+                    clock.clone(),
+                )
+                .with_redirect_hosts(&cfg.server.allowed_redirect_hosts),
             ),
+            preserved: Arc::new(Preserved::new(
+                &cfg.session,
+                &cfg.server.public_url,
+                store,
+                clock.clone(),
+            )),
+            forwarded_proto: cfg.server.forwarded_proto,
             oidc: oidc.clone(),
             identities: rules.clone(),
             metrics: metrics.clone(),
@@ -154,6 +168,7 @@ impl Gateway {
             auth,
             sessions,
             logins: shared.logins,
+            preserved: shared.preserved,
             upstreams: shared.upstreams,
             oidc,
             rules,
@@ -191,6 +206,11 @@ impl Gateway {
     /// The rules that turn claims into identities (benchmarks build records with them).
     pub fn identity_rules(&self) -> &Arc<IdentityRules> {
         &self.rules
+    }
+
+    /// The form posts kept across logins (tests look at what is held).
+    pub fn preserved(&self) -> &Arc<Preserved> {
+        &self.preserved
     }
 
     /// Client connection counters of the main listener.
@@ -286,7 +306,11 @@ impl Gateway {
                     .await
                 {
                     Ok(auth) => auth,
-                    Err(reply) => return Outcome::refused(route.id, reply),
+                    Err(reply) => {
+                        return self
+                            .refuse_or_keep(req, peer, route, host, path, reply)
+                            .await;
+                    }
                 };
                 let identity = auth.identity();
                 if let Err(refusal) =
@@ -311,6 +335,77 @@ impl Gateway {
         }
         self.metrics.decision(route.id, Decision::Allow);
         self.forward(req, peer, client, route, path).await
+    }
+
+    /// A request without a live session is answered `reply`, unless it is a browser form
+    /// post from the app's own origin: that one is kept for after the login, and the browser
+    /// sent to log in (`login::preserve`).
+    async fn refuse_or_keep(
+        &self,
+        req: Request<Incoming>,
+        peer: Peer,
+        route: &Route,
+        host: Option<&str>,
+        path: &str,
+        reply: Reply,
+    ) -> Outcome {
+        // A browser without a live session (not a refused bearer token): the reply's login URL,
+        // and the `Set-Cookie` clearing a dead session's cookie, if it has one.
+        let no_session = |r: &Reply| match r {
+            Reply::Unauthenticated(u) if u.bearer_error.is_none() => Some(u.login_url.clone()),
+            _ => None,
+        };
+        let (login_url, clear) = match &reply {
+            Reply::Clearing(c) => match no_session(&c.0) {
+                Some(url) => (url, Some(c.1.clone())),
+                None => return Outcome::refused(route.id, reply),
+            },
+            r => match no_session(r) {
+                Some(url) => (url, None),
+                None => return Outcome::refused(route.id, reply),
+            },
+        };
+        let server = &self.server;
+        if !self.preserved.enabled()
+            || !route.rule.preserve_form_posts
+            || route.rule.api
+            || !preserve::is_form_post(&req, &server.public_url, &server.allowed_redirect_hosts)
+        {
+            return Outcome::refused(route.id, reply);
+        }
+        let (parts, body) = req.into_parts();
+        let Some(body) = preserve::read_body(body, &parts.headers, self.preserved.max_body()).await
+        else {
+            return Outcome::refused(route.id, reply);
+        };
+        let post = FormPost {
+            host: host.map(str::to_owned),
+            path: path.to_owned(),
+            query: parts.uri.query().map(str::to_owned),
+            headers: preserve::kept_headers(&parts.headers),
+            body,
+        };
+        let client = headers::client_ip(&parts.headers, peer);
+        let Some(ticket) = (self.preserved)
+            .keep_ticketed(&parts.headers, client, &post)
+            .await
+        else {
+            return Outcome::refused(route.id, reply);
+        };
+        // To `/oauth2/start`, which sees every login cookie of the browser: the login starts
+        // there and takes the post over.
+        let mut response = crate::reply::found(&login_url);
+        let set = response.headers_mut();
+        set.append(http::header::SET_COOKIE, ticket);
+        set.extend(clear.map(|c| (http::header::SET_COOKIE, c)));
+        Outcome {
+            route: route.id,
+            result: Ok(response),
+            upstream_time: None,
+            builtin: None,
+            sub: None,
+            upstream: None,
+        }
     }
 
     /// Steps 5b and 6: to the route's upstream, without its prefix when it strips it.

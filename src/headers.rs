@@ -256,6 +256,18 @@ fn extended_xff(headers: &HeaderMap, peer: Peer) -> Option<HeaderValue> {
     HeaderValue::from_bytes(&joined).ok()
 }
 
+/// The client's address: a trusted proxy's last `X-Forwarded-For` entry (the address it saw)
+/// when it is one, else the peer's own.
+pub fn client_ip(headers: &HeaderMap, peer: Peer) -> IpAddr {
+    let forwarded = || {
+        let last = headers.get_all(&X_FORWARDED_FOR).iter().next_back()?;
+        let entry = last.to_str().ok()?.rsplit(',').next()?.trim();
+        entry.parse::<IpAddr>().ok()
+    };
+    let ip = if peer.trusted { forwarded() } else { None };
+    canonical(ip.unwrap_or(peer.addr.ip()))
+}
+
 /// Whether `ip` is inside one of the `trusted_proxies` CIDRs.
 pub fn is_trusted(trusted_proxies: &[IpNet], ip: IpAddr) -> bool {
     let ip = canonical(ip);

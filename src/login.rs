@@ -28,6 +28,8 @@
 //!   and a replay carrying the old cookie is refused. Only completed logins are recorded, so
 //!   an anonymous flood cannot grow it.
 
+pub mod preserve;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -87,6 +89,7 @@ pub struct Logins {
 
 /// A login cookie found in a request that the gateway could open.
 struct Live<'h> {
+    state: String,
     name: &'h str,
     bytes: usize,
     /// When its login started (Unix milliseconds).
@@ -125,6 +128,16 @@ impl Logins {
     /// removal of the oldest and dead login cookies the browser sent. `None` when it cannot be
     /// sealed (no usable secret; validation prevents it).
     pub fn begin(&self, headers: &HeaderMap, login: &PendingLogin) -> Option<Vec<HeaderValue>> {
+        self.begin_dropping(headers, login).map(|(set, _)| set)
+    }
+
+    /// [`Logins::begin`], and the states of the live logins it dropped to make room (their
+    /// kept form posts go with them).
+    pub fn begin_dropping(
+        &self,
+        headers: &HeaderMap,
+        login: &PendingLogin,
+    ) -> Option<(Vec<HeaderValue>, Vec<String>)> {
         let name = self.name_for(&login.state);
         let value = self.seal(login)?;
         let new_bytes = name.len() + value.len();
@@ -135,7 +148,8 @@ impl Logins {
                 continue; // replaced below
             }
             match self.open(cookie) {
-                Some((_, started)) => live.push(Live {
+                Some((pending, started)) => live.push(Live {
+                    state: pending.state,
                     name: found,
                     bytes: found.len() + cookie.len(),
                     started,
@@ -146,10 +160,12 @@ impl Logins {
         // Oldest first out, until the new one fits.
         live.sort_by_key(|l| std::cmp::Reverse(l.started));
         let mut bytes: usize = live.iter().map(|l| l.bytes).sum();
+        let mut dropped = Vec::new();
         while live.len() >= MAX_PER_BROWSER || bytes + new_bytes > MAX_BYTES_PER_BROWSER {
             let Some(oldest) = live.pop() else { break };
             bytes -= oldest.bytes;
             set.extend(self.clear(oldest.name));
+            dropped.push(oldest.state);
         }
         set.push(cookie::set_cookie(
             &name,
@@ -157,7 +173,7 @@ impl Logins {
             self.max_age_secs,
             &self.attributes,
         )?);
-        Some(set)
+        Some((set, dropped))
     }
 
     /// The pending login this browser started with `state`, if any: the cookie named for it,
@@ -343,6 +359,8 @@ mod tests {
             store: StoreConfig::Memory,
             login_timeout: Duration::from_secs(600),
             max_pending_logins: 100,
+            preserve_form_posts: true,
+            max_preserved_body: 65_536,
         }
     }
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine too: installs what the suite needs when it is
 # missing (Debian's nginx and caddy for the forward-auth tests, redis-server for the Redis
-# store, Node.js and the pinned npm packages of the interop provider), then runs every cargo
+# store, Node.js and the pinned npm packages of the interop provider, chromium and
+# chromium-driver for the browser-level form test), then runs every cargo
 # test. Nothing is skipped silently: a test whose tool is missing fails and says how to
 # install it. `--workspace`: the development provider's own tests (tests/devidp) too.
 #
@@ -19,6 +20,8 @@ missing=()
 [ -x /usr/bin/caddy ] || missing+=(caddy)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v node >/dev/null 2>&1 || missing+=(nodejs npm)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "tests/run.sh: installing Debian packages: ${missing[*]}"
   as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq

@@ -183,6 +183,8 @@ pub(crate) struct RawSession {
     pub redis_timeout: String,
     pub login_timeout: String,
     pub max_pending_logins: u64,
+    pub preserve_form_posts: bool,
+    pub max_preserved_body: u64,
 }
 
 impl Default for RawSession {
@@ -206,6 +208,8 @@ impl Default for RawSession {
             redis_timeout: "1s".into(),
             login_timeout: "10m".into(),
             max_pending_logins: 10_000,
+            preserve_form_posts: true,
+            max_preserved_body: 65_536,
         }
     }
 }
@@ -274,6 +278,8 @@ pub(crate) struct RawRoute {
     pub require_acr: Vec<String>,
     /// Step-up: the session's `auth_time` must be this recent (a duration).
     pub max_auth_age: Option<String>,
+    /// `false`: form POSTs to this route are never kept across a login.
+    pub preserve_form_posts: bool,
 }
 
 impl Default for RawRoute {
@@ -297,6 +303,7 @@ impl Default for RawRoute {
             require_emails: Vec::new(),
             require_acr: Vec::new(),
             max_auth_age: None,
+            preserve_form_posts: true,
         }
     }
 }

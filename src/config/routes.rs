@@ -180,6 +180,7 @@ fn route(
         bearer: bearer?,
         bearer_resource: bearer_resource?,
         preflight: preflight?,
+        preserve_form_posts: raw.preserve_form_posts,
     })
 }
 

@@ -211,6 +211,12 @@ pub struct SessionConfig {
     /// in the browser, see `crate::login`). Default 10 000.
     #[serde(serialize_with = "ser::count")]
     pub max_pending_logins: u64,
+    /// A browser form POST without a session is kept and sent after the login
+    /// (`crate::login::preserve`). Default true.
+    pub preserve_form_posts: bool,
+    /// Largest body (bytes) of a form POST that is kept. Default 65 536.
+    #[serde(serialize_with = "ser::count")]
+    pub max_preserved_body: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -302,6 +308,9 @@ pub struct RouteConfig {
     pub bearer_resource: Option<String>,
     /// What a CORS preflight without credentials gets on an `authenticated` route.
     pub preflight: Preflight,
+    /// `false`: a form POST to this route without a session is answered as before, never
+    /// kept for after the login (with `session.preserve_form_posts`; default true).
+    pub preserve_form_posts: bool,
 }
 
 #[derive(Debug, Clone)]

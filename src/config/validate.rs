@@ -349,6 +349,7 @@ fn session(raw: &RawSession, c: &mut Checker) -> Option<SessionConfig> {
     let login_timeout = c.duration("session.login_timeout", &raw.login_timeout, true);
     let max_sessions = c.positive("session.max_sessions", raw.max_sessions);
     let max_pending = c.positive("session.max_pending_logins", raw.max_pending_logins);
+    let max_preserved_body = max_preserved_body(raw.max_preserved_body, c);
     Some(SessionConfig {
         cookie_name: cookie_name?,
         cookie_secrets: cookie_secrets?,
@@ -363,7 +364,23 @@ fn session(raw: &RawSession, c: &mut Checker) -> Option<SessionConfig> {
         store: store?,
         login_timeout: login_timeout?,
         max_pending_logins: max_pending?,
+        preserve_form_posts: raw.preserve_form_posts,
+        max_preserved_body: max_preserved_body?,
     })
+}
+
+/// Largest form body kept across a login: 1 byte to 1 MiB (every kept body is held in
+/// memory or Redis until its login ends).
+fn max_preserved_body(n: u64, c: &mut Checker) -> Option<u64> {
+    const MAX: u64 = 1 << 20;
+    if n == 0 || n > MAX {
+        c.error(
+            "session.max_preserved_body",
+            format!("must be between 1 and {MAX} bytes"),
+        );
+        return None;
+    }
+    Some(n)
 }
 
 /// RFC 6265 section 4.1.1: a cookie name is an RFC 2616 token.

@@ -6,27 +6,32 @@
 
 use std::sync::Arc;
 
-use http::header::SET_COOKIE;
-use http::{Method, Request, Response};
+use http::header::{COOKIE, SET_COOKIE};
+use http::{HeaderValue, Method, Request, Response};
 
 use url::Url;
 
 use super::{Shared, query_param};
+use crate::auth::{Authenticated, Authenticator};
 use crate::clock::Clock;
-use crate::config::Config;
+use crate::config::{Config, ForwardedProto, Policy};
 use crate::error::Chain;
+use crate::headers::{self, Peer};
 use crate::logging::log_safe;
+use crate::login::preserve::{FormPost, Preserved};
 use crate::login::{Logins, PendingLogin};
 use crate::metrics::{LoginEvent, Metrics};
 use crate::oidc::Oidc;
 use crate::oidc::flows::LoginError;
 use crate::policy::path::normalize_path;
 use crate::policy::{Route, RouteTable};
-use crate::proxy::Body;
+use crate::proxy::{Body, Upstreams};
 use crate::redirect::SafeRedirect;
 use crate::reply::{self, Reply, Unavailable};
 use crate::session::identity::IdentityRules;
-use crate::session::{LastSeen, Replaced, ResourceToken, Session, SessionStore, Sessions, Tokens};
+use crate::session::{
+    LastSeen, Replaced, ResourceToken, Session, SessionKey, SessionStore, Sessions, Tokens,
+};
 
 /// What `/oauth2/start` and the callback need: the provider, the login cookies, the
 /// sessions, the identity rules, where to land.
@@ -42,6 +47,11 @@ pub struct Login {
     redirect_hosts: Vec<String>,
     clock: Clock,
     metrics: Arc<Metrics>,
+    /// Form posts kept across a login, and what sending one upstream needs.
+    preserved: Arc<Preserved>,
+    auth: Arc<Authenticator>,
+    upstreams: Arc<Upstreams>,
+    forwarded_proto: ForwardedProto,
 }
 
 // === impl Login ===
@@ -58,22 +68,18 @@ impl Login {
             redirect_hosts: cfg.server.allowed_redirect_hosts.clone(),
             clock: shared.clock.clone(),
             metrics: shared.metrics.clone(),
+            preserved: shared.preserved.clone(),
+            auth: shared.auth.clone(),
+            upstreams: shared.upstreams.clone(),
+            forwarded_proto: shared.forwarded_proto,
         }
     }
 
-    pub async fn start<B>(&self, req: &Request<B>) -> Result<Response<Body>, Reply> {
+    pub async fn start<B>(&self, req: &Request<B>, peer: Peer) -> Result<Response<Body>, Reply> {
         let provider = self.oidc.provider().ok_or(Unavailable::ProviderNotReady)?;
         let rd = query_param(req.uri(), "rd").unwrap_or_else(|| super::home(&self.public_url));
         let landing = SafeRedirect::parse_allowing(&rd, &self.public_url, &self.redirect_hosts);
-        // Step-up (RFC 9470): what the landing page's route requires, never what the query
-        // asks (a client must not choose a weaker login). The callback derives it again from
-        // the sealed landing, so it needs no room in the login cookie.
-        let mut step_up = Vec::new();
-        if let Some(requirement) = self.landing_route(&landing).and_then(Route::step_up) {
-            step_up.extend(requirement.acr_values().map(|acr| ("acr_values", acr)));
-            step_up.extend(requirement.max_age.map(|age| ("max_age", age.to_string())));
-        }
-        let auth = self.oidc.authorize(&provider, &step_up);
+        let auth = self.oidc.authorize(&provider, &self.step_up_for(&landing));
         let pending = PendingLogin {
             state: auth.state,
             nonce: auth.nonce,
@@ -81,11 +87,23 @@ impl Login {
             landing,
         };
         // Nothing is stored here: the browser carries the sealed login (see `crate::login`).
-        let Some(cookies) = self.logins.begin(req.headers(), &pending) else {
+        let Some((cookies, dropped)) = self.logins.begin_dropping(req.headers(), &pending) else {
             tracing::error!("could not seal a pending login");
             return Err(Unavailable::LoginNotSealed.into());
         };
+        // A form post waiting for this browser's login is bound to this login now; a login
+        // dropped to make room takes its post with it.
+        let client = headers::client_ip(req.headers(), peer);
+        let adopted = (self.preserved)
+            .adopt(req.headers(), &pending.state, client)
+            .await;
+        for state in dropped {
+            self.preserved.forget(&state).await;
+        }
         let mut response = reply::found(auth.url.as_str());
+        response
+            .headers_mut()
+            .extend(adopted.map(|c| (SET_COOKIE, c)));
         for cookie in cookies {
             response.headers_mut().append(SET_COOKIE, cookie);
         }
@@ -93,9 +111,21 @@ impl Login {
         Ok(response)
     }
 
+    /// Step-up (RFC 9470): what the landing page's route requires, never what the query asks
+    /// (a client must not choose a weaker login). The callback derives it again from the
+    /// sealed landing, so it needs no room in the login cookie.
+    fn step_up_for(&self, landing: &SafeRedirect) -> Vec<(&'static str, String)> {
+        let mut step_up = Vec::new();
+        if let Some(requirement) = self.landing_route(landing).and_then(Route::step_up) {
+            step_up.extend(requirement.acr_values().map(|acr| ("acr_values", acr)));
+            step_up.extend(requirement.max_age.map(|age| ("max_age", age.to_string())));
+        }
+        step_up
+    }
+
     /// [`Login::callback_inner`], counted in `authgate_logins_total`.
-    pub async fn callback<B>(&self, req: &Request<B>) -> Result<Response<Body>, Reply> {
-        let (result, event) = self.callback_inner(req).await;
+    pub async fn callback<B>(&self, req: &Request<B>, peer: Peer) -> Result<Response<Body>, Reply> {
+        let (result, event) = self.callback_inner(req, peer).await;
         self.metrics.login(event);
         result
     }
@@ -106,6 +136,7 @@ impl Login {
     async fn callback_inner<B>(
         &self,
         req: &Request<B>,
+        peer: Peer,
     ) -> (Result<Response<Body>, Reply>, LoginEvent) {
         use LoginEvent::{InvalidState, ProviderError, Rejected, Succeeded, Unavailable as Down};
         let uri = req.uri();
@@ -222,11 +253,24 @@ impl Login {
             last_seen: LastSeen::default(),
         };
         let landing = pending.landing.as_str();
+        let session = Arc::new(session);
         let result = match step_up {
-            Some(_) => self.upgrade_session(req, session, landing).await,
-            None => self.create_session(req, session, landing).await,
+            Some(_) => self.upgrade_session(req, session.clone(), landing).await,
+            None => self.create_session(req, session.clone(), landing).await,
         };
         let event = if result.is_ok() { Succeeded } else { Down };
+        // A form post kept for this login is sent now, once, with the new session.
+        let result = match result {
+            Ok((response, key)) => match self.preserved.take(&state).await {
+                Ok(Some(post)) => self.replay(req, peer, post, key, session, response).await,
+                Ok(None) => Ok(response),
+                Err(e) => {
+                    tracing::warn!(error = %log_safe(Chain(&e)), "could not read a kept form post");
+                    Ok(response)
+                }
+            },
+            Err(reply) => Err(reply),
+        };
         (finished(result, Some(&pending), logins), event)
     }
 
@@ -235,12 +279,12 @@ impl Login {
     async fn create_session<B>(
         &self,
         req: &Request<B>,
-        session: Session,
+        session: Arc<Session>,
         landing: &str,
-    ) -> Result<Response<Body>, Reply> {
+    ) -> Result<(Response<Body>, SessionKey), Reply> {
         let sub = session.identity.sub().to_owned();
-        let cookie = match self.sessions.create(session).await {
-            Ok(cookie) => cookie,
+        let (key, cookie) = match self.sessions.create_keyed(session).await {
+            Ok(created) => created,
             Err(e) => {
                 tracing::error!(error = %log_safe(Chain(&e)), "could not store the new session");
                 return Err(Unavailable::SessionNotSaved(e).into());
@@ -253,7 +297,7 @@ impl Login {
         if let Some(cookie) = cookie {
             response.headers_mut().append(SET_COOKIE, cookie);
         }
-        Ok(response)
+        Ok((response, key))
     }
 }
 
@@ -283,9 +327,9 @@ impl Login {
     async fn upgrade_session<B>(
         &self,
         req: &Request<B>,
-        session: Session,
+        session: Arc<Session>,
         landing: &str,
-    ) -> Result<Response<Body>, Reply> {
+    ) -> Result<(Response<Body>, SessionKey), Reply> {
         let Some(key) = self.sessions.key(req.headers()) else {
             return self.create_session(req, session, landing).await;
         };
@@ -303,13 +347,13 @@ impl Login {
             if current.session.identity.sub() != session.identity.sub() {
                 break;
             }
-            let mut upgraded = session.clone();
+            let mut upgraded = Session::clone(&session);
             upgraded.login_at = current.session.login_at;
             match store.replace(&key, &current, Arc::new(upgraded)).await {
                 Ok(Replaced::Done) => {
                     let sub = log_safe(session.identity.sub());
                     tracing::info!(sub = %sub, "step-up login succeeded");
-                    return Ok(reply::found(landing));
+                    return Ok((reply::found(landing), key));
                 }
                 Ok(Replaced::Changed) => {}
                 Ok(Replaced::Gone) => break,
@@ -320,6 +364,93 @@ impl Login {
             }
         }
         self.create_session(req, session, landing).await
+    }
+}
+
+impl Login {
+    /// Send a kept form post upstream with the new session and answer with the upstream's
+    /// answer, carrying the cookies of `landed` (the new session's). When the post's route
+    /// no longer lets this user in, the browser lands as after any login instead (`landed`).
+    async fn replay<B>(
+        &self,
+        req: &Request<B>,
+        peer: Peer,
+        post: FormPost,
+        key: SessionKey,
+        session: Arc<Session>,
+        landed: Response<Body>,
+    ) -> Result<Response<Body>, Reply> {
+        let route = self
+            .routes
+            .find(&Method::POST, post.host.as_deref(), &post.path);
+        let auth = Authenticated::Session(key, session);
+        let identity = auth.identity();
+        let now = self.clock.unix_now();
+        let allowed = route.rule.policy == Policy::Authenticated
+            && route.rule.preserve_form_posts
+            && (route.authorize(identity.groups(), identity.email(), identity.claims())).is_ok()
+            && route
+                .step_up()
+                .is_none_or(|r| r.met_by(identity.claims(), now));
+        let target = match &post.query {
+            Some(q) => format!("{}?{q}", post.path),
+            None => post.path.clone(),
+        };
+        let Ok(uri) = target.parse::<http::Uri>() else {
+            return Ok(landed);
+        };
+        if !allowed {
+            return Ok(landed);
+        }
+        let mut upstream_req = Request::new(post.body);
+        *upstream_req.method_mut() = Method::POST;
+        *upstream_req.uri_mut() = uri;
+        let headers = upstream_req.headers_mut();
+        for (name, value) in post.headers {
+            headers.append(name, value);
+        }
+        // The app's own cookies as the browser sends them now; ours never.
+        for cookie in req.headers().get_all(COOKIE) {
+            headers.append(COOKIE, cookie.clone());
+        }
+        let session_cookie = self.sessions.cookie().name();
+        headers::remove_cookies(headers, |name| {
+            name == session_cookie || self.logins.is_login_cookie(name)
+        });
+        if self.auth.vouch(headers, &auth, route).is_err() {
+            return Ok(landed);
+        }
+        headers::set_forwarded(
+            headers,
+            peer,
+            headers::peer_address_value(&peer).as_ref(),
+            self.forwarded_proto,
+        );
+        let cookies: Vec<HeaderValue> = landed
+            .headers()
+            .get_all(SET_COOKIE)
+            .iter()
+            .cloned()
+            .collect();
+        let upstream = self.upstreams.get(route.upstream);
+        match upstream
+            .replay(upstream_req, &route.upstream_path(&post.path))
+            .await
+        {
+            Ok(mut response) => {
+                for cookie in cookies {
+                    response.headers_mut().append(SET_COOKIE, cookie);
+                }
+                tracing::info!("kept form post sent after the login");
+                Ok(response)
+            }
+            Err(e) => {
+                tracing::warn!(error = %log_safe(Chain(&e)), "could not send a kept form post");
+                Err(cookies
+                    .into_iter()
+                    .fold(Reply::from(e), |reply, c| reply.clearing(Some(c))))
+            }
+        }
     }
 }
 

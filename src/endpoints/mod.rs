@@ -25,6 +25,7 @@ use crate::clock::Clock;
 use crate::config::Config;
 use crate::headers::Peer;
 use crate::login::Logins;
+use crate::login::preserve::Preserved;
 use crate::metrics::Metrics;
 use crate::oidc::Oidc;
 use crate::policy::RouteTable;
@@ -106,6 +107,10 @@ pub struct Shared {
     pub auth: Arc<Authenticator>,
     pub sessions: Arc<Sessions>,
     pub logins: Arc<Logins>,
+    /// Form posts kept across a login.
+    pub preserved: Arc<Preserved>,
+    /// `server.forwarded_proto` (a kept post is forwarded by the callback).
+    pub forwarded_proto: crate::config::ForwardedProto,
     pub oidc: Arc<Oidc>,
     pub identities: Arc<IdentityRules>,
     pub metrics: Arc<Metrics>,
@@ -183,8 +188,8 @@ impl Endpoints {
             Builtin::Healthz => Ok(status::healthz()),
             Builtin::Readyz => self.status.readyz().await,
             Builtin::Metrics => Ok(self.status.metrics().await),
-            Builtin::Start if read_only => self.login.start(&req).await,
-            Builtin::Callback if read_only => self.login.callback(&req).await,
+            Builtin::Start if read_only => self.login.start(&req, peer).await,
+            Builtin::Callback if read_only => self.login.callback(&req, peer).await,
             Builtin::SignOut if read_only || method == Method::POST => {
                 self.logout.sign_out(&req).await
             }

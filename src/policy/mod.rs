@@ -98,6 +98,7 @@ impl RouteTable {
                 bearer: BearerMode::Off,
                 bearer_resource: None,
                 preflight: Preflight::Authenticate,
+                preserve_form_posts: true,
             },
             bearer_index: 0,
             upstream: 0,
@@ -440,6 +441,7 @@ mod tests {
             bearer: BearerMode::Off,
             bearer_resource: None,
             preflight: Preflight::Authenticate,
+            preserve_form_posts: true,
         }
     }
 

@@ -29,7 +29,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::uri::{Authority, Scheme};
 use http_body::{Body as HttpBody, Frame, SizeHint};
-use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use pin_project_lite::pin_project;
@@ -43,7 +42,7 @@ use tokio_rustls::TlsConnector;
 use crate::error::UpstreamSetupError;
 use crate::logging::log_safe;
 
-pub type Sender = SendRequest<Incoming>;
+pub type Sender = SendRequest<super::outbound::OutBody>;
 
 /// The upstream connections of one upstream.
 pub struct Pool {

@@ -8,6 +8,7 @@
 
 mod body;
 mod conn;
+mod outbound;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -33,6 +34,7 @@ use crate::tls;
 pub use body::{Body, BodyError};
 use conn::{Checkout, Connector, Pool, Sender};
 pub use conn::{ConnectError, PoolBusy, ReturnOnEnd};
+use outbound::OutBody;
 
 /// The body of a response streamed back from the upstream.
 pub type UpstreamBody = IdleTimeoutBody<ReturnOnEnd<Incoming>>;
@@ -179,6 +181,7 @@ impl Upstream {
         path: &str,
     ) -> Result<Response<Body>, ProxyError> {
         let upgrade = wants_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
+        let mut req = req.map(OutBody::from);
         self.prepare(&mut req, path)?;
         let (response, sender) = self.exchange(req).await?;
         match upgrade {
@@ -190,6 +193,19 @@ impl Upstream {
         }
     }
 
+    /// Send a request whose body the gateway holds in full (a form post kept across a login)
+    /// to `path`, and stream the answer back. Never an upgrade.
+    pub async fn replay(
+        &self,
+        req: Request<Bytes>,
+        path: &str,
+    ) -> Result<Response<Body>, ProxyError> {
+        let mut req = req.map(OutBody::from);
+        self.prepare(&mut req, path)?;
+        let (response, sender) = self.exchange(req).await?;
+        Ok(self.stream_back(response, sender))
+    }
+
     /// Get a connection (waiting up to `timeout` for one: 503 after), send the request and
     /// wait up to `timeout` for the response head (504 after). An idle connection may have
     /// been closed by the upstream just as we picked it: if the request was not sent, it is
@@ -197,7 +213,7 @@ impl Upstream {
     /// not retried (it may not be idempotent).
     async fn exchange(
         &self,
-        mut req: Request<Incoming>,
+        mut req: Request<OutBody>,
     ) -> Result<(Response<Incoming>, Sender), ProxyError> {
         let wait_until = Instant::now() + self.timeout;
         loop {
@@ -211,7 +227,7 @@ impl Upstream {
         }
     }
 
-    async fn send(&self, checkout: Checkout, req: Request<Incoming>) -> Sent {
+    async fn send(&self, checkout: Checkout, req: Request<OutBody>) -> Sent {
         let mut sender = match checkout {
             Checkout::Idle(sender) => sender,
             Checkout::New(permit) => {
@@ -239,7 +255,7 @@ impl Upstream {
 
     /// Point the request at the upstream: origin-form URI, HTTP/1.1, Host kept from the
     /// client.
-    fn prepare(&self, req: &mut Request<Incoming>, path: &str) -> Result<(), ProxyError> {
+    fn prepare(&self, req: &mut Request<OutBody>, path: &str) -> Result<(), ProxyError> {
         if !req.headers().contains_key(HOST) {
             // HTTP/2 carries the host in `:authority`; HTTP/1.1 upstreams need a Host header.
             let host = req.uri().authority().and_then(|a| a.as_str().parse().ok());
@@ -275,7 +291,7 @@ impl Upstream {
 enum Sent {
     Answered(Response<Incoming>, Sender),
     /// The reused connection was closed before the request left: try another.
-    Unsent(Request<Incoming>),
+    Unsent(Request<OutBody>),
     Failed(ProxyError),
 }
 

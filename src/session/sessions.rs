@@ -90,11 +90,22 @@ impl Sessions {
     /// Store a NEW session under a fresh random id (never one a client chose: no session
     /// fixation); the `Set-Cookie` that hands it to the browser.
     pub async fn create(&self, session: Session) -> Result<Option<HeaderValue>, StoreError> {
+        self.create_keyed(Arc::new(session))
+            .await
+            .map(|(_, cookie)| cookie)
+    }
+
+    /// [`Sessions::create`], and the new session's key.
+    pub async fn create_keyed(
+        &self,
+        session: Arc<Session>,
+    ) -> Result<(SessionKey, Option<HeaderValue>), StoreError> {
         let key = new_key();
-        self.store.save(key, Arc::new(session)).await?;
-        Ok(self
+        self.store.save(key, session).await?;
+        let cookie = self
             .cookie
-            .set_cookie(&key, self.absolute_timeout.as_secs()))
+            .set_cookie(&key, self.absolute_timeout.as_secs());
+        Ok((key, cookie))
     }
 
     /// `Set-Cookie` that deletes the session cookie.

@@ -32,6 +32,7 @@
 
 pub(crate) mod codec;
 mod lease;
+mod stash;
 
 use std::future::Future;
 use std::sync::Arc;
