@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use http::{HeaderValue, Request, Response};
 use hyper::body::Incoming;
 
-use crate::auth::{Authenticator, Navigation, is_preflight};
+use crate::auth::{Authenticated, Authenticator, Navigation, is_preflight};
 use crate::clock::Clock;
 use crate::config::{BearerMode, Config, Policy, Preflight, ServerConfig};
 use crate::endpoints::{Builtin, Endpoints, MetricsOnly, Shared};
@@ -33,11 +33,12 @@ use crate::metrics::{Decision, Metrics, RouteId};
 use crate::oidc::Oidc;
 use crate::policy::{Route, RouteTable, path::normalize_path};
 use crate::proxy::Body;
-use crate::proxy::{ProxyError, Upstreams, wants_upgrade};
+use crate::proxy::{ProxyError, TunnelEnd, Upstreams, wants_upgrade};
 use crate::refresh::Refresher;
 use crate::reply::Reply;
 use crate::server::ConnectionStats;
 use crate::session::identity::IdentityRules;
+use crate::session::tunnels::Tunnels;
 use crate::session::{CookieCodec, Sessions, Store};
 
 mod access;
@@ -60,6 +61,10 @@ pub struct Gateway {
     /// Client connections of the main listener.
     connections: Arc<ConnectionStats>,
     request_ids: RequestIds,
+    /// Open tunnels by session: closed when their session ends.
+    tunnels: Arc<Tunnels>,
+    /// `session.absolute_timeout`: a tunnel never outlives it.
+    absolute_timeout: Duration,
 }
 
 /// What `dispatch` hands back for metrics and the access log.
@@ -122,6 +127,7 @@ impl Gateway {
             clock.clone(),
         ));
         let sessions = Arc::new(Sessions::new(store.clone(), &cfg.session));
+        let tunnels = Tunnels::new(store.clone(), clock.clone());
         let auth = Arc::new(Authenticator::new(
             &cfg,
             sessions.clone(),
@@ -160,6 +166,8 @@ impl Gateway {
             metrics,
             connections: shared.connections,
             request_ids: RequestIds::new(),
+            tunnels,
+            absolute_timeout: cfg.session.absolute_timeout,
         })
     }
 
@@ -191,6 +199,11 @@ impl Gateway {
     /// The rules that turn claims into identities (benchmarks build records with them).
     pub fn identity_rules(&self) -> &Arc<IdentityRules> {
         &self.rules
+    }
+
+    /// Open tunnels by session.
+    pub fn tunnels(&self) -> &Arc<Tunnels> {
+        &self.tunnels
     }
 
     /// Client connection counters of the main listener.
@@ -302,15 +315,30 @@ impl Gateway {
                     return Outcome::refused(route.id, reply);
                 }
                 let sub = auth.identity().sub().to_owned();
+                let end = self.tunnel_end(&auth, upgrade);
                 drop(auth);
                 self.metrics.decision(route.id, Decision::Allow);
-                let mut outcome = self.forward(req, peer, client, route, path).await;
+                let mut outcome = self.forward(req, peer, client, route, path, end).await;
                 outcome.sub = Some(sub);
                 return outcome;
             }
         }
         self.metrics.decision(route.id, Decision::Allow);
-        self.forward(req, peer, client, route, path).await
+        self.forward(req, peer, client, route, path, None).await
+    }
+
+    /// An upgrade request with a session: its tunnel is registered under the session and
+    /// closes when the session ends (`session::tunnels`).
+    fn tunnel_end(&self, auth: &Authenticated, upgrade: bool) -> Option<TunnelEnd> {
+        let Authenticated::Session(key, session) = auth else {
+            return None;
+        };
+        if !upgrade {
+            return None;
+        }
+        let deadline = session.absolute_deadline(self.absolute_timeout);
+        let mut tunnel = self.tunnels.open(*key, deadline);
+        Some(Box::pin(async move { tunnel.ended().await }))
     }
 
     /// Steps 5b and 6: to the route's upstream, without its prefix when it strips it.
@@ -321,6 +349,7 @@ impl Gateway {
         client: &Arc<ClientConnection>,
         route: &Route,
         path: &str,
+        end: Option<TunnelEnd>,
     ) -> Outcome {
         // Our cookies never reach the upstream, on every route, public routes and CORS preflights
         // included. Done here, once, after authentication has read them.
@@ -335,7 +364,7 @@ impl Gateway {
         );
         let started = Instant::now();
         let upstream = self.upstreams.get(route.upstream);
-        let result = upstream.forward(req, &route.upstream_path(path)).await;
+        let result = upstream.forward(req, &route.upstream_path(path), end).await;
         let upstream_time = started.elapsed();
         self.metrics
             .upstream_finished(route.upstream, upstream_time);

@@ -141,6 +141,24 @@ impl MemoryStore {
         self.evicted.load(Ordering::Relaxed)
     }
 
+    /// Whether each session lives, by the same deadlines as `load`, without stamping its
+    /// last use (the tunnel watcher's question). A session found past a deadline is dropped.
+    pub async fn alive(&self, keys: &[SessionKey]) -> Vec<bool> {
+        let now = self.clock.unix_now();
+        let mut alive = Vec::with_capacity(keys.len());
+        for key in keys {
+            let live = match self.cache.get(key).await {
+                Some(s) => now < s.absolute_deadline(self.absolute_timeout) && !self.idle(&s, now),
+                None => false,
+            };
+            if !live {
+                self.delete(key).await.ok();
+            }
+            alive.push(live);
+        }
+        alive
+    }
+
     /// Run moka's pending maintenance (tests and metrics want exact counts).
     pub async fn sync(&self) {
         self.cache.run_pending_tasks().await;

@@ -9,6 +9,7 @@ pub mod memory;
 pub mod record;
 pub mod redis;
 mod sessions;
+pub mod tunnels;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -221,6 +222,15 @@ impl Store {
         match self {
             Store::Memory(_) => None,
             Store::Redis(s) => Some(s),
+        }
+    }
+
+    /// Whether each session of `keys` still lives, without using it (no idle timer reset):
+    /// what the tunnel watcher asks (`tunnels`).
+    pub async fn alive(&self, keys: &[SessionKey]) -> Result<Vec<bool>, StoreError> {
+        match self {
+            Store::Memory(s) => Ok(s.alive(keys).await),
+            Store::Redis(s) => s.alive(keys).await,
         }
     }
 

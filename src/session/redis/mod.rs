@@ -223,6 +223,17 @@ impl RedisStore {
         self.inner.cache.invalidate_all();
     }
 
+    /// Whether each session's record exists (under any secret's name), in one round trip;
+    /// touches nothing (no idle TTL reset).
+    pub async fn alive(&self, keys: &[SessionKey]) -> Result<Vec<bool>, StoreError> {
+        let mut pipe = redis::pipe();
+        for key in keys {
+            pipe.cmd("EXISTS").arg(self.inner.session_names(key));
+        }
+        let found: Vec<i64> = self.query_pipe("EXISTS (tunnels)", &pipe).await?;
+        Ok(found.into_iter().map(|n| n > 0).collect())
+    }
+
     /// Run one Redis call with the timeout, the latency histogram and the error counters.
     async fn run<T>(
         &self,
