@@ -211,6 +211,11 @@ impl Gateway {
         &self.connections
     }
 
+    /// The handler of `server.admin_listen`, when it is set.
+    pub fn admin(&self) -> Option<Arc<crate::endpoints::admin::Admin>> {
+        self.endpoints.admin().cloned()
+    }
+
     /// The handler of `server.metrics_listen`.
     pub fn metrics_only(&self) -> MetricsOnly {
         self.endpoints.metrics_only()

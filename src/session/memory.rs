@@ -44,6 +44,7 @@ use moka::notification::RemovalCause;
 use moka::ops::compute::{CompResult, Op};
 use moka::policy::EvictionPolicy;
 
+use super::admin::{Revoked, SessionInfo, Target, short_id};
 use super::{
     Marker, RefreshLease, Replaced, Session, SessionKey, SessionStore, StoreError, Versioned,
 };
@@ -157,6 +158,57 @@ impl MemoryStore {
             alive.push(live);
         }
         alive
+    }
+
+    /// The live sessions of user `sub` (admin API).
+    pub async fn sessions_of(&self, sub: &str) -> Vec<SessionInfo> {
+        let now = self.clock.unix_now();
+        let mut found: Vec<SessionInfo> = (self.keys_of(sub).iter())
+            .filter_map(|(key, s)| {
+                let deadline = s.absolute_deadline(self.absolute_timeout);
+                if now >= deadline || self.idle(s, now) {
+                    return None;
+                }
+                let last_used_at = match s.last_seen.get() {
+                    0 => s.login_at,
+                    seen => seen,
+                };
+                Some(SessionInfo {
+                    id: short_id(key),
+                    login_at: s.login_at,
+                    last_used_at,
+                    expires_at: last_used_at.saturating_add(self.idle_secs).min(deadline),
+                })
+            })
+            .collect();
+        found.sort_by(|a, b| (a.login_at, &a.id).cmp(&(b.login_at, &b.id)));
+        found
+    }
+
+    /// End the sessions of `target` (admin API).
+    pub async fn revoke(&self, target: &Target) -> Result<Revoked, StoreError> {
+        let doomed: Vec<(SessionKey, Arc<Session>)> = match target {
+            Target::Sub(sub) => self.keys_of(sub),
+            Target::Id(id) => (self.cache.iter())
+                .filter(|(k, _)| short_id(k) == *id)
+                .map(|(k, s)| (*k, s))
+                .collect(),
+        };
+        let mut revoked = Revoked::default();
+        for (key, session) in doomed {
+            self.delete(&key).await?;
+            revoked.count += 1;
+            revoked.sessions.push(session);
+        }
+        Ok(revoked)
+    }
+
+    /// Every record of user `sub`: a scan of the store.
+    fn keys_of(&self, sub: &str) -> Vec<(SessionKey, Arc<Session>)> {
+        (self.cache.iter())
+            .filter(|(_, s)| s.identity.sub() == sub)
+            .map(|(k, s)| (*k, s))
+            .collect()
     }
 
     /// Run moka's pending maintenance (tests and metrics want exact counts).

@@ -4,6 +4,7 @@
 //! changes during a session (a refresh rewrites the record, not the cookie), so it works
 //! behind forward-auth proxies that drop `Set-Cookie`, and tokens never meet a size limit.
 
+pub mod admin;
 pub mod identity;
 pub mod memory;
 pub mod record;
@@ -231,6 +232,23 @@ impl Store {
         match self {
             Store::Memory(s) => Ok(s.alive(keys).await),
             Store::Redis(s) => s.alive(keys).await,
+        }
+    }
+
+    /// The sessions of user `sub` (admin API).
+    pub async fn sessions_of(&self, sub: &str) -> Result<Vec<admin::SessionInfo>, StoreError> {
+        match self {
+            Store::Memory(s) => Ok(s.sessions_of(sub).await),
+            Store::Redis(s) => s.sessions_of(sub).await,
+        }
+    }
+
+    /// End the sessions of `target` (admin API): dead on this replica at once, on the others
+    /// within the Redis store's local cache lifetime.
+    pub async fn revoke(&self, target: &admin::Target) -> Result<admin::Revoked, StoreError> {
+        match self {
+            Store::Memory(s) => s.revoke(target).await,
+            Store::Redis(s) => s.revoke(target).await,
         }
     }
 
