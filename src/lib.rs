@@ -40,6 +40,7 @@ pub mod seal;
 pub mod secret;
 pub mod server;
 pub mod session;
+pub mod sessions_cli;
 pub mod tls;
 
 use std::future::Future;

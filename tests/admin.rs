@@ -370,3 +370,122 @@ async fn revoke_on_one_replica_is_dead_on_another_within_two_seconds() {
     eprintln!("revoke reached the other replica after {latency:?}");
     assert_eq!(status(&b, &bob).await, StatusCode::OK);
 }
+
+// --- authgate sessions ---------------------------------------------------------------------
+
+/// `authgate sessions <args>` with `config` (a file holding `server`'s lines on top of a
+/// valid configuration): exit code, stdout, stderr.
+fn cli(server: &str, args: &[&str]) -> (Option<i32>, String, String) {
+    let toml = format!(
+        r#"
+[server]
+listen = "127.0.0.1:1"
+public_url = "http://127.0.0.1:1"
+{server}
+[upstream]
+url = "http://127.0.0.1:9"
+[oidc]
+issuer = "http://127.0.0.1:9/oidc"
+client_id = "cli-test-client"
+[session]
+cookie_secrets = ["{}"]
+cookie_secure = false
+"#,
+        support::COOKIE_SECRET_A
+    );
+    let path = token_file(&toml);
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_authgate"));
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("AUTHGATE_") {
+            cmd.env_remove(key);
+        }
+    }
+    let output = cmd
+        .arg("sessions")
+        .args(args)
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(path);
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn the_sessions_command_lists_and_revokes_through_the_admin_api() {
+    let (admin, base) = admin_config();
+    let h = Harness::builder().config(&admin).start().await;
+    let admin = admin.replace("[server]\n", "");
+    let alice = h.login(&h.client(), "alice").await;
+    let bob = h.login(&h.client(), "bob").await;
+    let cli_async = |args: &'static [&'static str], server: String| {
+        tokio::task::spawn_blocking(move || cli(&server, args))
+    };
+
+    let (code, out, err) = cli_async(&["list", "--sub", "alice"], admin.clone())
+        .await
+        .unwrap();
+    assert_eq!(code, Some(0), "{err}");
+    let listed: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(listed, list(&base, "alice").await.1);
+    assert_eq!(listed["sessions"].as_array().unwrap().len(), 1);
+    let id = listed["sessions"][0]["id"].as_str().unwrap().to_owned();
+
+    let (code, out, err) = cli_async(&["revoke", "--sub", "bob"], admin.clone())
+        .await
+        .unwrap();
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).unwrap(),
+        json!({"revoked": 1})
+    );
+    assert_eq!(status(&h, &bob).await, StatusCode::UNAUTHORIZED);
+    let server = admin.clone();
+    let (code, out, err) =
+        tokio::task::spawn_blocking(move || cli(&server, &["revoke", "--sid", &id]))
+            .await
+            .unwrap();
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).unwrap(),
+        json!({"revoked": 1})
+    );
+    assert_eq!(status(&h, &alice).await, StatusCode::UNAUTHORIZED);
+
+    // The wrong token: exit 1, saying so (and never printing either token).
+    let addr = base.trim_start_matches("http://");
+    let wrong = format!(
+        "admin_listen = \"{addr}\"\nadmin_token_file = \"{}\"",
+        token_file("another-token-entirely-0123456789").display()
+    );
+    let (code, _, err) = cli_async(&["list", "--sub", "alice"], wrong).await.unwrap();
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("refused the token (401)"), "{err}");
+    assert!(
+        !err.contains(TOKEN) && !err.contains("another-token"),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_sessions_command_says_when_the_admin_api_is_off_or_unreachable() {
+    let (code, _, err) = cli("", &["list", "--sub", "alice"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("the admin API is off"), "{err}");
+    let nobody = format!(
+        "admin_listen = \"{}\"\nadmin_token_file = \"{}\"",
+        free_addr(),
+        token_file(TOKEN).display()
+    );
+    let (code, _, err) = cli(&nobody, &["revoke", "--sub", "alice"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("cannot reach the admin API"), "{err}");
+    let (code, _, err) = cli(&nobody, &["revoke"]);
+    assert_eq!(code, Some(2), "{err}");
+    let (code, _, err) = cli(&nobody, &["revoke", "--sub", "a", "--sid", "b"]);
+    assert_eq!(code, Some(2), "{err}");
+}

@@ -299,3 +299,31 @@ async fn sign_out_on_one_replica_closes_the_tunnel_on_another() {
     );
     assert_forgotten(&a).await;
 }
+
+#[tokio::test]
+async fn admin_revoke_closes_the_tunnel() {
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let token = "admin-token-for-the-tunnel-test-0123";
+    let file = std::env::temp_dir().join(format!("authgate-tunnel-admin-{}", std::process::id()));
+    std::fs::write(&file, token).unwrap();
+    let h = harness(&format!(
+        "[server]\nadmin_listen = \"{addr}\"\nadmin_token_file = \"{}\"",
+        file.display()
+    ))
+    .await;
+    let cookie = h.login(&h.client(), "alice").await;
+    let mut tunnel = open_tunnel(h.addr, &cookie).await;
+    let r = bare_client()
+        .post(format!("http://{addr}/admin/sessions/revoke"))
+        .bearer_auth(token)
+        .json(&serde_json::json!({"sub": "alice"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_closed(&mut tunnel, Instant::now(), "admin revoke").await;
+    let _ = std::fs::remove_file(file);
+}
