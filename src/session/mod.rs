@@ -5,6 +5,7 @@
 //! behind forward-auth proxies that drop `Set-Cookie`, and tokens never meet a size limit.
 
 pub mod admin;
+mod by_user;
 pub mod identity;
 pub mod memory;
 pub mod record;
