@@ -215,9 +215,8 @@ impl MemoryStore {
     }
 
     /// Every record of user `sub`, through the index (checking each record's own `sub`).
-    /// Reads with `iter`-like peeks would be nicer, but moka has none: `get` marks the
-    /// record as used for moka's own time-to-idle, which our clock-based idle check does
-    /// not read.
+    /// moka's `get` counts as a use for moka's own (real-time) time-to-idle and LRU order,
+    /// not for the idle timeout the store decides by (the record's last-seen stamp).
     async fn keys_of(&self, sub: &str) -> Vec<(SessionKey, Arc<Session>)> {
         let mut found = Vec::new();
         for key in self.by_user.keys(sub) {
