@@ -176,10 +176,11 @@ impl Drop for Tunnel {
     fn drop(&mut self) {
         drop(self.ended.take());
         let mut shard = self.registry.shard(&self.key);
-        if let Some(entry) = shard.get(&self.key) {
-            if entry.end.receiver_count() == 0 {
-                shard.remove(&self.key);
-            }
+        if shard
+            .get(&self.key)
+            .is_some_and(|entry| entry.end.receiver_count() == 0)
+        {
+            shard.remove(&self.key);
         }
     }
 }
