@@ -174,13 +174,21 @@ async fn list_shows_a_users_sessions_without_tokens() {
     }
     let (s, body) = list(&a.base, "nobody").await;
     assert_eq!((s, body), (StatusCode::OK, json!({"sessions": []})));
-    let r = bare_client()
-        .get(format!("{}/admin/sessions", a.base))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    for query in [
+        "",
+        "?sub=",
+        "?user=alice",
+        "?sub=alice&sub=bob",
+        "?sub=alice&x=1",
+    ] {
+        let r = bare_client()
+            .get(format!("{}/admin/sessions{query}", a.base))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{query}");
+    }
 }
 
 #[tokio::test]

@@ -21,7 +21,6 @@ use hyper::body::Incoming;
 use serde_json::json;
 use sha2::Sha256;
 
-use super::query_param;
 use crate::error::Chain;
 use crate::headers::Peer;
 use crate::logging::log_safe;
@@ -102,8 +101,12 @@ impl Admin {
     }
 
     async fn list(&self, req: &Request<Incoming>) -> Response<Body> {
-        let Some(sub) = query_param(req.uri(), "sub").filter(|s| valid_sub(s)) else {
-            return error(StatusCode::BAD_REQUEST, "the query needs sub=<user>");
+        // Exactly one parameter, `sub`: anything else is refused rather than ignored.
+        let query = req.uri().query().unwrap_or_default();
+        let mut params = url::form_urlencoded::parse(query.as_bytes());
+        let sub = match (params.next(), params.next()) {
+            (Some((name, sub)), None) if name == "sub" && valid_sub(&sub) => sub.into_owned(),
+            _ => return error(StatusCode::BAD_REQUEST, "the query needs sub=<user>, alone"),
         };
         match self.sessions.store().sessions_of(&sub).await {
             Ok(sessions) => reply::json(StatusCode::OK, &json!({ "sessions": sessions })),
