@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use http::{HeaderValue, Request, Response};
 use hyper::body::Incoming;
 
-use crate::auth::{Authenticator, Navigation, is_preflight};
+use crate::auth::{Authenticated, Authenticator, Navigation, is_preflight};
 use crate::clock::Clock;
 use crate::config::{BearerMode, Config, Policy, Preflight, ServerConfig};
 use crate::endpoints::{Builtin, Endpoints, MetricsOnly, Shared};
@@ -34,11 +34,12 @@ use crate::metrics::{Decision, Metrics, RouteId};
 use crate::oidc::Oidc;
 use crate::policy::{Route, RouteTable, path::normalize_path};
 use crate::proxy::Body;
-use crate::proxy::{ProxyError, Upstreams, wants_upgrade};
+use crate::proxy::{ProxyError, TunnelEnd, Upstreams, wants_upgrade};
 use crate::refresh::Refresher;
 use crate::reply::Reply;
 use crate::server::ConnectionStats;
 use crate::session::identity::IdentityRules;
+use crate::session::tunnels::Tunnels;
 use crate::session::{CookieCodec, Sessions, Store};
 
 mod access;
@@ -62,6 +63,10 @@ pub struct Gateway {
     /// Client connections of the main listener.
     connections: Arc<ConnectionStats>,
     request_ids: RequestIds,
+    /// Open tunnels by session: closed when their session ends.
+    tunnels: Arc<Tunnels>,
+    /// `session.absolute_timeout`: a tunnel never outlives it.
+    absolute_timeout: Duration,
 }
 
 /// What `dispatch` hands back for metrics and the access log.
@@ -124,6 +129,7 @@ impl Gateway {
             clock.clone(),
         ));
         let sessions = Arc::new(Sessions::new(store.clone(), &cfg.session));
+        let tunnels = Tunnels::new(store.clone(), clock.clone());
         let auth = Arc::new(Authenticator::new(
             &cfg,
             sessions.clone(),
@@ -175,6 +181,8 @@ impl Gateway {
             metrics,
             connections: shared.connections,
             request_ids: RequestIds::new(),
+            tunnels,
+            absolute_timeout: cfg.session.absolute_timeout,
         })
     }
 
@@ -213,9 +221,19 @@ impl Gateway {
         &self.preserved
     }
 
+    /// Open tunnels by session.
+    pub fn tunnels(&self) -> &Arc<Tunnels> {
+        &self.tunnels
+    }
+
     /// Client connection counters of the main listener.
     pub fn connections(&self) -> &Arc<ConnectionStats> {
         &self.connections
+    }
+
+    /// The handler of `server.admin_listen`, when it is set.
+    pub fn admin(&self) -> Option<Arc<crate::endpoints::admin::Admin>> {
+        self.endpoints.admin().cloned()
     }
 
     /// The handler of `server.metrics_listen`.
@@ -326,15 +344,30 @@ impl Gateway {
                     return Outcome::refused(route.id, reply);
                 }
                 let sub = auth.identity().sub().to_owned();
+                let end = self.tunnel_end(&auth, upgrade);
                 drop(auth);
                 self.metrics.decision(route.id, Decision::Allow);
-                let mut outcome = self.forward(req, peer, client, route, path).await;
+                let mut outcome = self.forward(req, peer, client, route, path, end).await;
                 outcome.sub = Some(sub);
                 return outcome;
             }
         }
         self.metrics.decision(route.id, Decision::Allow);
-        self.forward(req, peer, client, route, path).await
+        self.forward(req, peer, client, route, path, None).await
+    }
+
+    /// An upgrade request with a session: its tunnel is registered under the session and
+    /// closes when the session ends (`session::tunnels`).
+    fn tunnel_end(&self, auth: &Authenticated, upgrade: bool) -> Option<TunnelEnd> {
+        let Authenticated::Session(key, session) = auth else {
+            return None;
+        };
+        if !upgrade {
+            return None;
+        }
+        let deadline = session.absolute_deadline(self.absolute_timeout);
+        let mut tunnel = self.tunnels.open(*key, deadline);
+        Some(Box::pin(async move { tunnel.ended().await }))
     }
 
     /// A request without a live session is answered `reply`, unless it is a browser form
@@ -416,6 +449,7 @@ impl Gateway {
         client: &Arc<ClientConnection>,
         route: &Route,
         path: &str,
+        end: Option<TunnelEnd>,
     ) -> Outcome {
         // Our cookies never reach the upstream, on every route, public routes and CORS preflights
         // included. Done here, once, after authentication has read them.
@@ -430,7 +464,7 @@ impl Gateway {
         );
         let started = Instant::now();
         let upstream = self.upstreams.get(route.upstream);
-        let result = upstream.forward(req, &route.upstream_path(path)).await;
+        let result = upstream.forward(req, &route.upstream_path(path), end).await;
         let upstream_time = started.elapsed();
         self.metrics
             .upstream_finished(route.upstream, upstream_time);

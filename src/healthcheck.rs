@@ -86,7 +86,7 @@ pub async fn probe(server: &ServerConfig) -> Result<(), Unhealthy> {
 /// For `[::]` IPv4 loopback comes first, because a dual-stack socket also accepts it and a
 /// container with IPv6 disabled has no `::1`; `::1` is tried when 127.0.0.1 is refused
 /// (an IPv6-only socket).
-fn targets(listen: SocketAddr) -> Vec<SocketAddr> {
+pub fn targets(listen: SocketAddr) -> Vec<SocketAddr> {
     let port = listen.port();
     match listen.ip() {
         IpAddr::V4(ip) if ip.is_unspecified() => {

@@ -40,6 +40,7 @@ pub mod seal;
 pub mod secret;
 pub mod server;
 pub mod session;
+pub mod sessions_cli;
 pub mod tls;
 
 use std::future::Future;
@@ -152,6 +153,15 @@ pub async fn serve_gateway(
         ),
         None => None,
     };
+    let admin_listener = match (server_cfg.admin_listen, gateway.admin()) {
+        (Some(addr), Some(admin)) => Some((
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartupError::Bind { addr, source })?,
+            admin,
+        )),
+        _ => None,
+    };
     let discovery = tokio::spawn(gateway.oidc().clone().discover_until_ready());
     let (stop_tx, stop_rx) = watch::channel(false);
     let metrics_task = metrics_listener.map(|listener| {
@@ -165,10 +175,22 @@ pub async fn serve_gateway(
             server::run(handler, listener, None, &cfg, Arc::default(), stopped).await;
         })
     });
+    // The admin API: plain HTTP on its own listener (bind it to loopback or a private
+    // network), never TLS-terminated here.
+    let admin_task = admin_listener.map(|(listener, handler)| {
+        let cfg = server_cfg.clone();
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            let stopped = async move {
+                let _ = stop.wait_for(|s| *s).await;
+            };
+            server::run(handler, listener, None, &cfg, Arc::default(), stopped).await;
+        })
+    });
     let stats = gateway.connections().clone();
     server::run(gateway, listener, tls, &server_cfg, stats, shutdown).await;
     let _ = stop_tx.send(true);
-    if let Some(task) = metrics_task {
+    for task in [metrics_task, admin_task].into_iter().flatten() {
         let _ = task.await;
     }
     discovery.abort();

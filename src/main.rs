@@ -45,6 +45,11 @@ enum Command {
     /// Exit 0 when GET /healthz on the configured `listen` address answers 200, else 1
     /// (a container HEALTHCHECK without a shell).
     Healthcheck,
+    /// List or end sessions through the running gateway's admin API (server.admin_listen).
+    Sessions {
+        #[command(subcommand)]
+        command: SessionsCommand,
+    },
     // Only in builds with the `demo` feature (the default); the container image has none.
     /// A self-contained demo: gateway + development OpenID provider + echo upstream.
     #[cfg(feature = "demo")]
@@ -52,6 +57,24 @@ enum Command {
         /// Where the demo gateway listens.
         #[arg(long, default_value = "127.0.0.1:4180")]
         listen: std::net::SocketAddr,
+    },
+}
+
+#[derive(Subcommand)]
+enum SessionsCommand {
+    /// A user's sessions: short id, login time, last use, expiry (JSON).
+    List {
+        /// The user (the ID token's `sub`).
+        #[arg(long)]
+        sub: String,
+    },
+    /// End every session of a user, or one session by its short id; prints {"revoked": N}.
+    Revoke {
+        #[arg(long, conflicts_with = "sid", required_unless_present = "sid")]
+        sub: Option<String>,
+        /// A session id from `authgate sessions list`.
+        #[arg(long)]
+        sid: Option<String>,
     },
 }
 
@@ -73,6 +96,7 @@ fn main() -> ExitCode {
     match cli.command {
         Some(Command::Check { probe }) => runtime.block_on(check(&cli.config, probe)),
         Some(Command::Healthcheck) => runtime.block_on(healthcheck(&cli.config)),
+        Some(Command::Sessions { command }) => runtime.block_on(sessions(&cli.config, command)),
         #[cfg(feature = "demo")]
         Some(Command::Demo { listen }) => {
             init_logging(LogFormat::Text);
@@ -171,6 +195,48 @@ async fn healthcheck(path: &std::path::Path) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("authgate healthcheck: unhealthy: {e}");
+            ExitCode::from(EXIT_FATAL)
+        }
+    }
+}
+
+/// `authgate sessions ...`: 2 when the configuration does not load or the admin API is off
+/// in it, 1 when the call fails (unreachable, wrong token), 0 with the answer on stdout.
+async fn sessions(path: &std::path::Path, command: SessionsCommand) -> ExitCode {
+    use authgate::sessions_cli::{Call, CallError, call};
+    let config = match Config::load(path) {
+        Ok(config) => config,
+        Err(errors) => {
+            eprintln!(
+                "authgate sessions: invalid configuration ({}):\n{errors}",
+                path.display()
+            );
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let what = match command {
+        SessionsCommand::List { sub } => Call::List { sub },
+        SessionsCommand::Revoke { sub: Some(sub), .. } => Call::RevokeSub(sub),
+        SessionsCommand::Revoke { sid: Some(sid), .. } => Call::RevokeSid(sid),
+        SessionsCommand::Revoke { .. } => {
+            eprintln!("authgate sessions revoke: give --sub or --sid");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    match call(&config.server, &what).await {
+        Ok(answer) => {
+            #[allow(clippy::print_stdout)]
+            {
+                println!("{answer}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e @ CallError::Off) => {
+            eprintln!("authgate sessions: {e} ({})", path.display());
+            ExitCode::from(EXIT_CONFIG)
+        }
+        Err(e) => {
+            eprintln!("authgate sessions: {e}");
             ExitCode::from(EXIT_FATAL)
         }
     }

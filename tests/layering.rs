@@ -26,6 +26,8 @@ const LAYERS: &[&[&str]] = &[
     &["cookie", "lint"],
     // I/O: upstream, accept loop, provider client, stores
     &["proxy", "server", "oidc", "session", "healthcheck"],
+    // `authgate sessions`: a client of the admin API (over the health check's addressing)
+    &["sessions_cli"],
     // flows over sessions and the provider
     &["refresh", "login"],
     // every refusal, and the one place it becomes HTTP

@@ -56,6 +56,17 @@ pub struct ServerConfig {
         serialize_with = "ser::opt_display"
     )]
     pub metrics_listen: Option<SocketAddr>,
+    /// The admin API's address (never `listen`); set together with `admin_token_file`.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "ser::opt_display"
+    )]
+    pub admin_listen: Option<SocketAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin_token_file: Option<String>,
+    /// The admin token read from `admin_token_file` (trimmed).
+    #[serde(skip)]
+    pub admin_token: Option<Secret<String>>,
     /// Time a client has to send a complete request head (slowloris guard). Default 10s.
     #[serde(serialize_with = "ser::duration")]
     pub header_read_timeout: Duration,

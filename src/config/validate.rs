@@ -4,6 +4,8 @@
 //! serde errors already recorded), then the rules that span keys. The typed config is built
 //! only when no error at all was found: a half-valid config never starts a server.
 
+use std::net::SocketAddr;
+
 use super::check::{Checker, non_empty};
 use super::raw::{RawConfig, RawHeaders, RawOidc, RawServer, RawSession, RawUpstream};
 use super::routes::routes;
@@ -62,6 +64,7 @@ fn server(raw: &RawServer, c: &mut Checker) -> Option<ServerConfig> {
         Some(m) => c.socket_addr("server.metrics_listen", m).map(Some),
         None => Some(None),
     };
+    let (admin_listen, admin_token) = admin(raw, c, listen, metrics_listen.flatten());
     let header_read = c.duration("server.header_read_timeout", &raw.header_read_timeout, true);
     let handshake = c.duration(
         "server.tls_handshake_timeout",
@@ -95,6 +98,9 @@ fn server(raw: &RawServer, c: &mut Checker) -> Option<ServerConfig> {
         shutdown_grace: shutdown_grace?,
         log_format: log_format?,
         metrics_listen: metrics_listen?,
+        admin_listen: admin_listen?,
+        admin_token_file: non_empty(raw.admin_token_file.as_deref()).map(str::to_owned),
+        admin_token: admin_token?,
         header_read_timeout: header_read?,
         tls_handshake_timeout: handshake?,
         max_header_bytes: max_header_bytes?,
@@ -105,6 +111,64 @@ fn server(raw: &RawServer, c: &mut Checker) -> Option<ServerConfig> {
         forwarded_proto: forwarded_proto?,
         allowed_redirect_hosts: redirect_hosts.into_iter().collect::<Option<_>>()?,
     })
+}
+
+/// Shortest admin token accepted: it is all that guards the admin API.
+const MIN_ADMIN_TOKEN: usize = 16;
+
+/// `admin_listen` and `admin_token_file`: both or neither; the admin API never shares a
+/// listener with the gateway or the metrics.
+#[allow(clippy::type_complexity)]
+fn admin(
+    raw: &RawServer,
+    c: &mut Checker,
+    listen: Option<SocketAddr>,
+    metrics: Option<SocketAddr>,
+) -> (Option<Option<SocketAddr>>, Option<Option<Secret<String>>>) {
+    let addr = non_empty(raw.admin_listen.as_deref());
+    let file = non_empty(raw.admin_token_file.as_deref());
+    match (addr, file) {
+        (None, None) => (Some(None), Some(None)),
+        (None, Some(_)) => {
+            c.error(
+                "server.admin_listen",
+                "is required when admin_token_file is set",
+            );
+            (None, None)
+        }
+        (Some(_), None) => {
+            c.error(
+                "server.admin_token_file",
+                "is required when admin_listen is set",
+            );
+            (None, None)
+        }
+        (Some(addr), Some(file)) => {
+            let addr = c.socket_addr("server.admin_listen", addr);
+            if let Some(a) = addr {
+                if Some(a) == listen {
+                    c.error("server.admin_listen", "must differ from server.listen");
+                } else if Some(a) == metrics {
+                    c.error(
+                        "server.admin_listen",
+                        "must differ from server.metrics_listen",
+                    );
+                }
+            }
+            let token = c.secret_file("server.admin_token_file", file);
+            let token = token.and_then(|t| {
+                if t.len() < MIN_ADMIN_TOKEN || t.chars().any(|ch| ch.is_control() || ch == ' ') {
+                    let m = format!(
+                        "the token must be at least {MIN_ADMIN_TOKEN} characters, without spaces"
+                    );
+                    c.error("server.admin_token_file", m);
+                    return None;
+                }
+                Some(Secret::new(t))
+            });
+            (addr.map(Some), token.map(Some))
+        }
+    }
 }
 
 /// `app.example.com`, or `.example.com` for its subdomains; lowercase, no port, no wildcard.

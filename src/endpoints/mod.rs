@@ -3,6 +3,7 @@
 //! Each endpoint module gets a context of its own with what it needs (the sessions, the
 //! provider, the login cookies, ...), built once by [`Endpoints::new`], never the gateway.
 
+pub mod admin;
 mod auth;
 mod login;
 mod logout;
@@ -128,6 +129,8 @@ pub struct Endpoints {
     forward_auth: auth::ForwardAuth,
     /// `server.metrics_listen` is set: `/metrics` is served there, not here.
     metrics_elsewhere: bool,
+    /// The admin API (`server.admin_listen`), when configured.
+    admin: Option<Arc<admin::Admin>>,
     /// The path of `public_url` without a trailing slash (`/app`; empty for none): the
     /// `/oauth2/` endpoints live below it.
     base_path: String,
@@ -143,6 +146,13 @@ impl Endpoints {
             status: Arc::new(status::Status::new(cfg, shared)),
             forward_auth: auth::ForwardAuth::new(shared),
             metrics_elsewhere: cfg.server.metrics_listen.is_some(),
+            admin: (cfg.server.admin_token.as_ref()).map(|token| {
+                Arc::new(admin::Admin::new(
+                    shared.sessions.clone(),
+                    shared.oidc.clone(),
+                    token,
+                ))
+            }),
             base_path: cfg
                 .server
                 .public_url
@@ -167,6 +177,11 @@ impl Endpoints {
             _ if path.starts_with("/oauth2/") => None,
             _ => Builtin::recognize(path, self.metrics_elsewhere),
         }
+    }
+
+    /// The handler of `server.admin_listen`, when it is set.
+    pub fn admin(&self) -> Option<&Arc<admin::Admin>> {
+        self.admin.as_ref()
     }
 
     /// The handler of `server.metrics_listen`.

@@ -36,6 +36,10 @@ use conn::{Checkout, Connector, Pool, Sender};
 pub use conn::{ConnectError, PoolBusy, ReturnOnEnd};
 use outbound::OutBody;
 
+/// Resolves when a tunnel must close (its session ended). Owned by the tunnel: dropped
+/// when the tunnel closes.
+pub type TunnelEnd = Pin<Box<dyn Future<Output = ()> + Send>>;
+
 /// The body of a response streamed back from the upstream.
 pub type UpstreamBody = IdleTimeoutBody<ReturnOnEnd<Incoming>>;
 
@@ -174,11 +178,13 @@ impl Upstream {
 
     /// Forward `req` (headers already rewritten by the pipeline) over a connection of the
     /// pool and stream the answer back. `path` is the normalized path the policy matched
-    /// on: the upstream sees exactly it.
+    /// on: the upstream sees exactly it. An upgraded connection is closed when `end`
+    /// resolves (its session ended).
     pub async fn forward(
         &self,
         mut req: Request<Incoming>,
         path: &str,
+        end: Option<TunnelEnd>,
     ) -> Result<Response<Body>, ProxyError> {
         let upgrade = wants_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
         let mut req = req.map(OutBody::from);
@@ -187,7 +193,7 @@ impl Upstream {
         match upgrade {
             // The upgraded connection is the tunnel's now: `sender` is not reused.
             Some(client_side) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
-                Ok(tunnel(client_side, response))
+                Ok(tunnel(client_side, response, end))
             }
             _ => Ok(self.stream_back(response, sender)),
         }
@@ -307,10 +313,12 @@ pub fn wants_upgrade<B>(req: &Request<B>) -> bool {
             .any(|token| token.trim().eq_ignore_ascii_case("upgrade"))
 }
 
-/// Answer 101 to the client and splice the two upgraded connections together.
+/// Answer 101 to the client and splice the two upgraded connections together, until either
+/// side closes or `end` resolves (then both are closed).
 fn tunnel(
     client_side: hyper::upgrade::OnUpgrade,
     mut response: Response<Incoming>,
+    end: Option<TunnelEnd>,
 ) -> Response<Body> {
     let upstream_side = hyper::upgrade::on(&mut response);
     tokio::spawn(async move {
@@ -322,8 +330,19 @@ fn tunnel(
             }
         };
         let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
-        if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-            tracing::debug!(error = %log_safe(&e), "upgraded connection closed");
+        let end = async move {
+            match end {
+                Some(end) => end.await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            copied = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {
+                if let Err(e) = copied {
+                    tracing::debug!(error = %log_safe(&e), "upgraded connection closed");
+                }
+            }
+            () = end => tracing::debug!("upgraded connection closed: its session ended"),
         }
     });
     let (mut parts, _) = response.into_parts();

@@ -44,6 +44,8 @@ use moka::notification::RemovalCause;
 use moka::ops::compute::{CompResult, Op};
 use moka::policy::EvictionPolicy;
 
+use super::admin::{Revoked, SessionInfo, Target, short_id};
+use super::by_user::ByUser;
 use super::{
     Marker, RefreshLease, Replaced, Session, SessionKey, SessionStore, StoreError, Versioned,
 };
@@ -66,6 +68,9 @@ pub struct MemoryStore {
     markers: Cache<Marker, Held>,
     /// See [`MemoryStore::evicted_for_capacity`].
     evicted: Arc<AtomicU64>,
+    /// The sessions of each user (`by_user`): kept in step by `save` and the removal
+    /// listener.
+    by_user: Arc<ByUser>,
 }
 
 /// A marker's lifetime: `ttl` on moka's (real-time) clock, and its deadline on ours.
@@ -103,12 +108,18 @@ impl MemoryStore {
         let absolute_timeout = opts.absolute_timeout;
         let evicted = Arc::new(AtomicU64::new(0));
         let counter = evicted.clone();
+        let by_user = Arc::new(ByUser::default());
+        let index = by_user.clone();
         let cache = Cache::builder()
             .max_capacity(opts.max_sessions)
             // Only `Size`: an expiry or an explicit removal is not a capacity problem.
-            .eviction_listener(move |_key, _session, cause| {
+            // Every removal but a replacement (a refresh: same id, same user) leaves the index.
+            .eviction_listener(move |key: Arc<SessionKey>, session: Arc<Session>, cause| {
                 if cause == RemovalCause::Size {
                     counter.fetch_add(1, Ordering::Relaxed);
+                }
+                if cause != RemovalCause::Replaced {
+                    index.remove(session.identity.sub(), &key);
                 }
             })
             .eviction_policy(EvictionPolicy::lru())
@@ -132,6 +143,7 @@ impl MemoryStore {
             clock: opts.clock,
             markers,
             evicted,
+            by_user,
         }
     }
 
@@ -139,6 +151,87 @@ impl MemoryStore {
     /// first), before their timeouts.
     pub fn evicted_for_capacity(&self) -> u64 {
         self.evicted.load(Ordering::Relaxed)
+    }
+
+    /// Whether each session lives, by the same deadlines as `load`, without stamping its
+    /// last use (the tunnel watcher's question). A session found past a deadline is dropped.
+    pub async fn alive(&self, keys: &[SessionKey]) -> Vec<bool> {
+        let now = self.clock.unix_now();
+        let mut alive = Vec::with_capacity(keys.len());
+        for key in keys {
+            let live = match self.cache.get(key).await {
+                Some(s) => now < s.absolute_deadline(self.absolute_timeout) && !self.idle(&s, now),
+                None => false,
+            };
+            if !live {
+                self.delete(key).await.ok();
+            }
+            alive.push(live);
+        }
+        alive
+    }
+
+    /// The live sessions of user `sub` (admin API).
+    pub async fn sessions_of(&self, sub: &str) -> Vec<SessionInfo> {
+        let now = self.clock.unix_now();
+        let mut found: Vec<SessionInfo> = (self.keys_of(sub).await.iter())
+            .filter_map(|(key, s)| {
+                let deadline = s.absolute_deadline(self.absolute_timeout);
+                if now >= deadline || self.idle(s, now) {
+                    return None;
+                }
+                let last_used_at = match s.last_seen.get() {
+                    0 => s.login_at,
+                    seen => seen,
+                };
+                Some(SessionInfo {
+                    id: short_id(key),
+                    login_at: s.login_at,
+                    last_used_at,
+                    expires_at: last_used_at.saturating_add(self.idle_secs).min(deadline),
+                })
+            })
+            .collect();
+        found.sort_by(|a, b| (a.login_at, &a.id).cmp(&(b.login_at, &b.id)));
+        found
+    }
+
+    /// End the sessions of `target` (admin API).
+    pub async fn revoke(&self, target: &Target) -> Result<Revoked, StoreError> {
+        let doomed: Vec<(SessionKey, Arc<Session>)> = match target {
+            Target::Sub(sub) => self.keys_of(sub).await,
+            Target::Id(id) => (self.cache.iter())
+                .filter(|(k, _)| short_id(k) == *id)
+                .map(|(k, s)| (*k, s))
+                .collect(),
+        };
+        let mut revoked = Revoked::default();
+        for (key, session) in doomed {
+            self.delete(&key).await?;
+            revoked.count += 1;
+            revoked.sessions.push(session);
+        }
+        Ok(revoked)
+    }
+
+    /// Every record of user `sub`, through the index (checking each record's own `sub`).
+    /// moka's `get` counts as a use for moka's own (real-time) time-to-idle and LRU order,
+    /// not for the idle timeout the store decides by (the record's last-seen stamp).
+    async fn keys_of(&self, sub: &str) -> Vec<(SessionKey, Arc<Session>)> {
+        let mut found = Vec::new();
+        for key in self.by_user.keys(sub) {
+            if let Some(s) = self.cache.get(&key).await
+                && s.identity.sub() == sub
+            {
+                found.push((key, s));
+            }
+        }
+        found
+    }
+
+    /// Users in the index by user (tests: it forgets ended sessions).
+    pub fn indexed_users(&self) -> usize {
+        self.by_user.users()
     }
 
     /// Run moka's pending maintenance (tests and metrics want exact counts).
@@ -163,6 +256,7 @@ impl SessionStore for MemoryStore {
 
     async fn save(&self, key: SessionKey, session: Arc<Session>) -> Result<(), StoreError> {
         session.last_seen.set(self.clock.unix_now());
+        self.by_user.insert(session.identity.sub(), key);
         self.cache.insert(key, session).await;
         // Put the new session in the LRU order now (see the module doc), and let the
         // eviction this insert causes see every read queued before it.
@@ -211,15 +305,20 @@ impl SessionStore for MemoryStore {
         sid: Option<&str>,
         sub: Option<&str>,
     ) -> Result<(), StoreError> {
-        // A scan: back-channel logouts are rare, and an index would cost memory per session.
-        let doomed: Vec<Arc<SessionKey>> = self
-            .cache
-            .iter()
-            .filter(|(_, s)| matches_logout(s, sid, sub))
-            .map(|(k, _)| k)
-            .collect();
+        // With a `sub`, through the index by user; a `sid` alone: a scan (the index is by
+        // user only, to keep the memory per session small).
+        let doomed: Vec<SessionKey> = match sub {
+            Some(sub) => (self.keys_of(sub).await.into_iter())
+                .filter(|(_, s)| matches_logout(s, sid, Some(sub)))
+                .map(|(k, _)| k)
+                .collect(),
+            None => (self.cache.iter())
+                .filter(|(_, s)| matches_logout(s, sid, sub))
+                .map(|(k, _)| *k)
+                .collect(),
+        };
         for key in doomed {
-            self.delete(key.as_ref()).await?;
+            self.delete(&key).await?;
         }
         Ok(())
     }
@@ -368,5 +467,158 @@ mod tests {
             "claimed anew"
         );
         assert!(store.is_claimed(&marker).await.unwrap());
+    }
+
+    fn rss_kib() -> i64 {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    }
+
+    fn rules() -> crate::session::identity::IdentityRules {
+        let headers = crate::config::HeadersConfig {
+            authorization_bearer: true,
+            user: Some(http::HeaderName::from_static("x-forwarded-user")),
+            email: Some(http::HeaderName::from_static("x-forwarded-email")),
+            preferred_username: None,
+            groups: None,
+            groups_claim: "groups".into(),
+            claims: vec![],
+        };
+        crate::session::identity::IdentityRules::new(&headers, Vec::<String>::new())
+    }
+
+    fn session_of(rules: &crate::session::identity::IdentityRules, sub: &str, now: u64) -> Session {
+        use crate::session::Tokens;
+        let claims = serde_json::json!({"sub": sub, "email": format!("{sub}@example.test"), "sid": format!("sid-{sub}")});
+        Session {
+            tokens: Tokens {
+                bearer: Tokens::bearer_value("at").unwrap(),
+                access_expires_at: Some(now + 3600),
+                refresh_token: None,
+                id_token: None,
+                more: Box::default(),
+            },
+            identity: Arc::new(rules.identity(claims.as_object().unwrap()).unwrap()),
+            login_at: now,
+            backoff: None,
+            last_seen: Default::default(),
+        }
+    }
+
+    /// The index by user forgets a session whatever removes it (a delete, a back-channel
+    /// logout, an eviction for capacity), and keeps it across a replacement (a refresh).
+    #[tokio::test]
+    async fn the_index_by_user_follows_the_store() {
+        let rules = rules();
+        let store = MemoryStore::new(2, Duration::from_secs(3600), Duration::from_secs(7200));
+        let now = store.clock.unix_now();
+        let (a1, a2, b) = ([1; 16], [2; 16], [3; 16]);
+        store
+            .save(a1, Arc::new(session_of(&rules, "alice", now)))
+            .await
+            .unwrap();
+        store
+            .save(a2, Arc::new(session_of(&rules, "alice", now)))
+            .await
+            .unwrap();
+        assert_eq!(store.sessions_of("alice").await.len(), 2);
+        let read = store.load_for_update(&a1).await.unwrap().unwrap();
+        let fresh = Arc::new(session_of(&rules, "alice", now));
+        assert_eq!(
+            store.replace(&a1, &read, fresh).await.unwrap(),
+            Replaced::Done
+        );
+        store.sync().await;
+        assert_eq!(
+            store.sessions_of("alice").await.len(),
+            2,
+            "kept across a refresh"
+        );
+        store.delete(&a2).await.unwrap();
+        store.sync().await;
+        assert_eq!(store.sessions_of("alice").await.len(), 1);
+        // Capacity 2: bob's login evicts alice's last session.
+        store
+            .save(b, Arc::new(session_of(&rules, "bob", now)))
+            .await
+            .unwrap();
+        store
+            .save([4; 16], Arc::new(session_of(&rules, "carol", now)))
+            .await
+            .unwrap();
+        store.sync().await;
+        store.delete_matching(None, Some("carol")).await.unwrap();
+        store.delete_matching(None, Some("bob")).await.unwrap();
+        store.sync().await;
+        assert_eq!(store.live(), 0, "{}", store.live());
+        assert_eq!(
+            store.indexed_users(),
+            0,
+            "the index keeps nothing of ended sessions"
+        );
+    }
+
+    /// What a scan of every session costs (back-channel logout by `sub`, the admin API
+    /// without an index) at `AUTHGATE_SCAN_SESSIONS` sessions (default 1 M). Ignored: run by
+    /// hand with `cargo test --lib scan_cost -- --ignored --nocapture` (say which profile).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore]
+    async fn scan_cost() {
+        let n: u64 = std::env::var("AUTHGATE_SCAN_SESSIONS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1_000_000);
+        let rules = rules();
+        let store = MemoryStore::new(n + 10, Duration::from_secs(3600), Duration::from_secs(7200));
+        let now = store.clock.unix_now();
+        let started = Instant::now();
+        for i in 0..n {
+            let session = session_of(&rules, &format!("user-{i:08}"), now);
+            let mut key = [0u8; 16];
+            key[..8].copy_from_slice(&i.to_le_bytes());
+            key[8] = 0xa5;
+            store.cache.insert(key, Arc::new(session)).await;
+        }
+        store.sync().await;
+        eprintln!("{n} sessions stored in {:?}", started.elapsed());
+        // The index's own cost: VmRSS before and after indexing every session.
+        let rss_before = rss_kib();
+        for (key, session) in store.cache.iter() {
+            store.by_user.insert(session.identity.sub(), *key);
+        }
+        let rss_after = rss_kib();
+        eprintln!(
+            "index by user: {} KiB for {n} sessions = {:.1} bytes per session (VmRSS delta)",
+            rss_after - rss_before,
+            (rss_after - rss_before) as f64 * 1024.0 / n as f64
+        );
+        assert_eq!(store.live(), n);
+        let started = Instant::now();
+        store
+            .delete_matching(None, Some("user-00000007"))
+            .await
+            .unwrap();
+        let logout = started.elapsed();
+        let started = Instant::now();
+        let listed = store.sessions_of("user-00000009").await;
+        let list = started.elapsed();
+        assert_eq!(listed.len(), 1);
+        let started = Instant::now();
+        let revoked = store
+            .revoke(&Target::Sub("user-00000011".into()))
+            .await
+            .unwrap();
+        let revoke = started.elapsed();
+        assert_eq!(revoked.count, 1);
+        eprintln!(
+            "at {n} sessions: back-channel logout by sub {logout:?}, admin list {list:?}, \
+             admin revoke by sub {revoke:?} (profile: {})",
+            if cfg!(debug_assertions) {
+                "debug"
+            } else {
+                "release"
+            }
+        );
     }
 }

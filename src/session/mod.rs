@@ -4,11 +4,14 @@
 //! changes during a session (a refresh rewrites the record, not the cookie), so it works
 //! behind forward-auth proxies that drop `Set-Cookie`, and tokens never meet a size limit.
 
+pub mod admin;
+mod by_user;
 pub mod identity;
 pub mod memory;
 pub mod record;
 pub mod redis;
 mod sessions;
+pub mod tunnels;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -221,6 +224,32 @@ impl Store {
         match self {
             Store::Memory(_) => None,
             Store::Redis(s) => Some(s),
+        }
+    }
+
+    /// Whether each session of `keys` still lives, without using it (no idle timer reset):
+    /// what the tunnel watcher asks (`tunnels`).
+    pub async fn alive(&self, keys: &[SessionKey]) -> Result<Vec<bool>, StoreError> {
+        match self {
+            Store::Memory(s) => Ok(s.alive(keys).await),
+            Store::Redis(s) => s.alive(keys).await,
+        }
+    }
+
+    /// The sessions of user `sub` (admin API).
+    pub async fn sessions_of(&self, sub: &str) -> Result<Vec<admin::SessionInfo>, StoreError> {
+        match self {
+            Store::Memory(s) => Ok(s.sessions_of(sub).await),
+            Store::Redis(s) => s.sessions_of(sub).await,
+        }
+    }
+
+    /// End the sessions of `target` (admin API): dead on this replica at once, on the others
+    /// within the Redis store's local cache lifetime.
+    pub async fn revoke(&self, target: &admin::Target) -> Result<admin::Revoked, StoreError> {
+        match self {
+            Store::Memory(s) => s.revoke(target).await,
+            Store::Redis(s) => s.revoke(target).await,
         }
     }
 

@@ -43,6 +43,7 @@ use moka::future::Cache;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Cmd, FromRedisValue, Pipeline, RedisResult, Script};
 
+use super::admin::{Revoked, SessionInfo, Target};
 use super::identity::IdentityRules;
 use super::memory::matches_logout;
 use super::{
@@ -222,6 +223,106 @@ impl RedisStore {
     /// Forget the local read cache (tests: what another replica would see).
     pub fn clear_local_cache(&self) {
         self.inner.cache.invalidate_all();
+    }
+
+    /// Whether each session's record exists (under any secret's name), in one round trip;
+    /// touches nothing (no idle TTL reset).
+    pub async fn alive(&self, keys: &[SessionKey]) -> Result<Vec<bool>, StoreError> {
+        let mut pipe = redis::pipe();
+        for key in keys {
+            pipe.cmd("EXISTS").arg(self.inner.session_names(key));
+        }
+        let found: Vec<i64> = self.query_pipe("EXISTS (tunnels)", &pipe).await?;
+        Ok(found.into_iter().map(|n| n > 0).collect())
+    }
+
+    /// The sessions of user `sub` (admin API), from the `sub` index sets. A record cannot be
+    /// opened without its session id, so times come from what Redis keeps in the clear: the
+    /// absolute deadline in the sealed value's header (login = deadline - absolute timeout)
+    /// and the TTL (reset to the idle timeout by every use: last use = expiry - idle timeout
+    /// while the idle timeout, not the absolute deadline, governs).
+    pub async fn sessions_of(&self, sub: &str) -> Result<Vec<SessionInfo>, StoreError> {
+        let names = self.indexed(sub).await?;
+        if names.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for name in &names {
+            pipe.cmd("GETRANGE").arg(name).arg(1).arg(8);
+            pipe.cmd("PTTL").arg(name);
+        }
+        let found: Vec<redis::Value> = self.query_pipe("sessions_of", &pipe).await?;
+        let inner = &self.inner;
+        let now_ms = inner.clock.unix_millis();
+        let absolute = inner.opts.absolute_timeout.as_secs();
+        let idle = inner.opts.idle_timeout.as_secs();
+        let mut out = Vec::new();
+        for (name, pair) in names.iter().zip(found.chunks(2)) {
+            let [header, ttl] = pair else { continue };
+            let (Ok(header), Ok(ttl)) = (
+                Vec::<u8>::from_redis_value(header.clone()),
+                i64::from_redis_value(ttl.clone()),
+            ) else {
+                continue;
+            };
+            let (Ok(deadline), Ok(ttl)) =
+                (<[u8; 8]>::try_from(header.as_slice()), u64::try_from(ttl))
+            else {
+                continue; // gone meanwhile (PTTL -2) or unreadable
+            };
+            let deadline = u64::from_be_bytes(deadline);
+            let expires_at = now_ms.saturating_add(ttl) / 1000;
+            let login_at = deadline.saturating_sub(absolute);
+            let Some(id) = name.rsplit(':').next() else {
+                continue;
+            };
+            out.push(SessionInfo {
+                id: id.to_owned(),
+                login_at,
+                last_used_at: expires_at.saturating_sub(idle).max(login_at),
+                expires_at,
+            });
+        }
+        out.sort_by(|a, b| (a.login_at, &a.id).cmp(&(b.login_at, &b.id)));
+        Ok(out)
+    }
+
+    /// End the sessions of `target` (admin API). Records are deleted unread (they cannot be
+    /// opened without the session id), so `Revoked::sessions` stays empty.
+    pub async fn revoke(&self, target: &Target) -> Result<Revoked, StoreError> {
+        let inner = &self.inner;
+        let names = match target {
+            Target::Sub(sub) => self.indexed(sub).await?,
+            Target::Id(id) => vec![format!("{}s:{id}", inner.opts.key_prefix)],
+        };
+        let count = if names.is_empty() {
+            0
+        } else {
+            let mut del = redis::cmd("DEL");
+            del.arg(&names);
+            self.query::<u64>("DEL (revoke)", &del).await?
+        };
+        // This replica's cache: every entry of that user, or all of it for one id (its key
+        // is not known from the id); the other replicas' expire within CACHE_TTL.
+        let cached: Vec<SessionKey> = (inner.cache.iter())
+            .filter(|(_, c)| match target {
+                Target::Sub(sub) => c.session.identity.sub() == sub,
+                Target::Id(_) => true,
+            })
+            .map(|(k, _)| *k)
+            .collect();
+        self.forget_locally(cached).await;
+        Ok(Revoked {
+            count,
+            sessions: Vec::new(),
+        })
+    }
+
+    /// The record names in the `sub` index sets of user `sub` (under every secret).
+    async fn indexed(&self, sub: &str) -> Result<Vec<String>, StoreError> {
+        let mut union = redis::cmd("SUNION");
+        union.arg(self.inner.index_names("sub", sub));
+        self.query("SUNION (sub)", &union).await
     }
 
     /// Run one Redis call with the timeout, the latency histogram and the error counters.
