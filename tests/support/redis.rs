@@ -254,16 +254,25 @@ impl SentinelGroup {
     pub const NAME: &'static str = "authgate";
 
     pub async fn start() -> SentinelGroup {
-        let master = RedisServer::start();
-        let replica =
-            RedisServer::start_with(&["--replicaof", "127.0.0.1", &master.port.to_string()]);
+        // In the group's directory: a full sync writes an RDB file.
+        let dir = temp_dir("sentinel");
+        let dir_arg = dir.display().to_string();
+        let master = RedisServer::start_with(&["--dir", &dir_arg, "--dbfilename", "master.rdb"]);
+        let replica = RedisServer::start_with(&[
+            "--dir",
+            &dir_arg,
+            "--dbfilename",
+            "replica.rdb",
+            "--replicaof",
+            "127.0.0.1",
+            &master.port.to_string(),
+        ]);
         wait_for(Duration::from_secs(10), "the replica's sync", || async {
             info(&replica.url(), "replication")
                 .await
                 .contains("master_link_status:up")
         })
         .await;
-        let dir = temp_dir("sentinel");
         let mut sentinels = Vec::new();
         for i in 0..3 {
             let port = free_port();
