@@ -421,3 +421,54 @@ fn process_cpu() -> Duration {
         .sum();
     Duration::from_millis(ticks * 10)
 }
+
+/// A failover the gateway does not see fail: forced with `SENTINEL FAILOVER`, the old master
+/// lives on, demoted to a replica. The Sentinels' `+switch-master` moves both replicas of the
+/// gateway to the new master before any request lands on the demoted one: no 503 at all.
+#[tokio::test]
+async fn sentinel_forced_failover_switches_on_the_announcement() {
+    let group = SentinelGroup::start().await;
+    let idp = start_idp().await;
+    let config = sentinel_config(&group);
+    let a = replica(&config, &idp).await;
+    let b = replica(&config, &idp).await;
+    let mut cookies = Vec::new();
+    for i in 0..4 {
+        let h = if i % 2 == 0 { &a } else { &b };
+        cookies.push(h.login(&h.client(), &format!("forced{i}")).await);
+    }
+    for cookie in &cookies {
+        assert_eq!(status(&a, cookie).await, StatusCode::OK);
+        assert_eq!(status(&b, cookie).await, StatusCode::OK);
+    }
+    let mut sentinel = support::redis::RedisServer::connect(&group.sentinel_urls()[0]).await;
+    let _: () = redis::cmd("SENTINEL")
+        .arg("FAILOVER")
+        .arg(SentinelGroup::NAME)
+        .query_async(&mut sentinel)
+        .await
+        .unwrap();
+    wait_for(
+        Duration::from_secs(20),
+        "the old master demoted",
+        || async {
+            support::redis::info(&group.master.url(), "replication")
+                .await
+                .contains("role:slave")
+        },
+    )
+    .await;
+    assert_eq!(group.master_port().await, Some(group.replica.port));
+    tokio::time::sleep(Duration::from_millis(1200)).await; // past the local read cache
+    for cookie in &cookies {
+        assert_eq!(status(&a, cookie).await, StatusCode::OK, "on A");
+        assert_eq!(status(&b, cookie).await, StatusCode::OK, "on B");
+    }
+    for h in [&a, &b] {
+        let metrics = h.metrics().await;
+        assert_eq!(
+            metric(&metrics, "authgate_store_failovers_total"),
+            Some(1.0)
+        );
+    }
+}

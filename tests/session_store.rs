@@ -733,3 +733,50 @@ async fn store_errors_keep_their_cause_and_never_the_password() {
         );
     }
 }
+
+/// What `WAIT 1` costs a write on Sentinel: the same saves through the Sentinel topology
+/// (each waits for the replica) and through a plain `redis_url` to the same master (no
+/// wait). Prints the mean latency of each. Run: `cargo test --test session_store
+/// bench_sentinel_wait_cost -- --ignored --nocapture`.
+#[tokio::test]
+#[ignore = "measurement"]
+async fn bench_sentinel_wait_cost() {
+    let group = SentinelGroup::start().await;
+    let mut options = redis_options("redis://unused", Duration::from_secs(5));
+    options.topology = RedisTopology::Sentinel {
+        sentinels: group.sentinel_urls().into_iter().map(Secret::new).collect(),
+        master: SentinelGroup::NAME.into(),
+    };
+    let sentinel = RedisStore::new(options, &secrets(&[1])).unwrap();
+    let single = redis_store(&group.master, &[1], Duration::from_secs(5));
+    let n = 300;
+    for (label, store) in [
+        ("single (no WAIT)", &single),
+        ("sentinel (WAIT 1)", &sentinel),
+    ] {
+        store
+            .save(new_key(), session("w", None, "w"))
+            .await
+            .unwrap();
+        let started = Instant::now();
+        for i in 0..n {
+            store
+                .save(new_key(), session("w", None, &format!("w{i}")))
+                .await
+                .unwrap();
+        }
+        let each = started.elapsed() / n;
+        println!("{label:>18}: {n} sequential saves, {each:?} each");
+        // Concurrent: writes share WAITs (group commit).
+        let started = Instant::now();
+        let saves = (0..n).map(|i| store.save(new_key(), session("w", None, &format!("c{i}"))));
+        for r in futures_util::future::join_all(saves).await {
+            r.unwrap();
+        }
+        println!(
+            "{label:>18}: {n} concurrent saves in {:?}",
+            started.elapsed()
+        );
+    }
+    assert_eq!(sentinel.metrics().failovers(), 0);
+}

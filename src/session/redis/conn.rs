@@ -12,21 +12,24 @@
 //!   time; after a failed one, calls fail at once for [`RETRY_DISCOVERY`] instead of queueing).
 //!   The call that saw the failure is answered with its error (503), never retried: a write's
 //!   fate on a dying master is unknown. A new master address is a failover seen
-//!   (`authgate_store_failovers_total`).
+//!   (`authgate_store_failovers_total`). Besides, a background task listens to one Sentinel
+//!   at a time for `+switch-master` of our master and forgets the connection at once, so a
+//!   failover the gateway did not see fail (a forced one, a partition that left the old
+//!   master reachable from here) switches before any call lands on a demoted master.
 //! - **Cluster** (`redis_cluster_nodes`): redis' cluster client (slot map, `MOVED`/`ASK`
 //!   followed and the map refreshed, one connection per node). It does not count
 //!   redirections, so neither can we.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionLike, ConnectionManager, MultiplexedConnection};
 use redis::cluster_async::ClusterConnection;
 use redis::sentinel::{Sentinel, SentinelNodeConnectionInfo};
 use redis::{
-    AsyncConnectionConfig, Cmd, ConnectionAddr, ErrorKind, IntoConnectionInfo, Pipeline,
-    RedisError, RedisFuture, RedisResult, ServerErrorKind, TlsMode, Value,
+    AsyncConnectionConfig, Cmd, ConnectionAddr, ConnectionInfo, ErrorKind, IntoConnectionInfo,
+    Pipeline, RedisError, RedisFuture, RedisResult, ServerErrorKind, TlsMode, Value,
 };
 
 use crate::metrics::StoreMetrics;
@@ -142,18 +145,20 @@ impl SentinelConn {
             node = node.set_tls_mode(TlsMode::Secure);
         }
         let db = first.redis_settings().db();
-        let sentinel = Sentinel::build(infos)?;
+        let sentinel = Sentinel::build(infos.clone())?;
+        let shared = Arc::new(SentinelShared {
+            master_name: master_name.to_owned(),
+            node,
+            db,
+            timeout,
+            sentinel: tokio::sync::Mutex::new(sentinel),
+            current: Mutex::new(Current::default()),
+            discoveries: AtomicU64::new(0),
+            metrics,
+        });
+        tokio::spawn(watch_switches(Arc::downgrade(&shared), infos, timeout));
         Ok(SentinelConn {
-            shared: Arc::new(SentinelShared {
-                master_name: master_name.to_owned(),
-                node,
-                db,
-                timeout,
-                sentinel: tokio::sync::Mutex::new(sentinel),
-                current: Mutex::new(Current::default()),
-                discoveries: AtomicU64::new(0),
-                metrics,
-            }),
+            shared,
             durable: false,
         })
     }
@@ -284,6 +289,44 @@ impl ConnectionLike for SentinelConn {
 
     fn get_db(&self) -> i64 {
         self.shared.db
+    }
+}
+
+/// Listen to the Sentinels (one at a time, the next one when it goes away) for
+/// `+switch-master <name> <old ip> <old port> <new ip> <new port>` of our master, and forget
+/// the current connection when one comes. Ends with the store.
+async fn watch_switches(
+    shared: Weak<SentinelShared>,
+    sentinels: Vec<ConnectionInfo>,
+    timeout: Duration,
+) {
+    use futures_util::StreamExt;
+    for info in sentinels.iter().cycle() {
+        let subscribed = async {
+            let client = redis::Client::open(info.clone())?;
+            let mut pubsub = tokio::time::timeout(timeout, client.get_async_pubsub())
+                .await
+                .map_err(|_| RedisError::from((ErrorKind::Io, "Sentinel: no answer")))??;
+            pubsub.subscribe("+switch-master").await?;
+            Ok::<_, RedisError>(pubsub)
+        };
+        if let Ok(pubsub) = subscribed.await {
+            let mut messages = pubsub.into_on_message();
+            while let Some(message) = messages.next().await {
+                let Some(shared) = shared.upgrade() else {
+                    return;
+                };
+                let payload: String = message.get_payload().unwrap_or_default();
+                if payload.split(' ').next() == Some(shared.master_name.as_str()) {
+                    tracing::info!("Sentinel announced a new Redis master");
+                    lock(&shared.current).master = None;
+                }
+            }
+        }
+        if shared.strong_count() == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 
