@@ -98,7 +98,9 @@ pub enum StoreSetupError {
     NoUsableSecret,
     /// Only the kind of the parse error, never the error itself: it can quote the URL, and
     /// with it the password.
-    #[error("invalid session.redis_url ({0:?})")]
+    #[error(
+        "invalid Redis URL in session.redis_url, redis_sentinels or redis_cluster_nodes ({0:?})"
+    )]
     InvalidUrl(redis::ErrorKind),
     #[error("cannot set up the Redis client")]
     Client(#[source] redis::RedisError),

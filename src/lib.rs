@@ -79,7 +79,7 @@ pub fn build_with(config: Config, clock: Clock) -> Result<Arc<Gateway>, StartupE
             clock: clock.clone(),
         })),
         StoreConfig::Redis {
-            url,
+            topology,
             key_prefix,
             timeout,
         } => {
@@ -87,7 +87,7 @@ pub fn build_with(config: Config, clock: Clock) -> Result<Arc<Gateway>, StartupE
             // whose Redis is down starts anyway: `/readyz` says 503 until Redis answers.
             let s = &config.session;
             let opts = RedisOptions {
-                url: url.clone(),
+                topology: topology.clone(),
                 key_prefix: key_prefix.clone(),
                 timeout: *timeout,
                 idle_timeout: s.idle_timeout,

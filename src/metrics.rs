@@ -386,6 +386,12 @@ pub struct StoreMetrics {
     lease_waits: AtomicU64,
     lease_wait_timeouts: AtomicU64,
     pub lease_wait: Histogram,
+    /// `single`, `sentinel` or `cluster` (set once by the store).
+    topology: std::sync::OnceLock<&'static str>,
+    /// Sentinel: a master found at another address than the previous one.
+    failovers: AtomicU64,
+    /// Sentinel: writes whose `WAIT` saw no replica acknowledge them in time.
+    unreplicated: AtomicU64,
 }
 
 impl Default for StoreMetrics {
@@ -399,6 +405,9 @@ impl Default for StoreMetrics {
             lease_waits: AtomicU64::new(0),
             lease_wait_timeouts: AtomicU64::new(0),
             lease_wait: Histogram::new(),
+            topology: std::sync::OnceLock::new(),
+            failovers: AtomicU64::new(0),
+            unreplicated: AtomicU64::new(0),
         }
     }
 }
@@ -432,6 +441,25 @@ impl StoreMetrics {
         self.lease_wait.observe(elapsed);
     }
 
+    /// The Redis topology (`single`, `sentinel`, `cluster`); the first call wins.
+    pub fn set_topology(&self, name: &'static str) {
+        let _ = self.topology.set(name);
+    }
+
+    /// A Sentinel failover seen: the master moved to another address.
+    pub fn failover(&self) {
+        self.failovers.fetch_add(1, Relaxed);
+    }
+
+    pub fn failovers(&self) -> u64 {
+        self.failovers.load(Relaxed)
+    }
+
+    /// A write no replica acknowledged within the `WAIT` bound.
+    pub fn unreplicated(&self) {
+        self.unreplicated.fetch_add(1, Relaxed);
+    }
+
     pub fn cache_hits(&self) -> u64 {
         self.cache_hits.load(Relaxed)
     }
@@ -441,6 +469,22 @@ impl StoreMetrics {
     }
 
     pub fn render(&self, out: &mut String) {
+        if let Some(topology) = self.topology.get() {
+            let _ = writeln!(
+                out,
+                "# HELP authgate_store_info The session store's Redis topology.\n\
+                 # TYPE authgate_store_info gauge\n\
+                 authgate_store_info{{topology=\"{topology}\"}} 1\n\
+                 # HELP authgate_store_failovers_total Sentinel failovers seen (the master moved).\n\
+                 # TYPE authgate_store_failovers_total counter\n\
+                 authgate_store_failovers_total {}\n\
+                 # HELP authgate_store_unreplicated_writes_total Writes no replica acknowledged within the WAIT bound (Sentinel).\n\
+                 # TYPE authgate_store_unreplicated_writes_total counter\n\
+                 authgate_store_unreplicated_writes_total {}",
+                self.failovers.load(Relaxed),
+                self.unreplicated.load(Relaxed)
+            );
+        }
         out.push_str("# HELP authgate_store_duration_seconds Latency of session store calls.\n");
         out.push_str("# TYPE authgate_store_duration_seconds histogram\n");
         self.latency

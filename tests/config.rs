@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use authgate::config::{
     BearerMode, Config, ConfigErrors, EnvOverrides, LogFormat, PathMatch, Policy, Preflight,
-    SameSite, StoreConfig, TokenEndpointAuth,
+    RedisTopology, SameSite, StoreConfig, TokenEndpointAuth,
 };
 use figment::providers::{Format, Toml};
 use figment::{Figment, Jail};
@@ -303,7 +303,7 @@ policy = "deny"
         assert_eq!(c.session.max_token_age, Some(Duration::from_secs(900)));
         match &c.session.store {
             StoreConfig::Redis {
-                url,
+                topology: RedisTopology::Single { url },
                 key_prefix,
                 timeout,
             } => {
@@ -311,7 +311,7 @@ policy = "deny"
                 assert_eq!(key_prefix, "ag:");
                 assert_eq!(*timeout, Duration::from_millis(250));
             }
-            StoreConfig::Memory => panic!("expected redis"),
+            _ => panic!("expected redis with redis_url"),
         }
         assert!(!c.headers.authorization_bearer);
         assert!(c.headers.email.is_none());
@@ -737,6 +737,133 @@ fn redis_store_needs_a_redis_url() {
 }
 
 #[test]
+fn redis_sentinel_and_cluster_topologies() {
+    let c = load_ok(&with(
+        "session",
+        "store = \"redis\"\nredis_sentinels = [\"redis://:s3cret@10.0.0.1:26379\", \"redis://10.0.0.2:26379\"]\nredis_sentinel_master = \"authgate\"",
+    ));
+    let StoreConfig::Redis {
+        topology: RedisTopology::Sentinel { sentinels, master },
+        ..
+    } = &c.session.store
+    else {
+        panic!("expected sentinel")
+    };
+    assert_eq!(master, "authgate");
+    assert_eq!(sentinels.len(), 2);
+    assert_eq!(sentinels[0].expose(), "redis://:s3cret@10.0.0.1:26379");
+    // Every URL redacted in `check` and in Debug output.
+    let out = c.redacted_toml();
+    assert!(
+        !out.contains("s3cret") && !out.contains("10.0.0.2"),
+        "{out}"
+    );
+    let parsed: toml::Table = toml::from_str(&out).unwrap_or_else(|e| panic!("{e}\n{out}"));
+    assert_eq!(
+        parsed["session"]["redis_sentinels"][1].as_str(),
+        Some("[redacted]")
+    );
+    assert_eq!(
+        parsed["session"]["redis_sentinel_master"].as_str(),
+        Some("authgate")
+    );
+    assert!(parsed["session"].get("redis_url").is_none());
+    assert!(!format!("{c:?}").contains("s3cret"));
+
+    let c = load_ok(&with(
+        "session",
+        "store = \"redis\"\nredis_cluster_nodes = [\"redis://:pw9@10.0.0.1:6379\", \"rediss://10.0.0.2:6379\"]",
+    ));
+    assert!(matches!(
+        &c.session.store,
+        StoreConfig::Redis { topology: RedisTopology::Cluster { nodes }, .. } if nodes.len() == 2
+    ));
+    let out = c.redacted_toml();
+    assert!(!out.contains("pw9"), "{out}");
+    let parsed: toml::Table = toml::from_str(&out).unwrap_or_else(|e| panic!("{e}\n{out}"));
+    assert_eq!(
+        parsed["session"]["redis_cluster_nodes"][0].as_str(),
+        Some("[redacted]")
+    );
+    assert!(!format!("{c:?}").contains("pw9"));
+}
+
+#[test]
+fn redis_topology_errors() {
+    // Two topologies at once.
+    let errors = load_err(&with(
+        "session",
+        "store = \"redis\"\nredis_url = \"redis://h\"\nredis_cluster_nodes = [\"redis://h2\"]",
+    ));
+    assert_error(&errors, "session.redis_url", "set only one of");
+    let errors = load_err(&with(
+        "session",
+        "store = \"redis\"\nredis_sentinels = [\"redis://h:26379\"]\nredis_sentinel_master = \"m\"\nredis_cluster_nodes = [\"redis://h2\"]",
+    ));
+    assert_error(&errors, "session.redis_sentinels", "set only one of");
+    // Sentinels without the master's name; a master name without Sentinels.
+    let errors = load_err(&with(
+        "session",
+        "store = \"redis\"\nredis_sentinels = [\"redis://h:26379\"]",
+    ));
+    assert_error(&errors, "session.redis_sentinel_master", "is required");
+    let errors = load_err(&with(
+        "session",
+        "store = \"redis\"\nredis_url = \"redis://h\"\nredis_sentinel_master = \"m\"",
+    ));
+    assert_error(&errors, "session.redis_sentinel_master", "only used with");
+    // A bad URL in a list: named by its index, its password never repeated.
+    let errors = load_err(&with(
+        "session",
+        "store = \"redis\"\nredis_cluster_nodes = [\"redis://h\", \"http://:pw7@h\"]",
+    ));
+    assert_error(
+        &errors,
+        "session.redis_cluster_nodes[1]",
+        "must start with redis://",
+    );
+    assert!(!errors.to_string().contains("pw7"));
+    // A Cluster's hash tags need a prefix without braces.
+    let errors = load_err(&with(
+        "session",
+        "store = \"redis\"\nredis_cluster_nodes = [\"redis://h\"]\nredis_key_prefix = \"{ag}:\"",
+    ));
+    assert_error(&errors, "session.redis_key_prefix", "must not contain {");
+}
+
+#[test]
+fn redis_url_lists_from_files() {
+    Jail::expect_with(|jail| {
+        jail.create_file("sentinels", "redis://:pw@s1:26379\n\nredis://s2:26379\n")?;
+        jail.create_file("nodes", "redis://n1:6379\n")?;
+        let base = with("session", "store = \"redis\"");
+        let toml = base.replace(
+            "store = \"redis\"",
+            "store = \"redis\"\nredis_sentinels_file = \"sentinels\"\nredis_sentinel_master = \"ag\"",
+        );
+        jail.create_file("gateway.toml", &toml)?;
+        let c = Config::load(Path::new("gateway.toml")).unwrap_or_else(|e| panic!("{e}"));
+        let StoreConfig::Redis {
+            topology: RedisTopology::Sentinel { sentinels, .. },
+            ..
+        } = &c.session.store
+        else {
+            panic!("expected sentinel")
+        };
+        assert_eq!(sentinels.len(), 2);
+        assert_eq!(sentinels[1].expose(), "redis://s2:26379");
+        let toml = base.replace(
+            "store = \"redis\"",
+            "store = \"redis\"\nredis_cluster_nodes_file = \"nodes\"\nredis_cluster_nodes = [\"redis://x\"]",
+        );
+        jail.create_file("gateway.toml", &toml)?;
+        let errors = Config::load(Path::new("gateway.toml")).unwrap_err();
+        assert_error(&errors, "session.redis_cluster_nodes", "not both");
+        Ok(())
+    });
+}
+
+#[test]
 fn tls_files_come_in_pairs_and_must_be_readable() {
     let errors = load_err(&with("server", "tls_cert_file = \"/tmp/x.crt\""));
     assert_error(
@@ -936,7 +1063,11 @@ fn secrets_from_files_are_trimmed() {
         );
         assert_eq!(c.session.cookie_secrets.len(), 2);
         assert_eq!(c.session.cookie_secrets[1].expose().len(), 40);
-        let StoreConfig::Redis { url, .. } = &c.session.store else {
+        let StoreConfig::Redis {
+            topology: RedisTopology::Single { url },
+            ..
+        } = &c.session.store
+        else {
             panic!("expected redis")
         };
         assert_eq!(url.expose(), "redis://:pw@redis:6379");

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use authgate::clock::{Clock, ClockHand};
-use authgate::config::HeadersConfig;
+use authgate::config::{HeadersConfig, RedisTopology};
 use authgate::secret::Secret;
 use authgate::session::identity::IdentityRules;
 use authgate::session::memory::{MAX_LOGOUT_MARKERS, MemoryOptions, MemoryStore};
@@ -18,7 +18,7 @@ use authgate::session::{
     Identity, Marker, Replaced, Session, SessionKey, SessionStore, Tokens, new_key, unix_now,
 };
 use support::eventually;
-use support::redis::RedisServer;
+use support::redis::{ClusterGroup, RedisServer, SentinelGroup};
 
 /// The memory store's idle timeout (whole seconds): its clock is moved, never slept on.
 const IDLE: Duration = Duration::from_secs(3);
@@ -343,7 +343,9 @@ fn redis_store_at(url: &str, secret_bytes: &[u8], lease: Duration) -> RedisStore
 
 fn redis_options(url: &str, lease: Duration) -> RedisOptions {
     RedisOptions {
-        url: Secret::new(url.to_owned()),
+        topology: RedisTopology::Single {
+            url: Secret::new(url.to_owned()),
+        },
         key_prefix: "test:".into(),
         timeout: Duration::from_secs(1),
         idle_timeout: REDIS_IDLE,
@@ -376,6 +378,86 @@ async fn redis_store_conformance() {
     let options = redis_options(&server.url(), Duration::from_secs(5));
     let store = RedisStore::with_clock(options, &secrets(&[1]), time.clock.clone()).unwrap();
     conformance(store, ABSOLUTE, REDIS_IDLE, &time).await;
+}
+
+/// The same suite against a master found through three Sentinels.
+#[tokio::test]
+async fn redis_sentinel_store_conformance() {
+    let group = SentinelGroup::start().await;
+    let time = Time::new(true);
+    let mut options = redis_options("redis://unused", Duration::from_secs(5));
+    options.topology = RedisTopology::Sentinel {
+        sentinels: group.sentinel_urls().into_iter().map(Secret::new).collect(),
+        master: SentinelGroup::NAME.into(),
+    };
+    let store = RedisStore::with_clock(options, &secrets(&[1]), time.clock.clone()).unwrap();
+    conformance(store, ABSOLUTE, REDIS_IDLE, &time).await;
+}
+
+/// The same suite against a three-master Redis Cluster (every multi-key call single-slot).
+#[tokio::test]
+async fn redis_cluster_store_conformance() {
+    let cluster = ClusterGroup::start().await;
+    let time = Time::new(true);
+    let store = cluster_store(&cluster, &[1], time.clock.clone());
+    conformance(store, ABSOLUTE, REDIS_IDLE, &time).await;
+}
+
+fn cluster_store(cluster: &ClusterGroup, secret_bytes: &[u8], clock: Clock) -> RedisStore {
+    let mut options = redis_options("redis://unused", Duration::from_secs(5));
+    options.topology = RedisTopology::Cluster {
+        nodes: cluster.urls().into_iter().map(Secret::new).collect(),
+    };
+    RedisStore::with_clock(options, &secrets(secret_bytes), clock).unwrap()
+}
+
+/// Cluster: a session's keys share one slot under every secret (so a rotated replica reads
+/// and moves it with one script), sessions spread over the nodes, and a back-channel logout
+/// by `sub` ends that user's sessions wherever they live.
+#[tokio::test]
+async fn redis_cluster_slots_rotation_and_logout_by_sub() {
+    let cluster = ClusterGroup::start().await;
+    let old = cluster_store(&cluster, &[1], Clock::system());
+    let rotated = cluster_store(&cluster, &[2, 1], Clock::system());
+    let keys: Vec<SessionKey> = (0..12).map(|_| new_key()).collect();
+    for (i, key) in keys.iter().enumerate() {
+        let user = if i % 2 == 0 { "alice" } else { "bob" };
+        old.save(
+            *key,
+            session(user, Some(&format!("sid-{i}")), &format!("t{i}")),
+        )
+        .await
+        .unwrap();
+    }
+    let mut nodes = std::collections::BTreeSet::new();
+    for key in &keys {
+        let (a, b) = (old.session_name(key), rotated.session_name(key));
+        assert_ne!(a, b);
+        let tag = |n: &str| n[n.find('{').unwrap()..=n.find('}').unwrap()].to_owned();
+        assert_eq!(tag(&a), tag(&b), "one slot under every secret");
+        assert_eq!(cluster.node_of(&a).await, cluster.node_of(&b).await);
+        nodes.insert(cluster.node_of(&a).await);
+    }
+    assert!(
+        nodes.len() >= 2,
+        "sessions spread over the nodes: {nodes:?}"
+    );
+    // Read (and moved) under the new secret.
+    for key in &keys {
+        assert!(rotated.load(key).await.unwrap().is_some());
+    }
+    rotated.delete_matching(None, Some("alice")).await.unwrap();
+    for (i, key) in keys.iter().enumerate() {
+        let alive = rotated.load_for_update(key).await.unwrap().is_some();
+        assert_eq!(alive, i % 2 == 1, "session {i}");
+    }
+    // By sid and sub together: only the session in both.
+    rotated
+        .delete_matching(Some("sid-1"), Some("bob"))
+        .await
+        .unwrap();
+    assert!(rotated.load_for_update(&keys[1]).await.unwrap().is_none());
+    assert!(rotated.load_for_update(&keys[3]).await.unwrap().is_some());
 }
 
 /// Two replicas: the lease is exclusive, kept alive past its nominal length while held, and
@@ -650,4 +732,51 @@ async fn store_errors_keep_their_cause_and_never_the_password() {
             "{chain}"
         );
     }
+}
+
+/// What `WAIT 1` costs a write on Sentinel: the same saves through the Sentinel topology
+/// (each waits for the replica) and through a plain `redis_url` to the same master (no
+/// wait). Prints the mean latency of each. Run: `cargo test --test session_store
+/// bench_sentinel_wait_cost -- --ignored --nocapture`.
+#[tokio::test]
+#[ignore = "measurement"]
+async fn bench_sentinel_wait_cost() {
+    let group = SentinelGroup::start().await;
+    let mut options = redis_options("redis://unused", Duration::from_secs(5));
+    options.topology = RedisTopology::Sentinel {
+        sentinels: group.sentinel_urls().into_iter().map(Secret::new).collect(),
+        master: SentinelGroup::NAME.into(),
+    };
+    let sentinel = RedisStore::new(options, &secrets(&[1])).unwrap();
+    let single = redis_store(&group.master, &[1], Duration::from_secs(5));
+    let n = 300;
+    for (label, store) in [
+        ("single (no WAIT)", &single),
+        ("sentinel (WAIT 1)", &sentinel),
+    ] {
+        store
+            .save(new_key(), session("w", None, "w"))
+            .await
+            .unwrap();
+        let started = Instant::now();
+        for i in 0..n {
+            store
+                .save(new_key(), session("w", None, &format!("w{i}")))
+                .await
+                .unwrap();
+        }
+        let each = started.elapsed() / n;
+        println!("{label:>18}: {n} sequential saves, {each:?} each");
+        // Concurrent: writes share WAITs (group commit).
+        let started = Instant::now();
+        let saves = (0..n).map(|i| store.save(new_key(), session("w", None, &format!("c{i}"))));
+        for r in futures_util::future::join_all(saves).await {
+            r.unwrap();
+        }
+        println!(
+            "{label:>18}: {n} concurrent saves in {:?}",
+            started.elapsed()
+        );
+    }
+    assert_eq!(sentinel.metrics().failovers(), 0);
 }

@@ -183,6 +183,14 @@ pub(crate) struct RawSession {
     #[serde(deserialize_with = "lenient::opt_string")]
     pub redis_url: Option<String>,
     pub redis_url_file: Option<String>,
+    #[serde(deserialize_with = "lenient::string_list")]
+    pub redis_sentinels: Vec<String>,
+    pub redis_sentinels_file: Option<String>,
+    #[serde(deserialize_with = "lenient::opt_string")]
+    pub redis_sentinel_master: Option<String>,
+    #[serde(deserialize_with = "lenient::string_list")]
+    pub redis_cluster_nodes: Vec<String>,
+    pub redis_cluster_nodes_file: Option<String>,
     pub redis_key_prefix: String,
     pub redis_timeout: String,
     pub login_timeout: String,
@@ -208,6 +216,11 @@ impl Default for RawSession {
             store: "memory".into(),
             redis_url: None,
             redis_url_file: None,
+            redis_sentinels: Vec::new(),
+            redis_sentinels_file: None,
+            redis_sentinel_master: None,
+            redis_cluster_nodes: Vec::new(),
+            redis_cluster_nodes_file: None,
             redis_key_prefix: "authgate:".into(),
             redis_timeout: "1s".into(),
             login_timeout: "10m".into(),

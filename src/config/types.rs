@@ -243,8 +243,9 @@ pub enum SameSite {
 pub enum StoreConfig {
     Memory,
     Redis {
-        #[serde(rename = "redis_url")]
-        url: Secret<String>,
+        /// One Redis, Sentinel or Cluster (each prints its own `redis_*` keys).
+        #[serde(flatten)]
+        topology: RedisTopology,
         #[serde(rename = "redis_key_prefix")]
         key_prefix: String,
         /// Bound on every Redis call (`session.redis_timeout`, default 1s): past it the store
@@ -252,6 +253,41 @@ pub enum StoreConfig {
         #[serde(rename = "redis_timeout", serialize_with = "ser::duration")]
         timeout: Duration,
     },
+}
+
+/// Where the Redis store lives. Every URL may carry a password: each is a [`Secret`].
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum RedisTopology {
+    /// `redis_url`: one Redis (or a fixed primary address).
+    Single {
+        #[serde(rename = "redis_url")]
+        url: Secret<String>,
+    },
+    /// `redis_sentinels` + `redis_sentinel_master`: the master those Sentinels name, followed
+    /// through failovers.
+    Sentinel {
+        #[serde(rename = "redis_sentinels")]
+        sentinels: Vec<Secret<String>>,
+        #[serde(rename = "redis_sentinel_master")]
+        master: String,
+    },
+    /// `redis_cluster_nodes`: seeds of a Redis/Valkey Cluster.
+    Cluster {
+        #[serde(rename = "redis_cluster_nodes")]
+        nodes: Vec<Secret<String>>,
+    },
+}
+
+impl RedisTopology {
+    /// `single`, `sentinel` or `cluster` (the metrics' label).
+    pub fn name(&self) -> &'static str {
+        match self {
+            RedisTopology::Single { .. } => "single",
+            RedisTopology::Sentinel { .. } => "sentinel",
+            RedisTopology::Cluster { .. } => "cluster",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -512,8 +512,9 @@ fn timeouts_agree(
     }
 }
 
-/// `memory`, or `redis` with a `redis://`/`rediss://` URL (inline or file; it may hold a
-/// password, so no message repeats it).
+/// `memory`, or `redis` with exactly one of a `redis://`/`rediss://` URL, a Sentinel list (+ the
+/// master's name) or a Cluster seed list (each inline or as a file; a URL may hold a password,
+/// so no message repeats it).
 fn store(raw: &RawSession, c: &mut Checker) -> Option<StoreConfig> {
     let kind = c.choice(
         "session.store",
@@ -525,24 +526,109 @@ fn store(raw: &RawSession, c: &mut Checker) -> Option<StoreConfig> {
         raw.redis_url.as_deref(),
         raw.redis_url_file.as_deref(),
     );
+    let sentinels = redis_urls(
+        "session.redis_sentinels",
+        &raw.redis_sentinels,
+        raw.redis_sentinels_file.as_deref(),
+        c,
+    );
+    let nodes = redis_urls(
+        "session.redis_cluster_nodes",
+        &raw.redis_cluster_nodes,
+        raw.redis_cluster_nodes_file.as_deref(),
+        c,
+    );
+    let master = non_empty(raw.redis_sentinel_master.as_deref()).map(|m| m.trim().to_owned());
     let timeout = c.duration("session.redis_timeout", &raw.redis_timeout, true);
     let url = match url? {
         Some(u) => Some(c.url("session.redis_url", &u, &["redis", "rediss"], true)?),
         None => None,
     };
-    match (kind?, url) {
-        (false, _) => Some(StoreConfig::Memory),
-        (true, Some(url)) => Some(StoreConfig::Redis {
-            url: Secret::new(url.to_string()),
-            key_prefix: raw.redis_key_prefix.clone(),
-            timeout: timeout?,
-        }),
-        (true, None) => {
-            let m = "is required when session.store = \"redis\" (or session.redis_url_file)";
-            c.error("session.redis_url", m);
-            None
-        }
+    let (sentinels, nodes) = (sentinels?, nodes?);
+    if !kind? {
+        return Some(StoreConfig::Memory);
     }
+    let set: Vec<&str> = [
+        (url.is_some(), "session.redis_url"),
+        (!sentinels.is_empty(), "session.redis_sentinels"),
+        (!nodes.is_empty(), "session.redis_cluster_nodes"),
+    ]
+    .into_iter()
+    .filter_map(|(set, key)| set.then_some(key))
+    .collect();
+    if set.len() > 1 {
+        let m = format!(
+            "set only one of {} (one Redis, Sentinel or Cluster)",
+            set.join(", ")
+        );
+        c.error(set[0], m);
+        return None;
+    }
+    if master.is_some() && sentinels.is_empty() {
+        let m = "is only used with session.redis_sentinels";
+        c.error("session.redis_sentinel_master", m);
+        return None;
+    }
+    let topology = if let Some(url) = url {
+        RedisTopology::Single {
+            url: Secret::new(url.to_string()),
+        }
+    } else if !sentinels.is_empty() {
+        let Some(master) = master else {
+            let m = "is required with session.redis_sentinels (the name the Sentinels monitor)";
+            c.error("session.redis_sentinel_master", m);
+            return None;
+        };
+        RedisTopology::Sentinel { sentinels, master }
+    } else if !nodes.is_empty() {
+        if raw.redis_key_prefix.contains(['{', '}']) {
+            let m = "must not contain { or } with session.redis_cluster_nodes (hash tags)";
+            c.error("session.redis_key_prefix", m);
+            return None;
+        }
+        RedisTopology::Cluster { nodes }
+    } else {
+        let m = "is required when session.store = \"redis\" (or session.redis_url_file, \
+                 session.redis_sentinels, session.redis_cluster_nodes)";
+        c.error("session.redis_url", m);
+        return None;
+    };
+    Some(StoreConfig::Redis {
+        topology,
+        key_prefix: raw.redis_key_prefix.clone(),
+        timeout: timeout?,
+    })
+}
+
+/// A list of `redis://`/`rediss://` URLs, inline or `<key>_file` (one a line, blank lines
+/// ignored); empty when neither is set.
+fn redis_urls(
+    key: &str,
+    inline: &[String],
+    file: Option<&str>,
+    c: &mut Checker,
+) -> Option<Vec<Secret<String>>> {
+    let (key, lines) = match (inline.is_empty(), non_empty(file)) {
+        (false, Some(_)) => {
+            c.error(key, format!("set either {key} or {key}_file, not both"));
+            return None;
+        }
+        (true, Some(path)) => {
+            let file_key = format!("{key}_file");
+            let contents = c.secret_file(&file_key, path)?;
+            (file_key, contents.lines().map(str::to_owned).collect())
+        }
+        (_, None) => (key.to_owned(), inline.to_vec()),
+    };
+    let urls: Vec<Option<Secret<String>>> = (lines.iter().map(|l| l.trim()))
+        .filter(|l| !l.is_empty())
+        .enumerate()
+        .map(|(i, line)| {
+            let url = c.url(&format!("{key}[{i}]"), line, &["redis", "rediss"], true)?;
+            Some(Secret::new(url.to_string()))
+        })
+        .collect();
+    urls.into_iter().collect()
 }
 
 // === headers ===

@@ -14,10 +14,10 @@
 use std::time::{Duration, Instant};
 
 use redis::Script;
-use redis::aio::ConnectionManager;
 use tokio::task::JoinHandle;
 
 use super::RedisStore;
+use super::conn::Conn;
 use crate::session::{RefreshLease, SessionKey, StoreError};
 
 const POLL: Duration = Duration::from_millis(50);
@@ -36,7 +36,7 @@ return 0";
 
 /// Holds the lease: renews it while alive, releases it when dropped.
 struct LeaseGuard {
-    conn: ConnectionManager,
+    conn: Conn,
     name: String,
     token: String,
     timeout: Duration,
@@ -72,7 +72,7 @@ impl RedisStore {
     /// Take the lease of `key`, waiting while another replica holds it.
     pub(super) async fn take_lease(&self, key: &SessionKey) -> Result<RefreshLease, StoreError> {
         let inner = &self.inner;
-        let name = format!("{}lease:{}", inner.opts.key_prefix, inner.session_hash(key));
+        let name = inner.session_key("lease", key, &inner.session_hash(key));
         let token = random_token();
         let lease_ms = millis(inner.opts.lease);
         let started = Instant::now();
@@ -80,8 +80,11 @@ impl RedisStore {
         loop {
             let mut set = redis::cmd("SET");
             set.arg(&name).arg(&token).arg("NX").arg("PX").arg(lease_ms);
-            let taken: Option<String> = self.query("SET NX (lease)", &set).await?;
+            let taken: Option<String> = self.query_durable("SET NX (lease)", &set).await?;
             if taken.is_some() {
+                // Sentinel: on a replica before the refresh starts, so a failover cannot
+                // hand a second replica the same session's lease.
+                self.replicated().await?;
                 break;
             }
             waited = true;
@@ -95,14 +98,14 @@ impl RedisStore {
             inner.metrics.lease_waited(started.elapsed(), true);
         }
         let renew = tokio::spawn(renew(
-            inner.conn.clone(),
+            inner.conn.durable(),
             name.clone(),
             token.clone(),
             inner.opts.lease,
             inner.opts.timeout,
         ));
         Ok(RefreshLease::guarded(Box::new(LeaseGuard {
-            conn: inner.conn.clone(),
+            conn: inner.conn.durable(),
             name,
             token,
             timeout: inner.opts.timeout,
@@ -112,13 +115,7 @@ impl RedisStore {
 }
 
 /// Extend the lease every lease/3 until aborted, or until it turns out not to be ours.
-async fn renew(
-    mut conn: ConnectionManager,
-    name: String,
-    token: String,
-    lease: Duration,
-    timeout: Duration,
-) {
+async fn renew(mut conn: Conn, name: String, token: String, lease: Duration, timeout: Duration) {
     let script = Script::new(RENEW);
     let every = lease / 3;
     loop {

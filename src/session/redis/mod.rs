@@ -27,10 +27,21 @@
 //!   `REPLACE` script, a compare-and-set on the exact sealed value it read, so a record
 //!   deleted (or rewritten) meanwhile is never written back, and nothing is ever written from
 //!   the local cache.
-//! - Multi-key scripts and pipelines assume one Redis (or a primary with replicas), not
-//!   Redis Cluster.
+//! - Topologies (`conn`): one Redis, a master found through Sentinel, or a Cluster. In a
+//!   Cluster every key of one session (record under every secret's name, refresh lease, and
+//!   so the refresh's result, which is the record) carries the hash tag `{<4 hex>}` of an
+//!   unkeyed hash of its id, the same under every secret: one slot, so the load and
+//!   compare-and-set scripts stay single-slot. The `sid:`/`sub:` indexes are keys of their
+//!   own (a user's index in that user's slot), written BEFORE the record (a failure leaves at
+//!   worst an index entry without a record, never a record the index misses), and read with
+//!   one `SMEMBERS` each: a back-channel logout by `sub` asks the one node holding that user's
+//!   index, whatever nodes the sessions live on. Markers have no tag (spread by their hash).
+//! - Sentinel: writes that must survive a failover (a new session, a refresh's result, a
+//!   refresh lease) are followed by `WAIT 1` on a connection of their own (see
+//!   [`Inner::replicated`]).
 
 pub(crate) mod codec;
+mod conn;
 mod lease;
 mod stash;
 
@@ -42,6 +53,9 @@ use std::time::{Duration, Instant};
 use moka::future::Cache;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Cmd, FromRedisValue, Pipeline, RedisResult, Script};
+use sha2::Digest;
+
+use self::conn::{Conn, SentinelConn};
 
 use super::admin::{Revoked, SessionInfo, Target};
 use super::identity::IdentityRules;
@@ -51,6 +65,7 @@ use super::{
     Versioned,
 };
 use crate::clock::Clock;
+use crate::config::RedisTopology;
 use crate::error::StoreSetupError;
 use crate::metrics::StoreMetrics;
 use crate::seal::Keyring;
@@ -60,6 +75,10 @@ use crate::secret::Secret;
 pub const CACHE_TTL: Duration = Duration::from_secs(1);
 /// Lifetime of an unrenewed refresh lease (a dead holder's lease is gone after this).
 pub const LEASE: Duration = Duration::from_secs(5);
+/// Sentinel: how long a write waits for one replica's acknowledgement (`WAIT 1`) at most
+/// (also at most half of `session.redis_timeout`). Past it the write stands, counted in
+/// `authgate_store_unreplicated_writes_total`: with the replica gone, sessions go on.
+pub const WAIT_REPLICA: Duration = Duration::from_millis(200);
 
 /// Load a record: the first of KEYS (candidate names, current secret first) that exists.
 /// Its TTL is reset to the idle timeout (ARGV[2] ms), capped at the deadline kept in the
@@ -105,8 +124,9 @@ end
 return 1";
 
 pub struct RedisOptions {
-    /// `redis://` or `rediss://`, with user and password when needed (a secret).
-    pub url: Secret<String>,
+    /// One Redis, Sentinel or Cluster; `redis://` or `rediss://` URLs, with user and
+    /// password when needed (secrets).
+    pub topology: RedisTopology,
     pub key_prefix: String,
     pub timeout: Duration,
     pub idle_timeout: Duration,
@@ -129,7 +149,16 @@ pub struct RedisStore {
 }
 
 struct Inner {
-    conn: ConnectionManager,
+    conn: Conn,
+    /// Cluster: session keys carry their slot's hash tag; index writes are separate calls.
+    cluster: bool,
+    /// Sentinel: `WAIT 1` after the writes that must survive a failover.
+    wait_replica: Option<Duration>,
+    /// The `WAIT`s, one at a time, shared by the writes they cover (see
+    /// [`RedisStore::replicated`]).
+    waits: tokio::sync::Mutex<()>,
+    waits_started: AtomicU64,
+    wait_log: std::sync::Mutex<WaitLog>,
     keys: Keyring,
     opts: RedisOptions,
     cache: Cache<SessionKey, Cached>,
@@ -143,6 +172,20 @@ struct Inner {
     deletions: AtomicU64,
     clock: Clock,
 }
+
+/// What the last `WAIT` found.
+#[derive(Default)]
+struct WaitLog {
+    /// The number of the last completed `WAIT` (in start order), and whether a replica
+    /// acknowledged it.
+    last: Option<(u64, bool)>,
+    /// No replica acknowledged lately: writes are not waited for until then.
+    no_replica_until: Option<Instant>,
+}
+
+/// After a `WAIT` no replica acknowledged, writes are not waited for during this long (the
+/// replica is down, or being resynchronised after a failover): no write pays the bound.
+const NO_REPLICA_BACKOFF: Duration = Duration::from_secs(5);
 
 /// A record in the local read cache, and until when it may answer (Unix milliseconds by the
 /// store's clock).
@@ -172,22 +215,57 @@ impl RedisStore {
             return Err(StoreSetupError::NoRuntime);
         }
         let keys = Keyring::new(secrets).ok_or(StoreSetupError::NoUsableSecret)?;
-        let url = opts.url.expose();
-        if url.starts_with("rediss:") {
+        let metrics = Arc::new(StoreMetrics::default());
+        metrics.set_topology(opts.topology.name());
+        let urls: Vec<String> = match &opts.topology {
+            RedisTopology::Single { url } => vec![url.expose().clone()],
+            RedisTopology::Sentinel { sentinels, .. } => {
+                sentinels.iter().map(|u| u.expose().clone()).collect()
+            }
+            RedisTopology::Cluster { nodes } => nodes.iter().map(|u| u.expose().clone()).collect(),
+        };
+        if urls.iter().any(|u| u.starts_with("rediss:")) {
             // redis builds its TLS config with `ClientConfig::builder()`, which needs the
             // process-wide provider: ring, the only one in the tree. Already set = fine.
             let _ = rustls::crypto::ring::default_provider().install_default();
         }
-        // The error may quote the URL (and its password): say only what is wrong.
-        let client =
-            redis::Client::open(url.as_str()).map_err(|e| StoreSetupError::InvalidUrl(e.kind()))?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(opts.timeout))
-            .set_response_timeout(Some(opts.timeout))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_millis(500));
-        let conn = ConnectionManager::new_lazy_with_config(client, config)
-            .map_err(StoreSetupError::Client)?;
+        // An error may quote the URL (and its password): say only what is wrong.
+        let invalid = |e: redis::RedisError| StoreSetupError::InvalidUrl(e.kind());
+        let timeout = opts.timeout;
+        let conn = match &opts.topology {
+            RedisTopology::Single { url } => {
+                let client = redis::Client::open(url.expose().as_str()).map_err(invalid)?;
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(timeout))
+                    .set_response_timeout(Some(timeout))
+                    .set_number_of_retries(2)
+                    .set_max_delay(Duration::from_millis(500));
+                Conn::Single(
+                    ConnectionManager::new_lazy_with_config(client, config)
+                        .map_err(StoreSetupError::Client)?,
+                )
+            }
+            RedisTopology::Sentinel { master, .. } => Conn::Sentinel(
+                SentinelConn::new(&urls, master, timeout, metrics.clone()).map_err(invalid)?,
+            ),
+            RedisTopology::Cluster { .. } => {
+                let client =
+                    redis::cluster::ClusterClient::builder(urls.iter().map(String::as_str))
+                        .connection_timeout(timeout)
+                        .response_timeout(timeout)
+                        .retries(2)
+                        .max_retry_wait(200)
+                        .build()
+                        .map_err(invalid)?;
+                let config = redis::cluster::ClusterConfig::new()
+                    .set_connection_timeout(timeout)
+                    .set_response_timeout(timeout);
+                Conn::Cluster(client.get_pending_async_connection_with_config(config))
+            }
+        };
+        let cluster = matches!(opts.topology, RedisTopology::Cluster { .. });
+        let wait_replica = matches!(opts.topology, RedisTopology::Sentinel { .. })
+            .then(|| WAIT_REPLICA.min(timeout / 2));
         let cache = Cache::builder()
             .max_capacity(opts.cache_capacity.max(1))
             .time_to_live(opts.cache_ttl)
@@ -195,10 +273,15 @@ impl RedisStore {
         Ok(RedisStore {
             inner: Arc::new(Inner {
                 conn,
+                cluster,
+                wait_replica,
+                waits: tokio::sync::Mutex::new(()),
+                waits_started: AtomicU64::new(0),
+                wait_log: std::sync::Mutex::new(WaitLog::default()),
                 keys,
                 opts,
                 cache,
-                metrics: Arc::new(StoreMetrics::default()),
+                metrics,
                 load: Script::new(LOAD),
                 replace: Script::new(REPLACE),
                 deletions: AtomicU64::new(0),
@@ -213,11 +296,8 @@ impl RedisStore {
 
     /// The current Redis key of a session (for tests and operators' tooling).
     pub fn session_name(&self, key: &SessionKey) -> String {
-        format!(
-            "{}s:{}",
-            self.inner.opts.key_prefix,
-            self.inner.session_hash(key)
-        )
+        self.inner
+            .session_key("s", key, &self.inner.session_hash(key))
     }
 
     /// Forget the local read cache (tests: what another replica would see).
@@ -346,6 +426,9 @@ impl RedisStore {
             }
             Err(_) => {
                 metrics.error(true);
+                if let Conn::Sentinel(s) = &self.inner.conn {
+                    s.timed_out();
+                }
                 Err(StoreError::Timeout {
                     what,
                     timeout: self.inner.opts.timeout,
@@ -372,6 +455,73 @@ impl RedisStore {
     ) -> Result<T, StoreError> {
         let mut conn = self.inner.conn.clone();
         self.run(what, pipe.query_async(&mut conn)).await
+    }
+
+    /// [`Self::query`] on the connection whose writes [`Self::replicated`] confirms.
+    async fn query_durable<T: FromRedisValue>(
+        &self,
+        what: &'static str,
+        cmd: &Cmd,
+    ) -> Result<T, StoreError> {
+        let mut conn = self.inner.conn.durable();
+        self.run(what, cmd.query_async(&mut conn)).await
+    }
+
+    /// Sentinel: wait (at most [`WAIT_REPLICA`]) until a replica holds every write made so
+    /// far on the durable connection, so a failover right after it promotes a replica that
+    /// has it. No replica in time: the write stands (counted), and for
+    /// [`NO_REPLICA_BACKOFF`] writes are not waited for. Other topologies: nothing.
+    ///
+    /// A `WAIT` blocks its connection on the server, so they run one at a time, and one that
+    /// started after a write completed covers it: writes that queued behind a `WAIT` share
+    /// the next one (a group commit), so a burst of writes costs two bounds at most.
+    pub(super) async fn replicated(&self) -> Result<(), StoreError> {
+        let inner = &self.inner;
+        let Some(bound) = inner.wait_replica else {
+            return Ok(());
+        };
+        let written_before = inner.waits_started.load(Ordering::SeqCst);
+        if lock(&inner.wait_log)
+            .no_replica_until
+            .is_some_and(|until| Instant::now() < until)
+        {
+            inner.metrics.unreplicated();
+            return Ok(());
+        }
+        let _one_at_a_time = inner.waits.lock().await;
+        let covered = lock(&inner.wait_log)
+            .last
+            .filter(|(n, _)| *n > written_before);
+        let acked = match covered {
+            Some((_, acked)) => acked,
+            None => {
+                let number = inner.waits_started.fetch_add(1, Ordering::SeqCst) + 1;
+                let mut wait = redis::cmd("WAIT");
+                wait.arg(1).arg(millis(bound));
+                let acked = self.query_durable::<i64>("WAIT", &wait).await? >= 1;
+                let mut log = lock(&inner.wait_log);
+                log.last = Some((number, acked));
+                log.no_replica_until = (!acked).then(|| Instant::now() + NO_REPLICA_BACKOFF);
+                acked
+            }
+        };
+        if !acked {
+            inner.metrics.unreplicated();
+        }
+        Ok(())
+    }
+
+    /// Cluster: add `name` to the session's index sets, each in its own slot (one call a set;
+    /// before the record is written, see the module doc).
+    async fn index_separately(&self, name: &str, session: &Session) -> Result<(), StoreError> {
+        let ttl = millis(self.inner.opts.absolute_timeout);
+        for set in self.inner.index_sets(session) {
+            let mut pipe = redis::pipe();
+            pipe.cmd("SADD").arg(&set).arg(name).ignore();
+            pipe.cmd("PEXPIRE").arg(&set).arg(ttl).ignore();
+            self.query_pipe::<()>("SADD (index)", &pipe).await?;
+        }
+        Ok(())
     }
 
     /// Read the record from Redis (never the local cache), with its version; resets its idle
@@ -468,6 +618,41 @@ impl RedisStore {
         self.query_pipe::<()>("DEL (logout)", &pipe).await
     }
 
+    /// Cluster: back-channel logout with the index sets of each secret in `groups` (a session
+    /// matches when it is in every set of a group), read with one `SMEMBERS` a set, since
+    /// each set lives in its own slot.
+    async fn delete_indexed_cluster(&self, groups: Vec<Vec<&String>>) -> Result<(), StoreError> {
+        let mut doomed: Vec<String> = Vec::new();
+        for sets in &groups {
+            let mut matching: Option<Vec<String>> = None;
+            for set in sets {
+                let mut members = redis::cmd("SMEMBERS");
+                members.arg(*set);
+                let found: Vec<String> = self.query("SMEMBERS", &members).await?;
+                matching = Some(match matching {
+                    None => found,
+                    Some(before) => before.into_iter().filter(|m| found.contains(m)).collect(),
+                });
+            }
+            doomed.extend(matching.unwrap_or_default());
+        }
+        if doomed.is_empty() {
+            return Ok(());
+        }
+        // One DEL a record (each in its own slot), then the index entries.
+        for name in &doomed {
+            let mut del = redis::cmd("DEL");
+            del.arg(name);
+            self.query::<()>("DEL (logout)", &del).await?;
+        }
+        for set in groups.iter().flatten() {
+            let mut srem = redis::cmd("SREM");
+            srem.arg(*set).arg(&doomed);
+            self.query::<()>("SREM (logout)", &srem).await?;
+        }
+        Ok(())
+    }
+
     /// The `REPLACE` script: `session` over the version `expected` read. On success, the new
     /// version too.
     async fn write_over(
@@ -485,6 +670,10 @@ impl RedisStore {
             // A version from another store: it cannot be this store's record.
             return Ok((Replaced::Changed, None));
         };
+        if !inner.session_names(key).contains(read_name) {
+            // Another session's record (in a Cluster, another slot): not this one's version.
+            return Ok((Replaced::Changed, None));
+        }
         let generation = inner.deletions.load(Ordering::SeqCst);
         let now = inner.clock.unix_now();
         let deadline = session.absolute_deadline(inner.opts.absolute_timeout);
@@ -496,23 +685,31 @@ impl RedisStore {
             .and_then(|plain| inner.keys.seal(&session_context(key), deadline, &plain))
             .ok_or(StoreError::Seal)?;
         let name = self.session_name(key);
+        if inner.cluster {
+            self.index_separately(&name, &session).await?;
+        }
         let mut invocation = inner.replace.prepare_invoke();
         invocation.key(read_name).key(&name);
-        for set in inner.index_sets(&session) {
-            invocation.key(set);
+        if !inner.cluster {
+            for set in inner.index_sets(&session) {
+                invocation.key(set);
+            }
         }
         invocation
             .arg(&read_value[..])
             .arg(&sealed)
             .arg(ttl)
             .arg(millis(inner.opts.absolute_timeout));
-        let mut conn = inner.conn.clone();
+        let mut conn = inner.conn.durable();
         let call = invocation.invoke_async::<i64>(&mut conn);
         let replaced = match self.run("replace", call).await? {
             1 => Replaced::Done,
             0 => Replaced::Gone,
             _ => Replaced::Changed,
         };
+        if replaced == Replaced::Done {
+            self.replicated().await?;
+        }
         if replaced != Replaced::Done {
             inner.cache.invalidate(key).await;
             return Ok((replaced, None));
@@ -533,12 +730,22 @@ impl Inner {
 
     /// The record's name under every secret, the current one first.
     fn session_names(&self, key: &SessionKey) -> Vec<String> {
-        let prefix = &self.opts.key_prefix;
         self.keys
             .names("session", key)
             .into_iter()
-            .map(|h| format!("{prefix}s:{h}"))
+            .map(|h| self.session_key("s", key, &h))
             .collect()
+    }
+
+    /// `<prefix><kind>:<hash>`; in a Cluster `<prefix>{<tag>}<kind>:<hash>`, the tag the same
+    /// for every key of the session under every secret (one slot).
+    fn session_key(&self, kind: &str, key: &SessionKey, hash: &str) -> String {
+        let prefix = &self.opts.key_prefix;
+        if self.cluster {
+            format!("{prefix}{{{}}}{kind}:{hash}", slot_tag(key))
+        } else {
+            format!("{prefix}{kind}:{hash}")
+        }
     }
 
     /// The key of a single-use marker. Not keyed by the cookie secrets (the id is already a
@@ -606,6 +813,15 @@ impl SessionStore for RedisStore {
             .and_then(|plain| inner.keys.seal(&session_context(&key), deadline, &plain))
             .ok_or(StoreError::Seal)?;
         let name = self.session_name(&key);
+        let generation = inner.deletions.load(Ordering::SeqCst);
+        if inner.cluster {
+            self.index_separately(&name, &session).await?;
+            let mut set = redis::cmd("SET");
+            set.arg(&name).arg(sealed).arg("PX").arg(ttl);
+            self.query_durable::<()>("save", &set).await?;
+            self.cache_insert(key, session, generation).await;
+            return Ok(());
+        }
         let index_ttl = millis(inner.opts.absolute_timeout);
         let mut pipe = redis::pipe();
         pipe.atomic();
@@ -619,8 +835,9 @@ impl SessionStore for RedisStore {
             pipe.cmd("SADD").arg(&set).arg(&name).ignore();
             pipe.cmd("PEXPIRE").arg(&set).arg(index_ttl).ignore();
         }
-        let generation = inner.deletions.load(Ordering::SeqCst);
-        self.query_pipe::<()>("save", &pipe).await?;
+        let mut conn = inner.conn.durable();
+        self.run("save", pipe.query_async::<()>(&mut conn)).await?;
+        self.replicated().await?;
         self.cache_insert(key, session, generation).await;
         Ok(())
     }
@@ -660,17 +877,23 @@ impl SessionStore for RedisStore {
         // Per secret: the sid set and/or the sub set; a session matches when it is in each.
         let sid_sets = sid.map(|s| inner.index_names("sid", s));
         let sub_sets = sub.map(|s| inner.index_names("sub", s));
-        let mut pipe = redis::pipe();
-        let mut fetched = Vec::new();
-        for i in 0..inner.keys.secrets() {
-            let sets: Vec<&String> = [&sid_sets, &sub_sets]
-                .into_iter()
-                .filter_map(|s| s.as_ref().and_then(|s| s.get(i)))
-                .collect();
-            pipe.cmd("SINTER").arg(&sets);
-            fetched.extend(sets);
-        }
-        let deleted = self.delete_indexed(pipe, fetched).await;
+        let groups: Vec<Vec<&String>> = (0..inner.keys.secrets())
+            .map(|i| {
+                [&sid_sets, &sub_sets]
+                    .into_iter()
+                    .filter_map(|s| s.as_ref().and_then(|s| s.get(i)))
+                    .collect()
+            })
+            .collect();
+        let deleted = if inner.cluster {
+            self.delete_indexed_cluster(groups).await
+        } else {
+            let mut pipe = redis::pipe();
+            for sets in &groups {
+                pipe.cmd("SINTER").arg(sets);
+            }
+            self.delete_indexed(pipe, groups.concat()).await
+        };
         // This replica's cache (even when Redis failed); the others' expire within CACHE_TTL.
         let cached: Vec<SessionKey> = (inner.cache.iter())
             .filter(|(_, c)| matches_logout(&c.session, sid, sub))
@@ -711,6 +934,22 @@ impl SessionStore for RedisStore {
             .await
             .is_ok()
     }
+}
+
+/// A session's Cluster hash tag: 4 hex digits of an unkeyed hash of its id (16 bits, enough
+/// to reach all 16384 slots; the same under every cookie secret, so a record read under an
+/// old secret's name shares the slot of its new name). It reveals 16 bits of a hash of a
+/// 128-bit random id, and nothing of the tokens.
+fn slot_tag(key: &SessionKey) -> String {
+    let digest = sha2::Sha256::new()
+        .chain_update(b"authgate slot\0")
+        .chain_update(key)
+        .finalize();
+    format!("{:02x}{:02x}", digest[0], digest[1])
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn session_context(key: &SessionKey) -> Vec<u8> {
