@@ -45,7 +45,8 @@ use moka::ops::compute::{CompResult, Op};
 use moka::policy::EvictionPolicy;
 
 use super::{
-    Marker, RefreshLease, Replaced, Session, SessionKey, SessionStore, StoreError, Versioned,
+    Marker, ProviderId, RefreshLease, Replaced, Session, SessionKey, SessionStore, StoreError,
+    Versioned,
 };
 use crate::clock::Clock;
 
@@ -208,6 +209,7 @@ impl SessionStore for MemoryStore {
 
     async fn delete_matching(
         &self,
+        provider: ProviderId,
         sid: Option<&str>,
         sub: Option<&str>,
     ) -> Result<(), StoreError> {
@@ -215,7 +217,7 @@ impl SessionStore for MemoryStore {
         let doomed: Vec<Arc<SessionKey>> = self
             .cache
             .iter()
-            .filter(|(_, s)| matches_logout(s, sid, sub))
+            .filter(|(_, s)| matches_logout(s, provider, sid, sub))
             .map(|(k, _)| k)
             .collect();
         for key in doomed {
@@ -266,8 +268,17 @@ impl SessionStore for MemoryStore {
 }
 
 /// Back-channel logout (OpenID Back-Channel Logout 1.0 section 2.4): with a `sid`, the
-/// sessions of that provider session; with only a `sub`, every session of that user.
-pub fn matches_logout(session: &Session, sid: Option<&str>, sub: Option<&str>) -> bool {
+/// sessions of that provider session; with only a `sub`, every session of that user. Only
+/// sessions of `provider`: a `sub` names a user at one provider.
+pub fn matches_logout(
+    session: &Session,
+    provider: ProviderId,
+    sid: Option<&str>,
+    sub: Option<&str>,
+) -> bool {
+    if session.provider != provider {
+        return false;
+    }
     let id = &session.identity;
     match (sid, sub) {
         (Some(sid), Some(sub)) => id.sid() == Some(sid) && id.sub() == sub,

@@ -49,6 +49,7 @@ use super::{
     Versioned,
 };
 use crate::clock::Clock;
+use crate::config::ProviderId;
 use crate::error::StoreSetupError;
 use crate::metrics::StoreMetrics;
 use crate::seal::Keyring;
@@ -390,7 +391,7 @@ impl RedisStore {
             return Ok((Replaced::Gone, None));
         }
         let ttl = millis(inner.opts.idle_timeout).min((deadline - now).saturating_mul(1000));
-        let sealed = codec::encode_session(&session)
+        let sealed = codec::encode_session(&session, &inner.opts.identity_rules)
             .and_then(|plain| inner.keys.seal(&session_context(key), deadline, &plain))
             .ok_or(StoreError::Seal)?;
         let name = self.session_name(key);
@@ -453,19 +454,30 @@ impl Inner {
             .into_iter()
             .flatten()
             .map(|(label, value)| {
-                let hash = self.keys.name(label, value.as_bytes());
+                let value = self.index_value(session.provider, value);
+                let hash = self.keys.name(label, &value);
                 format!("{}{label}:{hash}", self.opts.key_prefix)
             })
             .collect()
     }
 
-    fn index_names(&self, label: &str, value: &str) -> Vec<String> {
+    fn index_names(&self, provider: ProviderId, label: &str, value: &str) -> Vec<String> {
         let prefix = &self.opts.key_prefix;
         self.keys
-            .names(label, value.as_bytes())
+            .names(label, &self.index_value(provider, value))
             .into_iter()
             .map(|h| format!("{prefix}{label}:{h}"))
             .collect()
+    }
+
+    /// What an index set is named after: the `sid` or `sub` itself for `[oidc]` (as before
+    /// several providers), `NUL NAME NUL value` for a `[providers.NAME]` (a `sub` names a
+    /// user at one provider; no value holds a NUL byte before a name, so none collide).
+    fn index_value(&self, provider: ProviderId, value: &str) -> Vec<u8> {
+        match self.opts.identity_rules.provider_name(provider) {
+            None => value.as_bytes().to_vec(),
+            Some(name) => [b"\0", name.as_bytes(), b"\0", value.as_bytes()].concat(),
+        }
     }
 
     fn open_session(&self, key: &SessionKey, sealed: &[u8]) -> Option<Session> {
@@ -500,7 +512,7 @@ impl SessionStore for RedisStore {
             return self.delete(&key).await;
         }
         let ttl = millis(inner.opts.idle_timeout).min((deadline - now).saturating_mul(1000));
-        let sealed = codec::encode_session(&session)
+        let sealed = codec::encode_session(&session, &inner.opts.identity_rules)
             .and_then(|plain| inner.keys.seal(&session_context(&key), deadline, &plain))
             .ok_or(StoreError::Seal)?;
         let name = self.session_name(&key);
@@ -548,6 +560,7 @@ impl SessionStore for RedisStore {
 
     async fn delete_matching(
         &self,
+        provider: ProviderId,
         sid: Option<&str>,
         sub: Option<&str>,
     ) -> Result<(), StoreError> {
@@ -556,8 +569,8 @@ impl SessionStore for RedisStore {
             return Ok(());
         }
         // Per secret: the sid set and/or the sub set; a session matches when it is in each.
-        let sid_sets = sid.map(|s| inner.index_names("sid", s));
-        let sub_sets = sub.map(|s| inner.index_names("sub", s));
+        let sid_sets = sid.map(|s| inner.index_names(provider, "sid", s));
+        let sub_sets = sub.map(|s| inner.index_names(provider, "sub", s));
         let mut pipe = redis::pipe();
         let mut fetched = Vec::new();
         for i in 0..inner.keys.secrets() {
@@ -571,7 +584,7 @@ impl SessionStore for RedisStore {
         let deleted = self.delete_indexed(pipe, fetched).await;
         // This replica's cache (even when Redis failed); the others' expire within CACHE_TTL.
         let cached: Vec<SessionKey> = (inner.cache.iter())
-            .filter(|(_, c)| matches_logout(&c.session, sid, sub))
+            .filter(|(_, c)| matches_logout(&c.session, provider, sid, sub))
             .map(|(k, _)| *k)
             .collect();
         self.forget_locally(cached).await;
