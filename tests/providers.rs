@@ -195,11 +195,15 @@ async fn start_names_a_configured_provider_and_callbacks_exist_per_provider() {
 /// delivered to B's callback is refused before it is redeemed anywhere.
 #[tokio::test]
 async fn a_code_of_a_at_bs_callback_is_refused_before_any_redemption() {
-    let (h, partners) = start().await;
-    h.idp.controls().set_response_iss(ResponseIss::Omit);
-    h.idp.controls().set_advertise_response_iss(false);
-    partners.controls().set_response_iss(ResponseIss::Omit);
+    // B does not advertise RFC 9207 (in the discovery the gateway reads at start), and A's
+    // response carries no `iss`: the binding of the state to A is the only defence left.
+    let partners = partners_idp().await;
     partners.controls().set_advertise_response_iss(false);
+    let h = Harness::builder()
+        .config(&partners_config(&partners))
+        .start()
+        .await;
+    h.idp.controls().set_response_iss(ResponseIss::Omit);
     let client = h.client();
     let callback = callback_from(&client, &h.idp, h.at("/oauth2/start"), "alice").await;
     let query = callback.split_once('?').unwrap().1.to_owned();
