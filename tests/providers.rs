@@ -395,6 +395,54 @@ async fn redis_records_carry_the_provider() {
     idp.shutdown();
 }
 
+/// `/readyz` waits for every provider; the failures of each are counted under its name.
+#[tokio::test]
+async fn readiness_waits_for_every_provider() {
+    let partners = partners_idp().await;
+    partners.controls().set_discovery_unavailable(true);
+    let h = Harness::builder()
+        .config(&partners_config(&partners))
+        .no_wait_ready()
+        .start()
+        .await;
+    let failed = support::eventually(Duration::from_secs(10), || async {
+        let text = h.metrics().await;
+        support::metric(
+            &text,
+            "authgate_provider_failures_total{kind=\"discovery\",provider=\"partners\"}",
+        )
+        .is_some_and(|n| n >= 1.0)
+    })
+    .await;
+    assert!(failed, "the partners provider's failures are counted");
+    let readyz = support::bare_client()
+        .get(h.at("/readyz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(readyz.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let text = h.metrics().await;
+    assert_eq!(
+        support::metric(
+            &text,
+            "authgate_provider_failures_total{kind=\"discovery\",provider=\"default\"}"
+        ),
+        Some(0.0)
+    );
+    partners.controls().set_discovery_unavailable(false);
+    let ready = support::eventually(Duration::from_secs(10), || async {
+        let r = support::bare_client()
+            .get(h.at("/readyz"))
+            .send()
+            .await
+            .unwrap();
+        r.status() == StatusCode::OK
+    })
+    .await;
+    assert!(ready, "ready once the partners provider is discovered");
+    partners.shutdown();
+}
+
 fn config_error(extra: &str) -> String {
     let base = r#"
         [server]
