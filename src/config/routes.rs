@@ -15,6 +15,10 @@ use super::types::{
 /// Metrics labels no route may take: the route of no match, and the built-in endpoints'.
 const RESERVED_NAMES: &[&str] = &["default"];
 
+/// A `[providers.NAME]` as routes see it: its name, and its `resource` (`None` where its
+/// section failed).
+pub(crate) type KnownProvider<'a> = (&'a str, Option<&'a [String]>);
+
 /// What a route may name, each `None` when its section failed (a route's key naming it is
 /// then not judged: the section's own errors are reported).
 pub(crate) struct Known<'a> {
@@ -24,7 +28,7 @@ pub(crate) struct Known<'a> {
     pub upstreams: Option<&'a [&'a str]>,
     /// The names of `[providers.NAME]` in name order, each with its `resource` (`None` where
     /// that provider's section failed).
-    pub providers: Option<&'a [(&'a str, Option<&'a [String]>)]>,
+    pub providers: Option<&'a [KnownProvider<'a>]>,
 }
 
 pub(crate) fn routes(
@@ -287,7 +291,7 @@ fn route_upstream(
 /// The route's `provider`: its name and id; `(None, DEFAULT)` for `[oidc]`.
 fn route_provider(
     raw: &RawRoute,
-    providers: Option<&[(&str, Option<&[String]>)]>,
+    providers: Option<&[KnownProvider<'_>]>,
     key: &str,
     c: &mut Checker,
 ) -> Option<(Option<String>, ProviderId)> {

@@ -23,8 +23,8 @@ pub(crate) fn validate(raw: &RawConfig, c: &mut Checker) -> Option<Config> {
     let session = raw.session.as_ref().and_then(|s| session(s, c));
     let headers = raw.headers.as_ref().and_then(|h| headers(h, c));
     // By provider id: `[oidc]`, then each `[providers.NAME]` (`None` where it failed).
-    let provider_names: Option<Vec<(&str, Option<&[String]>)>> =
-        (raw.providers.as_ref()).map(|p| {
+    let provider_names: Option<Vec<super::routes::KnownProvider<'_>>> = (raw.providers.as_ref())
+        .map(|p| {
             (p.iter())
                 .map(|(name, section)| {
                     (
@@ -361,7 +361,7 @@ fn distinct_clients(oidc: &OidcConfig, providers: &[(String, OidcConfig)], c: &m
             .find(|(i, id, _)| *i == issuer && *id == p.client_id)
         {
             c.error(
-                &format!("providers.{name}"),
+                format!("providers.{name}"),
                 format!(
                     "has the issuer and client_id of {other}: each provider must be another client"
                 ),
