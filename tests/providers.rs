@@ -462,6 +462,38 @@ fn config_error(extra: &str) -> String {
     }
 }
 
+/// `authgate check` prints every provider, its secret redacted, and each route's provider.
+#[test]
+fn check_prints_providers_with_secrets_redacted() {
+    let toml = r#"
+        [server]
+        public_url = "https://gw.example"
+        [upstream]
+        url = "http://127.0.0.1:9"
+        [oidc]
+        issuer = "https://a.example"
+        client_id = "gw"
+        [providers.partners]
+        issuer = "https://b.example"
+        client_id = "gw"
+        client_secret = "partner-secret-value"
+        [session]
+        cookie_secrets = ["AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE="]
+        [[route]]
+        path = "/p"
+        provider = "partners"
+    "#;
+    let config = Config::from_figment(Figment::from(Toml::string(toml))).unwrap();
+    let printed = config.redacted_toml();
+    assert!(!printed.contains("partner-secret-value"), "{printed}");
+    assert!(printed.contains("[providers.partners]"), "{printed}");
+    assert!(printed.contains("provider = \"partners\""), "{printed}");
+    assert_eq!(
+        config.routes[0].provider_id,
+        authgate::config::ProviderId(1)
+    );
+}
+
 #[test]
 fn configuration_errors_name_the_provider() {
     let e = config_error(

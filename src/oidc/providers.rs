@@ -79,17 +79,12 @@ impl Providers {
         self.all.iter().all(|p| p.is_ready())
     }
 
-    /// Discover every provider, each retried until it works (see
-    /// [`Oidc::discover_until_ready`]); resolves when all are discovered.
+    /// Discover every provider, concurrently, each retried until it works (see
+    /// [`Oidc::discover_until_ready`]); resolves when all are discovered. One future, not
+    /// tasks: aborting it (shutdown) stops every retry.
     pub async fn discover_until_ready(self: Arc<Self>) {
-        let each = self
-            .all
-            .iter()
-            .map(|p| tokio::spawn(p.clone().discover_until_ready()));
-        let tasks: Vec<_> = each.collect();
-        for task in tasks {
-            let _ = task.await;
-        }
+        let each = self.all.iter().map(|p| p.clone().discover_until_ready());
+        futures_util::future::join_all(each).await;
     }
 
     /// The providers a logout token may come from, by the `iss` and `aud` it claims (read
