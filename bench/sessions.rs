@@ -207,6 +207,7 @@ fn session(identity: Arc<Identity>, rng: &mut Rng, now: u64) -> Option<Session> 
         login_at: now,
         backoff: None,
         last_seen: Default::default(),
+        provider: Default::default(),
     })
 }
 

@@ -103,7 +103,7 @@ static FIXTURE: LazyLock<Fixture> = LazyLock::new(|| {
     let public_url = config.server.public_url.clone();
     Fixture {
         public_url: public_url.clone(),
-        routes: RouteTable::new(&config.routes, &config.oidc.resource, &[]),
+        routes: RouteTable::new(&config.routes, &config.provider_resources(), &[]),
         inbound: InboundHeaders::new(rules.claim_headers(), &config.server.strip_request_headers),
         cookie: CookieCodec::new(&config.session),
         logins: crate::login::Logins::new(&config.session, &public_url, store, Clock::system()),
@@ -458,10 +458,11 @@ pub fn jwt_claims(data: &[u8]) {
 pub fn redis_record(data: &[u8]) {
     let fixture = &*FIXTURE;
     if let Some(session) = redis::codec::decode_session(data, &fixture.rules) {
-        let encoded = redis::codec::encode_session(&session).expect("a decoded record encodes");
+        let encoded = redis::codec::encode_session(&session, &fixture.rules)
+            .expect("a decoded record encodes");
         let again = redis::codec::decode_session(&encoded, &fixture.rules)
             .expect("an encoded record decodes");
-        let twice = redis::codec::encode_session(&again).expect("re-encodes");
+        let twice = redis::codec::encode_session(&again, &fixture.rules).expect("re-encodes");
         assert_eq!(encoded, twice, "the round trip is not stable");
         let sealed = fixture.keyring.seal(b"ctx", 7, &encoded).unwrap();
         assert_eq!(fixture.keyring.open(b"ctx", &sealed), Some((encoded, 7)));

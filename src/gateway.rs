@@ -31,7 +31,7 @@ use crate::host::RequestHost;
 use crate::login::Logins;
 use crate::login::preserve::{self, FormPost, Preserved};
 use crate::metrics::{Decision, Metrics, RouteId};
-use crate::oidc::Oidc;
+use crate::oidc::Providers;
 use crate::policy::{Route, RouteTable, path::normalize_path};
 use crate::proxy::Body;
 use crate::proxy::{ProxyError, TunnelEnd, Upstreams, wants_upgrade};
@@ -57,7 +57,7 @@ pub struct Gateway {
     logins: Arc<Logins>,
     preserved: Arc<Preserved>,
     upstreams: Arc<Upstreams>,
-    oidc: Arc<Oidc>,
+    providers: Arc<Providers>,
     rules: Arc<IdentityRules>,
     metrics: Arc<Metrics>,
     /// Client connections of the main listener.
@@ -102,14 +102,14 @@ impl Gateway {
     pub fn new(
         cfg: Arc<Config>,
         store: Arc<Store>,
-        oidc: Arc<Oidc>,
+        providers: Arc<Providers>,
         upstreams: Upstreams,
         rules: Arc<IdentityRules>,
         clock: Clock,
     ) -> Arc<Self> {
         let routes = Arc::new(RouteTable::new(
             &cfg.routes,
-            &cfg.oidc.resource,
+            &cfg.provider_resources(),
             &upstreams.names(),
         ));
         let labels: Vec<String> = routes
@@ -121,7 +121,7 @@ impl Gateway {
             Metrics::new(labels.iter().map(String::as_str)).with_upstreams(upstreams.names()),
         );
         let refresher = Arc::new(Refresher::new(
-            oidc.clone(),
+            providers.clone(),
             store.clone(),
             metrics.clone(),
             rules.clone(),
@@ -134,7 +134,7 @@ impl Gateway {
             &cfg,
             sessions.clone(),
             refresher,
-            oidc.clone(),
+            providers.clone(),
             rules.clone(),
             metrics.clone(),
             clock.clone(),
@@ -159,7 +159,7 @@ impl Gateway {
                 clock.clone(),
             )),
             forwarded_proto: cfg.server.forwarded_proto,
-            oidc: oidc.clone(),
+            providers: providers.clone(),
             identities: rules.clone(),
             metrics: metrics.clone(),
             upstreams: Arc::new(upstreams),
@@ -176,7 +176,7 @@ impl Gateway {
             logins: shared.logins,
             preserved: shared.preserved,
             upstreams: shared.upstreams,
-            oidc,
+            providers,
             rules,
             metrics,
             connections: shared.connections,
@@ -191,14 +191,19 @@ impl Gateway {
         &self.server
     }
 
-    /// The provider client (`serve_gateway` runs its discovery).
-    pub fn oidc(&self) -> &Arc<Oidc> {
-        &self.oidc
+    /// The default provider's client.
+    pub fn oidc(&self) -> &Arc<crate::oidc::Oidc> {
+        self.providers.default_provider()
     }
 
-    /// Whether the provider has been discovered.
+    /// Every provider (`serve_gateway` runs their discovery).
+    pub fn providers(&self) -> &Arc<Providers> {
+        &self.providers
+    }
+
+    /// Whether every provider has been discovered.
     pub fn is_ready(&self) -> bool {
-        self.oidc.is_ready()
+        self.providers.is_ready()
     }
 
     /// The session store (read-only use: tests and benchmarks peek at records).

@@ -53,7 +53,7 @@ use crate::clock::Clock;
 use crate::config::{Config, StoreConfig};
 use crate::error::StartupError;
 use crate::gateway::Gateway;
-use crate::oidc::Oidc;
+use crate::oidc::Providers;
 use crate::proxy::Upstreams;
 use crate::session::Store;
 use crate::session::identity::IdentityRules;
@@ -102,17 +102,12 @@ pub fn build_with(config: Config, clock: Clock) -> Result<Arc<Gateway>, StartupE
             Store::Redis(store.map_err(StartupError::Store)?)
         }
     };
-    let oidc = Oidc::new(
-        &config.oidc,
-        &config.server.public_url,
-        config.session.max_token_age,
-    )?
-    .with_clock(clock.clone());
+    let providers = Providers::for_config(&config, clock.clone())?;
     let upstream = Upstreams::new(&config.upstream, &config.upstreams)?;
     Ok(Gateway::new(
         config,
         Arc::new(store),
-        Arc::new(oidc),
+        Arc::new(providers),
         upstream,
         rules,
         clock,
@@ -162,7 +157,7 @@ pub async fn serve_gateway(
         )),
         _ => None,
     };
-    let discovery = tokio::spawn(gateway.oidc().clone().discover_until_ready());
+    let discovery = tokio::spawn(gateway.providers().clone().discover_until_ready());
     let (stop_tx, stop_rx) = watch::channel(false);
     let metrics_task = metrics_listener.map(|listener| {
         let handler = Arc::new(gateway.metrics_only());

@@ -92,12 +92,20 @@ pub fn file_errors(config: &Config) -> Vec<Finding> {
 /// Settings that are valid but almost certainly a mistake.
 pub fn warnings(config: &Config) -> Vec<Finding> {
     let mut out = Vec::new();
-    for (key, _) in &config.oidc.extra_auth_params {
-        if PROTOCOL_PARAMS.contains(&key.as_str()) {
-            out.push(finding(
-                format!("oidc.extra_auth_params.{key}"),
-                format!("`{key}` is set by the gateway itself (the login flow owns it); remove it"),
-            ));
+    for (_, name, oidc) in config.provider_configs() {
+        let section = match name {
+            Some(name) => format!("providers.{name}"),
+            None => "oidc".to_owned(),
+        };
+        for (key, _) in &oidc.extra_auth_params {
+            if PROTOCOL_PARAMS.contains(&key.as_str()) {
+                out.push(finding(
+                    format!("{section}.extra_auth_params.{key}"),
+                    format!(
+                        "`{key}` is set by the gateway itself (the login flow owns it); remove it"
+                    ),
+                ));
+            }
         }
     }
     if config.session.cookie_samesite == SameSite::Strict {

@@ -56,8 +56,10 @@ pub const MAX_BYTES_PER_BROWSER: usize = 4096;
 const MAX_SCANNED: usize = 16;
 /// Characters of the tag that ends a login cookie's name.
 const TAG_LEN: usize = 12;
-/// Associated data of every sealed login: a login seal opens as nothing else.
-const CONTEXT: &[u8] = b"authgate login cookie v1";
+/// Associated data of every sealed login: a login seal opens as nothing else. v2 holds the
+/// provider the login was started at; v1 (before several providers) opens as `[oidc]`'s.
+const CONTEXT: &[u8] = b"authgate login cookie v2";
+const CONTEXT_V1: &[u8] = b"authgate login cookie v1";
 const TAG_CONTEXT: &[u8] = b"authgate login cookie name v1\0";
 /// Context of a used state's single-use marker: no other marker has this id.
 const USED_CONTEXT: &[u8] = b"authgate used login state v1\0";
@@ -68,10 +70,15 @@ pub struct PendingLogin {
     pub nonce: String,
     pub pkce_verifier: String,
     pub landing: SafeRedirect,
+    /// The `[providers.NAME]` the login was started at (`None`: `[oidc]`): only that
+    /// provider's callback may finish it.
+    pub provider: Option<String>,
 }
 
 pub struct Logins {
     sealed: Sealed,
+    /// Opens login cookies sealed before the provider was part of them.
+    sealed_v1: Sealed,
     /// Where used states are marked.
     store: Arc<Store>,
     /// `<cookie_name>_login`: the binding cookie of earlier versions, and the prefix of ours.
@@ -101,6 +108,7 @@ impl Logins {
         let legacy_name = format!("{}_login", cfg.cookie_name);
         Logins {
             sealed: Sealed::login_cookies(&cfg.cookie_secrets, CONTEXT),
+            sealed_v1: Sealed::login_cookies(&cfg.cookie_secrets, CONTEXT_V1),
             store,
             prefix: format!("{legacy_name}_"),
             legacy_name,
@@ -252,11 +260,20 @@ impl Logins {
         if value.len() > MAX_BYTES_PER_BROWSER {
             return None;
         }
-        let (plain, deadline) = self.sealed.open(value)?;
+        let (plain, deadline, current) = match self.sealed.open(value) {
+            Some((plain, deadline)) => (plain, deadline, true),
+            None => {
+                let (plain, deadline) = self.sealed_v1.open(value)?;
+                (plain, deadline, false)
+            }
+        };
         if deadline <= self.clock.unix_now() {
             return None;
         }
-        decode(&plain, &self.public_url, &self.redirect_hosts)
+        match current {
+            true => decode(&plain, &self.public_url, &self.redirect_hosts),
+            false => decode_v1(&plain, &self.public_url, &self.redirect_hosts),
+        }
     }
 
     fn clear(&self, name: &str) -> Option<HeaderValue> {
@@ -296,15 +313,20 @@ fn used_marker(state: &str) -> Marker {
     }
 }
 
-/// `[started: u64 BE][len][state][len][nonce][len][verifier][landing]`: short, so that the
-/// cookie is.
+/// `[started: u64 BE][len][state][len][nonce][len][verifier][len][provider][landing]`
+/// (provider empty for `[oidc]`): short, so that the cookie is.
 fn encode(login: &PendingLogin, started: u64) -> Option<Vec<u8>> {
     let landing = login.landing.as_str();
+    let provider = login.provider.as_deref().unwrap_or_default();
     let mut out = Vec::with_capacity(
-        11 + login.state.len() + login.nonce.len() + login.pkce_verifier.len() + landing.len(),
+        12 + login.state.len()
+            + login.nonce.len()
+            + login.pkce_verifier.len()
+            + provider.len()
+            + landing.len(),
     );
     out.extend_from_slice(&started.to_be_bytes());
-    for field in [&login.state, &login.nonce, &login.pkce_verifier] {
+    for field in [&login.state, &login.nonce, &login.pkce_verifier, provider] {
         out.push(u8::try_from(field.len()).ok()?);
         out.extend_from_slice(field.as_bytes());
     }
@@ -319,6 +341,20 @@ pub(crate) fn decode(
     public_url: &Url,
     hosts: &[String],
 ) -> Option<(PendingLogin, u64)> {
+    decode_fields(bytes, public_url, hosts, true)
+}
+
+/// A login sealed before the provider was part of it: `[oidc]`'s.
+fn decode_v1(bytes: &[u8], public_url: &Url, hosts: &[String]) -> Option<(PendingLogin, u64)> {
+    decode_fields(bytes, public_url, hosts, false)
+}
+
+fn decode_fields(
+    bytes: &[u8],
+    public_url: &Url,
+    hosts: &[String],
+    with_provider: bool,
+) -> Option<(PendingLogin, u64)> {
     let (started, mut bytes) = bytes.split_first_chunk::<8>()?;
     let mut field = || {
         let (len, rest) = bytes.split_first()?;
@@ -327,12 +363,17 @@ pub(crate) fn decode(
         String::from_utf8(value.to_vec()).ok()
     };
     let (state, nonce, pkce_verifier) = (field()?, field()?, field()?);
+    let provider = match with_provider {
+        true => Some(field()?).filter(|p| !p.is_empty()),
+        false => None,
+    };
     let landing = std::str::from_utf8(bytes).ok()?;
     let login = PendingLogin {
         state,
         nonce,
         pkce_verifier,
         landing: SafeRedirect::parse_allowing(landing, public_url, hosts),
+        provider,
     };
     Some((login, u64::from_be_bytes(*started)))
 }
@@ -381,6 +422,7 @@ mod tests {
             nonce: format!("nonce-{state}"),
             pkce_verifier: format!("verifier-{state}"),
             landing: SafeRedirect::parse(landing, &public),
+            provider: None,
         }
     }
 
@@ -515,6 +557,38 @@ mod tests {
         assert_eq!(lines.len(), 3, "{lines:?}");
         assert!(lines[0].starts_with("ag_login_junk12345678=; Max-Age=0"));
         assert!(lines[1].starts_with("ag_login_old456789012=; Max-Age=0"));
+    }
+
+    /// The provider a login was started at is sealed with it; a cookie sealed before
+    /// providers were part of it opens as `[oidc]`'s.
+    #[test]
+    fn the_provider_is_sealed_with_the_login() {
+        let l = logins(&[1]);
+        let mut cookies = Vec::new();
+        let mut partner = login("s", "/p");
+        partner.provider = Some("partners".into());
+        let headers = jar(&mut cookies, &l.begin(&HeaderMap::new(), &partner).unwrap());
+        let found = l.find(&headers, "s").unwrap();
+        assert_eq!(found.provider.as_deref(), Some("partners"));
+        let headers = jar(
+            &mut Vec::new(),
+            &l.begin(&HeaderMap::new(), &login("d", "/")).unwrap(),
+        );
+        assert_eq!(l.find(&headers, "d").unwrap().provider, None);
+        // v1: `[started][state][nonce][verifier][landing]` under the v1 context.
+        let mut plain = 1u64.to_be_bytes().to_vec();
+        for field in ["old", "n", "v"] {
+            plain.push(field.len() as u8);
+            plain.extend_from_slice(field.as_bytes());
+        }
+        plain.extend_from_slice(b"/landing");
+        let deadline = l.clock.unix_now() + 60;
+        let value = l.sealed_v1.seal(deadline, &plain).unwrap();
+        let mut headers = HeaderMap::new();
+        let cookie = format!("{}={value}", l.name_for("old"));
+        headers.insert(COOKIE, HeaderValue::from_str(&cookie).unwrap());
+        let old = l.find(&headers, "old").unwrap();
+        assert_eq!((old.provider, old.landing.as_str()), (None, "/landing"));
     }
 
     #[test]

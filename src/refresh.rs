@@ -29,7 +29,7 @@ use crate::clock::Clock;
 use crate::error::Chain;
 use crate::logging::log_safe;
 use crate::metrics::{Metrics, RefreshOutcome};
-use crate::oidc::Oidc;
+use crate::oidc::Providers;
 use crate::oidc::flows::{RefreshError, TokenSet};
 use crate::session::identity::IdentityRules;
 use crate::session::{
@@ -68,7 +68,7 @@ pub enum Stall {
 type Flight = Shared<BoxFuture<'static, Fresh>>;
 
 pub struct Refresher {
-    oidc: Arc<Oidc>,
+    providers: Arc<Providers>,
     store: Arc<Store>,
     metrics: Arc<Metrics>,
     rules: Arc<IdentityRules>,
@@ -79,7 +79,7 @@ pub struct Refresher {
 
 impl Refresher {
     pub fn new(
-        oidc: Arc<Oidc>,
+        providers: Arc<Providers>,
         store: Arc<Store>,
         metrics: Arc<Metrics>,
         rules: Arc<IdentityRules>,
@@ -87,7 +87,7 @@ impl Refresher {
         clock: Clock,
     ) -> Self {
         Refresher {
-            oidc,
+            providers,
             store,
             metrics,
             rules,
@@ -192,11 +192,12 @@ impl Refresher {
         let Some(refresh_token) = session.tokens.refresh_token.as_deref() else {
             return Fresh::Ended;
         };
+        // The session's own provider: its token endpoint, its keys for a new ID token.
+        let Some(oidc) = self.providers.get(session.provider) else {
+            return Fresh::Ended;
+        };
         let started = Instant::now();
-        let result = self
-            .oidc
-            .refresh(refresh_token, session.identity.sub())
-            .await;
+        let result = oidc.refresh(refresh_token, session.identity.sub()).await;
         let elapsed = started.elapsed();
         match result {
             Ok(tokens) => {
@@ -264,6 +265,7 @@ impl Refresher {
             login_at: old.login_at,
             backoff: None,
             last_seen: LastSeen::default(),
+            provider: old.provider,
         });
         match self.store.replace(&key, current, refreshed.clone()).await {
             Ok(Replaced::Done) => Fresh::Ready(refreshed),

@@ -301,3 +301,35 @@ async fn probe_reports_rfc9207_and_acr_values() {
         "{report}"
     );
 }
+
+/// With several providers the probe reports on each: its own RFC 9207 and `acr` values.
+#[tokio::test]
+async fn probe_reports_on_every_provider() {
+    let idp = support::start_idp().await;
+    let partners = support::start_idp().await;
+    partners.controls().set_advertise_response_iss(false);
+    partners
+        .controls()
+        .set_acr_values_supported(vec!["urn:partners:mfa".into()]);
+    let mut config = probe_config(&idp.issuer(), r#"["openid", "offline_access"]"#);
+    config.push_str(&format!(
+        "[providers.partners]\nissuer = \"{}\"\nclient_id = \"probe\"\n",
+        partners.issuer()
+    ));
+    let (code, report) = run_probe(config).await;
+    assert_eq!(code, Some(0), "{report}");
+    let (default, named) = report
+        .split_once("probe: [providers.partners] discovered")
+        .unwrap_or_else(|| panic!("no partners section in:\n{report}"));
+    assert!(
+        default.contains("ok       authorization response iss parameter (RFC 9207) advertised")
+            && default.contains("acr_values_supported: urn:devidp:pwd urn:devidp:mfa"),
+        "{report}"
+    );
+    assert!(
+        named.contains("info     authorization response iss parameter (RFC 9207) not advertised")
+            && named.contains("info     acr_values_supported: urn:partners:mfa"),
+        "{report}"
+    );
+    partners.shutdown();
+}

@@ -412,7 +412,7 @@ async fn discovery_failures_are_counted() {
         .no_wait_ready()
         .start()
         .await;
-    let failures = "authgate_provider_failures_total{kind=\"discovery\"}";
+    let failures = "authgate_provider_failures_total{kind=\"discovery\",provider=\"default\"}";
     let failed = support::eventually(std::time::Duration::from_secs(10), || async {
         support::metric(&h.metrics().await, failures).is_some_and(|n| n >= 1.0)
     })
@@ -420,7 +420,10 @@ async fn discovery_failures_are_counted() {
     assert!(failed, "a failed discovery is counted");
     let text = h.metrics().await;
     assert_eq!(
-        support::metric(&text, "authgate_provider_failures_total{kind=\"jwks\"}"),
+        support::metric(
+            &text,
+            "authgate_provider_failures_total{kind=\"jwks\",provider=\"default\"}"
+        ),
         Some(0.0)
     );
     assert_well_formed(&text);

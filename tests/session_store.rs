@@ -15,7 +15,8 @@ use authgate::session::identity::IdentityRules;
 use authgate::session::memory::{MAX_LOGOUT_MARKERS, MemoryOptions, MemoryStore};
 use authgate::session::redis::{RedisOptions, RedisStore};
 use authgate::session::{
-    Identity, Marker, Replaced, Session, SessionKey, SessionStore, Tokens, new_key, unix_now,
+    Identity, Marker, ProviderId, Replaced, Session, SessionKey, SessionStore, Tokens, new_key,
+    unix_now,
 };
 use support::eventually;
 use support::redis::{ClusterGroup, RedisServer, SentinelGroup};
@@ -97,6 +98,7 @@ fn session_at(sub: &str, sid: Option<&str>, token: &str, login_at: u64) -> Arc<S
         login_at,
         backoff: None,
         last_seen: Default::default(),
+        provider: ProviderId::DEFAULT,
     })
 }
 
@@ -191,18 +193,24 @@ async fn conformance<S: SessionStore>(store: S, absolute: Duration, idle: Durati
     for (k, s) in [&a, &b, &c, &d, &e] {
         store.save(*k, s.clone()).await.unwrap();
     }
-    store.delete_matching(Some("sid-a"), None).await.unwrap();
+    store
+        .delete_matching(ProviderId::DEFAULT, Some("sid-a"), None)
+        .await
+        .unwrap();
     assert!(store.load(&a.0).await.unwrap().is_none(), "sid-a ended");
     assert!(store.load(&b.0).await.unwrap().is_some(), "other sid kept");
     store
-        .delete_matching(Some("sid-c"), Some("u1"))
+        .delete_matching(ProviderId::DEFAULT, Some("sid-c"), Some("u1"))
         .await
         .unwrap();
     assert!(
         store.load(&c.0).await.unwrap().is_some(),
         "sid and sub must both match"
     );
-    store.delete_matching(None, Some("u2")).await.unwrap();
+    store
+        .delete_matching(ProviderId::DEFAULT, None, Some("u2"))
+        .await
+        .unwrap();
     assert!(
         store.load(&c.0).await.unwrap().is_none(),
         "every session of u2"
@@ -212,9 +220,15 @@ async fn conformance<S: SessionStore>(store: S, absolute: Duration, idle: Durati
         "every session of u2"
     );
     assert!(store.load(&b.0).await.unwrap().is_some(), "u1 kept");
-    store.delete_matching(None, Some("u3")).await.unwrap();
+    store
+        .delete_matching(ProviderId::DEFAULT, None, Some("u3"))
+        .await
+        .unwrap();
     assert!(store.load(&e.0).await.unwrap().is_none(), "no sid: by sub");
-    store.delete_matching(None, None).await.unwrap();
+    store
+        .delete_matching(ProviderId::DEFAULT, None, None)
+        .await
+        .unwrap();
     assert!(store.load(&b.0).await.unwrap().is_some(), "nothing named");
 
     // idle timeout: reset by loads, ends the session without them
@@ -281,7 +295,10 @@ async fn ended_sessions_stay_ended<S: SessionStore>(store: &S) {
             .await
             .unwrap();
         let current = store.load_for_update(&key).await.unwrap().expect("saved");
-        store.delete_matching(sid, sub).await.unwrap();
+        store
+            .delete_matching(ProviderId::DEFAULT, sid, sub)
+            .await
+            .unwrap();
         let late = (store.replace(&key, &current, session("u6", Some("sid-6"), "rt-b"))).await;
         assert_eq!(late.unwrap(), Replaced::Gone, "{sid:?} {sub:?}");
         assert!(store.load(&key).await.unwrap().is_none(), "brought back");
@@ -446,14 +463,17 @@ async fn redis_cluster_slots_rotation_and_logout_by_sub() {
     for key in &keys {
         assert!(rotated.load(key).await.unwrap().is_some());
     }
-    rotated.delete_matching(None, Some("alice")).await.unwrap();
+    rotated
+        .delete_matching(ProviderId::DEFAULT, None, Some("alice"))
+        .await
+        .unwrap();
     for (i, key) in keys.iter().enumerate() {
         let alive = rotated.load_for_update(key).await.unwrap().is_some();
         assert_eq!(alive, i % 2 == 1, "session {i}");
     }
     // By sid and sub together: only the session in both.
     rotated
-        .delete_matching(Some("sid-1"), Some("bob"))
+        .delete_matching(ProviderId::DEFAULT, Some("sid-1"), Some("bob"))
         .await
         .unwrap();
     assert!(rotated.load_for_update(&keys[1]).await.unwrap().is_none());
@@ -596,7 +616,10 @@ async fn redis_secret_rotation_keeps_sessions() {
     rotated.clear_local_cache();
     assert_eq!(token_of(&rotated, &key).await.as_deref(), Some("at-bob"));
     // Back-channel logout finds it under the new secret's index.
-    rotated.delete_matching(None, Some("bob")).await.unwrap();
+    rotated
+        .delete_matching(ProviderId::DEFAULT, None, Some("bob"))
+        .await
+        .unwrap();
     assert!(rotated.load_for_update(&key).await.unwrap().is_none());
 }
 
@@ -674,7 +697,10 @@ async fn redis_acl_user_confined_to_the_prefix() {
     assert!(store.claim_once(&marker, ttl).await.unwrap());
     assert!(store.is_claimed(&marker).await.unwrap());
     assert!(!store.claim_once(&marker, ttl).await.unwrap(), "single use");
-    store.delete_matching(Some("sid-j"), None).await.unwrap();
+    store
+        .delete_matching(ProviderId::DEFAULT, Some("sid-j"), None)
+        .await
+        .unwrap();
     assert!(store.load(&key).await.unwrap().is_none());
     // The user cannot touch a key outside the prefix: the confinement is real.
     let mut conn = RedisServer::connect(&url).await;

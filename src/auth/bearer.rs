@@ -9,6 +9,8 @@
 //! which APIs' tokens are meant for the upstream; the client id is the ID tokens' audience).
 
 use super::{Authenticated, Authenticator};
+use crate::config::ProviderId;
+use crate::oidc::Oidc;
 use crate::oidc::jwt::{Expect, JwtError};
 use crate::session::Tokens;
 
@@ -48,10 +50,17 @@ impl BearerError {
     }
 }
 
-pub async fn verify(auth: &Authenticator, token: &str) -> Result<Authenticated, BearerError> {
-    let audiences = &auth.bearer_audiences;
-    let claims = auth
-        .oidc
+/// `oidc`: the route's provider (`provider` its id): its keys, issuer and audiences.
+pub async fn verify(
+    auth: &Authenticator,
+    oidc: &Oidc,
+    provider: ProviderId,
+    token: &str,
+) -> Result<Authenticated, BearerError> {
+    let audiences = (auth.bearer_audiences.get(provider.index()))
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    let claims = oidc
         .verify_jwt(token, Expect::AccessToken { audiences })
         .await?;
     let identity = auth

@@ -15,7 +15,7 @@ use crate::config::Config;
 use crate::error::Chain;
 use crate::logging::log_safe;
 use crate::metrics::{Decision, Metrics};
-use crate::oidc::Oidc;
+use crate::oidc::Providers;
 use crate::policy::Route;
 use crate::refresh::{Fresh, Refresher};
 use crate::reply::{Reply, StepUpChallenge, Unavailable};
@@ -44,10 +44,11 @@ pub enum Navigation {
 pub struct Authenticator {
     sessions: Arc<Sessions>,
     refresher: Arc<Refresher>,
-    oidc: Arc<Oidc>,
+    providers: Arc<Providers>,
     identities: Arc<IdentityRules>,
-    /// `oidc.bearer_audiences`: the audiences a passthrough bearer token may have.
-    bearer_audiences: Vec<String>,
+    /// Each provider's `bearer_audiences` by provider id: the audiences a passthrough bearer
+    /// token of a route of that provider may have.
+    bearer_audiences: Vec<Vec<String>>,
     /// `headers.authorization_bearer`: the upstream gets `Authorization: Bearer`.
     authorization_bearer: bool,
     /// `server.public_url` without a trailing slash.
@@ -85,7 +86,7 @@ impl Authenticator {
         cfg: &Config,
         sessions: Arc<Sessions>,
         refresher: Arc<Refresher>,
-        oidc: Arc<Oidc>,
+        providers: Arc<Providers>,
         identities: Arc<IdentityRules>,
         metrics: Arc<Metrics>,
         clock: Clock,
@@ -93,9 +94,11 @@ impl Authenticator {
         Authenticator {
             sessions,
             refresher,
-            oidc,
+            providers,
             identities,
-            bearer_audiences: cfg.oidc.bearer_audiences.clone(),
+            bearer_audiences: (cfg.provider_configs())
+                .map(|(_, _, p)| p.bearer_audiences.clone())
+                .collect(),
             authorization_bearer: cfg.headers.authorization_bearer,
             public_url: public_base(&cfg.server.public_url),
             metrics,
@@ -120,6 +123,9 @@ impl Authenticator {
             }
         };
         let had_cookie = match lookup {
+            // A session of another provider is none here (its cookie stays: it is still good
+            // on its own provider's routes); a login at this route's provider replaces it.
+            Lookup::Live(_, session) if session.provider != route.rule.provider_id => false,
             Lookup::Live(key, session) => match self.refresher.ensure_fresh(key, session).await {
                 Fresh::Ready(session) => return Ok(Authenticated::Session(key, session)),
                 Fresh::Ended => {
@@ -142,11 +148,14 @@ impl Authenticator {
         // bearer token can be verified), so a request without a live session is told to come
         // back later (503 + Retry-After, as `/oauth2/start` answers) instead of being sent to
         // a login that cannot work (302) or told its credentials are wrong (401).
-        if !self.oidc.is_ready() {
+        let Some(oidc) = self.providers.get(route.rule.provider_id) else {
+            return Err(Unavailable::ProviderNotReady.into());
+        };
+        if !oidc.is_ready() {
             return Err(Unavailable::ProviderNotReady.into());
         }
         if let Some(token) = offered_bearer {
-            return match bearer::verify(self, &token).await {
+            return match bearer::verify(self, oidc, route.rule.provider_id, &token).await {
                 Ok(auth) => Ok(auth),
                 // A machine client: never a login page.
                 Err(e) => Err(self.unauthenticated(
@@ -188,7 +197,7 @@ impl Authenticator {
         };
         let redirect = redirect && navigation == Navigation::Allowed;
         Reply::unauthenticated(
-            login_url(&self.public_url, &landing),
+            login_url_at(&self.public_url, &landing, route.rule.provider.as_deref()),
             redirect,
             bearer_error,
         )
@@ -227,7 +236,7 @@ impl Authenticator {
             None => Cow::Borrowed(path),
         };
         Err(Reply::StepUp(Box::new(StepUpChallenge {
-            login_url: login_url(&self.public_url, &landing),
+            login_url: login_url_at(&self.public_url, &landing, route.rule.provider.as_deref()),
             redirect: browser && navigation == Navigation::Allowed,
             acr_values: step_up.acr_values(),
             max_age: step_up.max_age,
@@ -265,6 +274,16 @@ pub fn public_base(public_url: &url::Url) -> String {
 pub fn login_url(public_base: &str, landing: &str) -> String {
     let rd: String = url::form_urlencoded::byte_serialize(landing.as_bytes()).collect();
     format!("{public_base}/oauth2/start?rd={rd}")
+}
+
+/// [`login_url`] at a `[providers.NAME]` (`provider`), or at the default provider (`None`).
+pub fn login_url_at(public_base: &str, landing: &str, provider: Option<&str>) -> String {
+    let url = login_url(public_base, landing);
+    match provider {
+        // Provider names are URL-safe (a-z, 0-9, -, _).
+        Some(name) => format!("{url}&provider={name}"),
+        None => url,
+    }
 }
 
 /// A browser navigation: GET or HEAD that accepts HTML and is not an XHR.

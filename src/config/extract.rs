@@ -11,7 +11,7 @@ use serde::de::DeserializeOwned;
 
 use super::ConfigError;
 use super::env::{ENV_SOURCE_NAME, variable_name};
-use super::raw::{RawConfig, RawRoute, RawUpstream, SECTIONS};
+use super::raw::{RawConfig, RawOidc, RawRoute, RawUpstream, SECTIONS};
 
 /// Key of errors that belong to no key: the file is missing or not valid TOML.
 const ROOT_KEY: &str = "config";
@@ -41,6 +41,7 @@ pub(crate) fn extract(figment: &Figment, errors: &mut Vec<ConfigError>) -> Optio
         upstream: section(figment, "upstream", errors),
         upstreams: upstreams(figment, errors),
         oidc: section(figment, "oidc", errors),
+        providers: named::<RawOidc>(figment, "providers", "providers ([providers.NAME])", errors),
         session: section(figment, "session", errors),
         headers: section(figment, "headers", errors),
         routes: routes(figment, errors),
@@ -113,6 +114,39 @@ fn upstreams(
         })
         .collect();
     Some(upstreams)
+}
+
+/// `[providers.NAME]` (and any other table of named sections): each deserialized alone, in
+/// name order.
+fn named<T: DeserializeOwned + Default>(
+    figment: &Figment,
+    table: &str,
+    what: &str,
+    errors: &mut Vec<ConfigError>,
+) -> Option<Vec<(String, Option<T>)>> {
+    let names: Vec<String> = match figment.find_value(table) {
+        Err(_) => return Some(Vec::new()),
+        Ok(Value::Dict(_, dict)) => dict.keys().cloned().collect(),
+        Ok(other) => {
+            let message = format!("expected a table of {what}, found {}", kind_of(&other));
+            let md = figment.find_metadata(table);
+            errors.push(ConfigError::new(table, with_source(message, md, &[table])));
+            return None;
+        }
+    };
+    let sections = names
+        .into_iter()
+        .map(|name| {
+            let key = format!("{table}.{name}");
+            // A name holding a dot would read as a nested key: it cannot be focused.
+            let section = match name.contains('.') {
+                true => None,
+                false => section::<T>(figment, &key, errors),
+            };
+            (name, section)
+        })
+        .collect();
+    Some(sections)
 }
 
 /// `[[route]]`: each element deserialized alone, so one bad route hides no other.

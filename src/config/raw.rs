@@ -17,6 +17,7 @@ pub(crate) const SECTIONS: &[&str] = &[
     "upstream",
     "upstreams",
     "oidc",
+    "providers",
     "session",
     "headers",
     "route",
@@ -31,6 +32,8 @@ pub(crate) struct RawConfig {
     /// `[upstreams.NAME]`, in file order; `None` for one that failed to deserialize.
     pub upstreams: Option<Vec<(String, Option<RawUpstream>)>>,
     pub oidc: Option<RawOidc>,
+    /// `[providers.NAME]`, in name order; `None` for one that failed to deserialize.
+    pub providers: Option<Vec<(String, Option<RawOidc>)>>,
     pub session: Option<RawSession>,
     pub headers: Option<RawHeaders>,
     /// One entry per `[[route]]`, `None` for a route that failed to deserialize.
@@ -285,6 +288,8 @@ pub(crate) struct RawRoute {
     pub host: Option<String>,
     /// An `[upstreams.NAME]`; unset = `[upstream]`.
     pub upstream: Option<String>,
+    /// A `[providers.NAME]`; unset = `[oidc]`.
+    pub provider: Option<String>,
     pub strip_prefix: bool,
     #[serde(deserialize_with = "lenient::string_list")]
     pub require_email_domains: Vec<String>,
@@ -315,6 +320,7 @@ impl Default for RawRoute {
             name: None,
             host: None,
             upstream: None,
+            provider: None,
             strip_prefix: false,
             require_email_domains: Vec::new(),
             require_emails: Vec::new(),

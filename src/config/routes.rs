@@ -8,24 +8,36 @@ use regex::Regex;
 
 use super::check::{Checker, non_empty};
 use super::raw::RawRoute;
-use super::types::{BearerMode, HostPattern, PathMatch, Policy, Preflight, RouteConfig};
+use super::types::{
+    BearerMode, HostPattern, PathMatch, Policy, Preflight, ProviderId, RouteConfig,
+};
 
 /// Metrics labels no route may take: the route of no match, and the built-in endpoints'.
 const RESERVED_NAMES: &[&str] = &["default"];
 
-/// `upstreams`: the names of `[upstreams.NAME]`, `None` when that section failed (a route's
-/// `upstream` is then not judged: the section's own errors are reported).
+/// A `[providers.NAME]` as routes see it: its name, and its `resource` (`None` where its
+/// section failed).
+pub(crate) type KnownProvider<'a> = (&'a str, Option<&'a [String]>);
+
+/// What a route may name, each `None` when its section failed (a route's key naming it is
+/// then not judged: the section's own errors are reported).
+pub(crate) struct Known<'a> {
+    /// `oidc.resource`.
+    pub resources: Option<&'a [String]>,
+    /// The names of `[upstreams.NAME]`.
+    pub upstreams: Option<&'a [&'a str]>,
+    /// The names of `[providers.NAME]` in name order, each with its `resource` (`None` where
+    /// that provider's section failed).
+    pub providers: Option<&'a [KnownProvider<'a>]>,
+}
+
 pub(crate) fn routes(
     raw: &[Option<RawRoute>],
-    resources: Option<&[String]>,
-    upstreams: Option<&[&str]>,
+    known: &Known<'_>,
     c: &mut Checker,
 ) -> Option<Vec<RouteConfig>> {
     let routes: Vec<_> = (raw.iter().enumerate())
-        .map(|(i, r)| {
-            r.as_ref()
-                .and_then(|r| route(i, r, resources, upstreams, c))
-        })
+        .map(|(i, r)| r.as_ref().and_then(|r| route(i, r, known, c)))
         .collect();
     let mut routes: Vec<RouteConfig> = routes.into_iter().collect::<Option<_>>()?;
     name_routes(raw, &mut routes, c)?;
@@ -97,20 +109,22 @@ fn name_routes(
     Some(())
 }
 
-fn route(
-    i: usize,
-    raw: &RawRoute,
-    resources: Option<&[String]>,
-    upstreams: Option<&[&str]>,
-    c: &mut Checker,
-) -> Option<RouteConfig> {
+fn route(i: usize, raw: &RawRoute, known: &Known<'_>, c: &mut Checker) -> Option<RouteConfig> {
     let key = |field: &str| format!("route[{i}].{field}");
     let matcher = route_matcher(raw, &key, c);
     let host = match non_empty(raw.host.as_deref()) {
         Some(h) => c.check(&key("host"), HostPattern::parse(h)).map(Some),
         None => Some(None),
     };
-    let upstream = route_upstream(raw, upstreams, &key("upstream"), c);
+    let upstream = route_upstream(raw, known.upstreams, &key("upstream"), c);
+    let provider = route_provider(raw, known.providers, &key("provider"), c);
+    // The route's provider's resources: `bearer_resource` names one of them.
+    let resources = match &provider {
+        Some((Some(_), id)) => (known.providers)
+            .and_then(|p| p.get(id.index().wrapping_sub(1)))
+            .and_then(|(_, r)| *r),
+        _ => known.resources,
+    };
     if raw.strip_prefix
         && let Some(kind) = matcher.as_ref().and_then(|m| match m {
             PathMatch::Prefix(_) => None,
@@ -166,6 +180,8 @@ fn route(
         name: String::new(),
         host: host?,
         upstream: upstream?,
+        provider: provider.clone()?.0,
+        provider_id: provider?.1,
         strip_prefix: strip_ok.then_some(raw.strip_prefix)?,
         require_email_domains: email_domains.into_iter().collect::<Option<_>>()?,
         require_emails: emails.into_iter().collect::<Option<_>>()?,
@@ -273,6 +289,35 @@ fn route_upstream(
     Some(Some(wanted.to_owned()))
 }
 
+/// The route's `provider`: its name and id; `(None, DEFAULT)` for `[oidc]`.
+fn route_provider(
+    raw: &RawRoute,
+    providers: Option<&[KnownProvider<'_>]>,
+    key: &str,
+    c: &mut Checker,
+) -> Option<(Option<String>, ProviderId)> {
+    let Some(wanted) = non_empty(raw.provider.as_deref()) else {
+        return Some((None, ProviderId::DEFAULT));
+    };
+    let known = providers?;
+    let Some(i) = known.iter().position(|(name, _)| *name == wanted) else {
+        let listed = match known.is_empty() {
+            true => "there is no [providers.NAME] section".to_owned(),
+            false => {
+                let names: Vec<&str> = known.iter().map(|(n, _)| *n).collect();
+                format!("known: {}", names.join(", "))
+            }
+        };
+        c.error(
+            key,
+            format!("{wanted:?} is not a [providers.NAME] ({listed})"),
+        );
+        return None;
+    };
+    let id = ProviderId(u8::try_from(i + 1).ok()?);
+    Some((Some(wanted.to_owned()), id))
+}
+
 /// An email domain as the rules compare it: lowercase ASCII. A non-ASCII (internationalized)
 /// domain is refused here: write its IDNA form (`xn--...`). Claims holding a non-ASCII domain
 /// never match, so a look-alike Unicode domain can never pass for an ASCII one.
@@ -348,7 +393,11 @@ fn bearer_resource(
     // When the oidc section itself failed, its errors are reported already: do not guess.
     let resources = resources?;
     if !resources.iter().any(|r| r == wanted) {
-        c.error(key, format!("{wanted:?} is not one of oidc.resource"));
+        let section = match raw.provider.as_deref().and_then(|p| non_empty(Some(p))) {
+            Some(p) => format!("providers.{p}"),
+            None => "oidc".to_owned(),
+        };
+        c.error(key, format!("{wanted:?} is not one of {section}.resource"));
         return None;
     }
     Some(Some(wanted.to_owned()))
@@ -357,6 +406,14 @@ fn bearer_resource(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn known(resources: Option<&[String]>) -> Known<'_> {
+        Known {
+            resources,
+            upstreams: None,
+            providers: None,
+        }
+    }
 
     fn raw(path: &str, kind: &str) -> RawRoute {
         RawRoute {
@@ -377,7 +434,7 @@ mod tests {
     #[test]
     fn regex_is_anchored_and_alternation_stays_inside() {
         let mut c = Checker::default();
-        let route = route(0, &raw("/a|/b", "regex"), Some(&[]), None, &mut c).unwrap();
+        let route = route(0, &raw("/a|/b", "regex"), &known(Some(&[])), &mut c).unwrap();
         let PathMatch::Regex(re) = route.matcher else {
             panic!("expected a regex")
         };
@@ -388,7 +445,7 @@ mod tests {
     #[test]
     fn defaults_are_prefix_authenticated_off() {
         let mut c = Checker::default();
-        let route = route(0, &raw("/x", "prefix"), None, None, &mut c).unwrap();
+        let route = route(0, &raw("/x", "prefix"), &known(None), &mut c).unwrap();
         assert!(matches!(route.matcher, PathMatch::Prefix(ref p) if p == "/x"));
         assert_eq!(route.policy, Policy::Authenticated);
         assert_eq!(route.bearer, BearerMode::Off);

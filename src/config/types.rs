@@ -31,10 +31,60 @@ pub struct Config {
     #[serde(skip_serializing_if = "Vec::is_empty", serialize_with = "ser::table")]
     pub upstreams: Vec<(String, UpstreamConfig)>,
     pub oidc: OidcConfig,
+    /// `[providers.NAME]`, by name (sorted): more providers besides `[oidc]`, the default.
+    /// [`ProviderId`] `n` (n > 0) is the n-th of them.
+    #[serde(skip_serializing_if = "Vec::is_empty", serialize_with = "ser::table")]
+    pub providers: Vec<(String, OidcConfig)>,
     pub session: SessionConfig,
     pub headers: HeadersConfig,
     #[serde(rename = "route", skip_serializing_if = "Vec::is_empty")]
     pub routes: Vec<RouteConfig>,
+}
+
+/// Which provider: 0 is `[oidc]` (the default), `n` the n-th `[providers.NAME]` in name
+/// order. Small and `Copy`, so a session carries it for free and a request compares it with
+/// its route's in one instruction.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct ProviderId(pub u8);
+
+impl ProviderId {
+    /// `[oidc]`.
+    pub const DEFAULT: ProviderId = ProviderId(0);
+
+    pub fn index(self) -> usize {
+        usize::from(self.0)
+    }
+
+    pub fn is_default(self) -> bool {
+        self.0 == 0
+    }
+}
+
+/// `[providers.NAME]` tables at most (a [`ProviderId`] is one byte).
+pub const MAX_PROVIDERS: usize = 32;
+
+impl Config {
+    /// Every provider's configuration by [`ProviderId`]: `[oidc]` first, then the named ones.
+    pub fn provider_configs(
+        &self,
+    ) -> impl Iterator<Item = (ProviderId, Option<&str>, &OidcConfig)> {
+        std::iter::once((None, &self.oidc))
+            .chain(self.providers.iter().map(|(n, c)| (Some(n.as_str()), c)))
+            .enumerate()
+            .map(|(i, (name, cfg))| (ProviderId(u8::try_from(i).unwrap_or(u8::MAX)), name, cfg))
+    }
+
+    /// Each provider's `resource` by [`ProviderId`] (what routes' `bearer_resource` name).
+    pub fn provider_resources(&self) -> Vec<&[String]> {
+        self.provider_configs()
+            .map(|(_, _, c)| c.resource.as_slice())
+            .collect()
+    }
+
+    /// The names of `[providers.NAME]` in [`ProviderId`] order (the first is id 1).
+    pub fn provider_names(&self) -> Vec<String> {
+        self.providers.iter().map(|(n, _)| n.clone()).collect()
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -323,6 +373,12 @@ pub struct RouteConfig {
     /// An `[upstreams.NAME]`; `None`: `[upstream]`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub upstream: Option<String>,
+    /// A `[providers.NAME]`; `None`: `[oidc]`. Sessions of another provider do not count here.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
+    /// `provider`, resolved by validation.
+    #[serde(skip)]
+    pub provider_id: ProviderId,
     /// Prefix routes: the prefix is removed before forwarding (keeping a leading `/`).
     pub strip_prefix: bool,
     /// Prints as `path` and `match`.

@@ -20,22 +20,41 @@ pub(crate) fn validate(raw: &RawConfig, c: &mut Checker) -> Option<Config> {
         .as_ref()
         .and_then(|u| upstream("upstream", u, c));
     let upstreams = raw.upstreams.as_ref().and_then(|u| upstreams(u, c));
-    let oidc = raw.oidc.as_ref().and_then(|o| oidc(o, c));
+    let oidc = raw.oidc.as_ref().and_then(|o| oidc("oidc", o, c));
+    let providers = raw.providers.as_ref().and_then(|p| providers(p, c));
     let session = raw.session.as_ref().and_then(|s| session(s, c));
     let headers = raw.headers.as_ref().and_then(|h| headers(h, c));
+    // By provider id: `[oidc]`, then each `[providers.NAME]` (`None` where it failed).
+    let provider_names: Option<Vec<super::routes::KnownProvider<'_>>> = (raw.providers.as_ref())
+        .map(|p| {
+            (p.iter())
+                .map(|(name, section)| {
+                    (
+                        name.as_str(),
+                        section.as_ref().map(|s| s.resource.as_slice()),
+                    )
+                })
+                .collect()
+        });
     let resources = raw.oidc.as_ref().map(|o| o.resource.as_slice());
     let upstream_names: Option<Vec<&str>> =
         (raw.upstreams.as_ref()).map(|u| u.iter().map(|(name, _)| name.as_str()).collect());
-    let routes =
-        (raw.routes.as_ref()).and_then(|r| routes(r, resources, upstream_names.as_deref(), c));
-    if let (Some(oidc), Some(routes)) = (&oidc, &routes) {
-        passthrough_needs_audiences(oidc, routes, c);
+    let known = super::routes::Known {
+        resources,
+        upstreams: upstream_names.as_deref(),
+        providers: provider_names.as_deref(),
+    };
+    let routes = (raw.routes.as_ref()).and_then(|r| routes(r, &known, c));
+    if let (Some(oidc), Some(providers), Some(routes)) = (&oidc, &providers, &routes) {
+        passthrough_needs_audiences(oidc, providers, routes, c);
+        distinct_clients(oidc, providers, c);
     }
     let config = Config {
         server: server?,
         upstream: upstream?,
         upstreams: upstreams?,
         oidc: oidc?,
+        providers: providers?,
         session: session?,
         headers: headers?,
         routes: routes?,
@@ -301,22 +320,23 @@ fn upstreams(
 
 // === oidc ===
 
-fn oidc(raw: &RawOidc, c: &mut Checker) -> Option<OidcConfig> {
+fn oidc(section: &str, raw: &RawOidc, c: &mut Checker) -> Option<OidcConfig> {
+    let key = |field: &str| format!("{section}.{field}");
     let issuer = c
-        .required("oidc.issuer", raw.issuer.as_deref())
-        .and_then(|u| c.url("oidc.issuer", u, &["http", "https"], false));
-    let client_id = c.required("oidc.client_id", raw.client_id.as_deref());
+        .required(&key("issuer"), raw.issuer.as_deref())
+        .and_then(|u| c.url(&key("issuer"), u, &["http", "https"], false));
+    let client_id = c.required(&key("client_id"), raw.client_id.as_deref());
     let secret = c.inline_or_file(
-        "oidc.client_secret",
+        &key("client_secret"),
         raw.client_secret.as_deref(),
         raw.client_secret_file.as_deref(),
     );
-    let scopes = scopes(&raw.scopes, c);
-    let timeout = c.duration("oidc.timeout", &raw.timeout, true);
-    let refresh_timeout = c.opt_duration("oidc.refresh_timeout", raw.refresh_timeout.as_deref());
-    let id_token_max_age = c.duration("oidc.id_token_max_age", &raw.id_token_max_age, true);
+    let scopes = scopes(&key("scopes"), &raw.scopes, c);
+    let timeout = c.duration(&key("timeout"), &raw.timeout, true);
+    let refresh_timeout = c.opt_duration(&key("refresh_timeout"), raw.refresh_timeout.as_deref());
+    let id_token_max_age = c.duration(&key("id_token_max_age"), &raw.id_token_max_age, true);
     let auth = c.choice(
-        "oidc.token_endpoint_auth",
+        &key("token_endpoint_auth"),
         &raw.token_endpoint_auth,
         &[
             ("client_secret_basic", TokenEndpointAuth::ClientSecretBasic),
@@ -325,7 +345,7 @@ fn oidc(raw: &RawOidc, c: &mut Checker) -> Option<OidcConfig> {
     );
     let post_logout = match non_empty(raw.post_logout_redirect_uri.as_deref()) {
         Some(u) => (c.url(
-            "oidc.post_logout_redirect_uri",
+            &key("post_logout_redirect_uri"),
             u,
             &["http", "https"],
             false,
@@ -352,9 +372,9 @@ fn oidc(raw: &RawOidc, c: &mut Checker) -> Option<OidcConfig> {
 }
 
 /// OpenID Connect Core 1.0 section 3.1.2.1: without `openid` it is plain OAuth 2.0.
-fn scopes(raw: &[String], c: &mut Checker) -> Option<Vec<String>> {
+fn scopes(key: &str, raw: &[String], c: &mut Checker) -> Option<Vec<String>> {
     if !raw.iter().any(|s| s == "openid") {
-        c.error("oidc.scopes", "must include \"openid\"");
+        c.error(key, "must include \"openid\"");
         return None;
     }
     Some(raw.to_vec())
@@ -363,20 +383,93 @@ fn scopes(raw: &[String], c: &mut Checker) -> Option<Vec<String>> {
 /// Bearer passthrough accepts the audiences the configuration names,
 /// never a default. The obvious default, the client id, is the audience of the ID tokens
 /// this client gets, so an ID token (which reaches the browser) would pass as a bearer token.
-fn passthrough_needs_audiences(oidc: &OidcConfig, routes: &[RouteConfig], c: &mut Checker) {
-    if !oidc.bearer_audiences.iter().all(|a| !a.trim().is_empty()) {
-        c.error("oidc.bearer_audiences", "must not hold an empty audience");
+/// Per provider: the passthrough routes of a provider need its `bearer_audiences`.
+fn passthrough_needs_audiences(
+    oidc: &OidcConfig,
+    providers: &[(String, OidcConfig)],
+    routes: &[RouteConfig],
+    c: &mut Checker,
+) {
+    let all = std::iter::once(("oidc".to_owned(), oidc))
+        .chain(providers.iter().map(|(n, p)| (format!("providers.{n}"), p)));
+    for (id, (section, cfg)) in all.enumerate() {
+        let key = format!("{section}.bearer_audiences");
+        if !cfg.bearer_audiences.iter().all(|a| !a.trim().is_empty()) {
+            c.error(&key, "must not hold an empty audience");
+        }
+        let passthrough = routes
+            .iter()
+            .position(|r| r.bearer == BearerMode::Passthrough && r.provider_id.index() == id);
+        if let (Some(i), true) = (passthrough, cfg.bearer_audiences.is_empty()) {
+            let m = format!(
+                "must be set when a route has bearer = \"passthrough\" (route[{i}]): the audiences \
+                 of the access tokens that route accepts (the client id would also accept ID tokens)"
+            );
+            c.error(&key, m);
+        }
     }
-    let passthrough = routes
-        .iter()
-        .position(|r| r.bearer == BearerMode::Passthrough);
-    if let (Some(i), true) = (passthrough, oidc.bearer_audiences.is_empty()) {
-        let m = format!(
-            "must be set when a route has bearer = \"passthrough\" (route[{i}]): the audiences \
-             of the access tokens that route accepts (the client id would also accept ID tokens)"
-        );
-        c.error("oidc.bearer_audiences", m);
+}
+
+/// Two providers with the same issuer and client id would be one client under two names: a
+/// login's state, a session or a logout token could not be told apart between them.
+fn distinct_clients(oidc: &OidcConfig, providers: &[(String, OidcConfig)], c: &mut Checker) {
+    let mut seen: Vec<(&str, &str, String)> = vec![(
+        oidc.issuer.as_str().trim_end_matches('/'),
+        oidc.client_id.as_str(),
+        "[oidc]".to_owned(),
+    )];
+    for (name, p) in providers {
+        let issuer = p.issuer.as_str().trim_end_matches('/');
+        if let Some((_, _, other)) = seen
+            .iter()
+            .find(|(i, id, _)| *i == issuer && *id == p.client_id)
+        {
+            c.error(
+                format!("providers.{name}"),
+                format!(
+                    "has the issuer and client_id of {other}: each provider must be another client"
+                ),
+            );
+        }
+        seen.push((issuer, p.client_id.as_str(), format!("[providers.{name}]")));
     }
+}
+
+/// `[providers.NAME]`: a name is what routes write in `provider`, part of a callback path
+/// (`/oauth2/callback/NAME`) and a metrics label: 1 to 32 of `a-z`, `0-9`, `-`, `_`, and never
+/// `default` (the label of `[oidc]`).
+fn providers(
+    raw: &[(String, Option<RawOidc>)],
+    c: &mut Checker,
+) -> Option<Vec<(String, OidcConfig)>> {
+    if raw.len() > MAX_PROVIDERS {
+        c.error("providers", format!("at most {MAX_PROVIDERS} providers"));
+        return None;
+    }
+    let checked: Vec<_> = (raw.iter())
+        .map(|(name, section)| {
+            let key = format!("providers.{name}");
+            if !provider_name_ok(name) {
+                let m = format!("{name:?} is not a provider name (1 to 32 of a-z, 0-9, - and _)");
+                c.error(&key, m);
+                return None;
+            }
+            if name == "default" {
+                c.error(&key, "\"default\" is the name of [oidc]: choose another");
+                return None;
+            }
+            let config = oidc(&key, section.as_ref()?, c)?;
+            Some((name.clone(), config))
+        })
+        .collect();
+    checked.into_iter().collect()
+}
+
+/// 1 to 32 bytes of `a-z`, `0-9`, `-`, `_`.
+pub(crate) fn provider_name_ok(name: &str) -> bool {
+    (1..=32).contains(&name.len())
+        && (name.bytes())
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
 }
 
 // === session ===
@@ -688,7 +781,7 @@ mod tests {
     #[test]
     fn scopes_need_openid() {
         let mut c = Checker::default();
-        assert!(scopes(&["email".to_owned()], &mut c).is_none());
+        assert!(scopes("oidc.scopes", &["email".to_owned()], &mut c).is_none());
         assert_eq!(
             c.errors[0].to_string(),
             "oidc.scopes: must include \"openid\""

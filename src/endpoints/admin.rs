@@ -24,7 +24,7 @@ use sha2::Sha256;
 use crate::error::Chain;
 use crate::headers::Peer;
 use crate::logging::log_safe;
-use crate::oidc::Oidc;
+use crate::oidc::Providers;
 use crate::proxy::Body;
 use crate::reply;
 use crate::secret::Secret;
@@ -39,7 +39,7 @@ const MAX_SUB: usize = 1024;
 /// The handler of `server.admin_listen`.
 pub struct Admin {
     sessions: Arc<Sessions>,
-    oidc: Arc<Oidc>,
+    providers: Arc<Providers>,
     /// HMAC of the admin token under a per-process random key.
     expected: [u8; 32],
     mac_key: [u8; 32],
@@ -55,14 +55,14 @@ struct RevokeRequest {
 // === impl Admin ===
 
 impl Admin {
-    pub fn new(sessions: Arc<Sessions>, oidc: Arc<Oidc>, token: &Secret<String>) -> Self {
+    pub fn new(sessions: Arc<Sessions>, providers: Arc<Providers>, token: &Secret<String>) -> Self {
         use rand::RngCore;
         let mut mac_key = [0u8; 32];
         rand::rngs::OsRng.fill_bytes(&mut mac_key);
         let expected = mac(&mac_key, token.expose().as_bytes());
         Admin {
             sessions,
-            oidc,
+            providers,
             expected,
             mac_key,
         }
@@ -151,8 +151,11 @@ impl Admin {
             Err(e) => return unavailable(&e),
         };
         for session in &revoked.sessions {
-            if let Some(refresh_token) = session.tokens.refresh_token.as_deref() {
-                self.oidc.revoke(refresh_token).await;
+            // At the session's own provider (a token is never sent to another).
+            if let Some(refresh_token) = session.tokens.refresh_token.as_deref()
+                && let Some(oidc) = self.providers.get(session.provider)
+            {
+                oidc.revoke(refresh_token).await;
             }
         }
         tracing::info!(

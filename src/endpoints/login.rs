@@ -21,8 +21,8 @@ use crate::logging::log_safe;
 use crate::login::preserve::{FormPost, Preserved};
 use crate::login::{Logins, PendingLogin};
 use crate::metrics::{LoginEvent, Metrics};
-use crate::oidc::Oidc;
 use crate::oidc::flows::LoginError;
+use crate::oidc::{Oidc, Providers};
 use crate::policy::path::normalize_path;
 use crate::policy::{Route, RouteTable};
 use crate::proxy::{Body, Upstreams};
@@ -36,7 +36,7 @@ use crate::session::{
 /// What `/oauth2/start` and the callback need: the provider, the login cookies, the
 /// sessions, the identity rules, where to land.
 pub struct Login {
-    oidc: Arc<Oidc>,
+    providers: Arc<Providers>,
     logins: Arc<Logins>,
     sessions: Arc<Sessions>,
     identities: Arc<IdentityRules>,
@@ -59,7 +59,7 @@ pub struct Login {
 impl Login {
     pub fn new(cfg: &Config, shared: &Shared) -> Self {
         Login {
-            oidc: shared.oidc.clone(),
+            providers: shared.providers.clone(),
             logins: shared.logins.clone(),
             sessions: shared.sessions.clone(),
             identities: shared.identities.clone(),
@@ -76,15 +76,26 @@ impl Login {
     }
 
     pub async fn start<B>(&self, req: &Request<B>, peer: Peer) -> Result<Response<Body>, Reply> {
-        let provider = self.oidc.provider().ok_or(Unavailable::ProviderNotReady)?;
         let rd = query_param(req.uri(), "rd").unwrap_or_else(|| super::home(&self.public_url));
         let landing = SafeRedirect::parse_allowing(&rd, &self.public_url, &self.redirect_hosts);
-        let auth = self.oidc.authorize(&provider, &self.step_up_for(&landing));
+        // `provider=NAME` chooses; without it, the landing page's route's provider.
+        let oidc = match query_param(req.uri(), "provider") {
+            Some(name) => (self.providers.by_name(&name))
+                .ok_or(Reply::BadRequest("Bad request: unknown provider"))?,
+            None => {
+                let id = self.landing_route(&landing).map(|r| r.rule.provider_id);
+                (id.and_then(|id| self.providers.get(id)))
+                    .unwrap_or(self.providers.default_provider())
+            }
+        };
+        let provider = oidc.provider().ok_or(Unavailable::ProviderNotReady)?;
+        let auth = oidc.authorize(&provider, &self.step_up_for(&landing));
         let pending = PendingLogin {
             state: auth.state,
             nonce: auth.nonce,
             pkce_verifier: auth.pkce_verifier,
             landing,
+            provider: oidc.name.clone(),
         };
         // Nothing is stored here: the browser carries the sealed login (see `crate::login`).
         let Some((cookies, dropped)) = self.logins.begin_dropping(req.headers(), &pending) else {
@@ -123,9 +134,20 @@ impl Login {
         step_up
     }
 
-    /// [`Login::callback_inner`], counted in `authgate_logins_total`.
-    pub async fn callback<B>(&self, req: &Request<B>, peer: Peer) -> Result<Response<Body>, Reply> {
-        let (result, event) = self.callback_inner(req, peer).await;
+    /// [`Login::callback_inner`], counted in `authgate_logins_total`. `provider`: what follows
+    /// `/oauth2/callback` in the path (empty for `[oidc]`, `/NAME` for `[providers.NAME]`).
+    pub async fn callback<B>(
+        &self,
+        req: &Request<B>,
+        peer: Peer,
+        provider: &str,
+    ) -> Result<Response<Body>, Reply> {
+        let oidc = match provider.strip_prefix('/') {
+            None if provider.is_empty() => self.providers.default_provider(),
+            Some(name) => self.providers.by_name(name).ok_or(Reply::NotFound)?,
+            None => return Err(Reply::NotFound),
+        };
+        let (result, event) = self.callback_inner(req, peer, oidc).await;
         self.metrics.login(event);
         result
     }
@@ -137,6 +159,7 @@ impl Login {
         &self,
         req: &Request<B>,
         peer: Peer,
+        oidc: &Oidc,
     ) -> (Result<Response<Body>, Reply>, LoginEvent) {
         use LoginEvent::{InvalidState, ProviderError, Rejected, Succeeded, Unavailable as Down};
         let uri = req.uri();
@@ -164,9 +187,22 @@ impl Login {
             ));
             return (page, InvalidState);
         };
-        // RFC 9207 (the mix-up defence): the response must come from this provider, before
-        // its code is redeemed anywhere.
-        let Some(provider) = self.oidc.provider() else {
+        // The mix-up defence (RFC 9700 section 4.4): a login finishes only at the callback of
+        // the provider it was started at, before its code is redeemed anywhere.
+        if pending.provider != oidc.name {
+            tracing::warn!(
+                callback = oidc.label(),
+                started_at = pending.provider.as_deref().unwrap_or("default"),
+                "login refused: the callback is another provider's than the login's"
+            );
+            let page = Err(Reply::LoginFailed(
+                "The login response did not come from the expected identity provider.",
+            ));
+            return (finished(page, Some(&pending), logins), Rejected);
+        }
+        // RFC 9207: the response must come from this provider, before its code is redeemed
+        // anywhere.
+        let Some(provider) = oidc.provider() else {
             return (Err(Unavailable::ProviderNotReady.into()), Down);
         };
         if let Err(e) = provider.check_response_issuer(&query_values(uri, "iss")) {
@@ -185,8 +221,7 @@ impl Login {
                 return (Err(e.into()), Down);
             }
         }
-        let tokens = match self
-            .oidc
+        let tokens = match oidc
             .exchange_code(&code, &pending.pkce_verifier, &pending.nonce)
             .await
         {
@@ -251,6 +286,7 @@ impl Login {
             login_at: self.clock.unix_now(),
             backoff: None,
             last_seen: LastSeen::default(),
+            provider: oidc.id,
         };
         let landing = pending.landing.as_str();
         let session = Arc::new(session);
@@ -344,7 +380,9 @@ impl Login {
                     return Err(Unavailable::SessionNotSaved(e).into());
                 }
             };
-            if current.session.identity.sub() != session.identity.sub() {
+            if current.session.identity.sub() != session.identity.sub()
+                || current.session.provider != session.provider
+            {
                 break;
             }
             let mut upgraded = Session::clone(&session);

@@ -14,12 +14,12 @@ use super::{Shared, query_param};
 use crate::config::Config;
 use crate::error::Chain;
 use crate::logging::log_safe;
-use crate::oidc::Oidc;
 use crate::oidc::jwt::{Expect, JwtError, LEEWAY_SECS, LOGOUT_TOKEN_MAX_AGE_SECS};
+use crate::oidc::{Oidc, Providers};
 use crate::proxy::Body;
 use crate::redirect::SafeRedirect;
 use crate::reply::{self, Reply};
-use crate::session::{Marker, SessionStore, Sessions};
+use crate::session::{Marker, ProviderId, SessionStore, Sessions};
 
 /// Largest back-channel request body read (a logout token is ~1 KB).
 const MAX_LOGOUT_BODY: usize = 64 * 1024;
@@ -31,7 +31,7 @@ const REPLAY_MEMORY: Duration = Duration::from_secs(LOGOUT_TOKEN_MAX_AGE_SECS + 
 /// end-session, the logout token's keys), where to land.
 pub struct Logouts {
     sessions: Arc<Sessions>,
-    oidc: Arc<Oidc>,
+    providers: Arc<Providers>,
     public_url: Url,
     /// `server.allowed_redirect_hosts`.
     redirect_hosts: Vec<String>,
@@ -43,7 +43,7 @@ impl Logouts {
     pub fn new(cfg: &Config, shared: &Shared) -> Self {
         Logouts {
             sessions: shared.sessions.clone(),
-            oidc: shared.oidc.clone(),
+            providers: shared.providers.clone(),
             public_url: cfg.server.public_url.clone(),
             redirect_hosts: cfg.server.allowed_redirect_hosts.clone(),
         }
@@ -63,13 +63,15 @@ impl Logouts {
             }
         };
         let mut target = None;
-        if let Some(session) = &session {
-            tracing::info!(sub = %log_safe(session.identity.sub()), "sign-out");
+        // The session's own provider revokes its grant and ends its login there.
+        if let Some(session) = &session
+            && let Some(oidc) = self.providers.get(session.provider)
+        {
+            tracing::info!(sub = %log_safe(session.identity.sub()), provider = oidc.label(), "sign-out");
             if let Some(refresh_token) = &session.tokens.refresh_token {
-                self.oidc.revoke(refresh_token).await;
+                oidc.revoke(refresh_token).await;
             }
-            target = self
-                .oidc
+            target = oidc
                 .end_session_url(session.tokens.id_token.as_deref())
                 .map(String::from);
         }
@@ -97,7 +99,7 @@ impl Logouts {
         let Some(token) = read_logout_token(req).await else {
             return Err(Reply::InvalidLogoutRequest("missing logout_token"));
         };
-        let logout = match verify_logout_token(&self.oidc, &token).await {
+        let logout = match self.verify(&token).await {
             Ok(logout) => logout,
             Err(e) => {
                 let reason = description(&e);
@@ -117,7 +119,8 @@ impl Logouts {
             }
         }
         let (sid, sub) = (logout.sid.as_deref(), logout.sub.as_deref());
-        if let Err(e) = self.sessions.store().delete_matching(sid, sub).await {
+        let store = self.sessions.store();
+        if let Err(e) = store.delete_matching(logout.provider, sid, sub).await {
             tracing::warn!(error = %log_safe(Chain(&e)), "back-channel logout could not reach the store");
             return Err(e.into());
         }
@@ -141,6 +144,28 @@ impl Logouts {
     }
 }
 
+impl Logouts {
+    /// Verify a logout token against the provider it names in `iss` (and, among providers
+    /// sharing an issuer, whose client id is in its `aud`): that provider's keys, issuer and
+    /// client id, in full. The claims are read unverified only to choose the provider.
+    async fn verify(&self, token: &str) -> Result<Logout, JwtError> {
+        let candidates = self.providers.claimed_by(token);
+        let Some((first, others)) = candidates.split_first() else {
+            // No provider has this issuer: judged by the default provider, which refuses it
+            // with the precise reason (wrong issuer, bad signature, ...).
+            return verify_logout_token(self.providers.default_provider(), token).await;
+        };
+        let mut result = verify_logout_token(first, token).await;
+        for oidc in others {
+            if result.is_ok() {
+                break;
+            }
+            result = verify_logout_token(oidc, token).await;
+        }
+        result
+    }
+}
+
 async fn read_logout_token(req: Request<Incoming>) -> Option<String> {
     let body = Limited::new(req.into_body(), MAX_LOGOUT_BODY)
         .collect()
@@ -159,6 +184,8 @@ pub(crate) fn logout_token_from_form(body: &[u8]) -> Option<String> {
 
 /// What a verified logout token asks for.
 struct Logout {
+    /// The provider whose keys verified it: only its sessions end.
+    provider: ProviderId,
     sid: Option<String>,
     sub: Option<String>,
     /// Its single-use marker: SHA-256 of its issuer and `jti`.
@@ -175,6 +202,7 @@ async fn verify_logout_token(oidc: &Oidc, token: &str) -> Result<Logout, JwtErro
         return Err(JwtError::Claim("no jti"));
     };
     Ok(Logout {
+        provider: oidc.id,
         sid: text("sid").map(str::to_owned),
         sub: text("sub").map(str::to_owned),
         once: Marker {

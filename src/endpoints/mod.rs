@@ -28,14 +28,18 @@ use crate::headers::Peer;
 use crate::login::Logins;
 use crate::login::preserve::Preserved;
 use crate::metrics::Metrics;
-use crate::oidc::Oidc;
+use crate::oidc::Providers;
 use crate::policy::RouteTable;
+use crate::policy::path::normalize_path;
 use crate::proxy::Body;
 use crate::proxy::Upstreams;
 use crate::reply::Reply;
 use crate::server::ConnectionStats;
 use crate::session::Sessions;
 use crate::session::identity::IdentityRules;
+
+/// The callback of a `[providers.NAME]`: the name follows it.
+const CALLBACK_PREFIX: &str = "/oauth2/callback/";
 
 /// Envoy's and Istio's `ext_authz` path prefix: the original path follows it.
 const EXT_AUTHZ_PREFIX: &str = "/oauth2/ext_authz/";
@@ -96,6 +100,8 @@ impl Builtin {
             Some(Builtin::Metrics) if metrics_elsewhere => None,
             Some(b) => Some(b),
             None if path.starts_with(EXT_AUTHZ_PREFIX) => Some(Builtin::ExtAuthz),
+            // `/oauth2/callback/NAME`: a `[providers.NAME]`'s callback.
+            None if path.starts_with(CALLBACK_PREFIX) => Some(Builtin::Callback),
             None if path.starts_with("/oauth2/") => Some(Builtin::UnknownOauth2),
             None => None,
         }
@@ -112,7 +118,7 @@ pub struct Shared {
     pub preserved: Arc<Preserved>,
     /// `server.forwarded_proto` (a kept post is forwarded by the callback).
     pub forwarded_proto: crate::config::ForwardedProto,
-    pub oidc: Arc<Oidc>,
+    pub providers: Arc<Providers>,
     pub identities: Arc<IdentityRules>,
     pub metrics: Arc<Metrics>,
     pub upstreams: Arc<Upstreams>,
@@ -149,7 +155,7 @@ impl Endpoints {
             admin: (cfg.server.admin_token.as_ref()).map(|token| {
                 Arc::new(admin::Admin::new(
                     shared.sessions.clone(),
-                    shared.oidc.clone(),
+                    shared.providers.clone(),
                     token,
                 ))
             }),
@@ -184,6 +190,17 @@ impl Endpoints {
         self.admin.as_ref()
     }
 
+    /// What follows `/oauth2/callback` in a callback's path, normalized (base path removed):
+    /// empty for `[oidc]`'s, `/NAME` for a `[providers.NAME]`'s.
+    fn callback_provider(&self, path: &str) -> String {
+        let path = normalize_path(path).unwrap_or_default();
+        let below = path.strip_prefix(self.base_path.as_str()).unwrap_or(&path);
+        below
+            .strip_prefix(Builtin::Callback.path())
+            .unwrap_or("/")
+            .to_owned()
+    }
+
     /// The handler of `server.metrics_listen`.
     pub fn metrics_only(&self) -> MetricsOnly {
         MetricsOnly(self.status.clone())
@@ -204,7 +221,10 @@ impl Endpoints {
             Builtin::Readyz => self.status.readyz().await,
             Builtin::Metrics => Ok(self.status.metrics().await),
             Builtin::Start if read_only => self.login.start(&req, peer).await,
-            Builtin::Callback if read_only => self.login.callback(&req, peer).await,
+            Builtin::Callback if read_only => {
+                let provider = self.callback_provider(req.uri().path());
+                self.login.callback(&req, peer, &provider).await
+            }
             Builtin::SignOut if read_only || method == Method::POST => {
                 self.logout.sign_out(&req).await
             }

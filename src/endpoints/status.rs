@@ -12,7 +12,7 @@ use crate::auth::{login_url, public_base};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::oidc::Oidc;
+use crate::oidc::Providers;
 use crate::proxy::Body;
 use crate::proxy::{Upstream, Upstreams};
 use crate::reply::{self, Reply, Unavailable};
@@ -21,7 +21,7 @@ use crate::session::{Lookup, SessionStore, Sessions, Store};
 
 /// What `/readyz`, `/metrics` and `/oauth2/userinfo` read.
 pub struct Status {
-    oidc: Arc<Oidc>,
+    providers: Arc<Providers>,
     sessions: Arc<Sessions>,
     metrics: Arc<Metrics>,
     upstreams: Arc<Upstreams>,
@@ -40,7 +40,7 @@ pub fn healthz() -> Response<Body> {
 impl Status {
     pub fn new(cfg: &Config, shared: &Shared) -> Self {
         Status {
-            oidc: shared.oidc.clone(),
+            providers: shared.providers.clone(),
             sessions: shared.sessions.clone(),
             metrics: shared.metrics.clone(),
             upstreams: shared.upstreams.clone(),
@@ -57,7 +57,8 @@ impl Status {
     /// routes would fail too, while authenticated requests already answer 503 with
     /// `Retry-After` on their own.
     pub async fn readyz(&self) -> Result<Response<Body>, Reply> {
-        let provider = self.oidc.is_ready();
+        // Every provider: a route of one not yet discovered could not log anyone in.
+        let provider = self.providers.is_ready();
         let store = self.sessions.store().ready().await;
         if provider {
             Ok(reply::text(
@@ -135,13 +136,19 @@ impl Status {
         }
         let _ = writeln!(
             text,
-            "# HELP authgate_provider_failures_total Failed calls to the provider's discovery document (JWKS included) and JWKS refetches.\n\
-             # TYPE authgate_provider_failures_total counter\n\
-             authgate_provider_failures_total{{kind=\"discovery\"}} {}\n\
-             authgate_provider_failures_total{{kind=\"jwks\"}} {}",
-            self.oidc.discovery_failures(),
-            self.oidc.jwks_failures()
+            "# HELP authgate_provider_failures_total Failed calls to a provider's discovery document (JWKS included) and JWKS refetches.\n\
+             # TYPE authgate_provider_failures_total counter",
         );
+        for oidc in self.providers.iter() {
+            let provider = oidc.label();
+            let _ = writeln!(
+                text,
+                "authgate_provider_failures_total{{kind=\"discovery\",provider=\"{provider}\"}} {}\n\
+                 authgate_provider_failures_total{{kind=\"jwks\",provider=\"{provider}\"}} {}",
+                oidc.discovery_failures(),
+                oidc.jwks_failures()
+            );
+        }
         super::process::render(&mut text);
         let _ = writeln!(
             text,

@@ -10,6 +10,7 @@ pub mod checks;
 pub mod flows;
 pub mod jwt;
 pub mod probe;
+pub mod providers;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -31,11 +32,12 @@ use serde::{Deserialize, Serialize};
 use url::Url;
 
 use crate::clock::Clock;
-use crate::config::{OidcConfig, TokenEndpointAuth};
+use crate::config::{OidcConfig, ProviderId, TokenEndpointAuth};
 use crate::error::{Chain, OidcSetupError};
 use crate::logging::log_safe;
 
 pub use openidconnect::reqwest::Client as HttpClient;
+pub use providers::Providers;
 
 /// The provider HTTP client's error.
 pub type HttpError = openidconnect::HttpClientError<openidconnect::reqwest::Error>;
@@ -143,8 +145,11 @@ pub enum DiscoveryFailed {
     },
 }
 
-/// The gateway's handle on its provider.
+/// The gateway's handle on one provider.
 pub struct Oidc {
+    /// Which provider this is; `name` is its `[providers.NAME]` (`None`: `[oidc]`).
+    pub id: ProviderId,
+    pub name: Option<String>,
     pub cfg: OidcConfig,
     pub redirect_url: RedirectUrl,
     /// `post_logout_redirect_uri`, default `public_url + "/"`.
@@ -167,19 +172,37 @@ pub struct Oidc {
 }
 
 impl Oidc {
+    /// The default provider, `[oidc]`.
     pub fn new(
         cfg: &OidcConfig,
         public_url: &Url,
         max_token_age: Option<Duration>,
     ) -> Result<Self, OidcSetupError> {
+        Self::named(ProviderId::DEFAULT, None, cfg, public_url, max_token_age)
+    }
+
+    /// Provider `id`: `[oidc]` (`name` `None`, callback `/oauth2/callback`) or
+    /// `[providers.NAME]` (callback `/oauth2/callback/NAME`).
+    pub fn named(
+        id: ProviderId,
+        name: Option<&str>,
+        cfg: &OidcConfig,
+        public_url: &Url,
+        max_token_age: Option<Duration>,
+    ) -> Result<Self, OidcSetupError> {
         let base = public_url.as_str().trim_end_matches('/');
-        let redirect_url = RedirectUrl::new(format!("{base}/oauth2/callback"))
-            .map_err(OidcSetupError::RedirectUri)?;
+        let callback = match name {
+            Some(name) => format!("{base}/oauth2/callback/{name}"),
+            None => format!("{base}/oauth2/callback"),
+        };
+        let redirect_url = RedirectUrl::new(callback).map_err(OidcSetupError::RedirectUri)?;
         let post_logout_url = match &cfg.post_logout_redirect_uri {
             Some(url) => url.clone(),
             None => Url::parse(&format!("{base}/")).map_err(OidcSetupError::PostLogoutUri)?,
         };
         Ok(Oidc {
+            id,
+            name: name.map(str::to_owned),
             cfg: cfg.clone(),
             redirect_url,
             post_logout_url,
@@ -203,6 +226,11 @@ impl Oidc {
 
     pub fn clock(&self) -> &Clock {
         &self.clock
+    }
+
+    /// `default` for `[oidc]`, else the provider's name (logs and metrics labels).
+    pub fn label(&self) -> &str {
+        self.name.as_deref().unwrap_or("default")
     }
 
     /// The discovered provider, or `None` while discovery has not yet succeeded.
@@ -239,6 +267,7 @@ impl Oidc {
             match self.discover().await {
                 Ok(provider) => {
                     tracing::info!(
+                        provider = self.label(),
                         issuer = %log_safe(provider.issuer()),
                         "OIDC discovery succeeded"
                     );
@@ -248,6 +277,7 @@ impl Oidc {
                 Err(e) => {
                     self.discovery_failures.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(
+                        provider = self.label(),
                         error = %log_safe(Chain(&e)),
                         retry_in = ?delay,
                         "OIDC discovery failed"

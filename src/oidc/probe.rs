@@ -4,7 +4,7 @@
 use openidconnect::core::CoreGrantType;
 
 use super::{DiscoveryFailed, Oidc};
-use crate::config::Config;
+use crate::config::{Config, OidcConfig};
 use crate::error::OidcSetupError;
 use crate::logging::log_safe;
 
@@ -26,23 +26,53 @@ pub enum ProbeError {
     Discovery(#[from] DiscoveryFailed),
 }
 
-/// Run the probe and print the report on stderr. `Err` when the provider is unreachable.
+/// Run the probe on every provider (`[oidc]`, then each `[providers.NAME]`) and print the
+/// report on stderr. `Err` when a provider is unreachable (every other one is still probed).
 pub async fn run(config: &Config) -> Result<(), ProbeError> {
-    let oidc = Oidc::new(&config.oidc, &config.server.public_url, None)?;
-    let provider = oidc.discover().await?;
-    eprintln!("probe: discovered {}", provider.issuer());
-    for finding in assess(config, &provider) {
-        match finding {
-            Finding::Ok(line) => eprintln!("  ok       {line}"),
-            Finding::Warning(line) => eprintln!("  WARNING  {line}"),
-            Finding::Info(line) => eprintln!("  info     {line}"),
+    let mut failed = None;
+    for (id, name, cfg) in config.provider_configs() {
+        let section = match name {
+            Some(name) => format!("providers.{name}"),
+            None => "oidc".to_owned(),
+        };
+        let oidc = Oidc::named(id, name, cfg, &config.server.public_url, None)?;
+        let provider = match oidc.discover().await {
+            Ok(provider) => provider,
+            Err(e) => {
+                eprintln!("probe: [{section}] discovery failed");
+                failed = Some(e);
+                continue;
+            }
+        };
+        match name {
+            Some(_) => eprintln!("probe: [{section}] discovered {}", provider.issuer()),
+            None => eprintln!("probe: discovered {}", provider.issuer()),
+        }
+        for finding in assess_provider(cfg, &section, &provider) {
+            match finding {
+                Finding::Ok(line) => eprintln!("  ok       {line}"),
+                Finding::Warning(line) => eprintln!("  WARNING  {line}"),
+                Finding::Info(line) => eprintln!("  info     {line}"),
+            }
         }
     }
-    Ok(())
+    match failed {
+        Some(e) => Err(e.into()),
+        None => Ok(()),
+    }
 }
 
-/// The checks, as data (unit-testable without a provider).
+/// The checks of `[oidc]`, as data (unit-testable without a provider).
 pub fn assess(config: &Config, provider: &super::Provider) -> Vec<Finding> {
+    assess_provider(&config.oidc, "oidc", provider)
+}
+
+/// The checks of one provider configured by `cfg` in `[section]`.
+pub fn assess_provider(
+    cfg: &OidcConfig,
+    section: &str,
+    provider: &super::Provider,
+) -> Vec<Finding> {
     let meta = &provider.metadata;
     let extra = meta.additional_metadata();
     let mut out = Vec::new();
@@ -90,12 +120,12 @@ pub fn assess(config: &Config, provider: &super::Provider) -> Vec<Finding> {
     out.push(offline_access(
         provider.issuer(),
         scopes_supported.as_deref(),
-        &config.oidc.scopes,
-        &config.oidc.extra_auth_params,
+        &cfg.scopes,
+        &cfg.extra_auth_params,
     ));
     let logto = provider.issuer().contains("logto") || provider.issuer().ends_with("/oidc");
-    if logto && config.oidc.resource.is_empty() {
-        out.push(Finding::Warning("oidc.resource is empty with a Logto-like issuer: access tokens will be opaque and the upstream cannot verify them".into()));
+    if logto && cfg.resource.is_empty() {
+        out.push(Finding::Warning(format!("{section}.resource is empty with a Logto-like issuer: access tokens will be opaque and the upstream cannot verify them")));
     }
     out
 }

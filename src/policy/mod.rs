@@ -13,7 +13,9 @@ use http::Method;
 use serde_json::{Map, Value};
 
 use crate::claims::claim_text;
-use crate::config::{BearerMode, HostPattern, PathMatch, Policy, Preflight, RouteConfig};
+use crate::config::{
+    BearerMode, HostPattern, PathMatch, Policy, Preflight, ProviderId, RouteConfig,
+};
 use crate::metrics::RouteId;
 
 /// A compiled route: the validated `[[route]]` entry plus what is derived from it once.
@@ -68,9 +70,10 @@ pub struct RouteTable {
 }
 
 impl RouteTable {
-    /// `resources`: `oidc.resource`, to resolve each route's `bearer_resource` once;
-    /// `upstreams`: the names of `[upstreams.NAME]`, to resolve each route's `upstream`.
-    pub fn new(configs: &[RouteConfig], resources: &[String], upstreams: &[&str]) -> Self {
+    /// `resources`: each provider's `resource` by provider id (`oidc.resource` first), to
+    /// resolve each route's `bearer_resource` once; `upstreams`: the names of
+    /// `[upstreams.NAME]`, to resolve each route's `upstream`.
+    pub fn new(configs: &[RouteConfig], resources: &[&[String]], upstreams: &[&str]) -> Self {
         let routes = configs
             .iter()
             .enumerate()
@@ -84,6 +87,8 @@ impl RouteTable {
                 name: "default".into(),
                 host: None,
                 upstream: None,
+                provider: None,
+                provider_id: ProviderId::DEFAULT,
                 strip_prefix: false,
                 require_email_domains: Vec::new(),
                 require_emails: Vec::new(),
@@ -178,9 +183,13 @@ impl Route {
     fn from_config(
         id: RouteId,
         cfg: &RouteConfig,
-        resources: &[String],
+        resources: &[&[String]],
         upstreams: &[&str],
     ) -> Self {
+        let resources = resources
+            .get(cfg.provider_id.index())
+            .copied()
+            .unwrap_or_default();
         Route {
             id,
             label: cfg.name.clone(),
@@ -427,6 +436,8 @@ mod tests {
             name: String::new(),
             host: None,
             upstream: None,
+            provider: None,
+            provider_id: ProviderId::DEFAULT,
             strip_prefix: false,
             require_email_domains: vec![],
             require_emails: vec![],

@@ -43,7 +43,8 @@ pub fn short_id(key: &SessionKey) -> String {
     digest[..8].iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// An id as the admin API accepts it: 16 or 64 lowercase hex digits.
+/// An id as the admin API accepts it: 16 (memory store), 64 (Redis) or 68 (Redis Cluster:
+/// the slot tag, then the record's hash) lowercase hex digits.
 pub fn valid_id(id: &str) -> bool {
-    matches!(id.len(), 16 | 64) && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    matches!(id.len(), 16 | 64 | 68) && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }

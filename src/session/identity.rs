@@ -17,7 +17,7 @@ use http::{HeaderName, HeaderValue};
 use serde_json::{Map, Value};
 
 use crate::claims::{groups, str_claim};
-use crate::config::{Config, HeadersConfig};
+use crate::config::{Config, HeadersConfig, ProviderId};
 use crate::headers::ClaimHeaders;
 
 /// A range of an identity's text. Two `u32`s: half a `Range<usize>` (a text is refused at
@@ -170,6 +170,9 @@ pub struct IdentityRules {
     headers: ClaimHeaders,
     /// Claim names kept in `Identity::claims`.
     kept: Vec<String>,
+    /// The names of `[providers.NAME]` by provider id minus one: how a stored record names
+    /// the provider of its session.
+    providers: Vec<String>,
 }
 
 impl IdentityRules {
@@ -180,7 +183,34 @@ impl IdentityRules {
         kept.extend(headers.claim_names().map(str::to_owned));
         kept.sort();
         kept.dedup();
-        IdentityRules { headers, kept }
+        IdentityRules {
+            headers,
+            kept,
+            providers: Vec::new(),
+        }
+    }
+
+    /// The same rules, with the names of `[providers.NAME]` in provider id order.
+    pub fn with_providers(mut self, names: Vec<String>) -> Self {
+        self.providers = names;
+        self
+    }
+
+    /// The name of a session's provider (`None`: `[oidc]`, or an id no name has).
+    pub fn provider_name(&self, id: ProviderId) -> Option<&str> {
+        let i = id.index().checked_sub(1)?;
+        self.providers.get(i).map(String::as_str)
+    }
+
+    /// Every provider's id: `[oidc]`'s, then each `[providers.NAME]`'s.
+    pub fn provider_ids(&self) -> impl Iterator<Item = ProviderId> + '_ {
+        (0..=self.providers.len()).filter_map(|i| u8::try_from(i).ok().map(ProviderId))
+    }
+
+    /// The id of the provider called `name`; `None` when no `[providers.NAME]` has it.
+    pub fn provider_id(&self, name: &str) -> Option<ProviderId> {
+        let i = self.providers.iter().position(|n| n == name)?;
+        Some(ProviderId(u8::try_from(i + 1).ok()?))
     }
 
     /// The rules of a configuration: its `[headers]`, and the claims its routes require
@@ -200,6 +230,7 @@ impl IdentityRules {
             &cfg.headers,
             route_claims.chain(verified).chain(login.flatten()),
         )
+        .with_providers(cfg.provider_names())
     }
 
     /// The configured identity headers (their names: the list identities share).

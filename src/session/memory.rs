@@ -47,7 +47,8 @@ use moka::policy::EvictionPolicy;
 use super::admin::{Revoked, SessionInfo, Target, short_id};
 use super::by_user::ByUser;
 use super::{
-    Marker, RefreshLease, Replaced, Session, SessionKey, SessionStore, StoreError, Versioned,
+    Marker, ProviderId, RefreshLease, Replaced, Session, SessionKey, SessionStore, StoreError,
+    Versioned,
 };
 use crate::clock::Clock;
 
@@ -302,6 +303,7 @@ impl SessionStore for MemoryStore {
 
     async fn delete_matching(
         &self,
+        provider: ProviderId,
         sid: Option<&str>,
         sub: Option<&str>,
     ) -> Result<(), StoreError> {
@@ -309,11 +311,11 @@ impl SessionStore for MemoryStore {
         // user only, to keep the memory per session small).
         let doomed: Vec<SessionKey> = match sub {
             Some(sub) => (self.keys_of(sub).await.into_iter())
-                .filter(|(_, s)| matches_logout(s, sid, Some(sub)))
+                .filter(|(_, s)| matches_logout(s, provider, sid, Some(sub)))
                 .map(|(k, _)| k)
                 .collect(),
             None => (self.cache.iter())
-                .filter(|(_, s)| matches_logout(s, sid, sub))
+                .filter(|(_, s)| matches_logout(s, provider, sid, sub))
                 .map(|(k, _)| *k)
                 .collect(),
         };
@@ -365,8 +367,17 @@ impl SessionStore for MemoryStore {
 }
 
 /// Back-channel logout (OpenID Back-Channel Logout 1.0 section 2.4): with a `sid`, the
-/// sessions of that provider session; with only a `sub`, every session of that user.
-pub fn matches_logout(session: &Session, sid: Option<&str>, sub: Option<&str>) -> bool {
+/// sessions of that provider session; with only a `sub`, every session of that user. Only
+/// sessions of `provider`: a `sub` names a user at one provider.
+pub fn matches_logout(
+    session: &Session,
+    provider: ProviderId,
+    sid: Option<&str>,
+    sub: Option<&str>,
+) -> bool {
+    if session.provider != provider {
+        return false;
+    }
     let id = &session.identity;
     match (sid, sub) {
         (Some(sid), Some(sub)) => id.sid() == Some(sid) && id.sub() == sub,
@@ -503,6 +514,7 @@ mod tests {
             login_at: now,
             backoff: None,
             last_seen: Default::default(),
+            provider: ProviderId::DEFAULT,
         }
     }
 
@@ -548,8 +560,14 @@ mod tests {
             .await
             .unwrap();
         store.sync().await;
-        store.delete_matching(None, Some("carol")).await.unwrap();
-        store.delete_matching(None, Some("bob")).await.unwrap();
+        store
+            .delete_matching(ProviderId::DEFAULT, None, Some("carol"))
+            .await
+            .unwrap();
+        store
+            .delete_matching(ProviderId::DEFAULT, None, Some("bob"))
+            .await
+            .unwrap();
         store.sync().await;
         assert_eq!(store.live(), 0, "{}", store.live());
         assert_eq!(
@@ -596,7 +614,7 @@ mod tests {
         assert_eq!(store.live(), n);
         let started = Instant::now();
         store
-            .delete_matching(None, Some("user-00000007"))
+            .delete_matching(ProviderId::DEFAULT, None, Some("user-00000007"))
             .await
             .unwrap();
         let logout = started.elapsed();

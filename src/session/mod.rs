@@ -17,6 +17,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use crate::config::ProviderId;
 pub use crate::cookie::CookieCodec;
 pub use identity::Identity;
 pub use record::{LastSeen, RefreshBackoff, ResourceToken, Session, Tokens};
@@ -161,9 +162,11 @@ pub trait SessionStore: Send + Sync + 'static {
         session: Arc<Session>,
     ) -> impl Future<Output = Result<Replaced, StoreError>> + Send;
     fn delete(&self, key: &SessionKey) -> impl Future<Output = Result<(), StoreError>> + Send;
-    /// End every session of an OpenID `sid` (when given), else of a `sub` (back-channel logout).
+    /// End every session of `provider` with an OpenID `sid` (when given), else with a `sub`
+    /// (back-channel logout: the same `sub` at another provider is another user).
     fn delete_matching(
         &self,
+        provider: ProviderId,
         sid: Option<&str>,
         sub: Option<&str>,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
@@ -302,12 +305,13 @@ impl SessionStore for Store {
 
     async fn delete_matching(
         &self,
+        provider: ProviderId,
         sid: Option<&str>,
         sub: Option<&str>,
     ) -> Result<(), StoreError> {
         match self {
-            Store::Memory(s) => s.delete_matching(sid, sub).await,
-            Store::Redis(s) => s.delete_matching(sid, sub).await,
+            Store::Memory(s) => s.delete_matching(provider, sid, sub).await,
+            Store::Redis(s) => s.delete_matching(provider, sid, sub).await,
         }
     }
 

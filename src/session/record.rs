@@ -15,6 +15,7 @@ use std::time::Duration;
 use http::HeaderValue;
 
 use super::Identity;
+use crate::config::ProviderId;
 
 #[derive(Debug, Clone)]
 pub struct Session {
@@ -26,6 +27,9 @@ pub struct Session {
     pub backoff: Option<RefreshBackoff>,
     /// When the session was last used (the memory store's idle timeout).
     pub last_seen: LastSeen,
+    /// The provider the user logged in at: a route of another provider treats the session
+    /// as none. One byte, in what was padding.
+    pub provider: ProviderId,
 }
 
 /// Unix seconds of a session's last use, by the gateway's clock (0: not yet). Written by a

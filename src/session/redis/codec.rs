@@ -12,6 +12,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::config::ProviderId;
 use crate::session::identity::{IdentityParts, IdentityRules};
 use crate::session::{LastSeen, RefreshBackoff, ResourceToken, Session, Tokens};
 
@@ -28,6 +29,10 @@ struct StoredSession {
     /// Tokens of `oidc.resource[1..]`: (access token, expiry), `None` where missing.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     more: Vec<Option<(String, Option<u64>)>>,
+    /// The `[providers.NAME]` the session belongs to; absent: `[oidc]` (so records written
+    /// before several providers existed read back as the default provider's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    prov: Option<String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -41,9 +46,17 @@ struct StoredIdentity {
     headers: Vec<(String, String)>,
 }
 
-pub fn encode_session(s: &Session) -> Option<Vec<u8>> {
+/// `rules`: the configuration's, which name the session's provider.
+pub fn encode_session(s: &Session, rules: &IdentityRules) -> Option<Vec<u8>> {
     let id = &s.identity;
+    let prov = match s.provider.is_default() {
+        true => None,
+        // An id without a name is never made; a record that cannot say whose it is is not
+        // written.
+        false => Some(rules.provider_name(s.provider)?.to_owned()),
+    };
     let stored = StoredSession {
+        prov,
         at: String::from_utf8(s.tokens.access_token().to_vec()).ok()?,
         exp: s.tokens.access_expires_at,
         rt: s.tokens.refresh_token.as_deref().map(str::to_owned),
@@ -89,8 +102,13 @@ pub fn encode_session(s: &Session) -> Option<Vec<u8>> {
 
 /// `rules`: the current configuration's, whose header name list the identity shares when
 /// the stored names are the configured ones (see [`IdentityRules::restore`]).
+/// A record of a provider the configuration no longer has reads as no session.
 pub fn decode_session(bytes: &[u8], rules: &IdentityRules) -> Option<Session> {
     let s: StoredSession = serde_json::from_slice(bytes).ok()?;
+    let provider = match &s.prov {
+        None => ProviderId::DEFAULT,
+        Some(name) => rules.provider_id(name)?,
+    };
     let identity = rules.restore(IdentityParts {
         sub: &s.id.sub,
         email: s.id.email.as_deref(),
@@ -118,6 +136,7 @@ pub fn decode_session(bytes: &[u8], rules: &IdentityRules) -> Option<Session> {
             })
         }),
         last_seen: LastSeen::default(),
+        provider,
     })
 }
 
@@ -175,8 +194,9 @@ mod tests {
                 retry_at: 50,
             }),
             last_seen: LastSeen::default(),
+            provider: ProviderId::DEFAULT,
         };
-        let encoded = encode_session(&session).unwrap();
+        let encoded = encode_session(&session, &rules).unwrap();
         assert_eq!(std::str::from_utf8(&encoded).unwrap(), RECORD);
         let back = decode_session(&encoded, &rules).unwrap();
         assert_eq!(back.tokens.bearer, session.tokens.bearer);
@@ -203,8 +223,9 @@ mod tests {
             "1.7976931348623157e308",
         ] {
             let record = RECORD.replace(r#""tenant":4"#, &format!(r#""tenant":{float}"#));
-            let once = encode_session(&decode_session(record.as_bytes(), &rules).unwrap()).unwrap();
-            let twice = encode_session(&decode_session(&once, &rules).unwrap()).unwrap();
+            let once = encode_session(&decode_session(record.as_bytes(), &rules).unwrap(), &rules)
+                .unwrap();
+            let twice = encode_session(&decode_session(&once, &rules).unwrap(), &rules).unwrap();
             assert_eq!(
                 String::from_utf8(once).unwrap(),
                 String::from_utf8(twice).unwrap(),
@@ -213,14 +234,54 @@ mod tests {
         }
     }
 
+    /// A record names its `[providers.NAME]`; one without a name is `[oidc]`'s (records
+    /// written before several providers); one naming a provider no longer configured is none.
+    #[test]
+    fn records_carry_their_provider() {
+        let rules = rules().with_providers(vec!["employees".into(), "partners".into()]);
+        let mut session = decode_session(RECORD.as_bytes(), &rules).unwrap();
+        assert_eq!(session.provider, ProviderId::DEFAULT);
+        session.provider = ProviderId(2);
+        let encoded = encode_session(&session, &rules).unwrap();
+        let text = std::str::from_utf8(&encoded).unwrap();
+        assert!(text.ends_with(r#","prov":"partners"}"#), "{text}");
+        assert_eq!(
+            decode_session(&encoded, &rules).unwrap().provider,
+            ProviderId(2)
+        );
+        let fewer = IdentityRules::new(
+            &HeadersConfig {
+                authorization_bearer: true,
+                user: None,
+                email: Some(HeaderName::from_static("x-forwarded-email")),
+                preferred_username: None,
+                groups: None,
+                groups_claim: "groups".into(),
+                claims: Vec::new(),
+            },
+            ["tenant".to_string()],
+        )
+        .with_providers(vec!["employees".into()]);
+        assert!(
+            decode_session(&encoded, &fewer).is_none(),
+            "unknown provider"
+        );
+        session.provider = ProviderId(9);
+        assert!(
+            encode_session(&session, &rules).is_none(),
+            "an id without a name"
+        );
+    }
+
     #[test]
     fn records_keep_their_headers_when_the_configuration_changed() {
         let record = RECORD.replace("x-forwarded-email", "x-mail");
-        let back = decode_session(record.as_bytes(), &rules()).unwrap();
+        let rules = rules();
+        let back = decode_session(record.as_bytes(), &rules).unwrap();
         let headers: Vec<_> = back.identity.upstream_headers().collect();
         assert_eq!(headers.len(), 1);
         assert_eq!(headers[0].0, "x-mail");
         assert_eq!(headers[0].1, "é@x".as_bytes());
-        assert_eq!(encode_session(&back).unwrap(), record.as_bytes());
+        assert_eq!(encode_session(&back, &rules).unwrap(), record.as_bytes());
     }
 }

@@ -57,7 +57,7 @@ use sha2::Digest;
 
 use self::conn::{Conn, SentinelConn};
 
-use super::admin::{Revoked, SessionInfo, Target};
+use super::admin::{Revoked, SessionInfo, Target, valid_id};
 use super::identity::IdentityRules;
 use super::memory::matches_logout;
 use super::{
@@ -65,7 +65,7 @@ use super::{
     Versioned,
 };
 use crate::clock::Clock;
-use crate::config::RedisTopology;
+use crate::config::{ProviderId, RedisTopology};
 use crate::error::StoreSetupError;
 use crate::metrics::StoreMetrics;
 use crate::seal::Keyring;
@@ -353,11 +353,11 @@ impl RedisStore {
             let deadline = u64::from_be_bytes(deadline);
             let expires_at = now_ms.saturating_add(ttl) / 1000;
             let login_at = deadline.saturating_sub(absolute);
-            let Some(id) = name.rsplit(':').next() else {
+            let Some(id) = inner.id_of_record(name) else {
                 continue;
             };
             out.push(SessionInfo {
-                id: id.to_owned(),
+                id,
                 login_at,
                 last_used_at: expires_at.saturating_sub(idle).max(login_at),
                 expires_at,
@@ -373,15 +373,15 @@ impl RedisStore {
         let inner = &self.inner;
         let names = match target {
             Target::Sub(sub) => self.indexed(sub).await?,
-            Target::Id(id) => vec![format!("{}s:{id}", inner.opts.key_prefix)],
+            Target::Id(id) => inner.record_of_id(id).into_iter().collect(),
         };
-        let count = if names.is_empty() {
-            0
-        } else {
+        // One `DEL` a record: in a Cluster each record lives in its own slot.
+        let mut count = 0;
+        for name in &names {
             let mut del = redis::cmd("DEL");
-            del.arg(&names);
-            self.query::<u64>("DEL (revoke)", &del).await?
-        };
+            del.arg(name);
+            count += self.query::<u64>("DEL (revoke)", &del).await?;
+        }
         // This replica's cache: every entry of that user, or all of it for one id (its key
         // is not known from the id); the other replicas' expire within CACHE_TTL.
         let cached: Vec<SessionKey> = (inner.cache.iter())
@@ -398,11 +398,25 @@ impl RedisStore {
         })
     }
 
-    /// The record names in the `sub` index sets of user `sub` (under every secret).
+    /// The record names in the `sub` index sets of user `sub`, under every secret and at
+    /// every provider (the admin API names a user by `sub` alone). One `SMEMBERS` a set: in a
+    /// Cluster each set lives in its own slot.
     async fn indexed(&self, sub: &str) -> Result<Vec<String>, StoreError> {
-        let mut union = redis::cmd("SUNION");
-        union.arg(self.inner.index_names("sub", sub));
-        self.query("SUNION (sub)", &union).await
+        let inner = &self.inner;
+        let mut names: Vec<String> = Vec::new();
+        for provider in inner.opts.identity_rules.provider_ids() {
+            for set in inner.index_names(provider, "sub", sub) {
+                let mut members = redis::cmd("SMEMBERS");
+                members.arg(&set);
+                names.extend(
+                    self.query::<Vec<String>>("SMEMBERS (sub)", &members)
+                        .await?,
+                );
+            }
+        }
+        names.sort_unstable();
+        names.dedup();
+        Ok(names)
     }
 
     /// Run one Redis call with the timeout, the latency histogram and the error counters.
@@ -681,7 +695,7 @@ impl RedisStore {
             return Ok((Replaced::Gone, None));
         }
         let ttl = millis(inner.opts.idle_timeout).min((deadline - now).saturating_mul(1000));
-        let sealed = codec::encode_session(&session)
+        let sealed = codec::encode_session(&session, &inner.opts.identity_rules)
             .and_then(|plain| inner.keys.seal(&session_context(key), deadline, &plain))
             .ok_or(StoreError::Seal)?;
         let name = self.session_name(key);
@@ -762,19 +776,54 @@ impl Inner {
             .into_iter()
             .flatten()
             .map(|(label, value)| {
-                let hash = self.keys.name(label, value.as_bytes());
+                let value = self.index_value(session.provider, value);
+                let hash = self.keys.name(label, &value);
                 format!("{}{label}:{hash}", self.opts.key_prefix)
             })
             .collect()
     }
 
-    fn index_names(&self, label: &str, value: &str) -> Vec<String> {
+    /// The admin API's id of the record called `name`: its keyed hash (64 hex digits), in a
+    /// Cluster preceded by its slot tag (68), so that the id alone names the record again.
+    fn id_of_record(&self, name: &str) -> Option<String> {
+        let rest = name.strip_prefix(self.opts.key_prefix.as_str())?;
+        let id = if self.cluster {
+            let (tag, hash) = rest.strip_prefix('{')?.split_once("}s:")?;
+            format!("{tag}{hash}")
+        } else {
+            rest.strip_prefix("s:")?.to_owned()
+        };
+        valid_id(&id).then_some(id)
+    }
+
+    /// The record an admin API id names ([`Self::id_of_record`]); `None` for an id of
+    /// another topology.
+    fn record_of_id(&self, id: &str) -> Option<String> {
+        let prefix = &self.opts.key_prefix;
+        match (self.cluster, id.len()) {
+            (true, 68) => Some(format!("{prefix}{{{}}}s:{}", &id[..4], &id[4..])),
+            (false, 64) => Some(format!("{prefix}s:{id}")),
+            _ => None,
+        }
+    }
+
+    fn index_names(&self, provider: ProviderId, label: &str, value: &str) -> Vec<String> {
         let prefix = &self.opts.key_prefix;
         self.keys
-            .names(label, value.as_bytes())
+            .names(label, &self.index_value(provider, value))
             .into_iter()
             .map(|h| format!("{prefix}{label}:{h}"))
             .collect()
+    }
+
+    /// What an index set is named after: the `sid` or `sub` itself for `[oidc]` (as before
+    /// several providers), `NUL NAME NUL value` for a `[providers.NAME]` (a `sub` names a
+    /// user at one provider; no value holds a NUL byte before a name, so none collide).
+    fn index_value(&self, provider: ProviderId, value: &str) -> Vec<u8> {
+        match self.opts.identity_rules.provider_name(provider) {
+            None => value.as_bytes().to_vec(),
+            Some(name) => [b"\0", name.as_bytes(), b"\0", value.as_bytes()].concat(),
+        }
     }
 
     fn open_session(&self, key: &SessionKey, sealed: &[u8]) -> Option<Session> {
@@ -809,7 +858,7 @@ impl SessionStore for RedisStore {
             return self.delete(&key).await;
         }
         let ttl = millis(inner.opts.idle_timeout).min((deadline - now).saturating_mul(1000));
-        let sealed = codec::encode_session(&session)
+        let sealed = codec::encode_session(&session, &inner.opts.identity_rules)
             .and_then(|plain| inner.keys.seal(&session_context(&key), deadline, &plain))
             .ok_or(StoreError::Seal)?;
         let name = self.session_name(&key);
@@ -867,6 +916,7 @@ impl SessionStore for RedisStore {
 
     async fn delete_matching(
         &self,
+        provider: ProviderId,
         sid: Option<&str>,
         sub: Option<&str>,
     ) -> Result<(), StoreError> {
@@ -875,8 +925,8 @@ impl SessionStore for RedisStore {
             return Ok(());
         }
         // Per secret: the sid set and/or the sub set; a session matches when it is in each.
-        let sid_sets = sid.map(|s| inner.index_names("sid", s));
-        let sub_sets = sub.map(|s| inner.index_names("sub", s));
+        let sid_sets = sid.map(|s| inner.index_names(provider, "sid", s));
+        let sub_sets = sub.map(|s| inner.index_names(provider, "sub", s));
         let groups: Vec<Vec<&String>> = (0..inner.keys.secrets())
             .map(|i| {
                 [&sid_sets, &sub_sets]
@@ -896,7 +946,7 @@ impl SessionStore for RedisStore {
         };
         // This replica's cache (even when Redis failed); the others' expire within CACHE_TTL.
         let cached: Vec<SessionKey> = (inner.cache.iter())
-            .filter(|(_, c)| matches_logout(&c.session, sid, sub))
+            .filter(|(_, c)| matches_logout(&c.session, provider, sid, sub))
             .map(|(k, _)| *k)
             .collect();
         self.forget_locally(cached).await;

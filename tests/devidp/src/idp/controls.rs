@@ -85,10 +85,24 @@ pub enum ClientAuth {
     None,
 }
 
+/// Signs an ID token's claims in place of the provider's own key (tests of several
+/// providers: another provider's token on this provider's flow).
+pub type IdTokenSigner = std::sync::Arc<dyn Fn(serde_json::Value) -> String + Send + Sync>;
+
+#[derive(Default)]
+struct SignerSlot(Mutex<Option<IdTokenSigner>>);
+
+impl std::fmt::Debug for SignerSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SignerSlot")
+    }
+}
+
 /// Knobs and counters of a running [`super::DevIdp`].
 #[derive(Debug)]
 pub struct Controls {
     settings: Mutex<Settings>,
+    id_token_signer: SignerSlot,
     faults: Mutex<Faults>,
     records: Mutex<Records>,
     refresh_calls: AtomicUsize,
@@ -167,6 +181,7 @@ impl Controls {
         };
         Self {
             settings: Mutex::new(settings),
+            id_token_signer: SignerSlot::default(),
             faults: Mutex::default(),
             records: Mutex::default(),
             refresh_calls: AtomicUsize::new(0),
@@ -241,6 +256,16 @@ impl Controls {
         lock(&self.settings).scopes_supported = scopes;
     }
 
+    /// `Some(signer)`: every ID token issued from now on is the signer's output for the claims
+    /// the provider would have signed; `None` (default): the provider signs them.
+    pub fn set_id_token_signer(&self, signer: Option<IdTokenSigner>) {
+        *lock(&self.id_token_signer.0) = signer;
+    }
+
+    pub(crate) fn id_token_signer(&self) -> Option<IdTokenSigner> {
+        lock(&self.id_token_signer.0).clone()
+    }
+
     /// `Some(defect)`: every ID token issued from now on has it; `None` (default): sound ones.
     pub fn set_id_token_tamper(&self, tamper: Option<IdTokenTamper>) {
         lock(&self.settings).id_token_tamper = tamper;
@@ -298,6 +323,12 @@ impl Controls {
     /// tokens stop working at `/userinfo`.
     pub fn revoke_grants_of(&self, user: &str) {
         self.grants.revoke_user(user);
+    }
+
+    /// Publish and sign with the second embedded key only (before any client fetched the
+    /// JWKS): this provider's keys are then not another default instance's.
+    pub fn use_second_key_only(&self) {
+        self.keys.use_second_key_only();
     }
 
     /// Signs with the second key (kid `dev-2`) from now on; the JWKS publishes both keys.

@@ -134,6 +134,9 @@ fn id_token(
         None => claims.remove("nonce"),
     };
     shared.controls.record_issued_sid(&issue.grant.sid);
+    if let Some(signer) = shared.controls.id_token_signer() {
+        return Ok(signer(Value::Object(claims)));
+    }
     match issue.settings.id_token_tamper {
         None => {}
         Some(IdTokenTamper::ForeignKey) => {

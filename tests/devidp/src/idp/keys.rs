@@ -23,6 +23,9 @@ pub(crate) struct KeyRing {
     secondary: CoreRsaPrivateSigningKey,
     foreign: CoreRsaPrivateSigningKey,
     rotated: AtomicBool,
+    /// Only `dev-2`, published and signing: a provider whose keys differ from another
+    /// instance's (tests of several providers).
+    second_only: AtomicBool,
 }
 
 impl std::fmt::Debug for KeyRing {
@@ -43,6 +46,7 @@ impl KeyRing {
             secondary: parse(SECONDARY_PEM, "dev-2")?,
             foreign: parse(FOREIGN_PEM, "foreign")?,
             rotated: AtomicBool::new(false),
+            second_only: AtomicBool::new(false),
         })
     }
 
@@ -51,8 +55,16 @@ impl KeyRing {
         self.rotated.store(true, Ordering::SeqCst);
     }
 
+    /// Publish and sign with `dev-2` only, never `dev-1`.
+    pub(crate) fn use_second_key_only(&self) {
+        self.second_only.store(true, Ordering::SeqCst);
+    }
+
     /// The public keys as a JWKS document.
     pub(crate) fn jwks(&self) -> CoreJsonWebKeySet {
+        if self.second_only.load(Ordering::SeqCst) {
+            return CoreJsonWebKeySet::new(vec![self.secondary.as_verification_key()]);
+        }
         let mut keys: Vec<CoreJsonWebKey> = vec![self.primary.as_verification_key()];
         if self.rotated.load(Ordering::SeqCst) {
             keys.push(self.secondary.as_verification_key());
@@ -62,7 +74,7 @@ impl KeyRing {
 
     /// A compact RS256 JWS of `claims` with the active key.
     pub(crate) fn sign(&self, claims: &serde_json::Value) -> Result<String, SigningError> {
-        if self.rotated.load(Ordering::SeqCst) {
+        if self.rotated.load(Ordering::SeqCst) || self.second_only.load(Ordering::SeqCst) {
             sign_with(&self.secondary, "dev-2", claims)
         } else {
             sign_with(&self.primary, "dev-1", claims)

@@ -31,7 +31,7 @@ use tokio::sync::watch;
 
 use crate::log_safe;
 pub use controls::{
-    AccessTokenFormat, ClientAuth, Controls, IdTokenTamper, ResponseIss, TokenFault,
+    AccessTokenFormat, ClientAuth, Controls, IdTokenSigner, IdTokenTamper, ResponseIss, TokenFault,
 };
 use keys::KeyRing;
 use web::Body;
