@@ -19,17 +19,18 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use http::{HeaderValue, Request, Response};
 use hyper::body::Incoming;
 
 use crate::auth::{Authenticator, Navigation, is_preflight};
 use crate::clock::Clock;
 use crate::config::{BearerMode, Config, Policy, Preflight, ServerConfig};
-use crate::endpoints::{Builtin, Endpoints, MetricsOnly, Shared};
+use crate::endpoints::{Builtin, Endpoints, Shared};
 use crate::headers::{self, InboundHeaders, Peer};
 use crate::host::RequestHost;
 use crate::login::Logins;
-use crate::metrics::{Decision, Metrics, RouteId};
+use crate::metrics::{Decision, Metrics, ReloadStats, RouteId};
 use crate::oidc::Oidc;
 use crate::policy::{Route, RouteTable, path::normalize_path};
 use crate::proxy::Body;
@@ -39,16 +40,41 @@ use crate::reply::Reply;
 use crate::server::ConnectionStats;
 use crate::session::identity::IdentityRules;
 use crate::session::{CookieCodec, Sessions, Store};
+use crate::tls::ServerCert;
 
 mod access;
+mod reload;
 
 use access::{RequestIds, Seen, X_REQUEST_ID};
+pub use reload::ReloadError;
 
-/// Shared state of one gateway instance: the pipeline's parts, each built once.
+/// One gateway instance: what lives as long as the process (the session store, the
+/// connection counters, the listener's certificate), and the [`Runtime`] built from the
+/// configuration, behind one pointer that a reload swaps (`reload.rs`). Each request loads
+/// that pointer once at its start and runs on what it got: the old configuration or the
+/// new one, never a mix; requests in flight finish on the old one.
 pub struct Gateway {
+    runtime: ArcSwap<Runtime>,
+    store: Arc<Store>,
+    clock: Clock,
+    /// Client connections of the main listener.
+    connections: Arc<ConnectionStats>,
+    request_ids: RequestIds,
+    /// `authgate_config_reloads_total` and the time of the last good one.
+    reloads: Arc<ReloadStats>,
+    /// The listener's certificate (with `server.tls_cert_file`): a reload swaps it.
+    tls: Option<Arc<ServerCert>>,
+    /// One reload at a time.
+    reloading: tokio::sync::Mutex<()>,
+}
+
+/// Everything built from one configuration: the pipeline's parts.
+pub struct Runtime {
+    config: Arc<Config>,
     server: ServerConfig,
     routes: Arc<RouteTable>,
     auth: Arc<Authenticator>,
+    refresher: Arc<Refresher>,
     endpoints: Endpoints,
     inbound: InboundHeaders,
     sessions: Arc<Sessions>,
@@ -57,9 +83,6 @@ pub struct Gateway {
     oidc: Arc<Oidc>,
     rules: Arc<IdentityRules>,
     metrics: Arc<Metrics>,
-    /// Client connections of the main listener.
-    connections: Arc<ConnectionStats>,
-    request_ids: RequestIds,
 }
 
 /// What `dispatch` hands back for metrics and the access log.
@@ -92,6 +115,7 @@ impl Outcome {
 impl Gateway {
     /// `rules`: built from `cfg` by the caller ([`IdentityRules::for_config`]), which gives
     /// the Redis store the same rules (records read back share their header names).
+    /// `tls`: the listener's certificate, loaded from `server.tls_cert_file`.
     pub fn new(
         cfg: Arc<Config>,
         store: Arc<Store>,
@@ -99,7 +123,112 @@ impl Gateway {
         upstreams: Upstreams,
         rules: Arc<IdentityRules>,
         clock: Clock,
+        tls: Option<Arc<ServerCert>>,
     ) -> Arc<Self> {
+        let connections = Arc::<ConnectionStats>::default();
+        let reloads = Arc::new(ReloadStats::default());
+        let parts = Parts {
+            store: store.clone(),
+            oidc,
+            upstreams: Arc::new(upstreams),
+            rules,
+            clock: clock.clone(),
+            connections: connections.clone(),
+            reloads: reloads.clone(),
+        };
+        Arc::new(Gateway {
+            runtime: ArcSwap::from_pointee(Runtime::new(cfg, parts, None)),
+            store,
+            clock,
+            connections,
+            request_ids: RequestIds::new(),
+            reloads,
+            tls,
+            reloading: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// The runtime configuration requests start with now.
+    pub fn runtime(&self) -> Arc<Runtime> {
+        self.runtime.load_full()
+    }
+
+    /// The `[server]` section: what `serve_gateway` listens with.
+    pub fn server_config(&self) -> ServerConfig {
+        self.runtime.load().server.clone()
+    }
+
+    /// The configuration requests start with now.
+    pub fn config(&self) -> Arc<Config> {
+        self.runtime.load().config.clone()
+    }
+
+    /// The provider client (`serve_gateway` runs its discovery).
+    pub fn oidc(&self) -> Arc<Oidc> {
+        self.runtime.load().oidc.clone()
+    }
+
+    /// Whether the provider has been discovered.
+    pub fn is_ready(&self) -> bool {
+        self.runtime.load().oidc.is_ready()
+    }
+
+    /// The session store (read-only use: tests and benchmarks peek at records).
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    /// The session cookie's codec (tests and benchmarks make and read cookies).
+    pub fn cookies(&self) -> CookieCodec {
+        self.runtime.load().sessions.cookie().clone()
+    }
+
+    /// The rules that turn claims into identities (benchmarks build records with them).
+    pub fn identity_rules(&self) -> Arc<IdentityRules> {
+        self.runtime.load().rules.clone()
+    }
+
+    /// Client connection counters of the main listener.
+    pub fn connections(&self) -> &Arc<ConnectionStats> {
+        &self.connections
+    }
+
+    /// The listener's certificate, when it serves TLS.
+    pub fn tls(&self) -> Option<&Arc<ServerCert>> {
+        self.tls.as_ref()
+    }
+
+    /// The handler of `server.metrics_listen`: the metrics of whichever runtime is current.
+    pub fn metrics_only(self: &Arc<Self>) -> LiveMetrics {
+        LiveMetrics(self.clone())
+    }
+}
+
+/// What a [`Runtime`] is built with besides its configuration: the parts that outlive it,
+/// or that a reload keeps when their configuration did not change.
+pub struct Parts {
+    pub store: Arc<Store>,
+    pub oidc: Arc<Oidc>,
+    pub upstreams: Arc<Upstreams>,
+    pub rules: Arc<IdentityRules>,
+    pub clock: Clock,
+    pub connections: Arc<ConnectionStats>,
+    pub reloads: Arc<ReloadStats>,
+}
+
+impl Runtime {
+    /// `previous`: the runtime this one replaces (a reload): its metrics series are kept
+    /// when the routes and upstreams are the same, and refreshes in flight stay coalesced.
+    pub fn new(cfg: Arc<Config>, parts: Parts, previous: Option<&Runtime>) -> Self {
+        let Parts {
+            store,
+            oidc,
+            upstreams,
+            rules,
+            clock,
+            connections,
+            reloads,
+        } = parts;
         let routes = Arc::new(RouteTable::new(
             &cfg.routes,
             &cfg.oidc.resource,
@@ -110,22 +239,31 @@ impl Gateway {
             .map(str::to_owned)
             .chain(Builtin::ALL.iter().map(|b| b.path().to_owned()))
             .collect();
-        let metrics = Arc::new(
-            Metrics::new(labels.iter().map(String::as_str)).with_upstreams(upstreams.names()),
-        );
-        let refresher = Arc::new(Refresher::new(
+        let metrics = match previous {
+            Some(p) if p.metrics.has_series(&labels, &upstreams.names()) => p.metrics.clone(),
+            _ => Arc::new(
+                Metrics::new(labels.iter().map(String::as_str))
+                    .with_upstreams(upstreams.names())
+                    .with_reloads(reloads),
+            ),
+        };
+        let refresher = Refresher::new(
             oidc.clone(),
             store.clone(),
             metrics.clone(),
             rules.clone(),
             cfg.session.refresh_before_expiry,
             clock.clone(),
-        ));
+        );
+        let refresher = Arc::new(match previous {
+            Some(p) => refresher.sharing_flights_with(&p.refresher),
+            None => refresher,
+        });
         let sessions = Arc::new(Sessions::new(store.clone(), &cfg.session));
         let auth = Arc::new(Authenticator::new(
             &cfg,
             sessions.clone(),
-            refresher,
+            refresher.clone(),
             oidc.clone(),
             rules.clone(),
             metrics.clone(),
@@ -142,65 +280,45 @@ impl Gateway {
             oidc: oidc.clone(),
             identities: rules.clone(),
             metrics: metrics.clone(),
-            upstreams: Arc::new(upstreams),
-            connections: Arc::default(),
+            upstreams,
+            connections,
             clock,
         };
-        Arc::new(Gateway {
+        Runtime {
             server: cfg.server.clone(),
             endpoints: Endpoints::new(&cfg, &shared),
             inbound: InboundHeaders::new(rules.claim_headers(), &cfg.server.strip_request_headers),
+            config: cfg,
             routes,
             auth,
+            refresher,
             sessions,
             logins: shared.logins,
             upstreams: shared.upstreams,
             oidc,
             rules,
             metrics,
-            connections: shared.connections,
-            request_ids: RequestIds::new(),
-        })
+        }
     }
 
-    /// The `[server]` section: what `serve_gateway` listens with.
-    pub fn server_config(&self) -> &ServerConfig {
-        &self.server
+    /// The configuration this runtime was built from.
+    pub fn config(&self) -> &Arc<Config> {
+        &self.config
     }
 
-    /// The provider client (`serve_gateway` runs its discovery).
+    /// The provider client.
     pub fn oidc(&self) -> &Arc<Oidc> {
         &self.oidc
     }
 
-    /// Whether the provider has been discovered.
-    pub fn is_ready(&self) -> bool {
-        self.oidc.is_ready()
+    /// The upstreams (their connection pools).
+    pub fn upstreams(&self) -> &Arc<Upstreams> {
+        &self.upstreams
     }
 
-    /// The session store (read-only use: tests and benchmarks peek at records).
-    pub fn store(&self) -> &Arc<Store> {
-        self.sessions.store()
-    }
-
-    /// The session cookie's codec (tests and benchmarks make and read cookies).
-    pub fn cookies(&self) -> &CookieCodec {
-        self.sessions.cookie()
-    }
-
-    /// The rules that turn claims into identities (benchmarks build records with them).
+    /// The rules that turn claims into identities.
     pub fn identity_rules(&self) -> &Arc<IdentityRules> {
         &self.rules
-    }
-
-    /// Client connection counters of the main listener.
-    pub fn connections(&self) -> &Arc<ConnectionStats> {
-        &self.connections
-    }
-
-    /// The handler of `server.metrics_listen`.
-    pub fn metrics_only(&self) -> MetricsOnly {
-        self.endpoints.metrics_only()
     }
 
     /// Metrics series of a built-in endpoint (after the routes and the fallback).
@@ -394,24 +512,25 @@ impl crate::server::Handler for Gateway {
         client: Arc<ClientConnection>,
     ) -> Response<Body> {
         let started = Instant::now();
-        self.metrics.request_started();
+        // Once per request: everything below runs on this one configuration.
+        let rt = self.runtime.load_full();
+        rt.metrics.request_started();
         let seen = Seen::of(req.method(), req.uri(), req.headers());
         let request_id = self.request_ids.assign(req.headers_mut(), peer.trusted);
-        let outcome = self.dispatch(req, peer, &client, &seen.uri).await;
+        let outcome = rt.dispatch(req, peer, &client, &seen.uri).await;
         let (mut response, upstream_error) = match outcome.result {
             Ok(response) => (response, None),
-            Err(reply) => self.rescue(reply),
+            Err(reply) => rt.rescue(reply),
         };
         let elapsed = started.elapsed();
         let status = response.status().as_u16();
-        self.metrics
-            .request_finished(outcome.route, status, elapsed);
+        rt.metrics.request_finished(outcome.route, status, elapsed);
         access::Line {
             seen: &seen,
             request_id: &request_id,
             sub: outcome.sub.as_deref(),
-            route: self.metrics.route_label(outcome.route),
-            upstream: outcome.upstream.map(|i| self.upstreams.name(i)),
+            route: rt.metrics.route_label(outcome.route),
+            upstream: outcome.upstream.map(|i| rt.upstreams.name(i)),
             status,
             elapsed,
             upstream_time: outcome.upstream_time,
@@ -425,5 +544,25 @@ impl crate::server::Handler for Gateway {
             .headers_mut()
             .insert(X_REQUEST_ID.clone(), request_id);
         response
+    }
+}
+
+/// The handler of `server.metrics_listen`: `/metrics` of the current runtime.
+pub struct LiveMetrics(Arc<Gateway>);
+
+impl crate::server::Handler for LiveMetrics {
+    type PerConnection = ();
+    type Body = Body;
+
+    fn connection(&self, _peer: &Peer) {}
+
+    async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        peer: Peer,
+        connection: Arc<()>,
+    ) -> Response<Body> {
+        let handler = Arc::new(self.0.runtime.load().endpoints.metrics_only());
+        handler.handle(req, peer, connection).await
     }
 }

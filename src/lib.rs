@@ -108,6 +108,10 @@ pub fn build_with(config: Config, clock: Clock) -> Result<Arc<Gateway>, StartupE
     )?
     .with_clock(clock.clone());
     let upstream = Upstreams::new(&config.upstream, &config.upstreams)?;
+    let tls = match &config.server.tls {
+        Some(files) => Some(Arc::new(tls::ServerCert::load(&files.cert, &files.key)?)),
+        None => None,
+    };
     Ok(Gateway::new(
         config,
         Arc::new(store),
@@ -115,6 +119,7 @@ pub fn build_with(config: Config, clock: Clock) -> Result<Arc<Gateway>, StartupE
         upstream,
         rules,
         clock,
+        tls,
     ))
 }
 
@@ -130,20 +135,64 @@ pub async fn serve(
     serve_gateway(gateway, listener, shutdown).await
 }
 
+/// [`serve`], reloading the configuration from `path` on SIGHUP (what the `authgate` command
+/// runs). A reload that fails leaves the running configuration as it is.
+pub async fn serve_reloadable(
+    config: Config,
+    path: std::path::PathBuf,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), StartupError> {
+    let gateway = build(config)?;
+    let reloads = tokio::spawn(reload_on_sighup(gateway.clone(), path));
+    let served = serve_gateway(gateway, listener, shutdown).await;
+    reloads.abort();
+    served
+}
+
+/// Reload from `path` on every SIGHUP, one after the other.
+async fn reload_on_sighup(gateway: Arc<Gateway>, path: std::path::PathBuf) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut hangups = match signal(SignalKind::hangup()) {
+            Ok(hangups) => hangups,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGHUP: no configuration reload");
+                return;
+            }
+        };
+        while hangups.recv().await.is_some() {
+            tracing::info!(path = %path.display(), "SIGHUP: reloading the configuration");
+            let _ = gateway.reload(Config::load(&path)).await;
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (gateway, path);
+    }
+}
+
 /// [`serve`] for an already built gateway (tests keep a handle on its state).
 pub async fn serve_gateway(
     gateway: Arc<Gateway>,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), StartupError> {
-    let server_cfg = gateway.server_config().clone();
-    let tls = match &server_cfg.tls {
-        Some(files) => Some(tokio_rustls::TlsAcceptor::from(tls::server_config(
-            &files.cert,
-            &files.key,
+    let server_cfg = gateway.server_config();
+    let tls = match gateway.tls() {
+        Some(cert) => Some(tokio_rustls::TlsAcceptor::from(tls::server_config_for(
+            cert.clone(),
         )?)),
         None => None,
     };
+    // The sessions of the last shutdown, before the first request is served.
+    let snapshot = snapshot_target(&gateway);
+    if let Some((store, path)) = &snapshot {
+        let cfg = gateway.config();
+        let rules = gateway.identity_rules();
+        session::snapshot::restore_at_start(store, &cfg.session.cookie_secrets, &rules, path).await;
+    }
     let metrics_listener = match server_cfg.metrics_listen {
         Some(addr) => Some(
             TcpListener::bind(addr)
@@ -166,13 +215,28 @@ pub async fn serve_gateway(
         })
     });
     let stats = gateway.connections().clone();
-    server::run(gateway, listener, tls, &server_cfg, stats, shutdown).await;
+    server::run(gateway.clone(), listener, tls, &server_cfg, stats, shutdown).await;
     let _ = stop_tx.send(true);
     if let Some(task) = metrics_task {
         let _ = task.await;
     }
     discovery.abort();
+    // After the drain: the sessions as the last requests left them, sealed with the secrets
+    // configured now (a reload may have rotated them).
+    if let Some((store, path)) = &snapshot {
+        let cfg = gateway.config();
+        session::snapshot::write_at_shutdown(store, &cfg.session.cookie_secrets, path);
+    }
     Ok(())
+}
+
+/// The memory store and `session.snapshot_file`, when both are there.
+fn snapshot_target(gateway: &Gateway) -> Option<(&MemoryStore, std::path::PathBuf)> {
+    let path = gateway.config().session.snapshot_file.clone()?;
+    match gateway.store().as_ref() {
+        Store::Memory(store) => Some((store, path)),
+        Store::Redis(_) => None,
+    }
 }
 
 /// Resolves on SIGTERM (what Kubernetes sends) or SIGINT (Ctrl-C).

@@ -181,6 +181,7 @@ pub(crate) struct RawSession {
     pub redis_url_file: Option<String>,
     pub redis_key_prefix: String,
     pub redis_timeout: String,
+    pub snapshot_file: Option<String>,
     pub login_timeout: String,
     pub max_pending_logins: u64,
 }
@@ -204,6 +205,7 @@ impl Default for RawSession {
             redis_url_file: None,
             redis_key_prefix: "authgate:".into(),
             redis_timeout: "1s".into(),
+            snapshot_file: None,
             login_timeout: "10m".into(),
             max_pending_logins: 10_000,
         }

@@ -203,6 +203,12 @@ pub struct SessionConfig {
     /// Prints as `store = "memory"`, or `store = "redis"` and the `redis_*` keys.
     #[serde(flatten)]
     pub store: StoreConfig,
+    /// Memory store: where the live sessions are written at shutdown and read back at start.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "ser::opt_path"
+    )]
+    pub snapshot_file: Option<PathBuf>,
     /// Lifetime of a pending login (from `/oauth2/start` to the callback), so of its login
     /// cookie and of the memory of its used state. Default 10m.
     #[serde(serialize_with = "ser::duration")]

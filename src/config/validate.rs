@@ -346,6 +346,12 @@ fn session(raw: &RawSession, c: &mut Checker) -> Option<SessionConfig> {
     timeouts_agree(idle, absolute, refresh, c);
     let max_token_age = c.opt_duration("session.max_token_age", raw.max_token_age.as_deref());
     let store = store(raw, c);
+    let snapshot_file = non_empty(raw.snapshot_file.as_deref()).map(std::path::PathBuf::from);
+    if snapshot_file.is_some() && matches!(store, Some(StoreConfig::Redis { .. })) {
+        // Sessions in Redis survive a restart already; a second copy would only go stale.
+        let m = "is only for session.store = \"memory\": with session.store = \"redis\" the sessions survive a restart in Redis";
+        c.error("session.snapshot_file", m);
+    }
     let login_timeout = c.duration("session.login_timeout", &raw.login_timeout, true);
     let max_sessions = c.positive("session.max_sessions", raw.max_sessions);
     let max_pending = c.positive("session.max_pending_logins", raw.max_pending_logins);
@@ -361,6 +367,7 @@ fn session(raw: &RawSession, c: &mut Checker) -> Option<SessionConfig> {
         refresh_before_expiry: refresh?,
         max_token_age: max_token_age?,
         store: store?,
+        snapshot_file,
         login_timeout: login_timeout?,
         max_pending_logins: max_pending?,
     })

@@ -9,6 +9,7 @@ pub mod memory;
 pub mod record;
 pub mod redis;
 mod sessions;
+pub mod snapshot;
 
 use std::future::Future;
 use std::sync::Arc;
