@@ -143,11 +143,54 @@ pub async fn serve_reloadable(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), StartupError> {
+    let watch = config.server.watch_config;
     let gateway = build(config)?;
+    let watcher = watch.then(|| tokio::spawn(reload_on_change(gateway.clone(), path.clone())));
     let reloads = tokio::spawn(reload_on_sighup(gateway.clone(), path));
     let served = serve_gateway(gateway, listener, shutdown).await;
     reloads.abort();
+    if let Some(watcher) = watcher {
+        watcher.abort();
+    }
     served
+}
+
+/// How often `server.watch_config` looks at the files.
+const WATCH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// `server.watch_config`: reload when the configuration file, or a file it names (secrets,
+/// certificate, key, CA files), changes: a poll of their metadata, followed through symlinks
+/// (Kubernetes swaps a `..data` symlink when it updates a mounted Secret or ConfigMap). A
+/// change is reloaded once, whether the reload succeeds or not; the next change is tried
+/// again.
+async fn reload_on_change(gateway: Arc<Gateway>, path: std::path::PathBuf) {
+    let fingerprint = |gateway: &Gateway| {
+        let mut files = vec![path.clone()];
+        files.extend(gateway.config().files_read.iter().cloned());
+        files
+            .iter()
+            .map(|f| {
+                let meta = std::fs::metadata(f).ok()?;
+                #[cfg(unix)]
+                let inode = std::os::unix::fs::MetadataExt::ino(&meta);
+                #[cfg(not(unix))]
+                let inode = 0u64;
+                Some((meta.modified().ok(), meta.len(), inode))
+            })
+            .collect::<Vec<_>>()
+    };
+    let mut seen = fingerprint(&gateway);
+    loop {
+        tokio::time::sleep(WATCH_INTERVAL).await;
+        let now = fingerprint(&gateway);
+        if now == seen {
+            continue;
+        }
+        tracing::info!(path = %path.display(), "a configuration file changed: reloading");
+        let _ = gateway.reload(Config::load(&path)).await;
+        // The files of the configuration now running (a reload may name others).
+        seen = fingerprint(&gateway);
+    }
 }
 
 /// Reload from `path` on every SIGHUP, one after the other.

@@ -809,3 +809,49 @@ policy = "{policy}"
     );
     stop(child);
 }
+
+/// `server.watch_config`: a configuration file updated the way Kubernetes updates a mounted
+/// ConfigMap (a `..data` symlink swapped to a new directory) is reloaded without a signal.
+#[cfg(unix)]
+#[tokio::test]
+async fn watch_config_reloads_a_file_swapped_like_a_configmap() {
+    use std::os::unix::fs::symlink;
+    let (upstream, _, _task) = support::echo_upstream().await;
+    let dir = TempDir::new();
+    let listen = free_port();
+    let config_with = |policy: &str| {
+        valid_config(listen, Some(CLIENT_SECRET))
+            .replace(
+                "http://127.0.0.1:9\"\n[oidc]",
+                &format!("http://{upstream}\"\n[oidc]"),
+            )
+            .replace("[upstream]", "watch_config = true\n[upstream]")
+            + &format!("[[route]]\npath = \"/pub/\"\npolicy = \"{policy}\"\n")
+    };
+    std::fs::create_dir_all(dir.0.join("v1")).unwrap();
+    std::fs::create_dir_all(dir.0.join("v2")).unwrap();
+    dir.write("v1/gateway.toml", &config_with("public"));
+    dir.write("v2/gateway.toml", &config_with("deny"));
+    symlink("v1", dir.0.join("..data")).unwrap();
+    symlink("..data/gateway.toml", dir.0.join("gateway.toml")).unwrap();
+    let client = support::bare_client();
+    let base = format!("http://{listen}");
+    let child = spawn_gateway(
+        &dir.0.join("gateway.toml"),
+        format!("{base}/healthz"),
+        client.clone(),
+    )
+    .await;
+    let public = format!("{base}/pub/x");
+    assert_eq!(client.get(&public).send().await.unwrap().status(), 200);
+    // The kubelet's atomic update: a new symlink renamed over `..data`.
+    symlink("v2", dir.0.join("..data_tmp")).unwrap();
+    std::fs::rename(dir.0.join("..data_tmp"), dir.0.join("..data")).unwrap();
+    let denied = support::eventually(Duration::from_secs(10), || {
+        let request = client.get(&public).send();
+        async move { request.await.is_ok_and(|r| r.status() == 403) }
+    })
+    .await;
+    stop(child);
+    assert!(denied, "the swapped file was not reloaded");
+}

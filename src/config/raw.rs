@@ -61,6 +61,7 @@ pub(crate) struct RawServer {
     pub forwarded_proto: String,
     #[serde(deserialize_with = "lenient::string_list")]
     pub allowed_redirect_hosts: Vec<String>,
+    pub watch_config: bool,
 }
 
 impl Default for RawServer {
@@ -83,6 +84,7 @@ impl Default for RawServer {
             max_connections: 10_000,
             forwarded_proto: "auto".into(),
             allowed_redirect_hosts: Vec::new(),
+            watch_config: false,
         }
     }
 }

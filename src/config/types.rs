@@ -35,6 +35,10 @@ pub struct Config {
     pub headers: HeadersConfig,
     #[serde(rename = "route", skip_serializing_if = "Vec::is_empty")]
     pub routes: Vec<RouteConfig>,
+    /// The files this configuration read besides its own file (`*_file` secrets, TLS and CA
+    /// files): what `server.watch_config` watches.
+    #[serde(skip)]
+    pub files_read: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -86,6 +90,8 @@ pub struct ServerConfig {
     /// Hosts an absolute `rd` may name besides `public_url`'s (lowercase): `app.example.com`,
     /// or `.example.com` for every subdomain of `example.com`.
     pub allowed_redirect_hosts: Vec<String>,
+    /// Reload when the configuration file or a file it names changes (polled).
+    pub watch_config: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -37,6 +37,12 @@ pub(crate) fn validate(raw: &RawConfig, c: &mut Checker) -> Option<Config> {
         session: session?,
         headers: headers?,
         routes: routes?,
+        files_read: {
+            let mut files = c.files.clone();
+            files.sort();
+            files.dedup();
+            files
+        },
     };
     c.errors.is_empty().then_some(config)
 }
@@ -104,6 +110,7 @@ fn server(raw: &RawServer, c: &mut Checker) -> Option<ServerConfig> {
         max_connections: max_connections?,
         forwarded_proto: forwarded_proto?,
         allowed_redirect_hosts: redirect_hosts.into_iter().collect::<Option<_>>()?,
+        watch_config: raw.watch_config,
     })
 }
 

@@ -215,6 +215,7 @@ fn keep_restart_keys(old: &Config, new: &mut Config) -> Vec<&'static str> {
     keep!("server.max_headers", server.max_headers);
     keep!("server.shutdown_grace", server.shutdown_grace);
     keep!("server.log_format", server.log_format);
+    keep!("server.watch_config", server.watch_config);
     if !same(&old.session.store, &new.session.store) || store_url(old) != store_url(new) {
         new.session.store = old.session.store.clone();
         kept.push("session.store (and its redis_* keys)");
