@@ -19,19 +19,20 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use http::{HeaderValue, Request, Response};
 use hyper::body::Incoming;
 
 use crate::auth::{Authenticated, Authenticator, Navigation, is_preflight};
 use crate::clock::Clock;
 use crate::config::{BearerMode, Config, Policy, Preflight, ServerConfig};
-use crate::endpoints::{Builtin, Endpoints, MetricsOnly, Shared};
+use crate::endpoints::{Builtin, Endpoints, Shared};
 use crate::headers::{self, InboundHeaders, Peer};
 use crate::host::RequestHost;
 use crate::login::Logins;
 use crate::login::preserve::{self, FormPost, Preserved};
-use crate::metrics::{Decision, Metrics, RouteId};
-use crate::oidc::Providers;
+use crate::metrics::{Decision, Metrics, ReloadStats, RouteId};
+use crate::oidc::{Oidc, Providers};
 use crate::policy::{Route, RouteTable, path::normalize_path};
 use crate::proxy::Body;
 use crate::proxy::{ProxyError, TunnelEnd, Upstreams, wants_upgrade};
@@ -41,29 +42,54 @@ use crate::server::ConnectionStats;
 use crate::session::identity::IdentityRules;
 use crate::session::tunnels::Tunnels;
 use crate::session::{CookieCodec, Sessions, Store};
+use crate::tls::ServerCert;
 
 mod access;
+mod reload;
 
 use access::{RequestIds, Seen, X_REQUEST_ID};
+pub use reload::ReloadError;
 
-/// Shared state of one gateway instance: the pipeline's parts, each built once.
+/// One gateway instance: what lives as long as the process (the session store, the
+/// connection counters, the listener's certificate), and the [`Runtime`] built from the
+/// configuration, behind one pointer that a reload swaps (`reload.rs`). Each request loads
+/// that pointer once at its start and runs on what it got: the old configuration or the
+/// new one, never a mix; requests in flight finish on the old one.
 pub struct Gateway {
+    runtime: ArcSwap<Runtime>,
+    store: Arc<Store>,
+    clock: Clock,
+    /// Client connections of the main listener.
+    connections: Arc<ConnectionStats>,
+    request_ids: RequestIds,
+    /// `authgate_config_reloads_total` and the time of the last good one.
+    reloads: Arc<ReloadStats>,
+    /// The listener's certificate (with `server.tls_cert_file`): a reload swaps it.
+    tls: Option<Arc<ServerCert>>,
+    /// One reload at a time.
+    reloading: tokio::sync::Mutex<()>,
+    /// Open tunnels by session: closed when their session ends (outlive a reload).
+    tunnels: Arc<Tunnels>,
+    /// Form posts kept across a login (outlive a reload).
+    preserved: Arc<Preserved>,
+}
+
+/// Everything built from one configuration: the pipeline's parts.
+pub struct Runtime {
+    config: Arc<Config>,
     server: ServerConfig,
     routes: Arc<RouteTable>,
     auth: Arc<Authenticator>,
+    refresher: Arc<Refresher>,
     endpoints: Endpoints,
     inbound: InboundHeaders,
     sessions: Arc<Sessions>,
     logins: Arc<Logins>,
-    preserved: Arc<Preserved>,
     upstreams: Arc<Upstreams>,
     providers: Arc<Providers>,
     rules: Arc<IdentityRules>,
     metrics: Arc<Metrics>,
-    /// Client connections of the main listener.
-    connections: Arc<ConnectionStats>,
-    request_ids: RequestIds,
-    /// Open tunnels by session: closed when their session ends.
+    preserved: Arc<Preserved>,
     tunnels: Arc<Tunnels>,
     /// `session.absolute_timeout`: a tunnel never outlives it.
     absolute_timeout: Duration,
@@ -99,6 +125,7 @@ impl Outcome {
 impl Gateway {
     /// `rules`: built from `cfg` by the caller ([`IdentityRules::for_config`]), which gives
     /// the Redis store the same rules (records read back share their header names).
+    /// `tls`: the listener's certificate, loaded from `server.tls_cert_file`.
     pub fn new(
         cfg: Arc<Config>,
         store: Arc<Store>,
@@ -106,119 +133,70 @@ impl Gateway {
         upstreams: Upstreams,
         rules: Arc<IdentityRules>,
         clock: Clock,
+        tls: Option<Arc<ServerCert>>,
     ) -> Arc<Self> {
-        let routes = Arc::new(RouteTable::new(
-            &cfg.routes,
-            &cfg.provider_resources(),
-            &upstreams.names(),
-        ));
-        let labels: Vec<String> = routes
-            .labels()
-            .map(str::to_owned)
-            .chain(Builtin::ALL.iter().map(|b| b.path().to_owned()))
-            .collect();
-        let metrics = Arc::new(
-            Metrics::new(labels.iter().map(String::as_str)).with_upstreams(upstreams.names()),
-        );
-        let refresher = Arc::new(Refresher::new(
-            providers.clone(),
-            store.clone(),
-            metrics.clone(),
-            rules.clone(),
-            cfg.session.refresh_before_expiry,
-            clock.clone(),
-        ));
-        let sessions = Arc::new(Sessions::new(store.clone(), &cfg.session));
+        let connections = Arc::<ConnectionStats>::default();
+        let reloads = Arc::new(ReloadStats::default());
         let tunnels = Tunnels::new(store.clone(), clock.clone());
-        let auth = Arc::new(Authenticator::new(
-            &cfg,
-            sessions.clone(),
-            refresher,
-            providers.clone(),
-            rules.clone(),
-            metrics.clone(),
+        let preserved = Arc::new(Preserved::new(
+            &cfg.session,
+            &cfg.server.public_url,
+            store.clone(),
             clock.clone(),
         ));
-        let shared = Shared {
-            routes: routes.clone(),
-            auth: auth.clone(),
-            sessions: sessions.clone(),
-            logins: Arc::new(
-                Logins::new(
-                    &cfg.session,
-                    &cfg.server.public_url,
-                    store.clone(),
-                    clock.clone(),
-                )
-                .with_redirect_hosts(&cfg.server.allowed_redirect_hosts),
-            ),
-            preserved: Arc::new(Preserved::new(
-                &cfg.session,
-                &cfg.server.public_url,
-                store,
-                clock.clone(),
-            )),
-            forwarded_proto: cfg.server.forwarded_proto,
-            providers: providers.clone(),
-            identities: rules.clone(),
-            metrics: metrics.clone(),
+        let parts = Parts {
+            store: store.clone(),
+            providers,
             upstreams: Arc::new(upstreams),
-            connections: Arc::default(),
-            clock,
+            rules,
+            clock: clock.clone(),
+            connections: connections.clone(),
+            reloads: reloads.clone(),
+            tunnels: tunnels.clone(),
+            preserved: preserved.clone(),
         };
         Arc::new(Gateway {
-            server: cfg.server.clone(),
-            endpoints: Endpoints::new(&cfg, &shared),
-            inbound: InboundHeaders::new(rules.claim_headers(), &cfg.server.strip_request_headers),
-            routes,
-            auth,
-            sessions,
-            logins: shared.logins,
-            preserved: shared.preserved,
-            upstreams: shared.upstreams,
-            providers,
-            rules,
-            metrics,
-            connections: shared.connections,
+            runtime: ArcSwap::from_pointee(Runtime::new(cfg, parts, None)),
+            store,
+            clock,
+            connections,
             request_ids: RequestIds::new(),
+            reloads,
+            tls,
+            reloading: tokio::sync::Mutex::new(()),
             tunnels,
-            absolute_timeout: cfg.session.absolute_timeout,
+            preserved,
         })
     }
 
+    /// The runtime configuration requests start with now.
+    pub fn runtime(&self) -> Arc<Runtime> {
+        self.runtime.load_full()
+    }
+
     /// The `[server]` section: what `serve_gateway` listens with.
-    pub fn server_config(&self) -> &ServerConfig {
-        &self.server
+    pub fn server_config(&self) -> ServerConfig {
+        self.runtime.load().server.clone()
+    }
+
+    /// The configuration requests start with now.
+    pub fn config(&self) -> Arc<Config> {
+        self.runtime.load().config.clone()
     }
 
     /// The default provider's client.
-    pub fn oidc(&self) -> &Arc<crate::oidc::Oidc> {
-        self.providers.default_provider()
+    pub fn oidc(&self) -> Arc<Oidc> {
+        self.runtime.load().providers.default_provider().clone()
     }
 
     /// Every provider (`serve_gateway` runs their discovery).
-    pub fn providers(&self) -> &Arc<Providers> {
-        &self.providers
+    pub fn providers(&self) -> Arc<Providers> {
+        self.runtime.load().providers.clone()
     }
 
     /// Whether every provider has been discovered.
     pub fn is_ready(&self) -> bool {
-        self.providers.is_ready()
-    }
-
-    /// The session store (read-only use: tests and benchmarks peek at records).
-    pub fn store(&self) -> &Arc<Store> {
-        self.sessions.store()
-    }
-
-    /// The session cookie's codec (tests and benchmarks make and read cookies).
-    pub fn cookies(&self) -> &CookieCodec {
-        self.sessions.cookie()
-    }
-
-    /// The rules that turn claims into identities (benchmarks build records with them).
-    pub fn identity_rules(&self) -> &Arc<IdentityRules> {
-        &self.rules
+        self.runtime.load().providers.is_ready()
     }
 
     /// The form posts kept across logins (tests look at what is held).
@@ -231,19 +209,168 @@ impl Gateway {
         &self.tunnels
     }
 
+    /// The handler of `server.admin_listen`, when it is set (taken once at start: the admin
+    /// listener and its token need a restart).
+    pub fn admin(&self) -> Option<Arc<crate::endpoints::admin::Admin>> {
+        self.runtime.load().endpoints.admin().cloned()
+    }
+
+    /// The session store (read-only use: tests and benchmarks peek at records).
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    /// The session cookie's codec (tests and benchmarks make and read cookies).
+    pub fn cookies(&self) -> CookieCodec {
+        self.runtime.load().sessions.cookie().clone()
+    }
+
+    /// The rules that turn claims into identities (benchmarks build records with them).
+    pub fn identity_rules(&self) -> Arc<IdentityRules> {
+        self.runtime.load().rules.clone()
+    }
+
     /// Client connection counters of the main listener.
     pub fn connections(&self) -> &Arc<ConnectionStats> {
         &self.connections
     }
 
-    /// The handler of `server.admin_listen`, when it is set.
-    pub fn admin(&self) -> Option<Arc<crate::endpoints::admin::Admin>> {
-        self.endpoints.admin().cloned()
+    /// The listener's certificate, when it serves TLS.
+    pub fn tls(&self) -> Option<&Arc<ServerCert>> {
+        self.tls.as_ref()
     }
 
-    /// The handler of `server.metrics_listen`.
-    pub fn metrics_only(&self) -> MetricsOnly {
-        self.endpoints.metrics_only()
+    /// The handler of `server.metrics_listen`: the metrics of whichever runtime is current.
+    pub fn metrics_only(self: &Arc<Self>) -> LiveMetrics {
+        LiveMetrics(self.clone())
+    }
+}
+
+/// What a [`Runtime`] is built with besides its configuration: the parts that outlive it,
+/// or that a reload keeps when their configuration did not change.
+pub struct Parts {
+    pub store: Arc<Store>,
+    pub providers: Arc<Providers>,
+    pub upstreams: Arc<Upstreams>,
+    pub rules: Arc<IdentityRules>,
+    pub clock: Clock,
+    pub connections: Arc<ConnectionStats>,
+    pub reloads: Arc<ReloadStats>,
+    pub tunnels: Arc<Tunnels>,
+    pub preserved: Arc<Preserved>,
+}
+
+impl Runtime {
+    /// `previous`: the runtime this one replaces (a reload): its metrics series are kept
+    /// when the routes and upstreams are the same, and refreshes in flight stay coalesced.
+    pub fn new(cfg: Arc<Config>, parts: Parts, previous: Option<&Runtime>) -> Self {
+        let Parts {
+            store,
+            providers,
+            upstreams,
+            rules,
+            clock,
+            connections,
+            reloads,
+            tunnels,
+            preserved,
+        } = parts;
+        let routes = Arc::new(RouteTable::new(
+            &cfg.routes,
+            &cfg.provider_resources(),
+            &upstreams.names(),
+        ));
+        let labels: Vec<String> = routes
+            .labels()
+            .map(str::to_owned)
+            .chain(Builtin::ALL.iter().map(|b| b.path().to_owned()))
+            .collect();
+        let metrics = match previous {
+            Some(p) if p.metrics.has_series(&labels, &upstreams.names()) => p.metrics.clone(),
+            _ => Arc::new(
+                Metrics::new(labels.iter().map(String::as_str))
+                    .with_upstreams(upstreams.names())
+                    .with_reloads(reloads),
+            ),
+        };
+        let refresher = Refresher::new(
+            providers.clone(),
+            store.clone(),
+            metrics.clone(),
+            rules.clone(),
+            cfg.session.refresh_before_expiry,
+            clock.clone(),
+        );
+        let refresher = Arc::new(match previous {
+            Some(p) => refresher.sharing_flights_with(&p.refresher),
+            None => refresher,
+        });
+        let sessions = Arc::new(Sessions::new(store.clone(), &cfg.session));
+        let auth = Arc::new(Authenticator::new(
+            &cfg,
+            sessions.clone(),
+            refresher.clone(),
+            providers.clone(),
+            rules.clone(),
+            metrics.clone(),
+            clock.clone(),
+        ));
+        let shared = Shared {
+            routes: routes.clone(),
+            auth: auth.clone(),
+            sessions: sessions.clone(),
+            logins: Arc::new(
+                Logins::new(&cfg.session, &cfg.server.public_url, store, clock.clone())
+                    .with_redirect_hosts(&cfg.server.allowed_redirect_hosts),
+            ),
+            preserved: preserved.clone(),
+            forwarded_proto: cfg.server.forwarded_proto,
+            providers: providers.clone(),
+            identities: rules.clone(),
+            metrics: metrics.clone(),
+            upstreams,
+            connections,
+            clock,
+        };
+        let cfg_absolute_timeout = cfg.session.absolute_timeout;
+        Runtime {
+            server: cfg.server.clone(),
+            endpoints: Endpoints::new(&cfg, &shared),
+            inbound: InboundHeaders::new(rules.claim_headers(), &cfg.server.strip_request_headers),
+            config: cfg,
+            routes,
+            auth,
+            refresher,
+            sessions,
+            logins: shared.logins,
+            upstreams: shared.upstreams,
+            providers,
+            rules,
+            metrics,
+            preserved,
+            tunnels,
+            absolute_timeout: cfg_absolute_timeout,
+        }
+    }
+
+    /// The configuration this runtime was built from.
+    pub fn config(&self) -> &Arc<Config> {
+        &self.config
+    }
+
+    /// Every provider.
+    pub fn providers(&self) -> &Arc<Providers> {
+        &self.providers
+    }
+
+    /// The upstreams (their connection pools).
+    pub fn upstreams(&self) -> &Arc<Upstreams> {
+        &self.upstreams
+    }
+
+    /// The rules that turn claims into identities.
+    pub fn identity_rules(&self) -> &Arc<IdentityRules> {
+        &self.rules
     }
 
     /// Metrics series of a built-in endpoint (after the routes and the fallback).
@@ -528,24 +655,25 @@ impl crate::server::Handler for Gateway {
         client: Arc<ClientConnection>,
     ) -> Response<Body> {
         let started = Instant::now();
-        self.metrics.request_started();
+        // Once per request: everything below runs on this one configuration.
+        let rt = self.runtime.load_full();
+        rt.metrics.request_started();
         let seen = Seen::of(req.method(), req.uri(), req.headers());
         let request_id = self.request_ids.assign(req.headers_mut(), peer.trusted);
-        let outcome = self.dispatch(req, peer, &client, &seen.uri).await;
+        let outcome = rt.dispatch(req, peer, &client, &seen.uri).await;
         let (mut response, upstream_error) = match outcome.result {
             Ok(response) => (response, None),
-            Err(reply) => self.rescue(reply),
+            Err(reply) => rt.rescue(reply),
         };
         let elapsed = started.elapsed();
         let status = response.status().as_u16();
-        self.metrics
-            .request_finished(outcome.route, status, elapsed);
+        rt.metrics.request_finished(outcome.route, status, elapsed);
         access::Line {
             seen: &seen,
             request_id: &request_id,
             sub: outcome.sub.as_deref(),
-            route: self.metrics.route_label(outcome.route),
-            upstream: outcome.upstream.map(|i| self.upstreams.name(i)),
+            route: rt.metrics.route_label(outcome.route),
+            upstream: outcome.upstream.map(|i| rt.upstreams.name(i)),
             status,
             elapsed,
             upstream_time: outcome.upstream_time,
@@ -559,5 +687,25 @@ impl crate::server::Handler for Gateway {
             .headers_mut()
             .insert(X_REQUEST_ID.clone(), request_id);
         response
+    }
+}
+
+/// The handler of `server.metrics_listen`: `/metrics` of the current runtime.
+pub struct LiveMetrics(Arc<Gateway>);
+
+impl crate::server::Handler for LiveMetrics {
+    type PerConnection = ();
+    type Body = Body;
+
+    fn connection(&self, _peer: &Peer) {}
+
+    async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        peer: Peer,
+        connection: Arc<()>,
+    ) -> Response<Body> {
+        let handler = Arc::new(self.0.runtime.load().endpoints.metrics_only());
+        handler.handle(req, peer, connection).await
     }
 }

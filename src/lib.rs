@@ -104,6 +104,10 @@ pub fn build_with(config: Config, clock: Clock) -> Result<Arc<Gateway>, StartupE
     };
     let providers = Providers::for_config(&config, clock.clone())?;
     let upstream = Upstreams::new(&config.upstream, &config.upstreams)?;
+    let tls = match &config.server.tls {
+        Some(files) => Some(Arc::new(tls::ServerCert::load(&files.cert, &files.key)?)),
+        None => None,
+    };
     Ok(Gateway::new(
         config,
         Arc::new(store),
@@ -111,6 +115,7 @@ pub fn build_with(config: Config, clock: Clock) -> Result<Arc<Gateway>, StartupE
         upstream,
         rules,
         clock,
+        tls,
     ))
 }
 
@@ -126,20 +131,107 @@ pub async fn serve(
     serve_gateway(gateway, listener, shutdown).await
 }
 
+/// [`serve`], reloading the configuration from `path` on SIGHUP (what the `authgate` command
+/// runs). A reload that fails leaves the running configuration as it is.
+pub async fn serve_reloadable(
+    config: Config,
+    path: std::path::PathBuf,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), StartupError> {
+    let watch = config.server.watch_config;
+    let gateway = build(config)?;
+    let watcher = watch.then(|| tokio::spawn(reload_on_change(gateway.clone(), path.clone())));
+    let reloads = tokio::spawn(reload_on_sighup(gateway.clone(), path));
+    let served = serve_gateway(gateway, listener, shutdown).await;
+    reloads.abort();
+    if let Some(watcher) = watcher {
+        watcher.abort();
+    }
+    served
+}
+
+/// How often `server.watch_config` looks at the files.
+const WATCH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// `server.watch_config`: reload when the configuration file, or a file it names (secrets,
+/// certificate, key, CA files), changes: a poll of their metadata, followed through symlinks
+/// (Kubernetes swaps a `..data` symlink when it updates a mounted Secret or ConfigMap). A
+/// change is reloaded once, whether the reload succeeds or not; the next change is tried
+/// again.
+async fn reload_on_change(gateway: Arc<Gateway>, path: std::path::PathBuf) {
+    let fingerprint = |gateway: &Gateway| {
+        let mut files = vec![path.clone()];
+        files.extend(gateway.config().files_read.iter().cloned());
+        files
+            .iter()
+            .map(|f| {
+                let meta = std::fs::metadata(f).ok()?;
+                #[cfg(unix)]
+                let inode = std::os::unix::fs::MetadataExt::ino(&meta);
+                #[cfg(not(unix))]
+                let inode = 0u64;
+                Some((meta.modified().ok(), meta.len(), inode))
+            })
+            .collect::<Vec<_>>()
+    };
+    let mut seen = fingerprint(&gateway);
+    loop {
+        tokio::time::sleep(WATCH_INTERVAL).await;
+        let now = fingerprint(&gateway);
+        if now == seen {
+            continue;
+        }
+        tracing::info!(path = %path.display(), "a configuration file changed: reloading");
+        let _ = gateway.reload(Config::load(&path)).await;
+        // The files of the configuration now running (a reload may name others).
+        seen = fingerprint(&gateway);
+    }
+}
+
+/// Reload from `path` on every SIGHUP, one after the other.
+async fn reload_on_sighup(gateway: Arc<Gateway>, path: std::path::PathBuf) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut hangups = match signal(SignalKind::hangup()) {
+            Ok(hangups) => hangups,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGHUP: no configuration reload");
+                return;
+            }
+        };
+        while hangups.recv().await.is_some() {
+            tracing::info!(path = %path.display(), "SIGHUP: reloading the configuration");
+            let _ = gateway.reload(Config::load(&path)).await;
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (gateway, path);
+    }
+}
+
 /// [`serve`] for an already built gateway (tests keep a handle on its state).
 pub async fn serve_gateway(
     gateway: Arc<Gateway>,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), StartupError> {
-    let server_cfg = gateway.server_config().clone();
-    let tls = match &server_cfg.tls {
-        Some(files) => Some(tokio_rustls::TlsAcceptor::from(tls::server_config(
-            &files.cert,
-            &files.key,
+    let server_cfg = gateway.server_config();
+    let tls = match gateway.tls() {
+        Some(cert) => Some(tokio_rustls::TlsAcceptor::from(tls::server_config_for(
+            cert.clone(),
         )?)),
         None => None,
     };
+    // The sessions of the last shutdown, before the first request is served.
+    let snapshot = snapshot_target(&gateway);
+    if let Some((store, path)) = &snapshot {
+        let cfg = gateway.config();
+        let rules = gateway.identity_rules();
+        session::snapshot::restore_at_start(store, &cfg.session.cookie_secrets, &rules, path).await;
+    }
     let metrics_listener = match server_cfg.metrics_listen {
         Some(addr) => Some(
             TcpListener::bind(addr)
@@ -183,13 +275,29 @@ pub async fn serve_gateway(
         })
     });
     let stats = gateway.connections().clone();
-    server::run(gateway, listener, tls, &server_cfg, stats, shutdown).await;
+    server::run(gateway.clone(), listener, tls, &server_cfg, stats, shutdown).await;
     let _ = stop_tx.send(true);
     for task in [metrics_task, admin_task].into_iter().flatten() {
         let _ = task.await;
     }
     discovery.abort();
+    // After the drain: the sessions as the last requests left them, sealed with the secrets
+    // configured now (a reload may have rotated them).
+    if let Some((store, path)) = &snapshot {
+        let cfg = gateway.config();
+        let rules = gateway.identity_rules();
+        session::snapshot::write_at_shutdown(store, &cfg.session.cookie_secrets, &rules, path);
+    }
     Ok(())
+}
+
+/// The memory store and `session.snapshot_file`, when both are there.
+fn snapshot_target(gateway: &Gateway) -> Option<(&MemoryStore, std::path::PathBuf)> {
+    let path = gateway.config().session.snapshot_file.clone()?;
+    match gateway.store().as_ref() {
+        Store::Memory(store) => Some((store, path)),
+        Store::Redis(_) => None,
+    }
 }
 
 /// Resolves on SIGTERM (what Kubernetes sends) or SIGINT (Ctrl-C).

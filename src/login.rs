@@ -398,6 +398,7 @@ mod tests {
             refresh_before_expiry: Duration::from_secs(60),
             max_token_age: None,
             store: StoreConfig::Memory,
+            snapshot_file: None,
             login_timeout: Duration::from_secs(600),
             max_pending_logins: 100,
             preserve_form_posts: true,

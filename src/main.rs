@@ -127,7 +127,14 @@ async fn run(path: &std::path::Path) -> ExitCode {
         }
     };
     tracing::info!(%addr, version = env!("CARGO_PKG_VERSION"), "authgate listening");
-    match authgate::serve(config, listener, authgate::shutdown_signal()).await {
+    match authgate::serve_reloadable(
+        config,
+        path.to_owned(),
+        listener,
+        authgate::shutdown_signal(),
+    )
+    .await
+    {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %Chain(&e), "authgate stopped");

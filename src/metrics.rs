@@ -5,6 +5,7 @@
 //! no allocation on the hot path.
 
 use std::fmt::Write;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
@@ -152,6 +153,50 @@ pub struct Metrics {
     /// `[upstream]`, then `[upstreams.NAME]` in order), with its name.
     upstream_latency: Vec<(String, Histogram)>,
     logins: [AtomicU64; LOGIN_EVENTS.len()],
+    /// Shared by every runtime a reload builds: the reload counters outlive each of them.
+    reloads: Arc<ReloadStats>,
+}
+
+/// Configuration reloads (SIGHUP): how many succeeded and failed, and when the last good one
+/// was applied.
+#[derive(Debug, Default)]
+pub struct ReloadStats {
+    success: AtomicU64,
+    failure: AtomicU64,
+    /// Unix seconds of the last successful reload (0: none yet).
+    last_success: AtomicU64,
+}
+
+impl ReloadStats {
+    pub fn succeeded(&self, unix_now: u64) {
+        self.success.fetch_add(1, Relaxed);
+        self.last_success.store(unix_now, Relaxed);
+    }
+
+    pub fn failed(&self) {
+        self.failure.fetch_add(1, Relaxed);
+    }
+
+    /// Successful and failed reloads so far.
+    pub fn counts(&self) -> (u64, u64) {
+        (self.success.load(Relaxed), self.failure.load(Relaxed))
+    }
+
+    fn render(&self, out: &mut String) {
+        let _ = writeln!(
+            out,
+            "# HELP authgate_config_reloads_total Configuration reloads by result.\n\
+             # TYPE authgate_config_reloads_total counter\n\
+             authgate_config_reloads_total{{result=\"success\"}} {}\n\
+             authgate_config_reloads_total{{result=\"failure\"}} {}\n\
+             # HELP authgate_config_last_reload_success_timestamp_seconds Unix time of the last successful reload (0: none).\n\
+             # TYPE authgate_config_last_reload_success_timestamp_seconds gauge\n\
+             authgate_config_last_reload_success_timestamp_seconds {}",
+            self.success.load(Relaxed),
+            self.failure.load(Relaxed),
+            self.last_success.load(Relaxed),
+        );
+    }
 }
 
 /// Index of a route's series in [`Metrics`].
@@ -172,7 +217,23 @@ impl Metrics {
             sessions_ended_by_refresh: AtomicU64::new(0),
             upstream_latency: vec![(DEFAULT_UPSTREAM.to_owned(), Histogram::new())],
             logins: std::array::from_fn(|_| AtomicU64::new(0)),
+            reloads: Arc::default(),
         }
+    }
+
+    /// Count reloads in `reloads` (shared with the runtimes built before and after).
+    pub fn with_reloads(mut self, reloads: Arc<ReloadStats>) -> Self {
+        self.reloads = reloads;
+        self
+    }
+
+    /// Whether these are the series of exactly these route labels and upstream names (a
+    /// reload that changed neither keeps the metrics, counters and all).
+    pub fn has_series(&self, labels: &[String], upstreams: &[&str]) -> bool {
+        self.routes.len() == labels.len()
+            && (self.routes.iter().zip(labels)).all(|(r, l)| r.label == escape_label(l))
+            && self.upstream_latency.len() == upstreams.len() + 1
+            && (self.upstream_latency.iter().skip(1).zip(upstreams)).all(|((n, _), u)| n == u)
     }
 
     /// One latency series per `[upstreams.NAME]` besides `[upstream]`'s, in index order.
@@ -298,6 +359,7 @@ impl Metrics {
                 ),
             };
         }
+        self.reloads.render(&mut out);
         out
     }
 

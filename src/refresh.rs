@@ -73,7 +73,8 @@ pub struct Refresher {
     metrics: Arc<Metrics>,
     rules: Arc<IdentityRules>,
     before: Duration,
-    inflight: Mutex<HashMap<SessionKey, Flight>>,
+    /// Shared with the refresher a reload replaces (see [`Refresher::sharing_flights_with`]).
+    inflight: Arc<Mutex<HashMap<SessionKey, Flight>>>,
     clock: Clock,
 }
 
@@ -92,9 +93,17 @@ impl Refresher {
             metrics,
             rules,
             before: refresh_before_expiry,
-            inflight: Mutex::new(HashMap::new()),
+            inflight: Arc::default(),
             clock,
         }
+    }
+
+    /// Join the refreshes `previous` has in flight (a reload builds a new refresher): a
+    /// request that starts on the new configuration waits for a refresh already running
+    /// instead of spending the same refresh token a second time.
+    pub fn sharing_flights_with(mut self, previous: &Refresher) -> Self {
+        self.inflight = previous.inflight.clone();
+        self
     }
 
     /// Make sure `session` has a usable access token, refreshing it when it is near expiry.

@@ -34,6 +34,7 @@ const SALT: &[u8] = b"authgate redis store";
 const ENCRYPTION_INFO: &[u8] = b"authgate redis record encryption v1";
 const NAMES_INFO: &[u8] = b"authgate redis key names v1";
 const LOGIN_COOKIE_INFO: &[u8] = b"authgate login cookie encryption v1";
+const SNAPSHOT_INFO: &[u8] = b"authgate session snapshot encryption v1";
 
 struct Keys {
     aead: LessSafeKey,
@@ -54,6 +55,12 @@ impl Keyring {
     /// The keys that seal login cookies (only [`Keyring::seal`] and [`Keyring::open`] apply).
     pub fn for_login_cookies(secrets: &[Secret<Vec<u8>>]) -> Option<Keyring> {
         Self::derive(secrets, LOGIN_COOKIE_INFO)
+    }
+
+    /// The keys that seal the memory store's snapshot file (only [`Keyring::seal`] and
+    /// [`Keyring::open`] apply): neither a Redis record nor a login cookie opens as one.
+    pub fn for_snapshot(secrets: &[Secret<Vec<u8>>]) -> Option<Keyring> {
+        Self::derive(secrets, SNAPSHOT_INFO)
     }
 
     fn derive(secrets: &[Secret<Vec<u8>>], encryption_info: &[u8]) -> Option<Keyring> {

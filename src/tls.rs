@@ -6,7 +6,10 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use rustls::crypto::CryptoProvider;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
@@ -19,6 +22,49 @@ pub fn provider() -> Arc<CryptoProvider> {
 
 /// Server config from PEM files, offering HTTP/2 and HTTP/1.1 by ALPN.
 pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsSetupError> {
+    server_config_for(Arc::new(ServerCert::load(cert, key)?))
+}
+
+/// Server config whose certificate is `cert`'s current one, offering HTTP/2 and HTTP/1.1.
+pub fn server_config_for(cert: Arc<ServerCert>) -> Result<Arc<ServerConfig>, TlsSetupError> {
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(TlsSetupError::Versions)?
+        .with_no_client_auth()
+        .with_cert_resolver(cert);
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// The listener's certificate and key: every handshake takes the current one, and a reload
+/// replaces it (connections already open keep theirs).
+#[derive(Debug)]
+pub struct ServerCert(ArcSwap<CertifiedKey>);
+
+impl ServerCert {
+    pub fn load(cert: &Path, key: &Path) -> Result<Self, TlsSetupError> {
+        Ok(ServerCert(ArcSwap::new(certified_key(cert, key)?)))
+    }
+
+    /// The certificate handshakes get now.
+    pub fn current(&self) -> Arc<CertifiedKey> {
+        self.0.load_full()
+    }
+
+    /// Serve `certified` from the next handshake on.
+    pub fn replace(&self, certified: Arc<CertifiedKey>) {
+        self.0.store(certified);
+    }
+}
+
+impl ResolvesServerCert for ServerCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.load_full())
+    }
+}
+
+/// The certificate chain and key of PEM files, checked to fit each other.
+pub fn certified_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, TlsSetupError> {
     let certs = read_certificates(cert, "server.tls_cert_file")?;
     if certs.is_empty() {
         return Err(TlsSetupError::NoCertificate {
@@ -31,14 +77,9 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsSe
         path: key.to_owned(),
         source,
     })?;
-    let mut config = ServerConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .map_err(TlsSetupError::Versions)?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(TlsSetupError::KeyMismatch)?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
+    let certified =
+        CertifiedKey::from_der(certs, key, &provider()).map_err(TlsSetupError::KeyMismatch)?;
+    Ok(Arc::new(certified))
 }
 
 /// Client config trusting the webpki roots plus, optionally, a CA bundle of the operator's.

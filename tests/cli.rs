@@ -657,3 +657,201 @@ fn check_lists_every_error_and_suggests_the_key_meant() {
         );
     }
 }
+
+// --- SIGHUP reload and the session snapshot, through the binary -------------------------
+
+/// The code flow against a gateway at `base` (the provider logs `user` in by itself).
+async fn log_in(client: &reqwest::Client, base: &str, idp: &devidp::idp::DevIdp, user: &str) {
+    idp.controls().set_auto_login(Some(user.to_owned()));
+    let start = client
+        .get(format!("{base}/oauth2/start"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(start.status(), 302, "start");
+    let back = client.get(support::location(&start)).send().await.unwrap();
+    assert_eq!(back.status(), 302, "authorize");
+    let done = client.get(support::location(&back)).send().await.unwrap();
+    assert_eq!(done.status(), 302, "callback");
+}
+
+fn kill(signal: &str, child: &Child) {
+    let sent = Command::new("kill")
+        .args([signal, &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+}
+
+async fn metric_of(client: &reqwest::Client, base: &str, series: &str) -> Option<f64> {
+    let text = client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    support::metric(&text, series)
+}
+
+/// SIGHUP reloads the file (a route turns to deny within 1 s; an invalid file changes
+/// nothing and counts a failure); SIGTERM writes the sessions, and the next start reads them
+/// back: the same cookie is still logged in, with no token request.
+#[tokio::test]
+async fn sighup_reloads_and_sessions_survive_sigterm() {
+    let idp = support::start_idp().await;
+    let (upstream, _, _task) = support::echo_upstream().await;
+    let dir = TempDir::new();
+    let listen = free_port();
+    let base = format!("http://{listen}");
+    let snapshot = dir.0.join("sessions");
+    let config_with = |policy: &str| {
+        format!(
+            r#"
+[server]
+listen = "{listen}"
+public_url = "{base}"
+shutdown_grace = "5s"
+[upstream]
+url = "http://{upstream}"
+[oidc]
+issuer = "{}"
+client_id = "{}"
+client_secret = "{}"
+[session]
+cookie_secrets = ["{COOKIE_SECRET_A}"]
+cookie_secure = false
+snapshot_file = "{}"
+[[route]]
+path = "/pub/"
+policy = "{policy}"
+"#,
+            idp.issuer(),
+            support::CLIENT_ID,
+            support::CLIENT_SECRET,
+            snapshot.display()
+        )
+    };
+    let config = dir.write("gateway.toml", &config_with("public"));
+    let client = support::bare_client();
+    let user = reqwest::Client::builder()
+        .cookie_store(true)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let child = spawn_gateway(&config, format!("{base}/readyz"), client.clone()).await;
+    log_in(&user, &base, &idp, "alice").await;
+    let public = format!("{base}/pub/x");
+    assert_eq!(client.get(&public).send().await.unwrap().status(), 200);
+
+    dir.write("gateway.toml", &config_with("deny"));
+    let sent = Instant::now();
+    kill("-HUP", &child);
+    let denied = support::eventually(Duration::from_secs(1), || {
+        let request = client.get(&public).send();
+        async move { request.await.is_ok_and(|r| r.status() == 403) }
+    })
+    .await;
+    let took = sent.elapsed();
+    assert!(denied, "the reload did not apply within 1 s");
+    eprintln!("SIGHUP to the first denied answer: {took:?}");
+    let reloads = "authgate_config_reloads_total{result=\"success\"}";
+    assert_eq!(metric_of(&client, &base, reloads).await, Some(1.0));
+
+    dir.write("gateway.toml", "[server\nthis is not TOML");
+    kill("-HUP", &child);
+    let failures = "authgate_config_reloads_total{result=\"failure\"}";
+    let counted = support::eventually(Duration::from_secs(5), || {
+        let client = client.clone();
+        let base = base.clone();
+        async move { metric_of(&client, &base, failures).await == Some(1.0) }
+    })
+    .await;
+    assert!(counted, "the failed reload was not counted");
+    assert_eq!(client.get(&public).send().await.unwrap().status(), 403);
+    let session = user.get(format!("{base}/app")).send().await.unwrap();
+    assert_eq!(session.status(), 200, "the session works after the reloads");
+
+    // SIGTERM: the sessions are written; the next start reads them back.
+    let mut child = child;
+    kill("-TERM", &child);
+    let status = tokio::task::spawn_blocking(move || {
+        let status = wait_exit(&mut child, Duration::from_secs(20));
+        (status, child)
+    })
+    .await
+    .unwrap()
+    .0;
+    assert_eq!(status.code(), Some(0));
+    assert!(snapshot.exists(), "no snapshot written");
+    let token_calls = idp.controls().code_calls() + idp.controls().refresh_calls();
+    dir.write("gateway.toml", &config_with("public"));
+    let child = spawn_gateway(&config, format!("{base}/readyz"), client.clone()).await;
+    let response = (user.get(format!("{base}/app")))
+        .header("accept", "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "logged out by the restart");
+    let body = response.text().await.unwrap();
+    let echo: serde_json::Value =
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
+    assert_eq!(
+        echo["headers"]["x-forwarded-user"][0],
+        serde_json::json!("alice"),
+        "{echo}"
+    );
+    assert_eq!(
+        idp.controls().code_calls() + idp.controls().refresh_calls(),
+        token_calls,
+        "a token request after the restart"
+    );
+    stop(child);
+}
+
+/// `server.watch_config`: a configuration file updated the way Kubernetes updates a mounted
+/// ConfigMap (a `..data` symlink swapped to a new directory) is reloaded without a signal.
+#[cfg(unix)]
+#[tokio::test]
+async fn watch_config_reloads_a_file_swapped_like_a_configmap() {
+    use std::os::unix::fs::symlink;
+    let (upstream, _, _task) = support::echo_upstream().await;
+    let dir = TempDir::new();
+    let listen = free_port();
+    let config_with = |policy: &str| {
+        valid_config(listen, Some(CLIENT_SECRET))
+            .replace(
+                "http://127.0.0.1:9\"\n[oidc]",
+                &format!("http://{upstream}\"\n[oidc]"),
+            )
+            .replace("[upstream]", "watch_config = true\n[upstream]")
+            + &format!("[[route]]\npath = \"/pub/\"\npolicy = \"{policy}\"\n")
+    };
+    std::fs::create_dir_all(dir.0.join("v1")).unwrap();
+    std::fs::create_dir_all(dir.0.join("v2")).unwrap();
+    dir.write("v1/gateway.toml", &config_with("public"));
+    dir.write("v2/gateway.toml", &config_with("deny"));
+    symlink("v1", dir.0.join("..data")).unwrap();
+    symlink("..data/gateway.toml", dir.0.join("gateway.toml")).unwrap();
+    let client = support::bare_client();
+    let base = format!("http://{listen}");
+    let child = spawn_gateway(
+        &dir.0.join("gateway.toml"),
+        format!("{base}/healthz"),
+        client.clone(),
+    )
+    .await;
+    let public = format!("{base}/pub/x");
+    assert_eq!(client.get(&public).send().await.unwrap().status(), 200);
+    // The kubelet's atomic update: a new symlink renamed over `..data`.
+    symlink("v2", dir.0.join("..data_tmp")).unwrap();
+    std::fs::rename(dir.0.join("..data_tmp"), dir.0.join("..data")).unwrap();
+    let denied = support::eventually(Duration::from_secs(10), || {
+        let request = client.get(&public).send();
+        async move { request.await.is_ok_and(|r| r.status() == 403) }
+    })
+    .await;
+    stop(child);
+    assert!(denied, "the swapped file was not reloaded");
+}

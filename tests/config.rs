@@ -1328,6 +1328,7 @@ const EVERY_KEY_PRINTOUT: &str = r#"
 [server]
 forwarded_proto = "https"
 allowed_redirect_hosts = []
+watch_config = false
 header_read_timeout = "3s"
 idle_timeout = "1m 30s"
 listen = "127.0.0.1:8443"
@@ -1459,6 +1460,7 @@ const GATEWAY_TOML_PRINTOUT: &str = r#"
 [server]
 forwarded_proto = "auto"
 allowed_redirect_hosts = []
+watch_config = false
 header_read_timeout = "10s"
 idle_timeout = "1m"
 listen = "0.0.0.0:4180"

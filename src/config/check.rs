@@ -31,6 +31,8 @@ pub(crate) const MAX_CONNECTIONS: usize = 1_000_000;
 #[derive(Debug, Default)]
 pub(crate) struct Checker {
     pub errors: Vec<ConfigError>,
+    /// Every file read (secrets, CA and TLS files), for `server.watch_config`.
+    pub files: Vec<PathBuf>,
 }
 
 impl Checker {
@@ -190,6 +192,7 @@ impl Checker {
     }
 
     fn read_file(&mut self, key: &str, path: &str) -> Option<String> {
+        self.files.push(PathBuf::from(path));
         let read = std::fs::read_to_string(path).map_err(|e| format!("cannot read {path:?}: {e}"));
         self.check(key, read)
     }

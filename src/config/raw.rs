@@ -66,6 +66,7 @@ pub(crate) struct RawServer {
     pub forwarded_proto: String,
     #[serde(deserialize_with = "lenient::string_list")]
     pub allowed_redirect_hosts: Vec<String>,
+    pub watch_config: bool,
 }
 
 impl Default for RawServer {
@@ -90,6 +91,7 @@ impl Default for RawServer {
             max_connections: 10_000,
             forwarded_proto: "auto".into(),
             allowed_redirect_hosts: Vec::new(),
+            watch_config: false,
         }
     }
 }
@@ -196,6 +198,7 @@ pub(crate) struct RawSession {
     pub redis_cluster_nodes_file: Option<String>,
     pub redis_key_prefix: String,
     pub redis_timeout: String,
+    pub snapshot_file: Option<String>,
     pub login_timeout: String,
     pub max_pending_logins: u64,
     pub preserve_form_posts: bool,
@@ -226,6 +229,7 @@ impl Default for RawSession {
             redis_cluster_nodes_file: None,
             redis_key_prefix: "authgate:".into(),
             redis_timeout: "1s".into(),
+            snapshot_file: None,
             login_timeout: "10m".into(),
             max_pending_logins: 10_000,
             preserve_form_posts: true,

@@ -39,6 +39,10 @@ pub struct Config {
     pub headers: HeadersConfig,
     #[serde(rename = "route", skip_serializing_if = "Vec::is_empty")]
     pub routes: Vec<RouteConfig>,
+    /// The files this configuration read besides its own file (`*_file` secrets, TLS and CA
+    /// files): what `server.watch_config` watches.
+    #[serde(skip)]
+    pub files_read: Vec<PathBuf>,
 }
 
 /// Which provider: 0 is `[oidc]` (the default), `n` the n-th `[providers.NAME]` in name
@@ -147,6 +151,8 @@ pub struct ServerConfig {
     /// Hosts an absolute `rd` may name besides `public_url`'s (lowercase): `app.example.com`,
     /// or `.example.com` for every subdomain of `example.com`.
     pub allowed_redirect_hosts: Vec<String>,
+    /// Reload when the configuration file or a file it names changes (polled).
+    pub watch_config: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -264,6 +270,12 @@ pub struct SessionConfig {
     /// Prints as `store = "memory"`, or `store = "redis"` and the `redis_*` keys.
     #[serde(flatten)]
     pub store: StoreConfig,
+    /// Memory store: where the live sessions are written at shutdown and read back at start.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "ser::opt_path"
+    )]
+    pub snapshot_file: Option<PathBuf>,
     /// Lifetime of a pending login (from `/oauth2/start` to the callback), so of its login
     /// cookie and of the memory of its used state. Default 10m.
     #[serde(serialize_with = "ser::duration")]
@@ -306,7 +318,7 @@ pub enum StoreConfig {
 }
 
 /// Where the Redis store lives. Every URL may carry a password: each is a [`Secret`].
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum RedisTopology {
     /// `redis_url`: one Redis (or a fixed primary address).

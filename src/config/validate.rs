@@ -58,6 +58,12 @@ pub(crate) fn validate(raw: &RawConfig, c: &mut Checker) -> Option<Config> {
         session: session?,
         headers: headers?,
         routes: routes?,
+        files_read: {
+            let mut files = c.files.clone();
+            files.sort();
+            files.dedup();
+            files
+        },
     };
     c.errors.is_empty().then_some(config)
 }
@@ -129,6 +135,7 @@ fn server(raw: &RawServer, c: &mut Checker) -> Option<ServerConfig> {
         max_connections: max_connections?,
         forwarded_proto: forwarded_proto?,
         allowed_redirect_hosts: redirect_hosts.into_iter().collect::<Option<_>>()?,
+        watch_config: raw.watch_config,
     })
 }
 
@@ -503,6 +510,12 @@ fn session(raw: &RawSession, c: &mut Checker) -> Option<SessionConfig> {
     timeouts_agree(idle, absolute, refresh, c);
     let max_token_age = c.opt_duration("session.max_token_age", raw.max_token_age.as_deref());
     let store = store(raw, c);
+    let snapshot_file = non_empty(raw.snapshot_file.as_deref()).map(std::path::PathBuf::from);
+    if snapshot_file.is_some() && matches!(store, Some(StoreConfig::Redis { .. })) {
+        // Sessions in Redis survive a restart already; a second copy would only go stale.
+        let m = "is only for session.store = \"memory\": with session.store = \"redis\" the sessions survive a restart in Redis";
+        c.error("session.snapshot_file", m);
+    }
     let login_timeout = c.duration("session.login_timeout", &raw.login_timeout, true);
     let max_sessions = c.positive("session.max_sessions", raw.max_sessions);
     let max_pending = c.positive("session.max_pending_logins", raw.max_pending_logins);
@@ -519,6 +532,7 @@ fn session(raw: &RawSession, c: &mut Checker) -> Option<SessionConfig> {
         refresh_before_expiry: refresh?,
         max_token_age: max_token_age?,
         store: store?,
+        snapshot_file,
         login_timeout: login_timeout?,
         max_pending_logins: max_pending?,
         preserve_form_posts: raw.preserve_form_posts,

@@ -289,6 +289,24 @@ impl Oidc {
         }
     }
 
+    /// Take over what `previous` discovered (a reload that changed the client but not the
+    /// issuer): the same provider metadata and keys, with this client's settings. `false`
+    /// when `previous` has not discovered its provider yet.
+    pub fn adopt_discovery(&self, previous: &Oidc) -> bool {
+        let Some(provider) = previous.provider() else {
+            return false;
+        };
+        self.current.store(Some(Arc::new(
+            self.provider_from(provider.metadata.clone()),
+        )));
+        true
+    }
+
+    /// Use `provider`, found by [`Oidc::discover`] (a reload that changed the issuer).
+    pub fn install(&self, provider: Provider) {
+        self.current.store(Some(Arc::new(provider)));
+    }
+
     /// One discovery attempt (also used by `authgate check --probe`).
     ///
     /// The discovered `issuer` must equal the configured one exactly (OpenID Discovery 4.3),

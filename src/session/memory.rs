@@ -388,6 +388,38 @@ pub fn matches_logout(
 }
 
 impl MemoryStore {
+    /// Every session still live by the store's clock (for the snapshot file).
+    pub fn live_sessions(&self) -> Vec<(SessionKey, Arc<Session>)> {
+        let now = self.clock.unix_now();
+        self.cache
+            .iter()
+            .filter(|(_, s)| !self.expired(s, now))
+            .map(|(k, s)| (*k, s))
+            .collect()
+    }
+
+    /// Put sessions read back from a snapshot, keeping their last-seen stamps (the idle
+    /// timeout goes on counting from the last use before the restart). Expired ones are
+    /// skipped; returns how many were kept.
+    pub async fn restore(&self, sessions: Vec<(SessionKey, Session)>) -> usize {
+        let now = self.clock.unix_now();
+        let mut kept = 0;
+        for (key, session) in sessions {
+            if self.expired(&session, now) {
+                continue;
+            }
+            self.cache.insert(key, Arc::new(session)).await;
+            kept += 1;
+        }
+        self.cache.run_pending_tasks().await;
+        kept
+    }
+
+    /// Past its absolute deadline, or idle (see the module doc).
+    pub fn expired(&self, session: &Session, now: u64) -> bool {
+        now >= session.absolute_deadline(self.absolute_timeout) || self.idle(session, now)
+    }
+
     /// Unused for longer than `idle_timeout` by the store's clock (see the module doc).
     fn idle(&self, session: &Session, now: u64) -> bool {
         let seen = session.last_seen.get();

@@ -11,6 +11,7 @@ pub mod memory;
 pub mod record;
 pub mod redis;
 mod sessions;
+pub mod snapshot;
 pub mod tunnels;
 
 use std::future::Future;
