@@ -215,6 +215,20 @@ impl Driver {
         url.as_str().unwrap().to_owned()
     }
 
+    /// The browser's URL once `done` holds for it: a click that submits a form may return
+    /// before the navigation it starts has begun (on a loaded machine it does), so the page
+    /// is polled for up to 20 s; past that, the URL it stayed at.
+    async fn url_when(&self, done: impl Fn(&str) -> bool) -> String {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let url = self.current_url().await;
+            if done(&url) || std::time::Instant::now() > deadline {
+                return url;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     async fn element(&self, css: &str) -> String {
         let found = self
             .session_call(
@@ -280,12 +294,12 @@ async fn a_form_submitted_after_the_session_expired_survives_the_login() {
 
     // Log in at the provider's form, land on the app's form.
     browser.goto(&h.at("/app/form")).await;
-    assert!(
-        browser.current_url().await.starts_with(&h.idp.issuer()),
-        "sent to the provider"
-    );
+    let issuer = h.idp.issuer();
+    let url = browser.url_when(|u| u.starts_with(&issuer)).await;
+    assert!(url.starts_with(&issuer), "sent to the provider: {url}");
     browser.provider_login("alice").await;
-    assert_eq!(browser.current_url().await, h.at("/app/form"));
+    let form = h.at("/app/form");
+    assert_eq!(browser.url_when(|u| u == form).await, form);
 
     // The user types, the session expires meanwhile, the user submits.
     browser.type_into("#title", "Hello world").await;
@@ -296,16 +310,15 @@ async fn a_form_submitted_after_the_session_expired_survives_the_login() {
     browser.click("#send").await;
 
     // Back at the provider's form; nothing reached the app yet.
-    assert!(
-        browser.current_url().await.starts_with(&h.idp.issuer()),
-        "sent to login again: {}",
-        browser.current_url().await
-    );
+    let issuer = h.idp.issuer();
+    let url = browser.url_when(|u| u.starts_with(&issuer)).await;
+    assert!(url.starts_with(&issuer), "sent to login again: {url}");
     assert!(posts.lock().unwrap().is_empty());
     browser.provider_login("alice").await;
 
     // The app got the post once, as submitted; the browser shows the app's answer.
-    assert_eq!(browser.current_url().await, h.at("/app/thanks"));
+    let thanks = h.at("/app/thanks");
+    assert_eq!(browser.url_when(|u| u == thanks).await, thanks);
     assert_eq!(browser.text("#done").await, "Saved");
     let posts = posts.lock().unwrap().clone();
     assert_eq!(posts.len(), 1, "exactly once: {posts:?}");

@@ -473,3 +473,54 @@ fn snapshot_file_with_redis_is_refused() {
     let e = errors.find("session.snapshot_file").expect("named");
     assert!(e.message.contains("session.store"), "{e}");
 }
+
+/// Providers on reload: adding a `[providers.NAME]` needs a restart (in-memory sessions name
+/// their provider by position), so that reload fails, is counted, and changes nothing; a
+/// change of a provider's client settings with the same issuer applies (no new discovery:
+/// the gateway stays ready at once).
+#[tokio::test]
+async fn a_reload_that_adds_a_provider_is_refused_and_a_changed_client_applies() {
+    let h = Harness::builder().config(PUBLIC).start().await;
+    let anonymous = h.client();
+    let partners = format!(
+        "[providers.partners]\nissuer = \"{}\"\nclient_id = \"other-client\"\nclient_secret = \"other-secret\"\n",
+        h.idp.issuer()
+    );
+    let e = h
+        .gateway
+        .reload(Ok(config_of(&h, h.upstream_addr, &[DENIED, &partners])))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, authgate::gateway::ReloadError::ProvidersRenamed),
+        "{e}"
+    );
+    let status = anonymous.get(h.at("/pub/x")).send().await.unwrap().status();
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "nothing of the refused reload applies"
+    );
+    assert!(h.gateway.providers().by_name("partners").is_none());
+    let text = h.metrics().await;
+    assert_eq!(
+        metric(&text, "authgate_config_reloads_total{result=\"failure\"}"),
+        Some(1.0)
+    );
+
+    // Same issuer, other scopes: a new client that keeps the discovered metadata.
+    let before = h.gateway.oidc();
+    let scopes =
+        "[oidc]\nscopes = [\"openid\", \"email\", \"profile\", \"offline_access\", \"groups\"]\n";
+    let changed = h
+        .gateway
+        .reload(Ok(config_of(&h, h.upstream_addr, &[PUBLIC, scopes])))
+        .await
+        .unwrap();
+    assert!(
+        changed.iter().any(|k| k.starts_with("oidc.scopes")),
+        "{changed:?}"
+    );
+    assert!(!Arc::ptr_eq(&before, &h.gateway.oidc()), "a new client");
+    assert!(h.gateway.is_ready(), "the discovery was taken over");
+}

@@ -478,6 +478,29 @@ async fn redis_cluster_slots_rotation_and_logout_by_sub() {
         .unwrap();
     assert!(rotated.load_for_update(&keys[1]).await.unwrap().is_none());
     assert!(rotated.load_for_update(&keys[3]).await.unwrap().is_some());
+
+    // The admin API's list and revoke find the user's sessions on every node, and an id from
+    // the list names its record again (it carries the slot tag: 68 hex digits).
+    use authgate::session::admin::Target;
+    let listed = rotated.sessions_of("bob").await.unwrap();
+    assert_eq!(listed.len(), 5, "bob's sessions 3, 5, 7, 9, 11");
+    assert!(listed.iter().all(|s| s.id.len() == 68), "{listed:?}");
+    // What the tunnel watcher asks: one `EXISTS` a session, each in its own slot.
+    let alive = rotated.alive(&[keys[3], keys[0], keys[5]]).await.unwrap();
+    assert_eq!(alive, [true, false, true]);
+    let one = rotated
+        .revoke(&Target::Id(listed[0].id.clone()))
+        .await
+        .unwrap();
+    assert_eq!(one.count, 1);
+    let rest = rotated.revoke(&Target::Sub("bob".into())).await.unwrap();
+    assert_eq!(rest.count, 4);
+    for key in keys.iter().skip(3).step_by(2) {
+        assert!(rotated.load_for_update(key).await.unwrap().is_none());
+    }
+    assert!(rotated.sessions_of("bob").await.unwrap().is_empty());
+    let alive = rotated.alive(&[keys[3], keys[5]]).await.unwrap();
+    assert_eq!(alive, [false, false]);
 }
 
 /// Two replicas: the lease is exclusive, kept alive past its nominal length while held, and

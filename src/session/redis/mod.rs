@@ -308,6 +308,17 @@ impl RedisStore {
     /// Whether each session's record exists (under any secret's name), in one round trip;
     /// touches nothing (no idle TTL reset).
     pub async fn alive(&self, keys: &[SessionKey]) -> Result<Vec<bool>, StoreError> {
+        if self.inner.cluster {
+            // A pipeline may not cross slots there: one `EXISTS` a session (its names under
+            // every secret share its slot).
+            let mut alive = Vec::with_capacity(keys.len());
+            for key in keys {
+                let mut exists = redis::cmd("EXISTS");
+                exists.arg(self.inner.session_names(key));
+                alive.push(self.query::<i64>("EXISTS (tunnels)", &exists).await? > 0);
+            }
+            return Ok(alive);
+        }
         let mut pipe = redis::pipe();
         for key in keys {
             pipe.cmd("EXISTS").arg(self.inner.session_names(key));
@@ -326,12 +337,24 @@ impl RedisStore {
         if names.is_empty() {
             return Ok(Vec::new());
         }
-        let mut pipe = redis::pipe();
-        for name in &names {
-            pipe.cmd("GETRANGE").arg(name).arg(1).arg(8);
-            pipe.cmd("PTTL").arg(name);
+        // One pipeline, or in a Cluster (where a pipeline may not cross slots) one a record.
+        let batches: Vec<&[String]> = if self.inner.cluster {
+            names.chunks(1).collect()
+        } else {
+            vec![names.as_slice()]
+        };
+        let mut found: Vec<redis::Value> = Vec::with_capacity(names.len() * 2);
+        for batch in batches {
+            let mut pipe = redis::pipe();
+            for name in batch {
+                pipe.cmd("GETRANGE").arg(name).arg(1).arg(8);
+                pipe.cmd("PTTL").arg(name);
+            }
+            found.extend(
+                self.query_pipe::<Vec<redis::Value>>("sessions_of", &pipe)
+                    .await?,
+            );
         }
-        let found: Vec<redis::Value> = self.query_pipe("sessions_of", &pipe).await?;
         let inner = &self.inner;
         let now_ms = inner.clock.unix_millis();
         let absolute = inner.opts.absolute_timeout.as_secs();
