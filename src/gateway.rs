@@ -324,6 +324,7 @@ impl Runtime {
                     .with_redirect_hosts(&cfg.server.allowed_redirect_hosts),
             ),
             preserved: preserved.clone(),
+            tunnels: tunnels.clone(),
             forwarded_proto: cfg.server.forwarded_proto,
             providers: providers.clone(),
             identities: rules.clone(),

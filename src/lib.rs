@@ -97,6 +97,8 @@ pub fn build_with(config: Config, clock: Clock) -> Result<Arc<Gateway>, StartupE
                 lease: session::redis::LEASE,
                 lease_wait: config.oidc.refresh_timeout + session::redis::LEASE,
                 identity_rules: rules.clone(),
+                // Only the admin API opens them; its address needs a restart, as the store.
+                revocation_envelopes: config.server.admin_listen.is_some(),
             };
             let store = RedisStore::with_clock(opts, &s.cookie_secrets, clock.clone());
             Store::Redis(store.map_err(StartupError::Store)?)

@@ -14,7 +14,9 @@
 //!
 //! The same construction seals pending logins in the browser's login cookies, under keys of
 //! their own ([`Keyring::for_login_cookies`]: another HKDF `info` label), so a login cookie
-//! never opens as a stored record, nor the other way round.
+//! never opens as a stored record, nor the other way round. The memory store's snapshot
+//! ([`Keyring::for_snapshot`]) and the Redis store's revocation envelopes
+//! ([`Keyring::for_revocation`]) have labels of their own too.
 //!
 //! A sealed value is `[version][deadline: u64 BE][nonce][ciphertext || tag]`. The deadline
 //! (Unix seconds after which the record is dead whatever its TTL; 0 = none) is plain so that
@@ -35,6 +37,7 @@ const ENCRYPTION_INFO: &[u8] = b"authgate redis record encryption v1";
 const NAMES_INFO: &[u8] = b"authgate redis key names v1";
 const LOGIN_COOKIE_INFO: &[u8] = b"authgate login cookie encryption v1";
 const SNAPSHOT_INFO: &[u8] = b"authgate session snapshot encryption v1";
+const REVOCATION_INFO: &[u8] = b"authgate redis revocation envelope v1";
 
 struct Keys {
     aead: LessSafeKey,
@@ -61,6 +64,13 @@ impl Keyring {
     /// [`Keyring::open`] apply): neither a Redis record nor a login cookie opens as one.
     pub fn for_snapshot(secrets: &[Secret<Vec<u8>>]) -> Option<Keyring> {
         Self::derive(secrets, SNAPSHOT_INFO)
+    }
+
+    /// The keys that seal the Redis store's revocation envelopes (a session's refresh token,
+    /// readable by the admin API without the session id; only [`Keyring::seal`] and
+    /// [`Keyring::open`] apply): neither a record nor a login cookie opens as one.
+    pub fn for_revocation(secrets: &[Secret<Vec<u8>>]) -> Option<Keyring> {
+        Self::derive(secrets, REVOCATION_INFO)
     }
 
     fn derive(secrets: &[Secret<Vec<u8>>], encryption_info: &[u8]) -> Option<Keyring> {
@@ -216,6 +226,13 @@ mod tests {
         let sealed = logins.seal(b"ctx", 0, b"login").unwrap();
         assert_eq!(logins.open(b"ctx", &sealed).unwrap().0, b"login");
         assert!(store.open(b"ctx", &sealed).is_none());
+        let envelopes = Keyring::for_revocation(&secrets).unwrap();
+        assert!(envelopes.open(b"ctx", &sealed).is_none());
+        assert!(
+            store
+                .open(b"ctx", &envelopes.seal(b"ctx", 0, b"x").unwrap())
+                .is_none()
+        );
         assert!(
             logins
                 .open(b"ctx", &store.seal(b"ctx", 0, b"x").unwrap())

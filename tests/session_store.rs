@@ -372,6 +372,7 @@ fn redis_options(url: &str, lease: Duration) -> RedisOptions {
         lease,
         lease_wait: Duration::from_secs(10),
         identity_rules: rules(),
+        revocation_envelopes: false,
     }
 }
 

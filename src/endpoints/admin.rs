@@ -4,8 +4,10 @@
 //!   expiry; never a token), `{"sessions": [..]}`;
 //! - `POST /admin/sessions/revoke` with `{"sub": ".."}` or `{"sid": ".."}` (a short id from
 //!   the listing): ends those sessions, revokes their refresh tokens at the provider where it
-//!   has a revocation endpoint, and answers `{"revoked": N}`. Their tunnels close with them
-//!   (`session::tunnels`); with Redis they are dead on every replica within 2 s.
+//!   has a revocation endpoint (one after the other, as sign-out does; with Redis, the tokens
+//!   of the records' revocation envelopes), and answers `{"revoked": N,
+//!   "revoked_at_provider": M}` (M: the tokens the provider accepted). Their tunnels close with
+//!   them (`session::tunnels`); with Redis they are dead on every replica within 2 s.
 //!
 //! Every call needs `Authorization: Bearer <token of admin_token_file>`, compared in constant
 //! time (as HMACs of both sides, so the length leaks nothing either); else 401. Bodies are
@@ -150,23 +152,28 @@ impl Admin {
             Ok(revoked) => revoked,
             Err(e) => return unavailable(&e),
         };
-        for session in &revoked.sessions {
+        let mut at_provider: u64 = 0;
+        for (provider, refresh_token) in &revoked.refresh_tokens {
             // At the session's own provider (a token is never sent to another).
-            if let Some(refresh_token) = session.tokens.refresh_token.as_deref()
-                && let Some(oidc) = self.providers.get(session.provider)
+            if let Some(oidc) = self.providers.get(*provider)
+                && oidc.revoke(refresh_token).await
             {
-                oidc.revoke(refresh_token).await;
+                at_provider += 1;
             }
         }
         tracing::info!(
             revoked = revoked.count,
+            revoked_at_provider = at_provider,
             by = match target {
                 Target::Sub(_) => "sub",
                 Target::Id(_) => "sid",
             },
             "admin revoke"
         );
-        reply::json(StatusCode::OK, &json!({ "revoked": revoked.count }))
+        reply::json(
+            StatusCode::OK,
+            &json!({ "revoked": revoked.count, "revoked_at_provider": at_provider }),
+        )
     }
 }
 

@@ -116,6 +116,8 @@ pub struct Shared {
     pub logins: Arc<Logins>,
     /// Form posts kept across a login.
     pub preserved: Arc<Preserved>,
+    /// Open tunnels by session (`authgate_tunnels_open`).
+    pub tunnels: Arc<crate::session::tunnels::Tunnels>,
     /// `server.forwarded_proto` (a kept post is forwarded by the callback).
     pub forwarded_proto: crate::config::ForwardedProto,
     pub providers: Arc<Providers>,

@@ -26,6 +26,9 @@ pub struct Status {
     metrics: Arc<Metrics>,
     upstreams: Arc<Upstreams>,
     connections: Arc<ConnectionStats>,
+    /// Kept form posts and open tunnels: process-wide (they outlive a reload).
+    preserved: Arc<crate::login::preserve::Preserved>,
+    tunnels: Arc<crate::session::tunnels::Tunnels>,
     /// `server.public_url` without a trailing slash (the login URL of a 401).
     public_url: String,
     clock: Clock,
@@ -45,6 +48,8 @@ impl Status {
             metrics: shared.metrics.clone(),
             upstreams: shared.upstreams.clone(),
             connections: shared.connections.clone(),
+            preserved: shared.preserved.clone(),
+            tunnels: shared.tunnels.clone(),
             public_url: public_base(&cfg.server.public_url),
             clock: shared.clock.clone(),
         }
@@ -171,6 +176,17 @@ impl Status {
             connections.open(),
             connections.closed_without_request(),
             connections.closed_idle(),
+        );
+        let _ = writeln!(
+            text,
+            "# HELP authgate_preserved_form_posts Form posts kept by this replica while their logins run.\n\
+             # TYPE authgate_preserved_form_posts gauge\n\
+             authgate_preserved_form_posts {}\n\
+             # HELP authgate_tunnels_open Upgraded connections (WebSocket tunnels) open through this replica.\n\
+             # TYPE authgate_tunnels_open gauge\n\
+             authgate_tunnels_open {}",
+            self.preserved.kept(),
+            self.tunnels.open_tunnels(),
         );
         if let Some(store) = store.metrics() {
             store.render(&mut text);

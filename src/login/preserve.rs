@@ -406,6 +406,14 @@ impl Preserved {
         .then_some(value)
     }
 
+    /// Posts this replica keeps now, those past their lifetime dropped first (at most
+    /// [`MAX_ENTRIES`] looked at): `authgate_preserved_form_posts`.
+    pub fn kept(&self) -> usize {
+        let mut ledger = self.ledger();
+        ledger.purge(self.clock.unix_millis());
+        ledger.held.len()
+    }
+
     /// Posts and bytes kept by this replica (tests).
     pub fn held(&self) -> (usize, usize) {
         let ledger = self.ledger();

@@ -321,18 +321,19 @@ impl Oidc {
     }
 
     /// RFC 7009 revocation of a refresh token, when the provider has an endpoint. Best effort:
-    /// sign-out goes on whatever the provider says.
+    /// sign-out goes on whatever the provider says. `true` when the provider accepted it
+    /// (a 2xx answer); `false` without an endpoint, or when it refused or failed.
     ///
     /// Written by hand rather than through oauth2's `revoke_token`, which refuses a non-https
     /// endpoint and so silently skipped revocation for http issuers (development, in-cluster
     /// providers). Client authentication follows `token_endpoint_auth`, as for the token
     /// endpoint (RFC 7009 section 2.1).
-    pub async fn revoke(&self, refresh_token: &str) {
+    pub async fn revoke(&self, refresh_token: &str) -> bool {
         let Some(provider) = self.provider() else {
-            return;
+            return false;
         };
         let Some(url) = provider.revocation_endpoint() else {
-            return;
+            return false;
         };
         let mut form = vec![
             ("token", refresh_token),
@@ -354,15 +355,17 @@ impl Oidc {
             (_, None) => form.push(("client_id", &self.cfg.client_id)),
         }
         match request.form(&form).send().await {
-            Ok(response) if response.status().is_success() => {}
+            Ok(response) if response.status().is_success() => true,
             Ok(response) => {
                 tracing::warn!(status = %response.status(), "refresh token revocation refused");
+                false
             }
             Err(e) => {
                 tracing::warn!(
                     error = %log_safe(error_chain(&e)),
                     "refresh token revocation failed"
                 );
+                false
             }
         }
     }

@@ -5,11 +5,10 @@
 //! the first 8 bytes of SHA-256 of the session id (16 hex digits), with Redis the keyed hash
 //! its record is stored under (64 hex digits). Neither leads back to a cookie.
 
-use std::sync::Arc;
-
 use sha2::{Digest, Sha256};
 
 use super::{Session, SessionKey};
+use crate::config::ProviderId;
 
 /// One session, as the admin API lists it. Times in Unix seconds.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -29,12 +28,25 @@ pub enum Target {
     Id(String),
 }
 
-/// What a revoke ended: how many sessions, and the records it could read (their refresh
-/// tokens are then revoked at the provider).
+/// What a revoke ended: how many sessions, and the refresh tokens it found (each with its
+/// session's provider, where it is then revoked). The memory store reads them from its
+/// records; the Redis store from the records' revocation envelopes (when the admin API is
+/// on), so a record without one that opens is counted but has no token here.
 #[derive(Default)]
 pub struct Revoked {
     pub count: u64,
-    pub sessions: Vec<Arc<Session>>,
+    pub refresh_tokens: Vec<(ProviderId, String)>,
+}
+
+impl Revoked {
+    /// Count `session` as ended, keeping its refresh token.
+    pub fn ended(&mut self, session: &Session) {
+        self.count += 1;
+        if let Some(token) = session.tokens.refresh_token.as_deref() {
+            self.refresh_tokens
+                .push((session.provider, token.to_owned()));
+        }
+    }
 }
 
 /// The memory store's short id of a session.

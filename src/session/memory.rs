@@ -209,8 +209,7 @@ impl MemoryStore {
         let mut revoked = Revoked::default();
         for (key, session) in doomed {
             self.delete(&key).await?;
-            revoked.count += 1;
-            revoked.sessions.push(session);
+            revoked.ended(&session);
         }
         Ok(revoked)
     }

@@ -20,6 +20,7 @@
 //! long as a tunnel of its session is open (the last one to close removes it).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
@@ -41,6 +42,8 @@ pub struct Tunnels {
     store: Arc<Store>,
     clock: Clock,
     watcher: OnceLock<()>,
+    /// Tunnels open now (registered and not yet dropped): `authgate_tunnels_open`.
+    open: AtomicU64,
 }
 
 struct Entry {
@@ -66,6 +69,7 @@ impl Tunnels {
             store,
             clock,
             watcher: OnceLock::new(),
+            open: AtomicU64::new(0),
         })
     }
 
@@ -75,6 +79,7 @@ impl Tunnels {
         self.watcher.get_or_init(|| {
             tokio::spawn(watch_sessions(Arc::downgrade(self)));
         });
+        self.open.fetch_add(1, Ordering::Relaxed);
         let mut shard = self.shard(&key);
         let entry = shard.entry(key).or_insert_with(|| Entry {
             end: watch::Sender::new(false),
@@ -85,6 +90,12 @@ impl Tunnels {
             key,
             ended: Some(entry.end.subscribe()),
         }
+    }
+
+    /// Tunnels open now, whether or not their session already ended (one is counted until
+    /// it is closed).
+    pub fn open_tunnels(&self) -> u64 {
+        self.open.load(Ordering::Relaxed)
     }
 
     /// Sessions with at least one open tunnel.
@@ -174,6 +185,7 @@ impl Tunnel {
 
 impl Drop for Tunnel {
     fn drop(&mut self) {
+        self.registry.open.fetch_sub(1, Ordering::Relaxed);
         drop(self.ended.take());
         let mut shard = self.registry.shard(&self.key);
         if shard

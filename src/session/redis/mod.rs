@@ -9,7 +9,10 @@
 //!   under a key NAME that is a keyed hash of the session id. Layout, with `<p>` the
 //!   `session.redis_key_prefix`:
 //!   - `<p>s:<hmac(id)>`: the sealed record; TTL = min(idle left, absolute left), reset on
-//!     every load (idle semantics) by the load script;
+//!     every load (idle semantics) by the load script. With the admin API on, the value also
+//!     carries the session's revocation envelope (its current refresh token, sealed under keys
+//!     of its own and bound to this key name: `envelope`), rewritten with every write of the
+//!     record, which an admin revoke opens to revoke the token at the provider;
 //!   - `<p>sid:<hmac(sid)>`, `<p>sub:<hmac(sub)>`: sets of record names, for back-channel
 //!     logout; their TTL is `absolute_timeout`, reset on every save, so at least any
 //!     member's; a member whose record expired is harmless;
@@ -42,6 +45,7 @@
 
 pub(crate) mod codec;
 mod conn;
+mod envelope;
 mod lease;
 mod stash;
 
@@ -140,6 +144,8 @@ pub struct RedisOptions {
     /// The gateway's: a record read back shares their header name list (see
     /// [`IdentityRules::restore`]).
     pub identity_rules: Arc<IdentityRules>,
+    /// Write a revocation envelope with every record (`envelope`): the admin API is on.
+    pub revocation_envelopes: bool,
 }
 
 /// Cheap to clone (one shared connection and cache).
@@ -160,6 +166,9 @@ struct Inner {
     waits_started: AtomicU64,
     wait_log: std::sync::Mutex<WaitLog>,
     keys: Keyring,
+    /// The keys of revocation envelopes (`envelope`): written only with
+    /// `RedisOptions::revocation_envelopes`, opened by an admin revoke.
+    envelopes: Keyring,
     opts: RedisOptions,
     cache: Cache<SessionKey, Cached>,
     metrics: Arc<StoreMetrics>,
@@ -215,6 +224,7 @@ impl RedisStore {
             return Err(StoreSetupError::NoRuntime);
         }
         let keys = Keyring::new(secrets).ok_or(StoreSetupError::NoUsableSecret)?;
+        let envelopes = Keyring::for_revocation(secrets).ok_or(StoreSetupError::NoUsableSecret)?;
         let metrics = Arc::new(StoreMetrics::default());
         metrics.set_topology(opts.topology.name());
         let urls: Vec<String> = match &opts.topology {
@@ -279,6 +289,7 @@ impl RedisStore {
                 waits_started: AtomicU64::new(0),
                 wait_log: std::sync::Mutex::new(WaitLog::default()),
                 keys,
+                envelopes,
                 opts,
                 cache,
                 metrics,
@@ -390,20 +401,37 @@ impl RedisStore {
         Ok(out)
     }
 
-    /// End the sessions of `target` (admin API). Records are deleted unread (they cannot be
-    /// opened without the session id), so `Revoked::sessions` stays empty.
+    /// End the sessions of `target` (admin API). A record cannot be opened without its
+    /// session id; each is taken with `GETDEL` (read and deleted in one step, so a refresh
+    /// cannot slip a new refresh token in between) and its revocation envelope, when it has
+    /// one that opens, gives the refresh token to revoke at the provider.
     pub async fn revoke(&self, target: &Target) -> Result<Revoked, StoreError> {
         let inner = &self.inner;
         let names = match target {
             Target::Sub(sub) => self.indexed(sub).await?,
             Target::Id(id) => inner.record_of_id(id).into_iter().collect(),
         };
-        // One `DEL` a record: in a Cluster each record lives in its own slot.
+        // One `GETDEL` a record: in a Cluster each record lives in its own slot.
         let mut count = 0;
+        let mut refresh_tokens = Vec::new();
         for name in &names {
-            let mut del = redis::cmd("DEL");
-            del.arg(name);
-            count += self.query::<u64>("DEL (revoke)", &del).await?;
+            let mut take = redis::cmd("GETDEL");
+            take.arg(name);
+            let Some(value) = self
+                .query::<Option<Vec<u8>>>("GETDEL (revoke)", &take)
+                .await?
+            else {
+                continue;
+            };
+            count += 1;
+            let rules = &inner.opts.identity_rules;
+            match envelope::open(&inner.envelopes, name, &value, rules) {
+                Some(found) => refresh_tokens.push((found.provider, found.refresh_token)),
+                None => tracing::debug!(
+                    "admin revoke: a record without a revocation envelope that opens \
+                     (written with the admin API off, or under another secret)"
+                ),
+            }
         }
         // This replica's cache: every entry of that user, or all of it for one id (its key
         // is not known from the id); the other replicas' expire within CACHE_TTL.
@@ -417,7 +445,7 @@ impl RedisStore {
         self.forget_locally(cached).await;
         Ok(Revoked {
             count,
-            sessions: Vec::new(),
+            refresh_tokens,
         })
     }
 
@@ -718,10 +746,8 @@ impl RedisStore {
             return Ok((Replaced::Gone, None));
         }
         let ttl = millis(inner.opts.idle_timeout).min((deadline - now).saturating_mul(1000));
-        let sealed = codec::encode_session(&session, &inner.opts.identity_rules)
-            .and_then(|plain| inner.keys.seal(&session_context(key), deadline, &plain))
-            .ok_or(StoreError::Seal)?;
         let name = self.session_name(key);
+        let sealed = inner.seal_session(key, &name, deadline, &session)?;
         if inner.cluster {
             self.index_separately(&name, &session).await?;
         }
@@ -849,9 +875,35 @@ impl Inner {
         }
     }
 
+    /// A record read back: layout 1 (no envelope) or 2 (after its envelope, which is part of
+    /// the record's associated data), see `envelope`.
     fn open_session(&self, key: &SessionKey, sealed: &[u8]) -> Option<Session> {
-        let (plain, _) = self.keys.open(&session_context(key), sealed)?;
+        let (record, envelope) = envelope::split(sealed);
+        let context = envelope::record_context(&session_context(key), envelope);
+        let (plain, _) = self.keys.open(&context, &record)?;
         codec::decode_session(&plain, &self.opts.identity_rules)
+    }
+
+    /// The value to store for `session` under `name`: the sealed record, after its revocation
+    /// envelope when envelopes are on and the session has a refresh token.
+    fn seal_session(
+        &self,
+        key: &SessionKey,
+        name: &str,
+        deadline: u64,
+        session: &Session,
+    ) -> Result<Vec<u8>, StoreError> {
+        let rules = &self.opts.identity_rules;
+        let envelope = self
+            .opts
+            .revocation_envelopes
+            .then(|| envelope::seal(&self.envelopes, name, deadline, session, rules))
+            .flatten();
+        let context = envelope::record_context(&session_context(key), envelope.as_deref());
+        codec::encode_session(session, rules)
+            .and_then(|plain| self.keys.seal(&context, deadline, &plain))
+            .and_then(|record| envelope::frame(record, envelope.as_deref()))
+            .ok_or(StoreError::Seal)
     }
 }
 
@@ -881,10 +933,8 @@ impl SessionStore for RedisStore {
             return self.delete(&key).await;
         }
         let ttl = millis(inner.opts.idle_timeout).min((deadline - now).saturating_mul(1000));
-        let sealed = codec::encode_session(&session, &inner.opts.identity_rules)
-            .and_then(|plain| inner.keys.seal(&session_context(&key), deadline, &plain))
-            .ok_or(StoreError::Seal)?;
         let name = self.session_name(&key);
+        let sealed = inner.seal_session(&key, &name, deadline, &session)?;
         let generation = inner.deletions.load(Ordering::SeqCst);
         if inner.cluster {
             self.index_separately(&name, &session).await?;
