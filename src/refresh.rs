@@ -278,6 +278,10 @@ impl Refresher {
         });
         match self.store.replace(&key, current, refreshed.clone()).await {
             Ok(Replaced::Done) => Fresh::Ready(refreshed),
+            Ok(Replaced::Gone) => {
+                self.revoke_orphan(old, &refreshed).await;
+                self.after_lost_write(key, old, Replaced::Gone).await
+            }
             Ok(lost) => self.after_lost_write(key, old, lost).await,
             Err(e) => {
                 tracing::error!(
@@ -310,6 +314,20 @@ impl Refresher {
             Fresh::Stalled(Stall::Backoff {
                 secs_left: backoff.retry_at().saturating_sub(now),
             })
+        }
+    }
+
+    /// The session ended while its refresh was at the provider (sign-out, back-channel
+    /// logout, an admin revoke): whoever ended it revoked the refresh token the record held,
+    /// which the refresh has just used up; the new one the provider sent back is never
+    /// stored, so it is revoked here (same call as sign-out), lest it stay live at the provider.
+    async fn revoke_orphan(&self, old: &Session, refreshed: &Session) {
+        let new = refreshed.tokens.refresh_token.as_deref();
+        if let Some(token) = new
+            && new != old.tokens.refresh_token.as_deref()
+            && let Some(oidc) = self.providers.get(refreshed.provider)
+        {
+            oidc.revoke(token).await;
         }
     }
 

@@ -7,9 +7,12 @@
 mod support;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use authgate::config::Config;
+use authgate::session::SessionStore;
+use devidp::idp::DevIdp;
 use figment::Figment;
 use figment::providers::{Format, Toml};
 use reqwest::{StatusCode, header};
@@ -199,13 +202,19 @@ async fn revoke_by_sub_ends_every_session_of_the_user_and_revokes_at_the_provide
     let alice2 = h.login(&h.client(), "alice").await;
     let bob = h.login(&h.client(), "bob").await;
     let (s, body) = revoke(&a.base, &json!({"sub": "alice"})).await;
-    assert_eq!((s, body), (StatusCode::OK, json!({"revoked": 2})));
+    assert_eq!(
+        (s, body),
+        (
+            StatusCode::OK,
+            json!({"revoked": 2, "revoked_at_provider": 2})
+        )
+    );
     assert_eq!(status(h, &alice1).await, StatusCode::UNAUTHORIZED);
     assert_eq!(status(h, &alice2).await, StatusCode::UNAUTHORIZED);
     assert_eq!(status(h, &bob).await, StatusCode::OK);
     assert_eq!(h.idp.controls().revocations(), 2, "refresh tokens revoked");
     let (_, body) = revoke(&a.base, &json!({"sub": "alice"})).await;
-    assert_eq!(body, json!({"revoked": 0}));
+    assert_eq!(body, json!({"revoked": 0, "revoked_at_provider": 0}));
 }
 
 #[tokio::test]
@@ -217,7 +226,13 @@ async fn revoke_by_sid_ends_that_session_only() {
     let first_id = body["sessions"][0]["id"].as_str().unwrap().to_owned();
     let second = h.login(&h.client(), "alice").await;
     let (s, body) = revoke(&a.base, &json!({"sid": first_id})).await;
-    assert_eq!((s, body), (StatusCode::OK, json!({"revoked": 1})));
+    assert_eq!(
+        (s, body),
+        (
+            StatusCode::OK,
+            json!({"revoked": 1, "revoked_at_provider": 1})
+        )
+    );
     assert_eq!(status(h, &first).await, StatusCode::UNAUTHORIZED);
     assert_eq!(status(h, &second).await, StatusCode::OK);
     let (_, body) = list(&a.base, "alice").await;
@@ -361,10 +376,15 @@ async fn revoke_on_one_replica_is_dead_on_another_within_two_seconds() {
     assert_eq!(sessions.len(), 2, "{body}");
     assert_eq!(sessions[0]["id"].as_str().unwrap().len(), 64);
 
-    let (s, body) = revoke(&base, &json!({"sid": sessions[1]["id"]})).await;
-    assert_eq!((s, body), (StatusCode::OK, json!({"revoked": 1})));
-    let (s, body) = revoke(&base, &json!({"sub": "alice"})).await;
-    assert_eq!((s, body), (StatusCode::OK, json!({"revoked": 1})));
+    let (s, by_sid) = revoke(&base, &json!({"sid": sessions[1]["id"]})).await;
+    assert_eq!((s, &by_sid["revoked"]), (StatusCode::OK, &json!(1)));
+    let (s, by_sub) = revoke(&base, &json!({"sub": "alice"})).await;
+    assert_eq!((s, &by_sub["revoked"]), (StatusCode::OK, &json!(1)));
+    // B runs without the admin API: its record carries no revocation envelope, so only the
+    // session A wrote has its refresh token revoked at the provider.
+    let at_provider = |b: &Value| b["revoked_at_provider"].as_u64().unwrap();
+    assert_eq!(at_provider(&by_sid) + at_provider(&by_sub), 1);
+    assert_eq!(idp.controls().revocations(), 1);
     let revoked = Instant::now();
     assert_eq!(status(&a, &alice1).await, StatusCode::UNAUTHORIZED);
     assert_eq!(status(&a, &alice2).await, StatusCode::UNAUTHORIZED);
@@ -377,6 +397,330 @@ async fn revoke_on_one_replica_is_dead_on_another_within_two_seconds() {
     assert!(dead_on_b, "still alive on B {latency:?} after the revoke");
     eprintln!("revoke reached the other replica after {latency:?}");
     assert_eq!(status(&b, &bob).await, StatusCode::OK);
+}
+
+// --- Redis: refresh tokens revoked at the provider through the revocation envelopes --------
+
+/// `[session]` lines for the Redis store at `redis`.
+fn redis_store(redis: &RedisServer) -> String {
+    format!(
+        "[session]\nstore = \"redis\"\nredis_url = \"{}\"\nredis_key_prefix = \"ag:\"",
+        redis.url()
+    )
+}
+
+/// A replica on `redis` with the admin API on (`extra`: more configuration).
+async fn redis_replica(redis: &RedisServer, idp: &Arc<DevIdp>, extra: &str) -> Admin {
+    let (admin, base) = admin_config();
+    let h = Harness::builder()
+        .idp(idp.clone())
+        .config(&admin)
+        .config(&redis_store(redis))
+        .config(extra)
+        .start()
+        .await;
+    Admin { h, base }
+}
+
+/// The session of `cookie` as the store holds it now.
+async fn session_of(h: &Harness, cookie: &str) -> Arc<authgate::session::Session> {
+    let key = h.gateway.cookies().decode(cookie).unwrap();
+    h.gateway.store().load(&key).await.unwrap().unwrap()
+}
+
+/// The refresh token the session of `cookie` holds now.
+async fn refresh_token_of(h: &Harness, cookie: &str) -> String {
+    let session = session_of(h, cookie).await;
+    session.tokens.refresh_token.as_deref().unwrap().to_owned()
+}
+
+/// The Redis key of the session of `cookie`, and its admin API id.
+fn record_of(h: &Harness, cookie: &str) -> (String, String) {
+    let key = h.gateway.cookies().decode(cookie).unwrap();
+    let name = h.gateway.store().redis().unwrap().session_name(&key);
+    let id = name.strip_prefix("ag:s:").unwrap().to_owned();
+    (name, id)
+}
+
+/// The raw value Redis holds under `name`.
+async fn raw(redis: &RedisServer, name: &str) -> Vec<u8> {
+    let mut conn = redis.conn().await;
+    ::redis::cmd("GET")
+        .arg(name)
+        .query_async::<Option<Vec<u8>>>(&mut conn)
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+fn sorted(mut v: Vec<String>) -> Vec<String> {
+    v.sort();
+    v
+}
+
+/// Refresh the session of `cookie` once on `h` (its access token near expiry by `h`'s clock,
+/// and its provider's); the refresh token rotates.
+async fn refresh_once(h: &Harness, cookie: &str) {
+    let before = h.idp.controls().refresh_calls();
+    let old = refresh_token_of(h, cookie).await;
+    h.advance(Duration::from_secs(295));
+    assert_eq!(status(h, cookie).await, StatusCode::OK);
+    assert_eq!(h.idp.controls().refresh_calls(), before + 1, "one refresh");
+    assert_ne!(refresh_token_of(h, cookie).await, old, "rotated");
+}
+
+/// Both sessions of `cookies` are dead on `h` within 2 s.
+async fn dead_within_two_seconds(h: &Harness, cookies: &[&String]) {
+    let dead = eventually(Duration::from_secs(2), || async {
+        for c in cookies {
+            if status(h, c).await != StatusCode::UNAUTHORIZED {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    assert!(
+        dead,
+        "still alive on the other replica 2 s after the revoke"
+    );
+}
+
+/// Two replicas on one Redis, the admin API on: a revoke by `sub` on A revokes at the
+/// provider exactly the CURRENT refresh token of each of alice's sessions (the rotated one,
+/// never the one a refresh used up), and the sessions are dead on B within 2 s.
+#[tokio::test]
+async fn redis_revoke_by_sub_revokes_the_current_refresh_tokens_at_the_provider() {
+    let redis = RedisServer::start();
+    let idp = start_idp().await;
+    let a = redis_replica(&redis, &idp, "").await;
+    let b = redis_replica(&redis, &idp, "").await;
+    let alice1 = a.h.login(&a.h.client(), "alice").await;
+    let alice2 = b.h.login(&b.h.client(), "alice").await;
+    let bob = a.h.login(&a.h.client(), "bob").await;
+    for c in [&alice1, &alice2, &bob] {
+        assert_eq!(status(&b.h, c).await, StatusCode::OK, "in B's local cache");
+    }
+    let first = refresh_token_of(&a.h, &alice1).await;
+    refresh_once(&a.h, &alice1).await;
+    let current = vec![
+        refresh_token_of(&a.h, &alice1).await,
+        refresh_token_of(&b.h, &alice2).await,
+    ];
+    assert_eq!(idp.controls().revocations(), 0);
+
+    let (s, body) = revoke(&a.base, &json!({"sub": "alice"})).await;
+    let revoked = Instant::now();
+    assert_eq!(
+        (s, body),
+        (
+            StatusCode::OK,
+            json!({"revoked": 2, "revoked_at_provider": 2})
+        )
+    );
+    let at_provider = idp.controls().revoked_tokens();
+    assert_eq!(sorted(at_provider.clone()), sorted(current));
+    assert!(
+        !at_provider.contains(&first),
+        "the used-up token is not sent"
+    );
+    dead_within_two_seconds(&b.h, &[&alice1, &alice2]).await;
+    eprintln!(
+        "redis revoke by sub: dead on B after {:?}",
+        revoked.elapsed()
+    );
+    assert_eq!(status(&a.h, &alice1).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(status(&b.h, &bob).await, StatusCode::OK);
+    let (_, body) = revoke(&b.base, &json!({"sub": "alice"})).await;
+    assert_eq!(body, json!({"revoked": 0, "revoked_at_provider": 0}));
+}
+
+/// The same by `sid`: each revoke sends that session's current refresh token only.
+#[tokio::test]
+async fn redis_revoke_by_sid_revokes_that_sessions_current_refresh_token() {
+    let redis = RedisServer::start();
+    let idp = start_idp().await;
+    let a = redis_replica(&redis, &idp, "").await;
+    let b = redis_replica(&redis, &idp, "").await;
+    let alice1 = a.h.login(&a.h.client(), "alice").await;
+    let alice2 = a.h.login(&a.h.client(), "alice").await;
+    for c in [&alice1, &alice2] {
+        assert_eq!(status(&b.h, c).await, StatusCode::OK, "in B's local cache");
+    }
+    let first = refresh_token_of(&b.h, &alice1).await;
+    refresh_once(&b.h, &alice1).await; // rotated by the other replica this time
+    let current1 = refresh_token_of(&b.h, &alice1).await;
+    let (_, id1) = record_of(&a.h, &alice1);
+    let (_, id2) = record_of(&a.h, &alice2);
+
+    let (s, body) = revoke(&a.base, &json!({"sid": id1})).await;
+    assert_eq!(
+        (s, body),
+        (
+            StatusCode::OK,
+            json!({"revoked": 1, "revoked_at_provider": 1})
+        )
+    );
+    assert_eq!(idp.controls().revoked_tokens(), vec![current1.clone()]);
+    assert_ne!(current1, first);
+    dead_within_two_seconds(&b.h, &[&alice1]).await;
+    assert_eq!(status(&b.h, &alice2).await, StatusCode::OK, "the other one");
+
+    let current2 = refresh_token_of(&b.h, &alice2).await;
+    let (s, body) = revoke(&b.base, &json!({"sid": id2})).await;
+    assert_eq!(
+        (s, body),
+        (
+            StatusCode::OK,
+            json!({"revoked": 1, "revoked_at_provider": 1})
+        )
+    );
+    assert_eq!(idp.controls().revoked_tokens(), vec![current1, current2]);
+    dead_within_two_seconds(&a.h, &[&alice2]).await;
+}
+
+/// With the admin API off, a Redis record is the sealed record alone (layout 1: first byte
+/// 1), read straight from Redis; with it on, the value starts with 2 (record after its
+/// envelope). Back-channel logout still ends the admin-off replica's sessions.
+#[tokio::test]
+async fn without_the_admin_api_redis_records_carry_no_envelope() {
+    let redis = RedisServer::start();
+    let idp = start_idp().await;
+    let off = Harness::builder()
+        .idp(idp.clone())
+        .config(&redis_store(&redis))
+        .start()
+        .await;
+    let on = redis_replica(&redis, &idp, "").await;
+    let dave = off.login(&off.client(), "dave").await;
+    let sid = idp.controls().last_issued_sid().unwrap();
+    let erin = on.h.login(&on.h.client(), "erin").await;
+    let (dave_name, _) = record_of(&off, &dave);
+    let (erin_name, _) = record_of(&on.h, &erin);
+    let (dave_raw, erin_raw) = (raw(&redis, &dave_name).await, raw(&redis, &erin_name).await);
+    assert_eq!(dave_raw[0], 1, "admin API off: the record alone");
+    assert_eq!(
+        erin_raw[0], 2,
+        "admin API on: the record after its envelope"
+    );
+    // The refresh tokens are nowhere in either value.
+    for (value, cookie, h) in [(&dave_raw, &dave, &off), (&erin_raw, &erin, &on.h)] {
+        let rt = refresh_token_of(h, cookie).await;
+        assert!(!value.windows(rt.len()).any(|w| w == rt.as_bytes()));
+    }
+    // A revoke path of the admin-off replica: back-channel logout.
+    let logout = support::post_logout_token(&off, &support::logout_token(&idp, &sid)).await;
+    assert!(logout.is_success(), "{logout}");
+    assert_eq!(status(&off, &dave).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(status(&on.h, &erin).await, StatusCode::OK);
+}
+
+/// A record whose envelope is garbage, or sealed under another cookie secret: the revoke
+/// deletes and counts it, sends nothing to the provider, and never fails.
+#[tokio::test]
+async fn redis_revoke_with_a_bad_envelope_deletes_and_counts_without_revoking() {
+    let redis = RedisServer::start();
+    let idp = start_idp().await;
+    let a = redis_replica(&redis, &idp, "").await;
+    let other_secret = format!(
+        "[session]\ncookie_secrets = [\"{}\"]",
+        support::COOKIE_SECRET_B
+    );
+    let c = redis_replica(&redis, &idp, &other_secret).await;
+    let garbled = a.h.login(&a.h.client(), "alice").await;
+    let intact = a.h.login(&a.h.client(), "alice").await;
+    let carol = c.h.login(&c.h.client(), "carol").await;
+    let intact_token = refresh_token_of(&a.h, &intact).await;
+
+    // Garbage over the envelope (it starts after the 9-byte header and its 4-byte length).
+    let (name, _) = record_of(&a.h, &garbled);
+    let mut conn = redis.conn().await;
+    let _: i64 = ::redis::cmd("SETRANGE")
+        .arg(&name)
+        .arg(20)
+        .arg(&b"garbage!garbage!"[..])
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let (s, body) = revoke(&a.base, &json!({"sub": "alice"})).await;
+    assert_eq!(
+        (s, body),
+        (
+            StatusCode::OK,
+            json!({"revoked": 2, "revoked_at_provider": 1})
+        )
+    );
+    assert_eq!(idp.controls().revoked_tokens(), vec![intact_token]);
+    assert!(
+        redis.dump().await.iter().all(|(k, _)| k != &name),
+        "deleted"
+    );
+
+    // Sealed under another secret: A cannot open it, but deletes it by its id.
+    let (carol_name, carol_id) = record_of(&c.h, &carol);
+    let (s, body) = revoke(&a.base, &json!({"sid": carol_id})).await;
+    assert_eq!(
+        (s, body),
+        (
+            StatusCode::OK,
+            json!({"revoked": 1, "revoked_at_provider": 0})
+        )
+    );
+    assert_eq!(idp.controls().revocations(), 1, "nothing more sent");
+    assert!(redis.dump().await.iter().all(|(k, _)| k != &carol_name));
+    dead_within_two_seconds(&c.h, &[&carol]).await;
+}
+
+/// A revoke while the session's refresh is at the provider (the grant done, rotating the
+/// refresh token, the answer not yet back): the envelope's token (the one the refresh used
+/// up) is revoked by the admin API, and the new one the refresh brings back, never stored, is
+/// revoked by the gateway: no live refresh token is left at the provider.
+#[tokio::test]
+async fn redis_revoke_during_a_refresh_leaves_no_live_refresh_token() {
+    let redis = RedisServer::start();
+    let idp = start_idp().await;
+    let a = redis_replica(&redis, &idp, "").await;
+    let controls = idp.controls();
+    controls.set_access_ttl(Duration::from_secs(5)); // < refresh_before_expiry: refreshes
+    let alice = a.h.login(&a.h.client(), "alice").await;
+    controls.set_access_ttl(Duration::from_secs(300));
+    let used_up = refresh_token_of(&a.h, &alice).await;
+    controls.push_token_fault(devidp::idp::TokenFault::SlowAnswer(Duration::from_secs(2)));
+    let in_flight = tokio::spawn({
+        let (url, cookie) = (a.h.at("/app"), alice.clone());
+        async move {
+            bare_client()
+                .get(url)
+                .header(header::ACCEPT, "application/json")
+                .header(header::COOKIE, format!("authgate_session={cookie}"))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    });
+    let at_provider = eventually(Duration::from_secs(5), || async {
+        controls.refresh_calls() == 1
+    })
+    .await;
+    assert!(at_provider, "the refresh reached the provider");
+    let (s, body) = revoke(&a.base, &json!({"sub": "alice"})).await;
+    assert_eq!(
+        (s, body),
+        (
+            StatusCode::OK,
+            json!({"revoked": 1, "revoked_at_provider": 1})
+        )
+    );
+    assert_eq!(controls.revoked_tokens(), vec![used_up.clone()]);
+    let status = tokio::time::timeout(Duration::from_secs(10), in_flight)
+        .await
+        .expect("the request in flight is answered")
+        .unwrap();
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "the session stays ended");
+    let revoked = controls.revoked_tokens();
+    assert_eq!(revoked.len(), 2, "{revoked:?}");
+    assert_ne!(revoked[1], used_up, "the refresh's new token");
 }
 
 // --- authgate sessions ---------------------------------------------------------------------
@@ -449,7 +793,7 @@ async fn the_sessions_command_lists_and_revokes_through_the_admin_api() {
     assert_eq!(code, Some(0), "{err}");
     assert_eq!(
         serde_json::from_str::<Value>(&out).unwrap(),
-        json!({"revoked": 1})
+        json!({"revoked": 1, "revoked_at_provider": 1})
     );
     assert_eq!(status(&h, &bob).await, StatusCode::UNAUTHORIZED);
     let server = admin.clone();
@@ -460,7 +804,7 @@ async fn the_sessions_command_lists_and_revokes_through_the_admin_api() {
     assert_eq!(code, Some(0), "{err}");
     assert_eq!(
         serde_json::from_str::<Value>(&out).unwrap(),
-        json!({"revoked": 1})
+        json!({"revoked": 1, "revoked_at_provider": 1})
     );
     assert_eq!(status(&h, &alice).await, StatusCode::UNAUTHORIZED);
 

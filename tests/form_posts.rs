@@ -524,3 +524,20 @@ async fn with_redis_the_post_is_kept_sealed_and_sent_once() {
     assert_eq!(replay.status(), StatusCode::BAD_REQUEST);
     assert_eq!(posts(&log).len(), 1);
 }
+
+/// `authgate_preserved_form_posts`: a kept post raises it, its replay after the login
+/// lowers it.
+#[tokio::test]
+async fn the_kept_posts_gauge_follows_kept_and_replayed_posts() {
+    let (h, log) = gateway("").await;
+    let gauge = || async { support::metric(&h.metrics().await, "authgate_preserved_form_posts") };
+    assert_eq!(gauge().await, Some(0.0));
+    let client = h.client();
+    let kept = post(&h, &client, "/app/form", URLENCODED, "title=Hello").await;
+    assert_eq!(gauge().await, Some(1.0));
+    let callback = through_provider(&h, &client, &kept, "alice").await;
+    let answer = client.get(&callback).send().await.unwrap();
+    assert_eq!(answer.status(), StatusCode::SEE_OTHER, "replayed");
+    assert_eq!(posts(&log).len(), 1);
+    assert_eq!(gauge().await, Some(0.0));
+}

@@ -447,6 +447,16 @@ async fn logout_during_refresh_is_final(how: Ending) {
         "{how:?}: request in flight"
     );
     assert_eq!(h.idp.controls().refresh_calls(), 1);
+    // The refresh token the dropped refresh brought back is revoked at the provider (it
+    // would stay live there otherwise), besides the used-up one sign-out revoked.
+    let revoked = h.idp.controls().revoked_tokens();
+    let expected = match how {
+        Ending::SignOut => 2,
+        Ending::BackChannel => 1,
+    };
+    assert_eq!(revoked.len(), expected, "{how:?}: {revoked:?}");
+    let last = revoked.last().unwrap();
+    assert_eq!(revoked.iter().filter(|t| *t == last).count(), 1);
 }
 
 #[tokio::test]

@@ -327,3 +327,30 @@ async fn admin_revoke_closes_the_tunnel() {
     assert_closed(&mut tunnel, Instant::now(), "admin revoke").await;
     let _ = std::fs::remove_file(file);
 }
+
+/// `authgate_tunnels_open`: each open tunnel counts, and is no longer counted once closed
+/// (by the client, or because its session ended).
+#[tokio::test]
+async fn the_open_tunnels_gauge_follows_tunnels() {
+    let h = harness("").await;
+    let cookie = h.login(&h.client(), "alice").await;
+    let gauge = || async { support::metric(&h.metrics().await, "authgate_tunnels_open") };
+    assert_eq!(gauge().await, Some(0.0));
+    let first = open_tunnel(h.addr, &cookie).await;
+    let mut second = open_tunnel(h.addr, &cookie).await;
+    assert_eq!(gauge().await, Some(2.0));
+    drop(first);
+    let one = eventually(Duration::from_secs(2), || async {
+        gauge().await == Some(1.0)
+    })
+    .await;
+    assert!(one, "{:?}", gauge().await);
+    sign_out(&h, &cookie).await;
+    assert_closed(&mut second, Instant::now(), "sign-out").await;
+    drop(second);
+    let none = eventually(Duration::from_secs(2), || async {
+        gauge().await == Some(0.0)
+    })
+    .await;
+    assert!(none, "{:?}", gauge().await);
+}
