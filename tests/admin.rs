@@ -608,6 +608,9 @@ async fn without_the_admin_api_redis_records_carry_no_envelope() {
         let rt = refresh_token_of(h, cookie).await;
         assert!(!value.windows(rt.len()).any(|w| w == rt.as_bytes()));
     }
+    // Records without an envelope (admin API off, or written before envelopes existed) read
+    // on a replica that writes them.
+    assert_eq!(status(&on.h, &dave).await, StatusCode::OK);
     // A revoke path of the admin-off replica: back-channel logout.
     let logout = support::post_logout_token(&off, &support::logout_token(&idp, &sid)).await;
     assert!(logout.is_success(), "{logout}");
@@ -669,6 +672,34 @@ async fn redis_revoke_with_a_bad_envelope_deletes_and_counts_without_revoking() 
     assert_eq!(idp.controls().revocations(), 1, "nothing more sent");
     assert!(redis.dump().await.iter().all(|(k, _)| k != &carol_name));
     dead_within_two_seconds(&c.h, &[&carol]).await;
+}
+
+/// Secret rotation: envelopes are sealed with the current secret and opened with any
+/// configured one. A replica whose secrets are `[B, A]` revokes at the provider the sessions a
+/// replica on `[A]` wrote.
+#[tokio::test]
+async fn redis_revoke_after_a_secret_rotation_still_revokes_at_the_provider() {
+    let redis = RedisServer::start();
+    let idp = start_idp().await;
+    let old = redis_replica(&redis, &idp, "").await;
+    let rotated = format!(
+        "[session]\ncookie_secrets = [\"{}\", \"{}\"]",
+        support::COOKIE_SECRET_B,
+        support::COOKIE_SECRET_A
+    );
+    let new = redis_replica(&redis, &idp, &rotated).await;
+    let alice = old.h.login(&old.h.client(), "alice").await;
+    let token = refresh_token_of(&old.h, &alice).await;
+    let (s, body) = revoke(&new.base, &json!({"sub": "alice"})).await;
+    assert_eq!(
+        (s, body),
+        (
+            StatusCode::OK,
+            json!({"revoked": 1, "revoked_at_provider": 1})
+        )
+    );
+    assert_eq!(idp.controls().revoked_tokens(), vec![token]);
+    dead_within_two_seconds(&old.h, &[&alice]).await;
 }
 
 /// A revoke while the session's refresh is at the provider (the grant done, rotating the

@@ -472,3 +472,126 @@ async fn sentinel_forced_failover_switches_on_the_announcement() {
         );
     }
 }
+
+/// Cluster, the admin API on both replicas: a revoke by `sub` takes alice's records from
+/// whichever nodes hold them and revokes exactly their current refresh tokens at the provider
+/// (one of them rotated by a refresh); a revoke by `sid` (slot tag + hash) likewise; dead on
+/// the other replica within 2 s.
+#[tokio::test]
+async fn cluster_admin_revoke_revokes_the_current_refresh_tokens() {
+    let cluster = ClusterGroup::start().await;
+    let idp = start_idp().await;
+    let config = cluster_config(&cluster);
+    let token = "admin-token-for-the-cluster-test-0123";
+    let admin = || {
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let file = std::env::temp_dir().join(format!(
+            "authgate-cluster-admin-{}-{}",
+            std::process::id(),
+            addr.port()
+        ));
+        std::fs::write(&file, token).unwrap();
+        let lines = format!(
+            "[server]\nadmin_listen = \"{addr}\"\nadmin_token_file = \"{}\"",
+            file.display()
+        );
+        (lines, format!("http://{addr}/admin/sessions/revoke"))
+    };
+    let ((admin_a, revoke_a), (admin_b, _)) = (admin(), admin());
+    let with_admin = |lines: String| {
+        let (config, idp) = (config.clone(), idp.clone());
+        async move {
+            Harness::builder()
+                .idp(idp)
+                .config(&config)
+                .config(&lines)
+                .start()
+                .await
+        }
+    };
+    let a = with_admin(admin_a).await;
+    let b = with_admin(admin_b).await;
+    let current = |h: &Harness, cookie: &str| {
+        let key = h.gateway.cookies().decode(cookie).unwrap();
+        let store = h.gateway.store().clone();
+        async move {
+            use authgate::session::SessionStore;
+            let s = store.load(&key).await.unwrap().unwrap();
+            s.tokens.refresh_token.as_deref().unwrap().to_owned()
+        }
+    };
+    let mut alice = Vec::new();
+    for i in 0..4 {
+        let h = if i % 2 == 0 { &a } else { &b };
+        alice.push(h.login(&h.client(), "alice").await);
+    }
+    let bob = a.login(&a.client(), "bob").await;
+    for c in alice.iter().chain([&bob]) {
+        assert_eq!(status(&b, c).await, StatusCode::OK);
+    }
+    // One of alice's sessions refreshes on A; its refresh token rotates.
+    let used_up = current(&a, &alice[0]).await;
+    a.advance(Duration::from_secs(295));
+    assert_eq!(status(&a, &alice[0]).await, StatusCode::OK);
+    assert_eq!(idp.controls().refresh_calls(), 1);
+    let mut expected = Vec::new();
+    for c in &alice {
+        expected.push(current(&a, c).await);
+    }
+    assert!(!expected.contains(&used_up));
+    let revoke = |body: serde_json::Value| {
+        let url = revoke_a.clone();
+        async move {
+            let r = bare_client()
+                .post(url)
+                .bearer_auth(token)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            (r.status(), r.json::<serde_json::Value>().await.unwrap())
+        }
+    };
+    let (s, body) = revoke(serde_json::json!({"sub": "alice"})).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(
+        body,
+        serde_json::json!({"revoked": 4, "revoked_at_provider": 4})
+    );
+    let mut revoked = idp.controls().revoked_tokens();
+    revoked.sort();
+    expected.sort();
+    assert_eq!(revoked, expected);
+    for c in &alice {
+        let dead = eventually(Duration::from_secs(2), || async {
+            status(&b, c).await == StatusCode::UNAUTHORIZED
+        })
+        .await;
+        assert!(dead, "alive on B");
+    }
+    // By id: bob's record, named by its slot tag and hash.
+    let bob_token = current(&b, &bob).await;
+    let key = a.gateway.cookies().decode(&bob).unwrap();
+    let name = a.gateway.store().redis().unwrap().session_name(&key);
+    let (tag, hash) = name
+        .strip_prefix("ag:{")
+        .unwrap()
+        .split_once("}s:")
+        .unwrap();
+    let (s, body) = revoke(serde_json::json!({"sid": format!("{tag}{hash}")})).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(
+        body,
+        serde_json::json!({"revoked": 1, "revoked_at_provider": 1})
+    );
+    assert_eq!(idp.controls().revoked_tokens().last(), Some(&bob_token));
+    assert!(
+        eventually(Duration::from_secs(2), || async {
+            status(&b, &bob).await == StatusCode::UNAUTHORIZED
+        })
+        .await
+    );
+}

@@ -189,6 +189,10 @@ mod tests {
         assert_eq!(records.open(&context, &back).unwrap().0, b"record");
         // Stripped of its envelope, the record does not open.
         assert!(records.open(b"session\0id", &back).is_none());
+        // A replica of a version before envelopes opens a value so (`Keyring::open` with the
+        // session context): a layout-2 value is no session to it, never a panic.
+        assert!(records.open(b"session\0id", &value).is_none());
+        assert!(records.open(&context, &value).is_none());
         let rules = crate::session::identity::IdentityRules::new(
             &crate::config::HeadersConfig {
                 authorization_bearer: true,
