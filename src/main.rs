@@ -68,7 +68,8 @@ enum SessionsCommand {
         #[arg(long)]
         sub: String,
     },
-    /// End every session of a user, or one session by its short id; prints {"revoked": N}.
+    /// End every session of a user, or one session by its short id; prints {"revoked": N,
+    /// "revoked_at_provider": M}.
     Revoke {
         #[arg(long, conflicts_with = "sid", required_unless_present = "sid")]
         sub: Option<String>,
