@@ -508,6 +508,16 @@ async fn redis_revoke_by_sub_revokes_the_current_refresh_tokens_at_the_provider(
         refresh_token_of(&b.h, &alice2).await,
     ];
     assert_eq!(idp.controls().revocations(), 0);
+    // Records with an envelope list as before (their deadline stays where Redis reads it).
+    let (s, body) = list(&b.base, "alice").await;
+    assert_eq!(s, StatusCode::OK);
+    let now = authgate::session::unix_now();
+    for session in body["sessions"].as_array().unwrap() {
+        let login_at = session["login_at"].as_u64().unwrap();
+        assert!(login_at.abs_diff(now) < 600, "{body}");
+        assert!(session["expires_at"].as_u64().unwrap() > now, "{body}");
+    }
+    assert_eq!(body["sessions"].as_array().unwrap().len(), 2);
 
     let (s, body) = revoke(&a.base, &json!({"sub": "alice"})).await;
     let revoked = Instant::now();
