@@ -613,6 +613,11 @@ async fn without_the_admin_api_redis_records_carry_no_envelope() {
         erin_raw[0], 2,
         "admin API on: the record after its envelope"
     );
+    eprintln!(
+        "record value: {} bytes without an envelope, {} with one",
+        dave_raw.len(),
+        erin_raw.len()
+    );
     // The refresh tokens are nowhere in either value.
     for (value, cookie, h) in [(&dave_raw, &dave, &off), (&erin_raw, &erin, &on.h)] {
         let rt = refresh_token_of(h, cookie).await;
