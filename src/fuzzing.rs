@@ -454,7 +454,8 @@ pub fn jwt_claims(data: &[u8]) {
 
 /// A stored record's plaintext decoded, and a sealed record opened. Asserts: arbitrary bytes
 /// never panic; a record that decodes encodes again, and that encoding decodes to a record
-/// that encodes to the same bytes (the round trip is stable); a sealed record round-trips.
+/// that encodes to the same bytes (the round trip is stable); a sealed record round-trips;
+/// the value layouts parse without panic (see [`redis_value_layout`]).
 pub fn redis_record(data: &[u8]) {
     let fixture = &*FIXTURE;
     if let Some(session) = redis::codec::decode_session(data, &fixture.rules) {
@@ -471,6 +472,25 @@ pub fn redis_record(data: &[u8]) {
     assert!(
         fixture.keyring.open(b"ctx", data).is_none(),
         "forged a sealed record"
+    );
+    redis_value_layout(data);
+}
+
+/// A stored value's layout (the record alone, or after its revocation envelope), as the
+/// store and the admin API take it apart. Asserts: arbitrary bytes never panic; a value that
+/// parses as a record with an envelope is framed again from its parts into the same bytes;
+/// no envelope is forged.
+fn redis_value_layout(data: &[u8]) {
+    let fixture = &*FIXTURE;
+    let (record, envelope) = redis::envelope::split(data);
+    if let Some(envelope) = envelope {
+        let framed = redis::envelope::frame(record.into_owned(), Some(envelope))
+            .expect("a value taken apart frames again");
+        assert_eq!(framed, data, "framing a value taken apart changed it");
+    }
+    assert!(
+        redis::envelope::open(&fixture.keyring, "session:x", data, &fixture.rules).is_none(),
+        "forged an envelope"
     );
 }
 

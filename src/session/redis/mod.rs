@@ -45,7 +45,7 @@
 
 pub(crate) mod codec;
 mod conn;
-mod envelope;
+pub(crate) mod envelope;
 mod lease;
 mod stash;
 
