@@ -270,11 +270,31 @@ async fn start_phase(
     })
 }
 
+/// `authgate_refresh_total` by outcome (ok, transient, rejected), summed over the phase's
+/// gateways. A gateway restarted during the fault starts from 0 again: its counts before
+/// the restart are lost, so the row shows the ones after it.
+async fn refresh_outcomes(phase: &Phase) -> [i64; 3] {
+    let http = http_client();
+    let mut out = [0i64; 3];
+    for gw in &phase.gateways {
+        let text = scrape(&http, &gw.url).await;
+        for (i, outcome) in ["ok", "transient", "rejected"].iter().enumerate() {
+            out[i] += metric_exact(
+                &text,
+                &format!("authgate_refresh_total{{outcome=\"{outcome}\"}}"),
+            ) as i64;
+        }
+    }
+    out
+}
+
 /// Logins attempted while a fault is on, and after.
 #[derive(Default)]
 struct Logins {
     ok: AtomicU64,
     failed: AtomicU64,
+    /// How the failed ones failed (the step and the status).
+    reasons: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
 }
 
 /// Tries a login through `gateway` every 2 s until `stop`.
@@ -298,8 +318,13 @@ async fn login_prober(
                 logins.ok.fetch_add(1, Ordering::Relaxed);
                 let _ = sign_out(&http, &gateway, &cookie).await;
             }
-            _ => {
+            failed => {
                 logins.failed.fetch_add(1, Ordering::Relaxed);
+                let reason = match failed {
+                    Ok(Err(e)) => e.chars().take(60).collect(),
+                    _ => "timeout".to_owned(),
+                };
+                *lock(&logins.reasons).entry(reason).or_default() += 1;
             }
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
@@ -404,6 +429,7 @@ impl Run {
         note(&format!("fault {name}: on"));
         let slots = phase.slots.clone();
         let refresh0 = self.idp.controls().refresh_calls();
+        let outcomes0 = refresh_outcomes(phase).await;
         let resets0 = self.upstream.resets.load(Ordering::Relaxed);
         phase.recorder.take();
         let logins = Arc::new(Logins::default());
@@ -439,6 +465,7 @@ impl Run {
         tokio::time::sleep(Duration::from_secs(2)).await;
         probe_stop.send_replace(true);
         let _ = prober.await;
+        let outcomes1 = refresh_outcomes(phase).await;
         let mut total = phase.recorder.take();
         total.merge(&during);
         let lost = slots.logged_out();
@@ -468,9 +495,14 @@ impl Run {
             "unexpected": unexpected, "recovered": recovered, "recovered_sessions": ok,
             "recovery_s": recovery_s, "backoff_cap_s": BACKOFF_CAP_S, "within_cap": within_cap,
             "refresh_calls": self.idp.controls().refresh_calls() - refresh0,
+            "gateway_refreshes": {
+                "ok": outcomes1[0] - outcomes0[0], "transient": outcomes1[1] - outcomes0[1],
+                "rejected": outcomes1[2] - outcomes0[2],
+            },
             "upstream_resets": self.upstream.resets.load(Ordering::Relaxed) - resets0,
             "logins_during": {"ok": logins_during.0, "failed": logins_during.1},
             "logins_after": {"ok": logins.ok.load(Ordering::Relaxed), "failed": logins.failed.load(Ordering::Relaxed)},
+            "login_failures": lock(&logins.reasons).clone(),
             "injected": injected, "cleared": cleared, "pass": pass, "load": load_avg(),
         });
         emit(&row);

@@ -120,7 +120,7 @@ async fn soak() -> Result<bool, String> {
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
         .unwrap_or_default();
     emit(&json!({
-        "phase": "machine", "authgate": version, "nproc": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "phase": "machine", "authgate": version, "driver_cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
         "load_before": load_avg(), "seconds": seconds, "sessions": sessions, "access_ttl_s": access_ttl,
         "refresh_before_expiry_s": 10, "connections": connections, "gateway_cpu": gateway_cpu,
         "gateway_worker_threads": 1, "tunnels": tunnels, "streams": streams, "churn_per_s": churn_per_s,

@@ -388,6 +388,14 @@ pub fn metric(text: &str, series: &str) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
+/// The value of the line that starts with `series` exactly (labels included), then a space.
+pub fn metric_exact(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
 pub async fn scrape(http: &reqwest::Client, gateway: &str) -> String {
     match http.get(format!("{gateway}/metrics")).send().await {
         Ok(r) => r.text().await.unwrap_or_default(),
