@@ -132,7 +132,9 @@ async fn soak() -> Result<bool, String> {
     let started = Instant::now();
     // Logged in over one refresh period, so that the refreshes are spread over time.
     let spread = Duration::from_secs(access_ttl.saturating_sub(10).max(1));
-    slots.login_all(&[gateway.url.clone()], 8, spread).await?;
+    slots
+        .login_all(std::slice::from_ref(&gateway.url), 8, spread)
+        .await?;
     note(&format!(
         "{sessions} sessions logged in in {:.1} s",
         started.elapsed().as_secs_f64()

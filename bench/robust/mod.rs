@@ -955,7 +955,7 @@ async fn connection(
             let slot = (k % n) as usize;
             slots.cookie(slot).map(|(c, g)| (slot, c, g))
         };
-        let browser = anonymous && (i / every) % 2 == 0;
+        let browser = anonymous && (i / every).is_multiple_of(2);
         if sender.as_ref().is_none_or(|s| s.is_closed()) {
             sender = connect(addr).await;
         }
