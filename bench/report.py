@@ -233,8 +233,8 @@ def main():
         w("![main figures](results.png)")
         w("")
     # Hand-written sections kept across regenerations: the analysis, then the fuzzing figures
-    # (tests/fuzz/run.sh).
-    for name in ("analysis.md", "fuzzing.md"):
+    # (tests/fuzz/run.sh), the soak (bench/soak.sh) and the fault run (bench/faults.sh).
+    for name in ("analysis.md", "fuzzing.md", "soak.md", "faults.md"):
         extra = os.path.join(HERE, name)
         if os.path.exists(extra):
             w(open(extra).read().strip())

@@ -237,7 +237,18 @@ impl Refresher {
                     reason = %log_safe(Chain(&reason)),
                     "refresh failed transiently: session kept"
                 );
-                self.store_backoff(key, &current, now).await
+                self.store_backoff(key, &current, now, None).await
+            }
+            Err(RefreshError::Unusable { rotated, reason }) => {
+                self.metrics
+                    .refresh_finished(RefreshOutcome::Transient, elapsed);
+                tracing::warn!(
+                    sub = %log_safe(session.identity.sub()),
+                    reason = %log_safe(Chain(&reason)),
+                    "refreshed tokens not usable: session kept with the new refresh token"
+                );
+                let rotated = rotated.map(|t| t.expose().clone());
+                self.store_backoff(key, &current, now, rotated).await
             }
         }
     }
@@ -294,13 +305,26 @@ impl Refresher {
         }
     }
 
-    async fn store_backoff(&self, key: SessionKey, current: &Versioned, now: u64) -> Fresh {
+    /// Records a transient failure: the next attempt waits for the backoff. `rotated`: the
+    /// refresh token the provider returned with an answer that could not be used; it
+    /// replaces the presented one, which the grant may have spent.
+    async fn store_backoff(
+        &self,
+        key: SessionKey,
+        current: &Versioned,
+        now: u64,
+        rotated: Option<String>,
+    ) -> Fresh {
         let old = &current.session;
         let backoff = RefreshBackoff::after_failure(old.backoff, now);
-        let updated = Arc::new(Session {
+        let mut updated = Session {
             backoff: Some(backoff),
             ..Session::clone(old)
-        });
+        };
+        if let Some(rotated) = rotated {
+            updated.tokens.refresh_token = Some(rotated.into_boxed_str());
+        }
+        let updated = Arc::new(updated);
         match self.store.replace(&key, current, updated.clone()).await {
             Ok(Replaced::Done) => {}
             Ok(lost) => return self.after_lost_write(key, old, lost).await,

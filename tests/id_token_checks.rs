@@ -212,3 +212,70 @@ async fn a_refreshed_id_token_with_a_wrong_at_hash_is_not_accepted() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK, "the session is kept");
 }
+
+/// Status of an API request (no redirect) with the client's session.
+async fn api_status(h: &Harness, client: &Client) -> StatusCode {
+    client
+        .get(h.at("/x"))
+        .header(header::ACCEPT, "application/json")
+        .send()
+        .await
+        .unwrap()
+        .status()
+}
+
+/// A refresh whose new ID token cannot be checked right now (the provider signs with a new
+/// key while its JWKS is down) is transient, and with refresh token rotation the session
+/// keeps the refresh token that came with it: the one it presented is spent, and presenting
+/// it again would revoke the grant. Once the keys can be fetched, the next refresh works and
+/// nobody was logged out. (Found by the fault run, `bench/faults.sh`, row `jwks_down`.)
+#[tokio::test]
+async fn a_refresh_whose_id_token_cannot_be_checked_keeps_the_rotated_refresh_token() {
+    let h = Harness::start().await; // rotation on, 300 s access tokens
+    let client = h.client();
+    h.login(&client, "alice").await;
+    h.idp.controls().set_jwks_unavailable(true);
+    h.idp.controls().rotate_signing_key();
+    h.advance(Duration::from_secs(301)); // the access token has expired
+    assert_eq!(
+        api_status(&h, &client).await,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the new ID token cannot be checked: try again later, not a logout"
+    );
+    assert_eq!(h.idp.controls().refresh_calls(), 1);
+
+    h.idp.controls().set_jwks_unavailable(false);
+    // Past the backoff (1 s) and the JWKS refetch interval (10 s).
+    h.advance(Duration::from_secs(11));
+    assert_eq!(
+        api_status(&h, &client).await,
+        StatusCode::OK,
+        "session kept"
+    );
+    assert_eq!(h.idp.controls().refresh_calls(), 2);
+    assert_eq!(userinfo_status(&h, &client).await, StatusCode::OK);
+}
+
+/// The same with an ID token that fails a claim check (a wrong `at_hash`): its tokens are not
+/// used, but the rotated refresh token is kept, so the next refresh, once the provider
+/// behaves, succeeds.
+#[tokio::test]
+async fn a_refreshed_id_token_failing_a_check_keeps_the_rotated_refresh_token() {
+    let h = Harness::start().await;
+    let client = h.client();
+    h.login(&client, "alice").await;
+    let first = h.echo(&client, "/x").await.bearer().unwrap();
+    h.idp
+        .controls()
+        .set_id_token_tamper(Some(IdTokenTamper::WrongAtHash));
+    h.advance(Duration::from_secs(295)); // inside refresh_before_expiry, still valid
+    let echo = h.echo(&client, "/x").await;
+    assert_eq!(echo.bearer().as_deref(), Some(first.as_str()), "not taken");
+    assert_eq!(h.idp.controls().refresh_calls(), 1);
+
+    h.idp.controls().set_id_token_tamper(None);
+    h.advance(Duration::from_secs(2)); // past the 1 s backoff
+    let echo = h.echo(&client, "/x").await;
+    assert_ne!(echo.bearer().as_deref(), Some(first.as_str()), "refreshed");
+    assert_eq!(h.idp.controls().refresh_calls(), 2);
+}

@@ -18,6 +18,7 @@ use crate::clock::Clock;
 use crate::config::TokenEndpointAuth;
 use crate::error::Chain;
 use crate::logging::log_safe;
+use crate::secret::Secret;
 
 /// A login to start: where to send the browser, and what to remember until the callback.
 pub struct AuthRequest {
@@ -87,6 +88,17 @@ pub enum RefreshError {
     Rejected(#[source] Rejection),
     #[error("refresh failed transiently")]
     Transient(#[source] RefreshFailure),
+    /// The provider did the grant but its answer cannot be used (the new ID token failed
+    /// verification): transient like the above, except that the presented refresh token may
+    /// be spent now. `rotated` is the one the provider returned with the answer: with
+    /// rotation the session must keep it, or its next refresh would present a used token,
+    /// which revokes the whole grant (a logout).
+    #[error("refreshed tokens not usable")]
+    Unusable {
+        rotated: Option<Secret<String>>,
+        #[source]
+        reason: RefreshFailure,
+    },
 }
 
 /// Why the provider ended a session's grant.
@@ -231,7 +243,12 @@ impl Oidc {
                 let claims = self
                     .verify_id_token(id_token, None, response.access_token())
                     .await
-                    .map_err(|e| RefreshError::Transient(RefreshFailure::IdToken(e)))?;
+                    .map_err(|e| RefreshError::Unusable {
+                        rotated: response
+                            .refresh_token()
+                            .map(|t| Secret::new(t.secret().clone())),
+                        reason: RefreshFailure::IdToken(e),
+                    })?;
                 if claims.get("sub").and_then(Value::as_str) != Some(sub) {
                     return Err(RefreshError::Rejected(Rejection::OtherSubject));
                 }

@@ -35,6 +35,8 @@ pub enum TokenFault {
     SlowAnswer(Duration),
     /// Answer 400 `{"error":"invalid_grant"}` (RFC 6749 §5.2).
     InvalidGrant,
+    /// Close the connection without an answer (the grant is not done).
+    Close,
 }
 
 /// A defect the provider builds into the ID tokens it issues (code and refresh grants), so
@@ -129,6 +131,7 @@ pub(crate) struct Settings {
     pub(crate) issue_id_token_on_refresh: bool,
     pub(crate) refresh_returns_refresh_token: bool,
     pub(crate) discovery_unavailable: bool,
+    pub(crate) jwks_unavailable: bool,
     /// Discovery's `scopes_supported`: `None` = the default list (with `offline_access`).
     pub(crate) scopes_supported: Option<Vec<String>>,
     pub(crate) auto_login: Option<String>,
@@ -169,6 +172,7 @@ impl Controls {
             issue_id_token_on_refresh: true,
             refresh_returns_refresh_token: true,
             discovery_unavailable: false,
+            jwks_unavailable: false,
             scopes_supported: None,
             auto_login: None,
             user_claims: HashMap::new(),
@@ -248,6 +252,11 @@ impl Controls {
     /// Discovery answers 503 while set.
     pub fn set_discovery_unavailable(&self, unavailable: bool) {
         lock(&self.settings).discovery_unavailable = unavailable;
+    }
+
+    /// The JWKS document answers 503 while set.
+    pub fn set_jwks_unavailable(&self, unavailable: bool) {
+        lock(&self.settings).jwks_unavailable = unavailable;
     }
 
     /// `Some(scopes)`: discovery advertises these in `scopes_supported` (like a provider that

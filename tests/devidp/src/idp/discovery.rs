@@ -57,6 +57,9 @@ pub(crate) fn configuration(shared: &Shared) -> Response<Body> {
 /// `GET /jwks`.
 pub(crate) fn jwks(shared: &Shared) -> Response<Body> {
     shared.controls.count_jwks();
+    if shared.controls.settings().jwks_unavailable {
+        return web::text(StatusCode::SERVICE_UNAVAILABLE, "JWKS unavailable");
+    }
     match serde_json::to_value(shared.controls.keys.jwks()) {
         Ok(document) => web::json(StatusCode::OK, &document),
         Err(e) => web::text(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),

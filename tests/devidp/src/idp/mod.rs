@@ -14,7 +14,6 @@ mod keys;
 mod token;
 mod web;
 
-use std::convert::Infallible;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::pin::pin;
@@ -228,9 +227,34 @@ async fn serve_connection(stream: TcpStream, shared: Arc<Shared>) {
     }
 }
 
-/// Dispatches on method and path. Unknown paths get 404.
-async fn route(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
-    let response = match (req.method(), req.uri().path()) {
+/// Dispatches on method and path. Unknown paths get 404. A response marked
+/// [`web::CloseConnection`] becomes an error: hyper then closes the connection unanswered.
+async fn route(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<Body>, Closed> {
+    let response = dispatch(shared, req).await;
+    if response
+        .extensions()
+        .get::<web::CloseConnection>()
+        .is_some()
+    {
+        return Err(Closed);
+    }
+    Ok(response)
+}
+
+/// The error that makes hyper drop a connection ([`TokenFault::Close`]).
+#[derive(Debug)]
+struct Closed;
+
+impl std::fmt::Display for Closed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("connection closed by an injected fault")
+    }
+}
+
+impl std::error::Error for Closed {}
+
+async fn dispatch(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
+    match (req.method(), req.uri().path()) {
         (&Method::GET, "/.well-known/openid-configuration") => discovery::configuration(&shared),
         (&Method::GET, "/jwks") => discovery::jwks(&shared),
         (&Method::GET, "/authorize") => authorize::authorize(&shared, &req),
@@ -240,6 +264,5 @@ async fn route(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<B
         (&Method::POST, "/revoke") => token::revoke(&shared, req).await,
         (&Method::GET | &Method::POST, "/userinfo") => token::userinfo(&shared, &req),
         _ => web::text(StatusCode::NOT_FOUND, "not found"),
-    };
-    Ok(response)
+    }
 }

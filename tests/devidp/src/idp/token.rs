@@ -119,6 +119,11 @@ async fn apply_fault(shared: &Shared, fault: Option<TokenFault>) -> Option<Respo
             "invalid_grant",
             "injected fault",
         )),
+        TokenFault::Close => {
+            let mut response = web::text(StatusCode::INTERNAL_SERVER_ERROR, "");
+            response.extensions_mut().insert(web::CloseConnection);
+            Some(response)
+        }
     }
 }
 

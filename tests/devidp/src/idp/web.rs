@@ -15,6 +15,11 @@ pub(crate) type Body = Full<Bytes>;
 /// Parameters of a query or form body; a name may repeat (`resource`).
 pub(crate) type Params = HashMap<String, Vec<String>>;
 
+/// Marks a response that is never sent: the connection is closed instead
+/// ([`super::controls::TokenFault::Close`]).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct CloseConnection;
+
 /// Largest form body the provider reads.
 const MAX_FORM: usize = 64 * 1024;
 
