@@ -92,6 +92,10 @@ pub enum Unavailable {
     TokenMissing,
     /// `/readyz`: what is not ready.
     NotReady { provider: bool, store: bool },
+    /// A login's code exchange failed for a reason that may pass (the token endpoint
+    /// unreachable, timing out, or answering 5xx or an unreadable body): a page for people
+    /// with a link to try again.
+    LoginProviderDown,
 }
 
 // === impl Reply ===
@@ -172,6 +176,12 @@ impl Reply {
             Reply::InvalidLogoutRequest(description) => json(
                 StatusCode::BAD_REQUEST,
                 &serde_json::json!({"error": "invalid_request", "error_description": description}),
+            ),
+            Reply::Unavailable(Unavailable::LoginProviderDown) => html_page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Login failed",
+                "The identity provider did not answer. Try again in a moment.",
+                Some(("/oauth2/start", "Try again")),
             ),
             Reply::Unavailable(Unavailable::NotReady { provider, store }) => text(
                 StatusCode::SERVICE_UNAVAILABLE,

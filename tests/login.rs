@@ -644,3 +644,56 @@ async fn userinfo_shows_identity_and_expiries_never_a_token() {
     assert!(!text.contains(&revoked[0]), "no refresh token in {text}");
     assert_eq!(userinfo_status(&h, &client).await, StatusCode::UNAUTHORIZED);
 }
+
+// --- the provider failing during the code exchange ---
+
+/// A token endpoint that is down during a login's code exchange (5xx page, closed connection)
+/// is the provider's outage, not the user's bad request: 503 with `Retry-After` and a page
+/// to try again, no session; the next login succeeds once the provider is back. An OAuth
+/// error answer (`invalid_grant`) stays a 400.
+#[tokio::test]
+async fn a_provider_down_at_the_code_exchange_is_503_and_a_bad_grant_400() {
+    use devidp::idp::TokenFault;
+    let h = Harness::start().await;
+    h.idp.controls().set_auto_login(Some("alice".into()));
+    let faults = [
+        TokenFault::Status(502, "<html>bad gateway</html>".into()),
+        TokenFault::Status(500, "{}".into()),
+        TokenFault::Close,
+    ];
+    for (done, fault) in faults.into_iter().enumerate() {
+        let client = h.client();
+        let authorize_url = start(&h, &client, "/").await;
+        let callback = authorize(&h, &client, &authorize_url).await;
+        h.idp.controls().set_token_fault(Some(fault.clone()));
+        let r = client.get(&callback).send().await.unwrap();
+        h.idp.controls().set_token_fault(None);
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE, "{fault:?}");
+        assert_eq!(r.headers()[header::RETRY_AFTER], "1", "{fault:?}");
+        assert!(
+            set_cookie(&r, SESSION).is_none_or(|v| v.is_empty()),
+            "{fault:?}"
+        );
+        let body = r.text().await.unwrap();
+        assert!(body.contains("href=\"/oauth2/start\""), "{fault:?}: {body}");
+        // Only the sessions of the logins after the earlier faults.
+        assert_eq!(live_sessions(&h).await, done as u64, "{fault:?}");
+
+        // The provider is back: a new login from the same browser succeeds.
+        let authorize_url = start(&h, &client, "/").await;
+        let callback = authorize(&h, &client, &authorize_url).await;
+        let r = client.get(&callback).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::FOUND, "{fault:?}: after the fault");
+        assert!(set_cookie(&r, SESSION).is_some_and(|v| !v.is_empty()));
+    }
+
+    let client = h.client();
+    let authorize_url = start(&h, &client, "/").await;
+    let callback = authorize(&h, &client, &authorize_url).await;
+    h.idp
+        .controls()
+        .set_token_fault(Some(TokenFault::InvalidGrant));
+    let r = client.get(&callback).send().await.unwrap();
+    h.idp.controls().set_token_fault(None);
+    assert_login_page_400(r, "invalid_grant").await;
+}

@@ -229,6 +229,14 @@ impl Login {
             Err(LoginError::NotReady) => {
                 return (Err(Unavailable::ProviderNotReady.into()), Down);
             }
+            // The provider blipped: 503 (an outage shows as one in the metrics and access
+            // log, not as users' bad requests). The pending login is used up either way: the
+            // code may have been spent at the provider, so "Try again" starts a new login.
+            Err(e) if e.is_transient() => {
+                tracing::warn!(error = %log_safe(Chain(&e)), "login failed: provider did not answer");
+                let page = Err(Unavailable::LoginProviderDown.into());
+                return (finished(page, Some(&pending), logins), Down);
+            }
             Err(e) => {
                 tracing::warn!(error = %log_safe(Chain(&e)), "login failed");
                 let page = Err(Reply::LoginFailed(

@@ -66,6 +66,24 @@ pub enum LoginError {
     Resources(#[source] RefreshError),
 }
 
+impl LoginError {
+    /// Whether trying the login again may succeed without anything changing on our side or
+    /// the user's: the token endpoint could not be reached, timed out, or answered without an
+    /// OAuth error (a 5xx page, an unreadable body). An OAuth error answer (`invalid_grant`,
+    /// `invalid_client`, ...) and a refused ID token are not transient. Mirrors how a refresh
+    /// tells a rejection from a transient failure.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            LoginError::Exchange(
+                RequestTokenError::Request(_)
+                    | RequestTokenError::Parse(..)
+                    | RequestTokenError::Other(_)
+            )
+        )
+    }
+}
+
 /// Why an ID token was not accepted.
 #[derive(Debug, thiserror::Error)]
 pub enum IdTokenError {
