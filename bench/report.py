@@ -136,7 +136,8 @@ def main():
               f"Node peer {cookies['node_cookie_bytes']} B (the encrypted session with the tokens).")
             w("")
 
-    fa, fas = one(rows, "forward_auth"), one(rows, "forward_auth_saturation")
+    fa = one(rows, "forward_auth", column="authgate")
+    fas = one(rows, "forward_auth_saturation", column="authgate")
     if fa:
         w("## Forward auth: `/oauth2/auth`")
         w("")
