@@ -235,7 +235,7 @@ def main():
         w("")
     # Hand-written sections kept across regenerations: the analysis, then the fuzzing figures
     # (tests/fuzz/run.sh).
-    for name in ("analysis.md", "fuzzing.md"):
+    for name in ("analysis.md", "fuzzing.md", "perf.md"):
         extra = os.path.join(HERE, name)
         if os.path.exists(extra):
             w(open(extra).read().strip())

@@ -28,6 +28,7 @@
 # column sustains, default 200), CONNS (default 32),
 # SESSION_STEPS (default 0,10000,100000,1000000), STORM_SESSIONS / STORM_FANOUT (passed to
 # the storm test), SKIP (space-separated: columns fwdauth sessions storm report),
+# FEATURES (cargo features of the authgate build, e.g. FEATURES=mimalloc),
 # BASELINE=<path of another authgate binary> (an extra column "authgate-baseline": that
 # binary, same config, same provider, measured just before "authgate" in the same run: how
 # before/after comparisons of a change are made), SKIP=node (leave the Node peer out),
@@ -164,7 +165,8 @@ export CARGO_PROFILE_RELEASE_STRIP=false
 # authgate on its own, as `cargo build --release` ships it: built together with the examples
 # and benches, it would get their dev-dependencies' features (tokio's `test-util`, whose clock
 # takes a lock on every read). Copied out: a later build of a test target rebuilds it.
-cargo build --release --bin authgate --message-format=json-render-diagnostics >"$OUT/build.json"
+cargo build --release --bin authgate ${FEATURES:+--features "$FEATURES"} \
+    --message-format=json-render-diagnostics >"$OUT/build.json"
 cargo build --release "${TARGETS[@]}" --message-format=json-render-diagnostics >>"$OUT/build.json"
 executable() { # target name -> path of the built executable
     python3 - "$OUT/build.json" "$1" <<'PY'
