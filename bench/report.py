@@ -233,8 +233,8 @@ def main():
         w("")
         w("![main figures](results.png)")
         w("")
-    # Hand-written sections kept across regenerations: the analysis, then the fuzzing figures
-    # (tests/fuzz/run.sh).
+    # Hand-written sections kept across regenerations: the analysis, the fuzzing figures
+    # (tests/fuzz/run.sh), then the cost-per-request experiments.
     for name in ("analysis.md", "fuzzing.md", "perf.md"):
         extra = os.path.join(HERE, name)
         if os.path.exists(extra):
