@@ -136,7 +136,8 @@ def main():
               f"Node peer {cookies['node_cookie_bytes']} B (the encrypted session with the tokens).")
             w("")
 
-    fa, fas = one(rows, "forward_auth"), one(rows, "forward_auth_saturation")
+    fa = one(rows, "forward_auth", column="authgate")
+    fas = one(rows, "forward_auth_saturation", column="authgate")
     if fa:
         w("## Forward auth: `/oauth2/auth`")
         w("")
@@ -233,8 +234,9 @@ def main():
         w("![main figures](results.png)")
         w("")
     # Hand-written sections kept across regenerations: the analysis, then the fuzzing figures
-    # (tests/fuzz/run.sh), the soak (bench/soak.sh) and the fault run (bench/faults.sh).
-    for name in ("analysis.md", "fuzzing.md", "soak.md", "faults.md"):
+    # (tests/fuzz/run.sh), the soak (bench/soak.sh), the fault run (bench/faults.sh) and the
+    # cost-per-request experiments (bench/callgrind.sh, bench/run.sh).
+    for name in ("analysis.md", "fuzzing.md", "soak.md", "faults.md", "perf.md"):
         extra = os.path.join(HERE, name)
         if os.path.exists(extra):
             w(open(extra).read().strip())

@@ -28,6 +28,7 @@
 # column sustains, default 200), CONNS (default 32),
 # SESSION_STEPS (default 0,10000,100000,1000000), STORM_SESSIONS / STORM_FANOUT (passed to
 # the storm test), SKIP (space-separated: columns fwdauth sessions storm report),
+# FEATURES (cargo features of the authgate build, e.g. FEATURES=mimalloc),
 # BASELINE=<path of another authgate binary> (an extra column "authgate-baseline": that
 # binary, same config, same provider, measured just before "authgate" in the same run: how
 # before/after comparisons of a change are made), SKIP=node (leave the Node peer out),
@@ -154,14 +155,19 @@ for p in $UP_PORT $NGX_PORT $NODE_PORT $GW_PORT $IDP_PORT $BASE_PORT; do port_fr
 
 # ---- build (once; release, symbols kept for perf) ------------------------------------
 echo "== build (load before: $(load))"
-TARGETS=(--bin authgate --example loadgen --bench sessions)
+TARGETS=(--example loadgen --bench sessions)
 STORM=0
 if [ -f tests/refresh_storm.rs ]; then
     TARGETS+=(--test refresh_storm)
     STORM=1
 fi
 export CARGO_PROFILE_RELEASE_STRIP=false
-cargo build --release "${TARGETS[@]}" --message-format=json-render-diagnostics >"$OUT/build.json"
+# authgate on its own, as `cargo build --release` ships it: built together with the examples
+# and benches, it would get their dev-dependencies' features (tokio's `test-util`, whose clock
+# takes a lock on every read). Copied out: a later build of a test target rebuilds it.
+cargo build --release --bin authgate ${FEATURES:+--features "$FEATURES"} \
+    --message-format=json-render-diagnostics >"$OUT/build.json"
+cargo build --release "${TARGETS[@]}" --message-format=json-render-diagnostics >>"$OUT/build.json"
 executable() { # target name -> path of the built executable
     python3 - "$OUT/build.json" "$1" <<'PY'
 import json, sys
@@ -176,7 +182,19 @@ for line in open(sys.argv[1]):
 print(path or "")
 PY
 }
-AUTHGATE="$(executable authgate)"
+AUTHGATE="$OUT/authgate"
+cp "$(python3 - "$OUT/build.json" <<'PY'
+import json, sys
+for line in open(sys.argv[1]):
+    try:
+        m = json.loads(line)
+    except ValueError:
+        continue
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "authgate" and m.get("executable"):
+        print(m["executable"])
+        break
+PY
+)" "$AUTHGATE"
 LOADGEN="$(executable loadgen)"
 SESSIONS="$(executable sessions)"
 STORM_BIN=""
@@ -411,32 +429,48 @@ if ! skipped columns; then
     measure authgate "$GW_PID" "http://127.0.0.1:$GW_PORT" "Cookie: $GW_COOKIE"
 fi
 
-if ! skipped fwdauth; then
-    echo "== forward auth (load before: $(load))"
-    fa_url="http://127.0.0.1:$GW_PORT/oauth2/auth"
-    code="$(curl -s -o /dev/null -w '%{http_code}' -H "Cookie: $GW_COOKIE" -H 'X-Forwarded-Method: GET' \
-        -H 'X-Forwarded-Uri: /app' "$fa_url")"
-    [ "$code" = 202 ] || { echo "/oauth2/auth answered $code, not 202" >&2; exit 1; }
-    l0="$(load)"; c0="$(cpu_ticks "$GW_PID")"
-    out="$(taskset -c "$LOAD_CPU" "$LOADGEN" --url "$fa_url" --rate "$RATE" --duration "$DUR" --connections "$CONNS" \
-        --expect 202 --header "Cookie: $GW_COOKIE" --header 'X-Forwarded-Method: GET' \
-        --header 'X-Forwarded-Uri: /app')" || { echo "forward auth load failed: $out" >&2; exit 1; }
-    c1="$(cpu_ticks "$GW_PID")"; l1="$(load)"
+# forward_auth NAME PID URL EXPECT header-args...: the check at $RATE (loadgen), then at
+# saturation (wrk).
+forward_auth() {
+    local name="$1" pid="$2" url="$3" expect="$4"
+    shift 4
+    local wrk_h=() lg_h=() h code l0 l1 c0 c1 out reqs rps
+    for h in "$@"; do
+        wrk_h+=(-H "$h")
+        lg_h+=(--header "$h")
+    done
+    code="$(curl -s -o /dev/null -w '%{http_code}' "${wrk_h[@]}" "$url")"
+    [ "$code" = "$expect" ] || { echo "$name: $url answered $code, not $expect" >&2; exit 1; }
+    taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d2s "${wrk_h[@]}" "$url" >/dev/null # warm-up
+    l0="$(load)"; c0="$(cpu_ticks "$pid")"
+    out="$(taskset -c "$LOAD_CPU" "$LOADGEN" --url "$url" --rate "$RATE" --duration "$DUR" --connections "$CONNS" \
+        --expect "$expect" "${lg_h[@]}")" || { echo "$name: forward auth load failed: $out" >&2; exit 1; }
+    c1="$(cpu_ticks "$pid")"; l1="$(load)"
     emit "$(python3 -c "
 import json, sys
 v = json.loads(sys.argv[1])
-v.update(phase='forward_auth', column='authgate', cpu_us_per_req=round(($c1-$c0)*1e6/$CLK_TCK/v['ok'], 2),
+v.update(phase='forward_auth', column='$name', cpu_us_per_req=round(($c1-$c0)*1e6/$CLK_TCK/v['ok'], 2),
          load_before='$l0', load_after='$l1')
 print(json.dumps(v))" "$out")"
-    l0="$(load)"; c0="$(cpu_ticks "$GW_PID")"
-    out="$(taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"${DUR}s" -H "Cookie: $GW_COOKIE" \
-        -H 'X-Forwarded-Method: GET' -H 'X-Forwarded-Uri: /app' "$fa_url")"
-    c1="$(cpu_ticks "$GW_PID")"; l1="$(load)"
-    echo "$out" >"$OUT/wrk-forward-auth.txt"
-    if grep -q -e "Non-2xx" -e "Socket errors" <<<"$out"; then echo "forward auth: wrk errors: $out" >&2; exit 1; fi
+    l0="$(load)"; c0="$(cpu_ticks "$pid")"
+    out="$(taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"${DUR}s" "${wrk_h[@]}" "$url")"
+    c1="$(cpu_ticks "$pid")"; l1="$(load)"
+    echo "$out" >"$OUT/wrk-forward-auth-$name.txt"
+    if grep -q "Socket errors" <<<"$out"; then echo "$name: forward auth: wrk errors: $out" >&2; exit 1; fi
+    if [ "$expect" = 202 ] && grep -q "Non-2xx" <<<"$out"; then echo "$name: wrk saw non-2xx: $out" >&2; exit 1; fi
     reqs="$(awk '/ requests in / {print $1}' <<<"$out")"
     rps="$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")"
-    emit "{\"phase\":\"forward_auth_saturation\",\"column\":\"authgate\",\"requests\":$reqs,\"rps\":$rps,\"cpu_us_per_req\":$(python3 -c "print(round(($c1-$c0)*1e6/$CLK_TCK/$reqs, 2))"),\"load_before\":\"$l0\",\"load_after\":\"$l1\"}"
+    emit "{\"phase\":\"forward_auth_saturation\",\"column\":\"$name\",\"requests\":$reqs,\"rps\":$rps,\"cpu_us_per_req\":$(python3 -c "print(round(($c1-$c0)*1e6/$CLK_TCK/$reqs, 2))"),\"load_before\":\"$l0\",\"load_after\":\"$l1\"}"
+}
+
+if ! skipped fwdauth; then
+    echo "== forward auth (load before: $(load))"
+    FA_H=('X-Forwarded-Method: GET' 'X-Forwarded-Uri: /app')
+    # The floor: nginx answering `return 204` itself, on the proxy's core.
+    forward_auth nginx-204 "$NGX_PID" "http://127.0.0.1:$NGX_PORT/__auth204" 204 "${FA_H[@]}"
+    [ -z "$BASELINE" ] || forward_auth authgate-baseline "$BASE_PID" "http://127.0.0.1:$BASE_PORT/oauth2/auth" 202 \
+        "Cookie: $BASE_COOKIE" "${FA_H[@]}"
+    forward_auth authgate "$GW_PID" "http://127.0.0.1:$GW_PORT/oauth2/auth" 202 "Cookie: $GW_COOKIE" "${FA_H[@]}"
 fi
 
 # The column processes are idle from here on; stop them (memory for the 1 M sessions).

@@ -136,16 +136,19 @@ impl RequestHost {
         if !port_ok || !rest_ok {
             return RequestHost::Malformed;
         }
-        let lower = host.to_ascii_lowercase();
+        let mut lower = host.to_ascii_lowercase();
         if let Some(v6) = lower.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
             return match v6.parse::<std::net::Ipv6Addr>() {
                 Ok(_) => RequestHost::Name(lower),
                 Err(_) => RequestHost::Malformed,
             };
         }
-        let name = lower.strip_suffix('.').unwrap_or(&lower);
-        if is_dns_name(name) {
-            RequestHost::Name(name.to_owned())
+        // One trailing dot goes (the same name); the string is kept, not copied again.
+        if lower.ends_with('.') {
+            lower.pop();
+        }
+        if is_dns_name(&lower) {
+            RequestHost::Name(lower)
         } else {
             RequestHost::Malformed
         }

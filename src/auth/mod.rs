@@ -131,7 +131,9 @@ impl Authenticator {
                 Fresh::Ended => {
                     // Idempotent: a rejected refresh already deleted it; an expired session
                     // without a refresh token is deleted here.
-                    if let Err(e) = self.sessions.store().delete(&key).await {
+                    // (boxed, as the other rare awaits here: an inline future would make
+                    // every request's future larger)
+                    if let Err(e) = Box::pin(self.sessions.store().delete(&key)).await {
                         tracing::warn!(
                             error = %log_safe(Chain(&e)),
                             "could not delete an ended session"
@@ -155,7 +157,8 @@ impl Authenticator {
             return Err(Unavailable::ProviderNotReady.into());
         }
         if let Some(token) = offered_bearer {
-            return match bearer::verify(self, oidc, route.rule.provider_id, &token).await {
+            let verified = Box::pin(bearer::verify(self, oidc, route.rule.provider_id, &token));
+            return match verified.await {
                 Ok(auth) => Ok(auth),
                 // A machine client: never a login page.
                 Err(e) => Err(self.unauthenticated(

@@ -218,22 +218,26 @@ impl Endpoints {
     ) -> Result<Response<Body>, Reply> {
         let method = req.method();
         let read_only = method == Method::GET || method == Method::HEAD;
+        // The futures of the login, logout and status endpoints are boxed: they are large
+        // (token endpoint calls, the store), and an unboxed one would make every request's
+        // future as large, moved in memory on every request. Forward auth, the endpoint on
+        // the hot path, stays inline.
         match builtin {
             Builtin::Healthz => Ok(status::healthz()),
-            Builtin::Readyz => self.status.readyz().await,
-            Builtin::Metrics => Ok(self.status.metrics().await),
-            Builtin::Start if read_only => self.login.start(&req, peer).await,
+            Builtin::Readyz => Box::pin(self.status.readyz()).await,
+            Builtin::Metrics => Ok(Box::pin(self.status.metrics()).await),
+            Builtin::Start if read_only => Box::pin(self.login.start(&req, peer)).await,
             Builtin::Callback if read_only => {
                 let provider = self.callback_provider(req.uri().path());
-                self.login.callback(&req, peer, &provider).await
+                Box::pin(self.login.callback(&req, peer, &provider)).await
             }
             Builtin::SignOut if read_only || method == Method::POST => {
-                self.logout.sign_out(&req).await
+                Box::pin(self.logout.sign_out(&req)).await
             }
             Builtin::BackchannelLogout if method == Method::POST => {
-                self.logout.backchannel(req).await
+                Box::pin(self.logout.backchannel(req)).await
             }
-            Builtin::Userinfo if read_only => self.status.userinfo(&req).await,
+            Builtin::Userinfo if read_only => Box::pin(self.status.userinfo(&req)).await,
             Builtin::Auth => self.forward_auth.check(req, peer).await,
             Builtin::ExtAuthz => {
                 let prefix = format!("{}/oauth2/ext_authz", self.base_path);

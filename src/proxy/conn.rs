@@ -107,7 +107,7 @@ impl Pool {
 
     /// An idle connection, else a permit to open one, else wait until `deadline` for either.
     pub(super) async fn checkout(&self, deadline: Instant) -> Result<Checkout, PoolBusy> {
-        let mut handed = {
+        let handed = {
             let mut shared = self.lock();
             while let Some(idle) = shared.idle.pop_back() {
                 if !idle.sender.is_closed() {
@@ -121,6 +121,17 @@ impl Pool {
             shared.add_waiter(tx);
             rx
         };
+        // Boxed: the wait's future (semaphore, timer, channel) would make every request's
+        // future larger, and most requests find a connection at once.
+        Box::pin(self.wait(handed, deadline)).await
+    }
+
+    /// Wait until `deadline` for a connection handed over on `handed`, or for a permit.
+    async fn wait(
+        &self,
+        mut handed: oneshot::Receiver<Sender>,
+        deadline: Instant,
+    ) -> Result<Checkout, PoolBusy> {
         self.waited.fetch_add(1, Ordering::Relaxed);
         let permit = tokio::select! {
             handed = &mut handed => match handed {

@@ -237,7 +237,9 @@ impl Upstream {
         let mut sender = match checkout {
             Checkout::Idle(sender) => sender,
             Checkout::New(permit) => {
-                let mut sender = match self.connector.connect(permit).await {
+                // Boxed: the TLS handshake's future is large, and only a new connection needs
+                // it; every request's future would carry its size.
+                let mut sender = match Box::pin(self.connector.connect(permit)).await {
                     Ok(sender) => sender,
                     Err(e) => return Sent::Failed(e.into()),
                 };
@@ -270,7 +272,14 @@ impl Upstream {
                 req.headers_mut().insert(HOST, host);
             }
         }
-        *req.uri_mut() = Uri::from(self.path_and_query(path, req.uri().query())?);
+        // The usual case, a path sent as it is normalized to an upstream without a path:
+        // the request's own path and query go on, shared, not copied.
+        let same = self.path_prefix.is_empty() && req.uri().path() == path;
+        let pq = match req.uri().path_and_query() {
+            Some(pq) if same => pq.clone(),
+            _ => self.path_and_query(path, req.uri().query())?,
+        };
+        *req.uri_mut() = Uri::from(pq);
         *req.version_mut() = Version::HTTP_11;
         Ok(())
     }
@@ -354,13 +363,19 @@ fn tunnel(
 }
 
 pin_project! {
-    /// A streamed body that fails when no frame arrives within `timeout`.
+    /// A streamed body that fails when it has nothing for us for longer than `timeout`.
+    ///
+    /// The timer is set again only when the body has nothing ready after having had a
+    /// frame: a body whose frames are all ready when asked (a small response) never touches
+    /// the timer, and the stall is counted from when we wait on the upstream.
     pub struct IdleTimeoutBody<B> {
         #[pin]
         inner: B,
         #[pin]
         deadline: Sleep,
         timeout: Duration,
+        // A frame came since the timer was last set.
+        progressed: bool,
     }
 }
 
@@ -370,6 +385,7 @@ impl<B> IdleTimeoutBody<B> {
             inner,
             deadline: tokio::time::sleep(timeout),
             timeout,
+            progressed: false,
         }
     }
 }
@@ -392,8 +408,11 @@ where
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let mut this = self.project();
         if let Poll::Ready(frame) = this.inner.poll_frame(cx) {
-            this.deadline.as_mut().reset(Instant::now() + *this.timeout);
+            *this.progressed = true;
             return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
+        }
+        if std::mem::take(this.progressed) {
+            this.deadline.as_mut().reset(Instant::now() + *this.timeout);
         }
         ready!(this.deadline.poll(cx));
         Poll::Ready(Some(Err(Box::new(BodyStalled(*this.timeout)))))

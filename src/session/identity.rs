@@ -74,6 +74,12 @@ impl Identity {
         self.text(self.sub).unwrap_or_default()
     }
 
+    /// [`Identity::sub`] sharing the identity's text (a refcount bump, no copy): kept by the
+    /// gateway for the access log line after the session is let go.
+    pub fn sub_shared(&self) -> Bytes {
+        self.shared(self.sub).unwrap_or_default()
+    }
+
     pub fn email(&self) -> Option<&str> {
         self.text(self.email)
     }

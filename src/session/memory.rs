@@ -247,7 +247,8 @@ impl SessionStore for MemoryStore {
         };
         let now = self.clock.unix_now();
         if now >= session.absolute_deadline(self.absolute_timeout) || self.idle(&session, now) {
-            self.cache.invalidate(key).await;
+            // Boxed: rare, and its future would make every request's future larger.
+            Box::pin(self.cache.invalidate(key)).await;
             return Ok(None);
         }
         session.last_seen.set(now);

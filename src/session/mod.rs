@@ -267,7 +267,9 @@ impl SessionStore for Store {
     async fn load(&self, key: &SessionKey) -> Result<Option<Arc<Session>>, StoreError> {
         match self {
             Store::Memory(s) => s.load(key).await,
-            Store::Redis(s) => s.load(key).await,
+            // Boxed: the Redis client's future is large, and every request's future would
+            // carry (and move) its size even with the memory store.
+            Store::Redis(s) => Box::pin(s.load(key)).await,
         }
     }
 
