@@ -43,21 +43,7 @@ use tokio::sync::watch;
 const BACKOFF_CAP_S: f64 = 30.0;
 
 fn main() -> std::process::ExitCode {
-    let Ok(rt) = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    else {
-        return std::process::ExitCode::from(2);
-    };
-    match rt.block_on(faults()) {
-        Ok(true) => std::process::ExitCode::SUCCESS,
-        Ok(false) => std::process::ExitCode::from(1),
-        Err(e) => {
-            note(&format!("fault run failed: {e}"));
-            std::process::ExitCode::from(2)
-        }
-    }
+    run_driver("fault run", faults())
 }
 
 struct Run {

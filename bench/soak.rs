@@ -34,21 +34,7 @@ use serde_json::json;
 use tokio::sync::watch;
 
 fn main() -> std::process::ExitCode {
-    let Ok(rt) = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    else {
-        return std::process::ExitCode::from(2);
-    };
-    match rt.block_on(soak()) {
-        Ok(true) => std::process::ExitCode::SUCCESS,
-        Ok(false) => std::process::ExitCode::from(1),
-        Err(e) => {
-            note(&format!("soak failed: {e}"));
-            std::process::ExitCode::from(2)
-        }
-    }
+    run_driver("soak", soak())
 }
 
 #[derive(Default)]

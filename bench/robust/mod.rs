@@ -67,6 +67,29 @@ pub fn emit(value: &serde_json::Value) {
     let _ = out.flush();
 }
 
+/// A driver's `main`: runs `body` on a two-worker runtime. Exit 0 when the run passed its
+/// criteria, 1 when it ran and failed them, 2 when it could not run (`what` names it).
+pub fn run_driver(
+    what: &str,
+    body: impl std::future::Future<Output = Result<bool, String>>,
+) -> std::process::ExitCode {
+    let Ok(rt) = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    else {
+        return std::process::ExitCode::from(2);
+    };
+    match rt.block_on(body) {
+        Ok(true) => std::process::ExitCode::SUCCESS,
+        Ok(false) => std::process::ExitCode::from(1),
+        Err(e) => {
+            note(&format!("{what} failed: {e}"));
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
 /// Progress on stderr.
 pub fn note(text: &str) {
     eprintln!("[{}] {text}", chrono_now());
